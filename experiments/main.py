@@ -63,7 +63,7 @@ def _overrides() -> dict:
             try:
                 value = tuple(elem(s) for s in items)
             except ValueError as err:
-                raise app.UsageError(f"--{name}: {err}")
+                raise app.UsageError(f"--{name}: {err}") from err
         out[name] = value
     return out
 
@@ -96,7 +96,7 @@ def main(argv):
     try:
         metrics = run_experiment(FLAGS.experiment, FLAGS.workdir, _overrides())
     except ValueError as err:
-        raise app.UsageError(str(err))
+        raise app.UsageError(str(err)) from err
     summary = {k: v for k, v in metrics.items() if not isinstance(v, (dict, list))}
     print(f"{FLAGS.experiment}: {summary}")
     return 0

@@ -95,13 +95,15 @@ def load_flat(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict]:
         with np.load(path, allow_pickle=False) as npz:
             flat = {k: npz[k] for k in npz.files}
     except (zipfile.BadZipFile, OSError, ValueError, EOFError, KeyError) as err:
-        raise CheckpointError(f"checkpoint {path} is corrupt or not a jaxlr checkpoint: {err}")
+        raise CheckpointError(
+            f"checkpoint {path} is corrupt or not a jaxlr checkpoint: {err}"
+        ) from err
     if _META not in flat:
         raise CheckpointError(f"{path} is not a jaxlr checkpoint (no {_META} entry)")
     try:
         meta = json.loads(flat.pop(_META).tobytes().decode())
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise CheckpointError(f"checkpoint {path} has corrupt metadata: {err}")
+        raise CheckpointError(f"checkpoint {path} has corrupt metadata: {err}") from err
     if meta.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(
             f"checkpoint {path} has format version {meta.get('format_version')}, "
