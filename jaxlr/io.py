@@ -1,0 +1,143 @@
+"""Atomic file writing (host side only): a reader never sees a half-written file.
+
+Every writer here writes a temporary file in the destination's own folder (so the final
+rename stays on one file system), flushes and fsyncs it, `os.replace`s it over the
+destination, then fsyncs the folder so that the rename itself survives a crash. Missing
+parent folders are created. If anything fails, or the process is interrupted before the
+rename, the destination is untouched and the temporary file (named `.<name>.<random>.tmp`,
+so it never looks like the real file) is removed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+# mkstemp creates files with mode 0600; finished files get the usual 0666 & ~umask instead.
+# Reading the umask means setting it, so it is done once, at import.
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
+
+@contextlib.contextmanager
+def atomic_open(
+    path: str | os.PathLike, mode: str = "wb", *, encoding: str | None = None
+) -> Iterator[IO[Any]]:
+    """Opens a temporary file that replaces `path` only when the `with` block succeeds.
+
+    Args:
+      path: destination file; its parent folders are created.
+      mode: "wb" (bytes) or "w" (text).
+      encoding: text encoding for mode "w" (default utf-8).
+
+    Yields:
+      The open temporary file; `f.name` is its path (e.g. to re-read it for a check
+      before committing). Raising inside the block discards it.
+    """
+    if mode not in ("wb", "w"):
+        raise ValueError(f"atomic_open: mode must be 'wb' or 'w', got {mode!r}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.close(fd)
+        os.chmod(tmp, 0o666 & ~_UMASK)
+        text_encoding = (encoding or "utf-8") if mode == "w" else None
+        with open(tmp, mode, encoding=text_encoding) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    # Best effort: some file systems refuse fsync on a folder; the data is already safe.
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Writes `data` to `path` atomically.
+
+    Args:
+      path: destination file; parent folders are created.
+      data: the bytes to write.
+
+    Returns:
+      The destination as a Path.
+    """
+    with atomic_open(path, "wb") as f:
+        f.write(data)
+    return Path(path)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8") -> Path:
+    """Writes `text` to `path` atomically.
+
+    Args:
+      path: destination file; parent folders are created.
+      text: the text to write (written as is: add the final newline yourself).
+      encoding: text encoding.
+
+    Returns:
+      The destination as a Path.
+    """
+    with atomic_open(path, "w", encoding=encoding) as f:
+        f.write(text)
+    return Path(path)
+
+
+def _json_default(obj: Any) -> Any:
+    # Lets metrics and configs go to JSON without manual conversion of numpy/jax values.
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray) or hasattr(obj, "__array__"):
+        return np.asarray(obj).tolist()
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return dataclasses.asdict(obj)
+    raise TypeError(f"object of type {type(obj).__name__} is not JSON serializable")
+
+
+def atomic_write_json(
+    path: str | os.PathLike, obj: Any, *, indent: int | None = 2, sort_keys: bool = False
+) -> Path:
+    """Writes `obj` as JSON (plus a final newline) to `path` atomically.
+
+    numpy/jax scalars and arrays become numbers and nested lists, paths become strings,
+    dataclass instances become dicts. NaN and infinities are written as `NaN`/`Infinity`
+    (Python's `json` reads them back; strict JSON parsers do not).
+
+    Args:
+      path: destination file; parent folders are created.
+      obj: the JSON-serializable value.
+      indent: indentation passed to `json.dumps` (None for one line).
+      sort_keys: sort dict keys.
+
+    Returns:
+      The destination as a Path.
+    """
+    text = json.dumps(obj, indent=indent, sort_keys=sort_keys, default=_json_default)
+    return atomic_write_text(path, text + "\n")

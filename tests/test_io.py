@@ -1,0 +1,66 @@
+"""Tests for jaxlr.io: atomic writes leave either the old file or the complete new one."""
+
+import json
+import math
+import os
+import stat
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxlr import io
+
+
+def _leftovers(folder):
+    return sorted(p.name for p in folder.iterdir() if p.name.endswith(".tmp"))
+
+
+def test_writes_create_parents_and_overwrite(tmp_path):
+    target = tmp_path / "a" / "b" / "file.bin"
+    assert io.atomic_write_bytes(target, b"first") == target
+    assert target.read_bytes() == b"first"
+    io.atomic_write_bytes(target, b"second, longer")
+    assert target.read_bytes() == b"second, longer"
+    io.atomic_write_text(tmp_path / "t.txt", "héllo\n")
+    assert (tmp_path / "t.txt").read_text(encoding="utf-8") == "héllo\n"
+    assert _leftovers(target.parent) == [] and _leftovers(tmp_path) == []
+    # Not mkstemp's 0600: the usual mode under the process umask.
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o666 & ~umask
+
+
+def test_failure_keeps_old_file_and_leaves_no_temp(tmp_path):
+    target = tmp_path / "keep.txt"
+    io.atomic_write_text(target, "old")
+    with pytest.raises(RuntimeError, match="boom"):
+        with io.atomic_open(target, "w") as f:
+            f.write("new, half written")
+            raise RuntimeError("boom")
+    assert target.read_text() == "old"
+    assert _leftovers(tmp_path) == []
+    with pytest.raises(ValueError, match="mode"):
+        with io.atomic_open(target, "a"):
+            pass
+
+
+def test_json_converts_numpy_jax_and_paths(tmp_path):
+    obj = {
+        "i": np.int32(3),
+        "f": np.float32(0.5),
+        "arr": np.arange(3),
+        "jax": jnp.array([[1.0, 2.0]]),
+        "path": tmp_path,
+        "nan": float("nan"),
+    }
+    target = io.atomic_write_json(tmp_path / "sub" / "x.json", obj)
+    text = target.read_text()
+    assert text.endswith("\n")
+    back = json.loads(text)
+    assert back["i"] == 3 and back["f"] == 0.5 and back["arr"] == [0, 1, 2]
+    assert back["jax"] == [[1.0, 2.0]] and back["path"] == str(tmp_path)
+    assert math.isnan(back["nan"])
+    with pytest.raises(TypeError, match="not JSON serializable"):
+        io.atomic_write_json(tmp_path / "bad.json", {"x": object()})
+    assert not (tmp_path / "bad.json").exists() and _leftovers(tmp_path) == []
