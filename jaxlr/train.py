@@ -14,6 +14,7 @@ time, logs progress, writes checkpoints, resumes from them and stops early.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 import time
@@ -435,15 +436,17 @@ def fit(
         jnp.asarray(data.x_val, x_train.dtype),
         jnp.asarray(data.y_val),
     )
-    if model is None:
-        model = model_for(config, x_train.shape[1], x_train.dtype)
     hparams = HParams(
         *(jnp.asarray(v, x_train.dtype) for v in hparams[:3]), jnp.asarray(hparams.seed, jnp.int32)
     )
-    engine = make_engine(config, model, x_train.shape[0])
+    if model is None:
+        engine, init_fn, run_fn, eval_fn = _compiled_engine(
+            config, x_train.shape[1], np.dtype(x_train.dtype).name, x_train.shape[0]
+        )
+    else:
+        engine = make_engine(config, model, x_train.shape[0])
+        init_fn, run_fn, eval_fn = _jit_engine(engine)
     m = engine.num_batches
-    init_fn = jax.jit(engine.init)
-    run_fn = jax.jit(engine.run, static_argnums=4)
 
     state = init_fn(hparams)
     start_epoch, parts = 0, []
@@ -489,12 +492,24 @@ def fit(
             "Lower the learning rate (or the L2 strength); no weights were returned."
         )
     params = returned_params(state)
-    metrics = {k: float(v) for k, v in jax.jit(engine.evaluate)(params, hparams, data).items()}
+    metrics = {k: float(v) for k, v in eval_fn(params, hparams, data).items()}
     metrics["steps"] = int(len(history.get("step", [])))
-    metrics["epochs"] = int(epoch)
+    # Epochs that ran (a run that stopped early ends inside its last chunk).
+    metrics["epochs"] = int(history["step"][-1]) // m + 1 if metrics["steps"] else 0
     if config.early_stopping:
         metrics["early_stopping"] = early_stopping_summary(state, m)
     return TrainResult(jax.device_get(params), jax.device_get(state), history, metrics, wall)
+
+
+def _jit_engine(engine: Engine):
+    return jax.jit(engine.init), jax.jit(engine.run, static_argnums=4), jax.jit(engine.evaluate)
+
+
+@functools.lru_cache(maxsize=32)
+def _compiled_engine(config: TrainConfig, num_features: int, dtype: str, num_train: int):
+    """Engine and jitted functions per (config, data shape, dtype): repeated fits reuse them."""
+    engine = make_engine(config, model_for(config, num_features, jnp.dtype(dtype)), num_train)
+    return (engine, *_jit_engine(engine))
 
 
 def _hparams_dict(hparams: HParams) -> dict:
