@@ -49,6 +49,8 @@ COMMON_DEFAULTS: dict[str, Any] = {
     "checkpoint": "",
     "block_size": 0,
     "max_examples": 0,
+    # Batch sizes compared by hw3_online_vs_minibatch (one run each); () = its default.
+    "batch_sizes": (),
 }
 
 

@@ -209,9 +209,9 @@ def init_mlp(
         raise ValueError(f"sizes needs at least an input and an output width, got {sizes}")
     if init == "zeros" and len(sizes) > 2:
         warnings.warn(
-            "init='zeros' for an MLP with hidden layers: every hidden unit stays identical "
-            "and the hidden weights get zero gradient, so the network cannot learn; use "
-            "'glorot', 'he' or 'normal'",
+            "init='zeros' for an MLP with hidden layers never breaks the symmetry between "
+            "hidden units: they stay identical and the hidden weights get zero gradient, so "
+            "the network cannot learn; use 'glorot', 'he' or 'normal'",
             UserWarning,
             stacklevel=2,
         )

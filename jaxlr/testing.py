@@ -58,7 +58,7 @@ TOLERANCES: dict[str, dict[str, dict[str, float]]] = {
     "float32": {
         "grad_vs_autodiff": dict(rtol=2e-5, atol=2e-6),
         "finite_difference": dict(rtol=2e-2, atol=2e-3),
-        "check_grads": dict(rtol=2e-2, atol=2e-2, eps=1e-2),
+        "check_grads": dict(rtol=2e-2, atol=2e-2, eps=3e-3),
         "course": dict(rtol=0.0, atol=1e-6),
         "loss_value": dict(rtol=2e-6, atol=2e-6),
     },
@@ -115,22 +115,28 @@ def finite_difference_grad(
     Returns:
       Pytree like ``params`` with the finite-difference gradient.
     """
-    flat_P, unravel = ravel_pytree(params)
-    num = flat_P.size
-    step = jnp.asarray(eps, flat_P.dtype)
-
-    def one_coordinate(i):
-        e_P = jnp.zeros_like(flat_P).at[i].set(step)
-        f_plus = f(unravel(flat_P + e_P))
-        f_minus = f(unravel(flat_P - e_P))
-        return (f_plus - f_minus) / (2 * step)
+    num = sum(int(np.size(leaf)) for leaf in jax.tree.leaves(params))
 
     @jax.jit
-    def all_coordinates(indices):
-        return jax.lax.map(one_coordinate, indices, batch_size=min(batch_size, num))
+    def all_coordinates(params):
+        # Flattening inside jit: done eagerly it would compile a few ops per call.
+        flat_P, unravel = ravel_pytree(params)
+        step = jnp.asarray(eps, flat_P.dtype)
 
-    grad_P = all_coordinates(jnp.arange(num)).astype(flat_P.dtype)
-    return unravel(grad_P)
+        def one_coordinate(i):
+            e_P = jnp.zeros_like(flat_P).at[i].set(step)
+            f_plus = f(unravel(flat_P + e_P))
+            f_minus = f(unravel(flat_P - e_P))
+            return ((f_plus - f_minus) / (2 * step)).astype(flat_P.dtype)
+
+        indices = jnp.arange(num)
+        if num <= batch_size:
+            grad_P = jax.vmap(one_coordinate)(indices)  # no loop: compiles faster
+        else:
+            grad_P = jax.lax.map(one_coordinate, indices, batch_size=batch_size)
+        return unravel(grad_P)
+
+    return all_coordinates(params)
 
 
 def _leaves_with_paths(tree):

@@ -1,0 +1,777 @@
+"""Hyper-parameter sweeps: a whole grid trained in one compiled call, blocked and sharded.
+
+A grid of learning rates, L2 strengths, momenta and seeds is flattened to one sweep axis of
+S points. `run_sweep` trains every point with `jit(vmap(engine.run))` of the training engine
+(`jaxlr.train`): the state and the hyper-parameters are batched over S, the data and the
+global step are not. The learning rate and lambda are array arguments, so a new grid of the
+same size reuses the compiled program. Each point keeps its own early-stopping counter, best
+weights and stopping step; a point that stops (early or on a non-finite loss) is frozen by
+the engine's `active` flag and never changes again, and the host loop ends as soon as no
+point is active.
+
+Large grids run in blocks of points (`block_size`, default from a memory estimate), and the
+sweep axis of every block is sharded over a `Mesh` of all devices
+(`NamedSharding(mesh, P("sweep"))`; the data is replicated), the block padded to a multiple of
+the device count with copies of its own points (dropped from the results). Points never
+interact, so results do not depend on the block size or the number of devices.
+
+Dimensions: S sweep points (flattened grid), G points of one block, T steps, N training
+examples, V validation examples, D features, K outputs.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import functools
+import io
+import itertools
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from jaxlr.config import HParams, TrainConfig
+from jaxlr.objective import Model
+from jaxlr.train import (
+    Data,
+    StepLog,
+    TrainState,
+    early_stopping_summary,
+    history_from_logs,
+    make_engine,
+    model_for,
+    returned_params,
+)
+
+log = logging.getLogger("jaxlr.sweep")
+
+SWEEP_AXIS = "sweep"
+HPARAM_NAMES = ("learning_rate", "l2", "momentum", "seed")
+
+# Memory a block may use when the caller gives no budget: a quarter of the host's memory
+# (at most 4 GiB) on CPU, half of an accelerator's memory.
+_CPU_BUDGET_CAP = 4 << 30
+
+
+# ---------------------------------------------------------------------------------------------
+# Grids.
+
+
+class Grid(NamedTuple):
+    """A flattened grid of hyper-parameters.
+
+    Attributes:
+      hparams: `HParams` of arrays [S], the points in row-major order of `shape`.
+      axes: names of the grid axes, in the order of `shape` (e.g. ("l2", "learning_rate",
+        "seed")); ("point",) for an explicit list of points.
+      shape: grid shape; prod(shape) == S.
+      values: axis name -> the values along that axis.
+    """
+
+    hparams: HParams
+    axes: tuple[str, ...]
+    shape: tuple[int, ...]
+    values: dict[str, tuple]
+
+    @property
+    def size(self) -> int:
+        """S, the number of points."""
+        return int(np.prod(self.shape, dtype=np.int64))
+
+    def point(self, i: int) -> dict:
+        """The hyper-parameters of point `i` as Python numbers."""
+        return {
+            "learning_rate": _shortest(self.hparams.learning_rate[i]),
+            "l2": _shortest(self.hparams.l2[i]),
+            "momentum": _shortest(self.hparams.momentum[i]),
+            "seed": int(self.hparams.seed[i]),
+        }
+
+    def select(self, indices: Sequence[int]) -> Grid:
+        """The points at `indices` as an explicit list (axes ("point",))."""
+        idx = np.asarray(indices, np.int64)
+        hp = HParams(*(np.asarray(v)[idx] for v in self.hparams))
+        return Grid(hp, ("point",), (len(idx),), {"point": tuple(range(len(idx)))})
+
+
+def _shortest(x) -> float:
+    """A float32 or float64 value as the shortest decimal that reads back to it (0.1, not
+    0.10000000149011612 for float32)."""
+    return float(str(np.asarray(x)[()]))
+
+
+def _float_dtype(dtype):
+    return np.dtype(dtype) if dtype is not None else np.dtype(jnp.zeros(()).dtype)
+
+
+def _as_tuple(values, what: str) -> tuple:
+    if np.ndim(values) == 0:
+        values = (values,)
+    values = tuple(values)
+    if not values:
+        raise ValueError(f"make_grid: {what} needs at least one value")
+    return values
+
+
+def make_grid(
+    *,
+    learning_rate: Sequence[float] | float = (0.05,),
+    l2: Sequence[float] | float = (0.0,),
+    momentum: Sequence[float] | float = (0.0,),
+    seed: Sequence[int] | int = (0,),
+    dtype=None,
+) -> Grid:
+    """The Cartesian product of the given values, flattened to one sweep axis.
+
+    The axes are ("l2", "learning_rate", "seed"), with "momentum" inserted before "seed" when
+    several momenta are given; the seed varies fastest, then the learning rate, then lambda.
+
+    Args:
+      learning_rate, l2, momentum: a float or a sequence of floats each.
+      seed: an int or a sequence of ints.
+      dtype: float dtype of the continuous knobs (default: JAX's default float).
+    Returns:
+      `Grid` of S = len(l2) * len(learning_rate) [* len(momentum)] * len(seed) points.
+    """
+    vals = {
+        "l2": tuple(float(v) for v in _as_tuple(l2, "l2")),
+        "learning_rate": tuple(float(v) for v in _as_tuple(learning_rate, "learning_rate")),
+        "momentum": tuple(float(v) for v in _as_tuple(momentum, "momentum")),
+        "seed": tuple(int(v) for v in _as_tuple(seed, "seed")),
+    }
+    axes = ("l2", "learning_rate") + (("momentum",) if len(vals["momentum"]) > 1 else ())
+    axes += ("seed",)
+    prod = list(itertools.product(*(vals[a] for a in axes)))
+    cols = {a: [p[j] for p in prod] for j, a in enumerate(axes)}
+    for a in HPARAM_NAMES:
+        cols.setdefault(a, [vals[a][0]] * len(prod))
+    dt = _float_dtype(dtype)
+    hp = HParams(
+        learning_rate=np.asarray(cols["learning_rate"], dt),
+        l2=np.asarray(cols["l2"], dt),
+        momentum=np.asarray(cols["momentum"], dt),
+        seed=np.asarray(cols["seed"], np.int32),
+    )
+    shape = tuple(len(vals[a]) for a in axes)
+    return Grid(hp, axes, shape, {a: vals[a] for a in axes})
+
+
+def grid_from_points(points: Sequence[dict], dtype=None) -> Grid:
+    """A grid from an explicit list of points.
+
+    Args:
+      points: dicts with any of "learning_rate" (required), "l2", "momentum", "seed"
+        (default 0.0, 0.0, 0).
+      dtype: float dtype of the continuous knobs.
+    Returns:
+      `Grid` with axes ("point",) and shape (S,).
+    """
+    if not points:
+        raise ValueError("grid_from_points: no points")
+    for p in points:
+        unknown = set(p) - set(HPARAM_NAMES)
+        if unknown:
+            raise ValueError(f"grid_from_points: unknown keys {sorted(unknown)}")
+        if "learning_rate" not in p:
+            raise ValueError(f"grid_from_points: point {p} has no learning_rate")
+    dt = _float_dtype(dtype)
+    hp = HParams(
+        learning_rate=np.asarray([p["learning_rate"] for p in points], dt),
+        l2=np.asarray([p.get("l2", 0.0) for p in points], dt),
+        momentum=np.asarray([p.get("momentum", 0.0) for p in points], dt),
+        seed=np.asarray([p.get("seed", 0) for p in points], np.int32),
+    )
+    return Grid(hp, ("point",), (len(points),), {"point": tuple(range(len(points)))})
+
+
+# ---------------------------------------------------------------------------------------------
+# Results.
+
+
+@dataclasses.dataclass
+class SweepResult:
+    """What `run_sweep` returns (host-side numpy values, point i of the flattened grid).
+
+    Attributes:
+      grid: the grid.
+      params: returned parameters of every point (the best check's with early stopping),
+        leaves stacked [S, ...].
+      metrics: name -> [S]: final numbers of the returned parameters ("train_loss",
+        "val_loss", "train_accuracy", "val_accuracy" and their "_cross_entropy" /
+        "_objective" variants, see `Engine.evaluate`), plus "steps" (steps trained).
+      early_stopping: name -> [S]: "stopped" (bool), "step", "epoch" (-1 when not
+        stopped), "best_step", "best_epoch" (-1 before the first check), "best_val_loss".
+      diverged: [S] bool, the point produced a non-finite loss or parameter.
+      diverge_step: [S] the step that did (-1 if none).
+      histories: one history dict per point (the keys of `jaxlr.train.history_from_logs`).
+      wall_seconds: host time of the training loops (compilation included).
+      config: the static config.
+      num_batches: M, batches per epoch.
+    """
+
+    grid: Grid
+    params: Any
+    metrics: dict[str, np.ndarray]
+    early_stopping: dict[str, np.ndarray]
+    diverged: np.ndarray
+    diverge_step: np.ndarray
+    histories: list[dict]
+    wall_seconds: float
+    config: TrainConfig | None = None
+    num_batches: int = 0
+
+    def best_index(self, by: str = "val_loss") -> int:
+        """Index of the best point that did not diverge.
+
+        Args:
+          by: a key of `metrics`; losses are minimised, accuracies maximised.
+        Returns:
+          The point's index in the flattened grid.
+        Raises:
+          ValueError: unknown metric, or every point diverged.
+        """
+        if by not in self.metrics:
+            raise ValueError(f"best_index: unknown metric {by!r}; valid: {sorted(self.metrics)}")
+        values = np.asarray(self.metrics[by], np.float64)
+        ok = ~np.asarray(self.diverged) & np.isfinite(values)
+        if not ok.any():
+            raise ValueError("best_index: every point diverged (no finite metric)")
+        sign = -1.0 if "accuracy" in by else 1.0
+        return int(np.argmin(np.where(ok, sign * values, np.inf)))
+
+    def reshape(self, values_S) -> np.ndarray:
+        """Per-point values [S, ...] reshaped to the grid: grid.shape + trailing dims."""
+        values = np.asarray(values_S)
+        return values.reshape(tuple(self.grid.shape) + values.shape[1:])
+
+    def point_params(self, i: int):
+        """The returned parameters of point `i`."""
+        return jax.tree.map(lambda a: a[i], self.params)
+
+    def point_metrics(self, i: int) -> dict:
+        """Point `i`'s numbers in the form of `jaxlr.train.fit`'s `TrainResult.metrics`.
+
+        Final metrics (floats), "steps", "epochs" (epochs in which it trained) and, with
+        early stopping, "early_stopping" as `jaxlr.train.early_stopping_summary` gives it.
+        """
+        out = {k: _py(v[i]) for k, v in self.metrics.items()}
+        steps = int(self.metrics["steps"][i])
+        out["epochs"] = -(-steps // self.num_batches) if self.num_batches else 0
+        if self.config is not None and self.config.early_stopping:
+            es = {k: _py(v[i]) for k, v in self.early_stopping.items()}
+            for k in ("step", "epoch", "best_epoch"):
+                if es[k] < 0:
+                    es[k] = None
+            out["early_stopping"] = es
+        return out
+
+    def records(self) -> list[dict]:
+        """One JSON-ready dict per point: hyper-parameters, metrics, stopping, divergence."""
+        out = []
+        for i in range(self.grid.size):
+            rec = {"index": i, **self.grid.point(i)}
+            rec.update({k: _py(v[i]) for k, v in self.metrics.items()})
+            rec["diverged"] = bool(self.diverged[i])
+            rec["diverge_step"] = int(self.diverge_step[i])
+            rec["early_stopping"] = {k: _py(v[i]) for k, v in self.early_stopping.items()}
+            out.append(rec)
+        return out
+
+
+def _py(x):
+    x = np.asarray(x)
+    if x.dtype == bool:
+        return bool(x)
+    if np.issubdtype(x.dtype, np.integer):
+        return int(x)
+    return float(x)
+
+
+def mean_over(result: SweepResult, values_S, axes: Sequence[str] = ("seed",)) -> np.ndarray:
+    """Per-point values reshaped to the grid and averaged over the named axes.
+
+    Diverged points count as NaN (a cell with any diverged seed is NaN).
+
+    Args:
+      result: a sweep result.
+      values_S: [S] values.
+      axes: grid axes to average over (absent ones are ignored).
+    Returns:
+      Array over the remaining axes of `result.grid.axes`, in their order.
+    """
+    v = np.where(result.diverged, np.nan, np.asarray(values_S, np.float64))
+    grid_v = result.reshape(v)
+    drop = tuple(result.grid.axes.index(a) for a in axes if a in result.grid.axes)
+    return grid_v.mean(axis=drop) if drop else grid_v
+
+
+TABLE_COLUMNS = (
+    "train_loss",
+    "val_loss",
+    "train_accuracy",
+    "val_accuracy",
+    "steps",
+)
+
+
+def table_rows(result: SweepResult, columns: Sequence[str] = TABLE_COLUMNS) -> list[dict]:
+    """Rows of the result table: hyper-parameters, metrics, stopping step, divergence."""
+    rows = []
+    es = result.early_stopping
+    for i in range(result.grid.size):
+        row = {"index": i, **result.grid.point(i)}
+        for c in columns:
+            row[c] = _py(result.metrics[c][i])
+        row["stop_step"] = int(es["step"][i]) if es and bool(es["stopped"][i]) else ""
+        row["best_step"] = int(es["best_step"][i]) if es else ""
+        row["diverged"] = bool(result.diverged[i])
+        rows.append(row)
+    return rows
+
+
+def table_csv(result: SweepResult, columns: Sequence[str] = TABLE_COLUMNS) -> str:
+    """The result table as CSV text (one row per point)."""
+    rows = table_rows(result, columns)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def table_markdown(
+    result: SweepResult, columns: Sequence[str] = TABLE_COLUMNS, best_by: str = "val_loss"
+) -> str:
+    """The result table as Markdown, the best point (by `best_by`) in bold."""
+    rows = table_rows(result, columns)
+    best = result.best_index(best_by) if not np.all(result.diverged) else -1
+    names = list(rows[0])
+    lines = ["| " + " | ".join(names) + " |", "|" + "---|" * len(names)]
+    for row in rows:
+        cells = []
+        for k in names:
+            v = row[k]
+            if isinstance(v, float) and k in ("learning_rate", "l2", "momentum"):
+                cells.append(f"{v:g}")
+            elif isinstance(v, float):
+                cells.append(f"{v:.4f}")
+            else:
+                cells.append(str(v))
+        if row["index"] == best:
+            cells = [f"**{c}**" if c else c for c in cells]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# Compiled functions.
+
+
+class SweepFns(NamedTuple):
+    """The jitted, vmapped and sharded functions of a sweep over G points.
+
+    Attributes:
+      init: hparams [G] -> TrainState [G].
+      run: (state [G], hparams [G], data, start_epoch, num_epochs) -> (state, StepLog [G, T]).
+      evaluate: (params [G], hparams [G], data) -> dict of [G].
+      engine: the engine of one run.
+      mesh: the device mesh (axis "sweep").
+    """
+
+    init: Callable
+    run: Callable
+    evaluate: Callable
+    engine: Any
+    mesh: Mesh
+
+
+def _mesh(devices) -> Mesh:
+    return Mesh(np.asarray(list(devices)), (SWEEP_AXIS,))
+
+
+@functools.lru_cache(maxsize=64)
+def sweep_functions(
+    config: TrainConfig,
+    model: Model,
+    num_train: int,
+    devices: tuple = (),
+    shared_seed: bool = False,
+) -> SweepFns:
+    """Builds (and caches) the compiled sweep functions.
+
+    Cached on its arguments, so a new grid of the same size and config reuses the compiled
+    programs (a bound `Model` compares by the identity of its functions).
+
+    Args:
+      config: static config.
+      model: the bound model.
+      num_train: N.
+      devices: devices of the mesh (default: all of `jax.devices()`).
+      shared_seed: every point has the same seed; it is then passed unbatched, so the
+        data order and the mini-batch gather are shared by all points (one matrix product
+        [B, D] x [D, G K] instead of G products).
+    Returns:
+      `SweepFns`.
+    """
+    engine = make_engine(config, model, num_train)
+    mesh = _mesh(devices or jax.devices())
+    sweep = NamedSharding(mesh, P(SWEEP_AXIS))
+    hp_axes = HParams(0, 0, 0, None if shared_seed else 0)
+
+    def init(hparams):
+        return jax.vmap(engine.init, in_axes=(hp_axes,))(hparams)
+
+    def run(state, hparams, data, start_epoch, num_epochs):
+        def one(s, h):
+            return engine.run(s, h, data, start_epoch, num_epochs)
+
+        return jax.vmap(one, in_axes=(0, hp_axes))(state, hparams)
+
+    def evaluate(params, hparams, data):
+        return jax.vmap(lambda p, h: engine.evaluate(p, h, data), in_axes=(0, hp_axes))(
+            params, hparams
+        )
+
+    return SweepFns(
+        init=jax.jit(init, out_shardings=sweep),
+        run=jax.jit(run, static_argnums=4, out_shardings=sweep),
+        evaluate=jax.jit(evaluate, out_shardings=sweep),
+        engine=engine,
+        mesh=mesh,
+    )
+
+
+@functools.lru_cache(maxsize=64)
+def _default_model(config: TrainConfig, num_features: int, dtype: np.dtype) -> Model:
+    # Cached so that repeated sweeps get the same Model object, hence the same compiled code.
+    return model_for(config, num_features, dtype)
+
+
+def _put(x, sharding: NamedSharding):
+    """A global array with `sharding` from a host array present on every process."""
+    x = np.asarray(x)
+    return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
+
+
+def _to_host(tree):
+    """Host numpy copies of (possibly multi-process) global arrays."""
+    leaves = jax.tree.leaves(tree)
+    if all(getattr(a, "is_fully_addressable", True) for a in leaves):
+        return jax.device_get(tree)
+    from jax.experimental import multihost_utils
+
+    return multihost_utils.process_allgather(tree, tiled=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Block size.
+
+
+def param_count(model: Model) -> int:
+    """Number of scalar parameters of `model` (from shapes only, nothing is computed)."""
+    shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0))
+    return int(sum(math.prod(s.shape) for s in jax.tree.leaves(shapes)))
+
+
+def bytes_per_point(config: TrainConfig, model: Model, data_shape: tuple, itemsize: int) -> int:
+    """A rough upper estimate of the device memory one sweep point needs.
+
+    Counts the state (parameters, new parameters, gradients, optimizer slots, best
+    parameters), one step's activations, a validation check's activations and one chunk of
+    step logs.
+
+    Args:
+      config: static config.
+      model: the bound model.
+      data_shape: (N, V, D): training and validation examples and features.
+      itemsize: bytes per float.
+    Returns:
+      Bytes.
+    """
+    n, v, d = data_shape
+    p = param_count(model)
+    slots = {"sgd": 0, "momentum": 1, "adam": 2}[config.optimizer]
+    state = p * (3 + slots + (1 if config.early_stopping else 0))
+    widths = sum(config.hidden) + (1 if config.model == "logistic" else config.num_classes)
+    n_eval = min(config.train_eval_size or n, n)
+    step = config.batch_size * (d + 3 * widths)
+    check = 2 * max(v, n_eval) * widths
+    m = max(1, n // config.batch_size)
+    logs = 6 * config.epochs_per_call * m
+    return int(itemsize * (state + step + check + logs))
+
+
+def memory_budget(device=None) -> int:
+    """Bytes a block of sweep points may use on `device` (default: this process's first)."""
+    device = device or jax.local_devices()[0]
+    stats = None
+    try:
+        stats = device.memory_stats()
+    except Exception:  # noqa: BLE001  (CPU and some backends do not report memory)
+        stats = None
+    if stats and stats.get("bytes_limit"):
+        return int(stats["bytes_limit"]) // 2
+    try:
+        host = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        host = 8 << 30
+    return int(min(_CPU_BUDGET_CAP, host // 4))
+
+
+def default_block_size(
+    config: TrainConfig,
+    model: Model,
+    data_shape: tuple,
+    itemsize: int,
+    num_points: int,
+    num_devices: int = 1,
+    budget_bytes: int | None = None,
+) -> int:
+    """Points per block: as many as fit in the memory budget of every device.
+
+    Args:
+      config, model, data_shape, itemsize: see `bytes_per_point`.
+      num_points: S.
+      num_devices: devices the block is sharded over (each holds G / num_devices points).
+      budget_bytes: per-device budget (default `memory_budget()`).
+    Returns:
+      A multiple of `num_devices`, at least `num_devices`, at most S rounded up to one.
+    """
+    budget = memory_budget() if budget_bytes is None else budget_bytes
+    data_bytes = itemsize * (data_shape[0] + data_shape[1]) * data_shape[2]
+    per_point = bytes_per_point(config, model, data_shape, itemsize)
+    per_device = max(1, (budget - data_bytes) // max(per_point, 1))
+    whole = -(-num_points // num_devices)
+    return int(num_devices * max(1, min(per_device, whole)))
+
+
+# ---------------------------------------------------------------------------------------------
+# The sweep.
+
+
+def _fmt_time(seconds: float) -> str:
+    seconds = max(0, int(round(seconds)))
+    h, rem = divmod(seconds, 3600)
+    mnt, s = divmod(rem, 60)
+    return f"{h}:{mnt:02d}:{s:02d}" if h else f"{mnt:d}:{s:02d}"
+
+
+def _pad_indices(indices: np.ndarray, size: int) -> np.ndarray:
+    """`indices` padded to `size` with copies of its own points (cycled)."""
+    if len(indices) >= size:
+        return indices
+    return np.concatenate([indices, np.resize(indices, size - len(indices))])
+
+
+def run_sweep(
+    config: TrainConfig,
+    grid: Grid,
+    data: Data,
+    *,
+    model: Model | None = None,
+    block_size: int | None = None,
+    devices: Sequence | None = None,
+    log_fn: Callable[[str], None] | None = None,
+) -> SweepResult:
+    """Trains every point of `grid` in one compiled, vmapped call per chunk of epochs.
+
+    Args:
+      config: static config (shared by every point).
+      grid: the points (`make_grid` or `grid_from_points`).
+      data: preprocessed arrays; their float dtype is the compute dtype.
+      model: a bound model (default: built from `config` and the data's shape and dtype).
+      block_size: points per block (rounded up to a multiple of the device count); default
+        from `default_block_size`. Blocks run one after the other with the same program.
+      devices: devices to shard the sweep axis over (default: all of `jax.devices()`,
+        across every process after `jax.distributed.initialize()`).
+      log_fn: where progress lines go (default: the "jaxlr.sweep" logger at INFO).
+    Returns:
+      `SweepResult` (diverged points are flagged, not raised).
+    """
+    log_fn = log_fn or log.info
+    x_train = np.asarray(data.x_train)
+    dtype = x_train.dtype
+    if not np.issubdtype(dtype, np.floating):
+        raise ValueError(f"run_sweep: x_train must be floating point, got {dtype}")
+    data = Data(
+        x_train,
+        np.asarray(data.y_train, np.int32),
+        np.asarray(data.x_val, dtype),
+        np.asarray(data.y_val, np.int32),
+    )
+    n, d = x_train.shape
+    if model is None:
+        model = _default_model(config, d, np.dtype(dtype))
+    devices = tuple(devices) if devices else tuple(jax.devices())
+    nd = len(devices)
+    s = grid.size
+    hp_all = HParams(
+        *(np.asarray(v, dtype) for v in grid.hparams[:3]), np.asarray(grid.hparams.seed, np.int32)
+    )
+    if hp_all.learning_rate.shape != (s,):
+        raise ValueError(f"grid.hparams must be arrays [{s}], got {hp_all.learning_rate.shape}")
+    shape = (n, data.x_val.shape[0], d)
+    if block_size is None:
+        block_size = default_block_size(config, model, shape, dtype.itemsize, s, nd)
+    g = nd * max(1, -(-int(block_size) // nd))
+    g = min(g, nd * -(-s // nd))
+    shared_seed = bool(np.all(hp_all.seed == hp_all.seed[0]))
+    fns = sweep_functions(config, model, n, devices, shared_seed)
+    m = fns.engine.num_batches
+    repl = NamedSharding(fns.mesh, P())
+    sweep_sh = NamedSharding(fns.mesh, P(SWEEP_AXIS))
+    data_dev = Data(*(_put(a, repl) for a in data))
+    blocks = [np.arange(i, min(i + g, s)) for i in range(0, s, g)]
+    log_fn(
+        f"sweep: {s} points in {len(blocks)} block(s) of {g} on {nd} device(s) "
+        f"({devices[0].platform}); {config.num_epochs} epochs of {m} steps"
+    )
+
+    t0 = time.perf_counter()
+    outs = []
+    for b, idx in enumerate(blocks):
+        outs.append(
+            _run_block(
+                fns,
+                config,
+                hp_all,
+                _pad_indices(idx, g),
+                len(idx),
+                data_dev,
+                sweep_sh,
+                repl,
+                shared_seed,
+                log_fn,
+                (b, len(blocks)),
+                t0,
+            )
+        )
+    wall = time.perf_counter() - t0
+    return _assemble(grid, config, m, outs, wall)
+
+
+class _BlockOut(NamedTuple):
+    params: Any
+    state: TrainState
+    metrics: dict
+    logs: StepLog  # numpy [G, T]
+
+
+def _run_block(
+    fns, config, hp_all, idx, real, data_dev, sweep_sh, repl, shared_seed, log_fn, which, t0
+) -> _BlockOut:
+    m = fns.engine.num_batches
+    hp_np = HParams(*(v[idx] for v in hp_all))
+    if shared_seed:
+        hp = HParams(*(_put(v, sweep_sh) for v in hp_np[:3]), _put(hp_np.seed[0], repl))
+    else:
+        hp = HParams(*(_put(v, sweep_sh) for v in hp_np))
+    state = fns.init(hp)
+    epoch, parts = 0, []
+    best_acc = np.nan
+    t_block = time.perf_counter()
+    active = np.ones(len(idx), bool)
+    while epoch < config.num_epochs and active[:real].any():
+        k = min(config.epochs_per_call, config.num_epochs - epoch)
+        t_chunk = time.perf_counter()
+        state, logs = fns.run(state, hp, data_dev, epoch, k)
+        logs = _to_host(logs)
+        active = np.asarray(_to_host(state.active))
+        parts.append(logs)
+        epoch += k
+        dt = time.perf_counter() - t_chunk
+        ran = np.asarray(logs.ran[:real])
+        acc = np.asarray(logs.val_accuracy[:real])
+        if np.isfinite(acc).any():
+            best_acc = np.nanmax([np.nanmax(acc), best_acc])
+        done = (which[0] + epoch / config.num_epochs) / which[1]
+        elapsed = time.perf_counter() - t0
+        left = elapsed * (1 - done) / max(done, 1e-9)
+        log_fn(
+            f"block {which[0] + 1}/{which[1]} epoch {epoch}/{config.num_epochs}  "
+            f"active {int(active[:real].sum())}/{real}  best val_acc {best_acc:.4f}  "
+            f"{k * m / max(dt, 1e-9):,.0f} steps/s ({ran.sum() / max(dt, 1e-9):,.0f} "
+            f"point-steps/s)  elapsed {_fmt_time(elapsed)}  left <= {_fmt_time(left)}"
+        )
+    if not parts:  # num_epochs is >= 1, so this cannot happen; kept for clarity
+        raise RuntimeError("sweep block ran no epochs")
+    logs = StepLog(*(np.concatenate([p[j] for p in parts], axis=1) for j in range(6)))
+    params = returned_params(state)
+    metrics = fns.evaluate(params, hp, data_dev)
+    params, state, metrics = _to_host((params, state, metrics))
+    log_fn(
+        f"block {which[0] + 1}/{which[1]} done in {time.perf_counter() - t_block:.1f} s "
+        f"({epoch} epochs)"
+    )
+    cut = lambda t: jax.tree.map(lambda a: np.asarray(a)[:real], t)  # noqa: E731
+    return _BlockOut(cut(params), cut(state), cut(metrics), cut(logs))
+
+
+def _assemble(grid: Grid, config: TrainConfig, m: int, outs: list, wall: float) -> SweepResult:
+    def cat(trees):
+        return jax.tree.map(lambda *a: np.concatenate(a, axis=0), *trees)
+
+    params = cat([o.params for o in outs])
+    state = cat([o.state for o in outs])
+    metrics = cat([o.metrics for o in outs])
+    histories = []
+    for o in outs:
+        for i in range(o.logs.ran.shape[0]):
+            histories.append(history_from_logs(StepLog(*(f[i] for f in o.logs)), m))
+    metrics = {k: np.asarray(v) for k, v in metrics.items()}
+    metrics["steps"] = np.asarray([len(h["step"]) for h in histories], np.int64)
+    # The engine tracks the best check even without early stopping (then nothing stops).
+    rows = [
+        early_stopping_summary(jax.tree.map(lambda a, i=i: a[i], state), m)
+        for i in range(grid.size)
+    ]
+    es = {
+        "stopped": np.asarray([r["stopped"] for r in rows], bool),
+        "step": np.asarray([-1 if r["step"] is None else r["step"] for r in rows], np.int64),
+        "epoch": np.asarray([-1 if r["epoch"] is None else r["epoch"] for r in rows], np.int64),
+        "best_step": np.asarray([r["best_step"] for r in rows], np.int64),
+        "best_epoch": np.asarray(
+            [-1 if r["best_epoch"] is None else r["best_epoch"] for r in rows], np.int64
+        ),
+        "best_val_loss": np.asarray([r["best_val_loss"] for r in rows], np.float64),
+    }
+    return SweepResult(
+        grid=grid,
+        params=params,
+        metrics=metrics,
+        early_stopping=es,
+        diverged=np.asarray(state.diverged, bool),
+        diverge_step=np.asarray(state.diverge_step, np.int64),
+        histories=histories,
+        wall_seconds=wall,
+        config=config,
+        num_batches=m,
+    )
+
+
+__all__ = [
+    "Grid",
+    "SweepFns",
+    "SweepResult",
+    "bytes_per_point",
+    "default_block_size",
+    "grid_from_points",
+    "make_grid",
+    "mean_over",
+    "memory_budget",
+    "param_count",
+    "run_sweep",
+    "sweep_functions",
+    "table_csv",
+    "table_markdown",
+    "table_rows",
+]

@@ -1,0 +1,446 @@
+"""Tests of vmapped sweeps (`jaxlr.sweep`): equal to single runs, blocked, sharded, no retrace."""
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from experiments.common import train_config
+from jaxlr import sweep
+from jaxlr.config import HParams, TrainConfig, make_hparams
+from jaxlr.testing import assert_tree_allclose, count_traces, tolerance
+from jaxlr.train import Data, fit, model_for
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Rounding-level agreement: a sweep multiplies the shared batch by all points' weights in one
+# matrix product, whose summation order may differ from a single run's by an ulp or so.
+TOL = tolerance(np.float64, "grad_vs_autodiff")
+
+
+def synthetic(n=240, v=120, d=9, k=None, seed=0, noise=1.0):
+    """Linearly generated labels with noise; the last feature is the constant 1."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n + v, d))
+    x = np.concatenate([x, np.ones((n + v, 1))], axis=1)
+    if k is None:
+        w = rng.normal(size=d + 1)
+        y = (x @ w + noise * rng.normal(size=n + v) > 0).astype(np.int32)
+    else:
+        w = rng.normal(size=(d + 1, k))
+        y = np.argmax(x @ w + noise * rng.normal(size=(n + v, k)), axis=1).astype(np.int32)
+    return Data(x[:n], y[:n], x[n:], y[n:])
+
+
+SOFTMAX = TrainConfig(
+    model="softmax", num_classes=3, batch_size=16, num_epochs=3, shuffle=True, epochs_per_call=3
+)
+# Few examples, many features, no L2: the validation loss turns up after a while.
+OVERFIT = TrainConfig(
+    model="logistic",
+    batch_size=8,
+    num_epochs=40,
+    patience=5,
+    eval_every=4,
+    early_stopping=True,
+    epochs_per_call=8,
+)
+
+
+def overfit_data():
+    return synthetic(n=64, v=200, d=40, noise=3.0)
+
+
+def _fit_point(cfg, grid, i, data):
+    p = grid.point(i)
+    return fit(cfg, make_hparams(p["learning_rate"], p["l2"], p["momentum"], p["seed"]), data)
+
+
+def _quiet(msg):
+    pass
+
+
+def test_make_grid_order_axes_and_reshape():
+    g = sweep.make_grid(learning_rate=(0.1, 0.2, 0.3), l2=(0.0, 1.0), seed=(0, 1))
+    assert g.axes == ("l2", "learning_rate", "seed")
+    assert g.shape == (2, 3, 2) and g.size == 12
+    assert g.values["learning_rate"] == (0.1, 0.2, 0.3)
+    # Row-major: the seed varies fastest, lambda slowest.
+    assert [g.point(i)["seed"] for i in range(4)] == [0, 1, 0, 1]
+    assert g.point(2) == {"learning_rate": 0.2, "l2": 0.0, "momentum": 0.0, "seed": 0}
+    assert g.point(6)["l2"] == 1.0 and g.point(6)["learning_rate"] == 0.1
+    gm = sweep.make_grid(learning_rate=0.1, momentum=(0.0, 0.9))
+    assert gm.axes == ("l2", "learning_rate", "momentum", "seed") and gm.shape == (1, 1, 2, 1)
+    assert list(gm.hparams.momentum) == [0.0, 0.9]
+    gp = sweep.grid_from_points([{"learning_rate": 0.1}, {"learning_rate": 0.5, "seed": 3}])
+    assert gp.axes == ("point",) and gp.shape == (2,)
+    assert gp.point(1) == {"learning_rate": 0.5, "l2": 0.0, "momentum": 0.0, "seed": 3}
+    with pytest.raises(ValueError, match="unknown keys"):
+        sweep.grid_from_points([{"learning_rate": 0.1, "lambda": 1.0}])
+    # reshape / mean_over / best_index on a hand-built result.
+    val = np.arange(12.0)
+    res = sweep.SweepResult(
+        grid=g,
+        params={},
+        metrics={"val_loss": val, "val_accuracy": val / 100},
+        early_stopping={},
+        diverged=np.arange(12) == 0,
+        diverge_step=np.full(12, -1),
+        histories=[],
+        wall_seconds=0.0,
+    )
+    assert res.reshape(val)[1, 2, 0] == 10.0
+    assert res.best_index("val_loss") == 1  # point 0 diverged
+    assert res.best_index("val_accuracy") == 11
+    means = sweep.mean_over(res, val)
+    assert means.shape == (2, 3)
+    assert np.isnan(means[0, 0]) and means[1, 2] == pytest.approx(10.5)
+
+
+def test_sweep_equals_loop_of_single_runs():
+    data = synthetic(k=3)
+    grid = sweep.make_grid(learning_rate=(0.05, 0.5), l2=(0.01,), seed=(0, 1))
+    res = sweep.run_sweep(SOFTMAX, grid, data, log_fn=_quiet)
+    assert res.grid is grid and len(res.histories) == grid.size
+    for i in range(grid.size):
+        single = _fit_point(SOFTMAX, grid, i, data)
+        assert_tree_allclose(res.point_params(i), single.params, **TOL, err_msg=f"point {i}")
+        for k in ("train_loss", "val_loss", "train_accuracy", "val_accuracy"):
+            assert res.metrics[k][i] == pytest.approx(single.metrics[k], rel=1e-10), k
+        assert res.metrics["steps"][i] == single.metrics["steps"]
+        for k, v in single.history.items():
+            np.testing.assert_allclose(res.histories[i][k], v, rtol=1e-10, err_msg=k)
+    assert not res.diverged.any()
+    # The points do differ: different seeds shuffle differently.
+    assert res.metrics["val_loss"][0] != res.metrics["val_loss"][1]
+
+
+def test_early_stopping_per_point_equals_single_runs():
+    data = overfit_data()
+    # Stops at steps 96 and 20; the smallest rate never stops.
+    grid = sweep.make_grid(learning_rate=(0.005, 0.1, 2.0), l2=(0.03,))
+    res = sweep.run_sweep(OVERFIT, grid, data, log_fn=_quiet)
+    es = res.early_stopping
+    assert es["stopped"].sum() >= 2, "test data should make several points stop early"
+    assert len(set(es["step"][es["stopped"]])) >= 2, "points should stop at different steps"
+    for i in range(grid.size):
+        single = _fit_point(OVERFIT, grid, i, data)
+        info = single.metrics["early_stopping"]
+        assert bool(es["stopped"][i]) == info["stopped"], i
+        assert es["step"][i] == (info["step"] if info["stopped"] else -1), i
+        assert es["best_step"][i] == info["best_step"], i
+        assert es["best_val_loss"][i] == pytest.approx(info["best_val_loss"], rel=1e-10)
+        assert_tree_allclose(res.point_params(i), single.params, **TOL, err_msg=f"point {i}")
+        assert res.histories[i]["step"][-1] == single.history["step"][-1]
+    i = int(np.argmax(es["stopped"]))
+    assert res.metrics["val_loss"][i] == pytest.approx(es["best_val_loss"][i], rel=1e-10)
+
+
+def test_a_stopped_point_never_changes_again():
+    data = overfit_data()
+    cfg = OVERFIT
+    model = model_for(cfg, data.x_train.shape[1], jnp.float64)
+    grid = sweep.make_grid(learning_rate=(0.005, 0.1, 2.0), l2=(0.0, 0.03))
+    fns = sweep.sweep_functions(cfg, model, data.x_train.shape[0], (jax.devices()[0],))
+    hp = HParams(*(jnp.asarray(v) for v in grid.hparams))
+    jdata = Data(*(jnp.asarray(a) for a in data))
+    state = fns.init(hp)
+    params, active = [], []
+    for epoch in range(cfg.num_epochs):
+        state, _ = fns.run(state, hp, jdata, epoch, 1)
+        params.append(np.asarray(state.params["w"]))
+        active.append(np.asarray(state.active))
+    params, active = np.stack(params), np.stack(active)  # [epochs, S, D]
+    stopped_at = [int(np.argmin(a)) if not a.all() else None for a in active.T]
+    assert sum(s is not None for s in stopped_at) >= 2
+    assert any(s is None for s in stopped_at), "some point should train to the end"
+    for i, s in enumerate(stopped_at):
+        if s is None:
+            assert not np.array_equal(params[-1, i], params[-2, i])
+            continue
+        # Inactive from epoch s on, then frozen bit for bit (the best weights too).
+        assert not active[s:, i].any()
+        for e in range(s + 1, cfg.num_epochs):
+            np.testing.assert_array_equal(params[e, i], params[s, i])
+    assert int(state.stop_step.max()) < cfg.num_epochs * 8
+
+
+def test_blocked_equals_unblocked():
+    data = synthetic(k=3)
+    # Several seeds: each point gathers its own batches (a batched product over points), so
+    # blocks of 2 or more points (the last one padded) reproduce every bit. A block of one
+    # point lets XLA drop the batch dimension and use another kernel: equal up to rounding.
+    grid = sweep.make_grid(learning_rate=(0.05, 0.5, 0.2), l2=(0.0, 0.01), seed=(0, 1))
+    whole = sweep.run_sweep(SOFTMAX, grid, data, log_fn=_quiet)
+    one = sweep.run_sweep(SOFTMAX, grid, data, block_size=1, log_fn=_quiet)
+    assert_tree_allclose(one.params, whole.params, **TOL)
+    for block in (5,):  # blocks 5, 5, 2 (+ 3 copies)
+        blocked = sweep.run_sweep(SOFTMAX, grid, data, block_size=block, log_fn=_quiet)
+        assert_tree_allclose(blocked.params, whole.params, rtol=0, atol=0)
+        # Evaluations multiply the shared data by all points' weights in one product whose
+        # summation order depends on the number of points: equal up to rounding.
+        for k, v in whole.metrics.items():
+            np.testing.assert_allclose(blocked.metrics[k], v, rtol=TOL["rtol"], err_msg=k)
+        for a, b in zip(blocked.histories, whole.histories, strict=True):
+            np.testing.assert_array_equal(a["step"], b["step"])
+            np.testing.assert_array_equal(a["train_loss"], b["train_loss"])
+            np.testing.assert_allclose(a["val_loss"], b["val_loss"], rtol=TOL["rtol"])
+    # One seed, no shuffle: every point shares the batch; equal up to rounding.
+    data2 = overfit_data()
+    grid2 = sweep.make_grid(learning_rate=(0.005, 0.1, 2.0), l2=(0.0, 0.03))
+    whole2 = sweep.run_sweep(OVERFIT, grid2, data2, log_fn=_quiet)
+    blocked2 = sweep.run_sweep(OVERFIT, grid2, data2, block_size=4, log_fn=_quiet)
+    assert_tree_allclose(blocked2.params, whole2.params, **TOL)
+    for k, v in whole2.early_stopping.items():
+        np.testing.assert_array_equal(blocked2.early_stopping[k], v, err_msg=k)
+
+
+def test_diverging_point_is_reported_and_the_others_are_unaffected():
+    data = synthetic(k=3)
+    cfg = SOFTMAX
+    lrs = (0.05, 0.5, 1e306)
+    res = sweep.run_sweep(cfg, sweep.make_grid(learning_rate=lrs), data, log_fn=_quiet)
+    np.testing.assert_array_equal(res.diverged, [False, False, True])
+    assert res.diverge_step[2] >= 0 and (res.diverge_step[:2] == -1).all()
+    # The diverged point is frozen at its last finite weights, reported, and never "best".
+    assert np.all(np.isfinite(res.point_params(2)["w"]))
+    assert res.best_index("val_accuracy") in (0, 1) and res.best_index("val_loss") in (0, 1)
+    # Its history ends with the step that diverged (the update of that step was dropped).
+    assert res.metrics["steps"][2] == res.diverge_step[2] + 1
+    # The other points: bit-identical to a grid of the same size without the bad rate.
+    ref = sweep.run_sweep(cfg, sweep.make_grid(learning_rate=(0.05, 0.5, 0.5)), data)
+    for i in (0, 1):
+        assert_tree_allclose(res.point_params(i), ref.point_params(i), rtol=0, atol=0)
+        for k in res.histories[i]:
+            np.testing.assert_array_equal(res.histories[i][k], ref.histories[i][k])
+    # And equal to the single runs.
+    single = fit(cfg, make_hparams(0.5), data)
+    assert_tree_allclose(res.point_params(1), single.params, **TOL)
+
+
+def test_new_grid_of_the_same_size_does_not_retrace():
+    data = synthetic()
+    cfg = TrainConfig(model="logistic", batch_size=16, num_epochs=2)
+    model = model_for(cfg, data.x_train.shape[1], jnp.float64)
+    counted = count_traces(model.grad)
+    model = model._replace(grad=counted)
+    sweep.run_sweep(cfg, sweep.make_grid(learning_rate=(0.1, 0.2), l2=(0.0,)), data, model=model)
+    first = counted.count
+    assert first >= 1
+    g2 = sweep.make_grid(learning_rate=(0.3,), l2=(0.1, 0.5))
+    r2 = sweep.run_sweep(cfg, g2, data, model=model)
+    assert counted.count == first, "a new grid of the same size recompiled"
+    single = fit(cfg, make_hparams(0.3, 0.5), data)
+    assert_tree_allclose(r2.point_params(1), single.params, **TOL)
+    sweep.run_sweep(cfg, sweep.make_grid(learning_rate=(0.1, 0.2, 0.3)), data, model=model)
+    assert counted.count > first  # another size does compile (the counter works)
+
+
+def test_default_block_size_follows_the_memory_budget():
+    data = synthetic(k=3)
+    model = model_for(SOFTMAX, data.x_train.shape[1], jnp.float64)
+    shape = (240, 120, 10)
+    per_point = sweep.bytes_per_point(SOFTMAX, model, shape, 8)
+    assert per_point > 8 * 3 * 30  # at least params, new params and gradients
+    data_bytes = 8 * 360 * 10
+    budget = data_bytes + 5 * per_point
+    assert sweep.default_block_size(SOFTMAX, model, shape, 8, 100, 1, budget) == 5
+    assert sweep.default_block_size(SOFTMAX, model, shape, 8, 3, 1, budget) == 3
+    assert sweep.default_block_size(SOFTMAX, model, shape, 8, 100, 4, budget) == 20
+    assert sweep.default_block_size(SOFTMAX, model, shape, 8, 100, 4, data_bytes) == 4
+    assert sweep.memory_budget() > 0
+
+
+def test_tables():
+    data = synthetic(k=3)
+    grid = sweep.make_grid(learning_rate=(0.05, 0.5), l2=(0.0, 1e306))
+    cfg = dataclasses.replace(SOFTMAX, num_epochs=2)
+    res = sweep.run_sweep(cfg, grid, data, log_fn=_quiet)
+    csv_text = sweep.table_csv(res)
+    lines = csv_text.strip().splitlines()
+    assert len(lines) == 1 + grid.size
+    assert lines[0].startswith("index,learning_rate,l2,momentum,seed,train_loss,val_loss")
+    md = sweep.table_markdown(res)
+    best = res.best_index("val_loss")
+    assert md.count("**") >= 2 and f"| **{best}** |" in md
+    recs = res.records()
+    assert json.loads(json.dumps(recs))[best]["val_loss"] == pytest.approx(
+        res.metrics["val_loss"][best]
+    )
+
+
+_SHARDED_SCRIPT = textwrap.dedent(
+    """
+    import jax, json, numpy as np
+    jax.config.update("jax_enable_x64", True)
+    from jaxlr import sweep
+    from jaxlr.config import TrainConfig
+    from jaxlr.train import Data
+    assert len(jax.devices()) == 4, jax.devices()
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.normal(size=(360, 9)), np.ones((360, 1))], axis=1)
+    y = np.argmax(x @ rng.normal(size=(10, 3)) + rng.normal(size=(360, 3)), 1).astype(np.int32)
+    data = Data(x[:240], y[:240], x[240:], y[240:])
+    out = {}
+    for seeds in ((0, 1), (0,)):
+        cfg = TrainConfig(model="softmax", num_classes=3, batch_size=16, num_epochs=3,
+                          shuffle=True, early_stopping=True, patience=2, eval_every=2)
+        # 6 or 12 points: padded to a multiple of 4 devices when needed.
+        grid = sweep.make_grid(learning_rate=(0.05, 0.5, 3.0), l2=(0.0, 0.01), seed=seeds)
+        many = sweep.run_sweep(cfg, grid, data, block_size=grid.size)
+        one = sweep.run_sweep(cfg, grid, data, devices=jax.devices()[:1])
+        fns = sweep.sweep_functions(cfg, sweep._default_model(cfg, 10, np.dtype("float64")),
+                                    240, tuple(jax.devices()), len(seeds) == 1)
+        hp = jax.tree.map(lambda v: v[:4], grid.hparams)
+        if len(seeds) == 1:
+            hp = hp._replace(seed=hp.seed[0])
+        st = fns.init(hp)
+        shards = len(st.params["w"].sharding.device_set)
+        out[str(len(seeds))] = dict(
+            shards=shards,
+            max_param_diff=max(float(np.max(np.abs(a - b))) for a, b in
+                               zip(jax.tree.leaves(many.params), jax.tree.leaves(one.params))),
+            bit_identical=all(np.array_equal(a, b) for a, b in
+                              zip(jax.tree.leaves(many.params), jax.tree.leaves(one.params))),
+            max_val_loss_diff=float(np.max(np.abs(many.metrics["val_loss"]
+                                                  - one.metrics["val_loss"]))),
+            stop_equal=bool(np.array_equal(many.early_stopping["step"],
+                                           one.early_stopping["step"])),
+            stopped=int(many.early_stopping["stopped"].sum()),
+            n=len(many.histories),
+            hist_equal=all(np.allclose(a["val_loss"], b["val_loss"], rtol=1e-10)
+                           for a, b in zip(many.histories, one.histories)),
+        )
+    print("RESULT" + json.dumps(out))
+    """
+)
+
+
+def test_sharded_over_four_cpu_devices_equals_one_device():
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = (
+        env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
+    ).strip()
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env["JAX_PLATFORMS"] = "cpu"
+    proc = subprocess.run(
+        [sys.executable, "-c", _SHARDED_SCRIPT],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT")][-1]
+    out = json.loads(line[len("RESULT") :])
+    for seeds, r in out.items():
+        assert r["shards"] == 4, (seeds, r)
+        assert r["n"] == (12 if seeds == "2" else 6), r
+        assert r["stop_equal"] and r["hist_equal"], (seeds, r)
+        assert r["max_param_diff"] <= 1e-12 and r["max_val_loss_diff"] <= 1e-12, (seeds, r)
+    # Per-point data order (several seeds): every device runs the same per-point
+    # products as one device does, bit for bit.
+    assert out["2"]["bit_identical"], out
+    assert out["2"]["stopped"] >= 1, out
+
+
+def test_tdt4265_lambdas_in_one_sweep_equal_separate_runs(tmp_path):
+    from experiments import (
+        registry,  # noqa: F401  (registers the experiments)
+        tdt4265,
+    )
+    from experiments.common import make_config
+
+    data = synthetic(k=3)
+    cfg = make_config("tdt4265_task4", dict(num_epochs=2, batch_size=16))
+    lambdas = [0.0, 0.1, 0.01]
+    swept = tdt4265.train_l2_runs(cfg, data, tmp_path, lambdas)
+    assert list(swept) == lambdas
+    for lam in lambdas:
+        single = tdt4265.train_run(cfg, data, tmp_path, f"lambda={lam:g}", l2=lam)
+        expected = tdt4265.run_metrics(single, train_config(cfg), 240)
+        params, history, m = swept[lam]
+        assert_tree_allclose(params, single.params, **TOL, err_msg=f"lambda {lam}")
+        assert set(m) == set(expected)
+        for k, v in expected.items():
+            if k != "wall_seconds":
+                assert m[k] == pytest.approx(v, rel=1e-10), k
+        for k, v in single.history.items():
+            np.testing.assert_allclose(history[k], v, rtol=1e-10, err_msg=k)
+
+
+def test_sweep_experiment_protocol_defaults():
+    from experiments import registry  # noqa: F401
+    from experiments import sweep as sweep_exp
+    from experiments.common import make_config
+
+    logistic = sweep_exp.resolve_protocol(make_config("sweep"))
+    assert logistic["model"] == "logistic" and logistic["digits"] == (2, 3)
+    assert logistic["lr"] == (0.05,) and logistic["shuffle"] is False
+    assert logistic["num_epochs"] == 50 and logistic["batch_size"] == 128
+    softmax = sweep_exp.resolve_protocol(make_config("sweep", {"model": "softmax"}))
+    assert softmax["digits"] == () and softmax["lr"] == (0.01,) and softmax["shuffle"] is True
+    # Values given by the user win, even when they equal the other protocol's.
+    mine = sweep_exp.resolve_protocol(
+        make_config("sweep", {"model": "softmax", "lr": (0.05,), "shuffle": False})
+    )
+    assert mine["lr"] == (0.05,) and mine["shuffle"] is False and mine["digits"] == ()
+    grid = sweep_exp.grid_of(dict(softmax, l2=(0.0, 0.1), seed=3, seeds=2), np.float32)
+    assert grid.axes == ("l2", "learning_rate", "seed") and grid.values["seed"] == (3, 4)
+
+
+DATA_DIR = os.environ.get("JAXLR_DATA_DIR") or None
+
+
+def _mnist_missing():
+    from jaxlr import data as jdata
+
+    try:
+        jdata.find_dataset_files("mnist", DATA_DIR, download=False)
+    except jdata.DataError:
+        return "real MNIST files not found: set JAXLR_DATA_DIR (e.g. /work/shared/data)"
+    return None
+
+
+@pytest.mark.realdata
+def test_sweep_experiment_end_to_end(tmp_path):
+    missing = _mnist_missing()
+    if missing:
+        pytest.skip(missing)
+    from experiments import registry  # noqa: F401
+    from experiments.common import run_experiment
+
+    overrides = dict(
+        model="softmax", l2=(0.0, 0.1), seeds=2, num_epochs=2, max_examples=512, data_dir=DATA_DIR
+    )
+    metrics = run_experiment("sweep", tmp_path, overrides)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    assert cfg["lr"] == [0.01] and cfg["shuffle"] is True and cfg["digits"] == []
+    points = metrics["points"]
+    assert metrics["num_points"] == len(points) == 4 and metrics["shape"] == [2, 1, 2]
+    val_loss = [p["val_loss"] for p in points]
+    assert metrics["best_by_val_loss"]["index"] == int(np.argmin(val_loss))
+    acc = [p["val_accuracy"] for p in points]
+    assert metrics["best_by_val_accuracy"]["val_accuracy"] == max(acc)
+    assert all(0.1 < a <= 1.0 for a in acc)
+    # Seeds shuffle differently; lambda changes the weights.
+    assert points[0]["val_loss"] != points[1]["val_loss"] != points[2]["val_loss"]
+    csv_lines = (tmp_path / "table.csv").read_text().strip().splitlines()
+    assert len(csv_lines) == 5
+    assert "**" in (tmp_path / "table.md").read_text()
+    for name in ("heatmap_val_accuracy.png", "curves_val_accuracy.png"):
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for p in points:
+        lines = (tmp_path / p["history"]).read_text().strip().splitlines()
+        assert len(lines) == p["steps"] == 2 * 4  # 2 epochs of 512 // 128 batches
+    report = (tmp_path / "report.md").read_text()
+    assert "heatmap_val_accuracy.png" in report and "Best by validation loss" in report
