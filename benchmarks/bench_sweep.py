@@ -6,13 +6,18 @@ epochs, `--task3_epochs`), every point a different learning rate and L2 lambda, 
 
   * sweep first call: `jaxlr.sweep.run_sweep` with empty compilation caches (compilation,
     training, evaluation and the per-point histories: what a user waits for);
-  * sweep steady state: `run_sweep` on a new grid of the same size (no recompilation; the
-    best of `--repeats`); "train" is the training loop alone (`SweepResult.wall_seconds`);
+  * sweep steady state: `run_sweep` on a new grid of the same size (no recompilation),
+    every K of a task timed in interleaved rounds in one process (`steady_worker`: the same
+    load from other processes for every K, so the time per point compares across K), the
+    best of `--repeats` rounds; "train" is the training loop alone
+    (`SweepResult.wall_seconds`);
   * K sequential `jaxlr.train.fit` runs (each call compiles: `fit` builds its jitted
     functions per call) and K sequential runs of the engine compiled once
     (`jit(engine.run)` on the whole run, called once per point);
   * K sequential runs of the plain NumPy baseline (`benchmarks/numpy_baseline.py`, float32
-    like jaxlr);
+    like jaxlr), with the default BLAS threads and with one (`OPENBLAS_NUM_THREADS=1`); the
+    faster counts ("(1 thr)" in the table): on a machine shared with other processes a
+    two-thread BLAS spin-waits for a descheduled thread and can be ten times slower;
   * the floor: the matrix-product FLOPs of the sweep (forward and weight gradient of every
     step, the validation and training-set forward passes of every check, the final
     evaluation; element-wise work ignored) divided by the peak float32 matmul rate measured
@@ -25,14 +30,14 @@ grids; a sequential loop: the fastest run times K), the number least disturbed b
 processes on a shared machine. Sequential loops longer than `--max_seq_seconds` are
 measured on fewer runs and extrapolated linearly (the runs cost the same); such numbers are
 marked `*`. The floor uses the best peak; the "in-situ floor" uses the matmul rate sustained
-over 2 s right after the sweep's repetitions, i.e. under the same load from other processes.
+between the interleaved rounds, i.e. under the same load from other processes.
 Every (task, K) runs in fresh worker processes (one with JAX, one for NumPy without JAX, so
 that no JAX thread pool competes with NumPy), so that the memory high-water marks and the
 compilation caches are their own. A sanity check compares the sweep's first point with the
 NumPy baseline's run of the same hyper-parameters (same batch order).
 
     python -m benchmarks.bench_sweep --data_dir=/work/shared/data [--ks=1,4,16,64,256]
-        [--tasks=task2,task3] [--task3_epochs=3] [--repeats=2] [--out=sweep_bench.json]
+        [--tasks=task2,task3] [--task3_epochs=3] [--repeats=3] [--out=sweep_bench.json]
 
 Dimension legend: K (= S) grid points, N training and V validation examples, D features,
 C classes (1 output for logistic regression), T steps.
@@ -186,12 +191,13 @@ def worker(task: str, k: int, args) -> dict:
         res_b = sweep.run_sweep(tcfg, grid_b, data, log_fn=quiet)
         steady.append(time.perf_counter() - t0)
         train.append(res_b.wall_seconds)
-    out["sustained_flops"] = sustained_matmul_flops()
-    out["peak_flops"] = peak_matmul_flops()
     out["sweep_steady_s"] = min(steady)
     out["sweep_train_s"] = min(train)
     out["rss_before_mib"] = rss_before
     out["rss_peak_mib"] = _maxrss_mib()
+    # Matmul rates right after the sweeps (after the memory reading: they allocate too).
+    out["sustained_flops"] = sustained_matmul_flops()
+    out["peak_flops"] = peak_matmul_flops()
     out["diverged"] = int(res.diverged.sum())
 
     # The first point's numbers and batch order, for the NumPy worker's sanity check.
@@ -238,6 +244,46 @@ def worker(task: str, k: int, args) -> dict:
 
     out["flops"] = sweep_flops(tcfg, n, v, d) * k
     return out
+
+
+def steady_worker(task: str, ks: list[int], args) -> dict:
+    """Steady-state sweeps of every K, timed in interleaved rounds (the best of each K).
+
+    Interleaving puts every K under the same load from other processes, so the time per
+    point can be compared across K; separate processes at separate times cannot.
+    """
+    import numpy as np
+
+    from experiments import registry  # noqa: F401  (registers the experiments)
+    from experiments.common import load_data, make_config, train_config
+    from jaxlr import sweep
+
+    overrides = {"data_dir": args.data_dir, "dtype": "float32"}
+    if task == "task3":
+        overrides["num_epochs"] = args.task3_epochs
+    cfg = make_config(TASKS[task], overrides)
+    data = load_data(cfg).data
+    tcfg = train_config(cfg)
+    quiet = lambda msg: None  # noqa: E731
+
+    def grid(k: int, offset: float):
+        return sweep.grid_from_points(grid_points(k, task, offset), dtype=np.float32)
+
+    for k in ks:
+        sweep.run_sweep(tcfg, grid(k, 0.0), data, log_fn=quiet)  # compile
+    best = {k: (float("inf"), float("inf")) for k in ks}
+    rates = []
+    for r in range(args.repeats):
+        for k in ks:
+            t0 = time.perf_counter()
+            res = sweep.run_sweep(tcfg, grid(k, 0.01 * (r + 1)), data, log_fn=quiet)
+            wall = time.perf_counter() - t0
+            best[k] = min(best[k], (wall, res.wall_seconds))
+        rates.append(sustained_matmul_flops(1.0))
+    return {
+        "steady": {str(k): {"wall": w, "train": t} for k, (w, t) in best.items()},
+        "sustained_flops": float(np.mean(rates)),
+    }
 
 
 def numpy_worker(task: str, k: int, args) -> dict:
@@ -346,7 +392,7 @@ def targets(rows_by_task: dict, peak: float) -> list[str]:
 
 
 def _run_worker(
-    kind: str, task: str, k: int, args, orders_file: str, blas_threads: int | None = None
+    kind: str, task: str, k, args, orders_file: str = "", blas_threads: int | None = None
 ) -> dict:
     cmd = [sys.executable, "-m", "benchmarks.bench_sweep", f"--worker={kind}:{task}:{k}"]
     cmd += [f"--data_dir={args.data_dir}", f"--task3_epochs={args.task3_epochs}"]
@@ -377,8 +423,11 @@ def main() -> int:
     args = parser.parse_args()
     if args.worker:
         kind, task, k = args.worker.split(":")
-        fn = worker if kind == "jax" else numpy_worker
-        print("RESULT" + json.dumps(fn(task, int(k), args)), flush=True)
+        if kind == "steady":
+            result = steady_worker(task, [int(x) for x in k.split(",")], args)
+        else:
+            result = (worker if kind == "jax" else numpy_worker)(task, int(k), args)
+        print("RESULT" + json.dumps(result), flush=True)
         return 0
 
     import jax
@@ -417,6 +466,14 @@ def main() -> int:
                 file=sys.stderr,
                 flush=True,
             )
+    for task, rows in rows_by_task.items():
+        # Steady states again, all K interleaved in one process (see `steady_worker`).
+        st = _run_worker("steady", task, ",".join(map(str, ks)), args)
+        for row in rows:
+            row["sweep_steady_isolated_s"] = row["sweep_steady_s"]
+            row["sweep_steady_s"] = st["steady"][str(row["K"])]["wall"]
+            row["sweep_train_s"] = st["steady"][str(row["K"])]["train"]
+            row["sustained_flops"] = st["sustained_flops"]
     peak = max(
         [peak_before, peak_matmul_flops()]
         + [r["peak_flops"] for rs in rows_by_task.values() for r in rs]

@@ -28,6 +28,7 @@ H hidden units, S grid points, T steps, C checks.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import re
 import time
@@ -51,6 +52,7 @@ from jaxlr import checkpoint as ckpt
 from jaxlr import data as jdata
 from jaxlr import plots
 from jaxlr.config import HParams, TrainConfig, make_hparams
+from jaxlr.io import atomic_write_text
 from jaxlr.losses import accuracy, confidence
 from jaxlr.sweep import make_grid, run_sweep
 from jaxlr.train import (
@@ -71,6 +73,10 @@ MLP = dict(
     digits=(),
     hidden=(3136, 1568),
     activation="relu",
+    # He (Kaiming) normal initialisation for the ReLU layers: with seed 0 it ends at 0.9823
+    # test accuracy against 0.9808 for Glorot, and stays above 0.981 over the last 2.5
+    # epochs (Glorot dips to 0.980); see WORKSPACE.md.
+    init="he",
     bias="explicit",
     bias_feature=False,
     scale="unit",
@@ -106,6 +112,7 @@ LOGREG = dict(
 
 CHECKPOINT_NAME = "logreg_best.npz"
 CHECKPOINT_KIND = "hw3_logreg_best"
+MIS_HEADING = "## Most confidently misclassified test images (hw3_misclassified)"
 GRID_COMMAND = "python -m experiments.main --experiment=hw3_logreg_grid --workdir={workdir}"
 
 
@@ -213,8 +220,13 @@ def _mlp_figures(workdir: Path, h: dict, m: int, final: dict, title: str, test_n
             np.append(h["val_accuracy"], final["test_accuracy"]),
         ),
     }
-    vals = np.concatenate([h["train_accuracy"], h["val_accuracy"], [final["test_accuracy"]]])
-    lo = float(np.nanpercentile(vals, 5)) if vals.size else 0.9
+    # Zoomed on the second half of training: the first checks (10% at step 0) would squash
+    # the differences that matter near 98%.
+    late = cep >= 0.5 * last
+    vals = np.concatenate(
+        [h["train_accuracy"][late], h["val_accuracy"][late], [final["test_accuracy"]]]
+    )
+    lo = float(np.nanmin(vals)) if np.isfinite(vals).any() else 0.9
     plots.plot_curves(
         workdir / "accuracy.png",
         acc,
@@ -222,7 +234,7 @@ def _mlp_figures(workdir: Path, h: dict, m: int, final: dict, title: str, test_n
         xlabel="epoch",
         ylabel="accuracy",
         title=f"{title}: accuracy",
-        ylim=(max(0.0, min(lo, 0.98) - 0.01), 1.0005),
+        ylim=(max(0.0, min(lo, 0.98) - 0.005), 1.0005),
     )
 
 
@@ -653,6 +665,7 @@ def hw3_logreg_grid(cfg: dict, workdir: Path) -> dict:
             "dtype": cfg["dtype"],
             "hparams": point,
             "val_accuracy": float(val_acc[best]),
+            "experiment_config": dict(cfg),
         },
     )
     model = model_for(tcfg, np.shape(data.x_train)[1], dtype)
@@ -883,17 +896,17 @@ def hw3_misclassified(cfg: dict, workdir: Path) -> dict:
         for it in items
     ]
     hp = meta.get("hparams", {})
-    sections = [
-        f"Checkpoint `{path}` (step {meta['step']}; lambda {hp.get('l2')}, learning rate "
-        f"{hp.get('learning_rate')}), evaluated on the first {len(y_test)} test images of "
-        f"{names[0]}s and {names[1]}s: {len(y_test) - len(wrong)} correct, {len(wrong)} "
-        f"misclassified (accuracy {acc:.4f}). Confidence of a prediction is |p - 0.5| + 0.5 "
-        f"with p = sigmoid(z) the predicted probability of a {names[1]}.",
-        "## Most confident mistakes\n\n" + "\n".join(rows),
-        "## Figure\n\n" + ("![most confident mistakes](misclassified.png)" if len(top) else "none"),
-    ]
-    write_report(workdir / "report.md", "hw3: most confidently misclassified test images", sections)
-    return {
+    body = (
+        f"Checkpoint `{path}` (step {meta['step']}; lambda {hp.get('l2', float('nan')):g}, "
+        f"learning rate {hp.get('learning_rate', float('nan')):g}), evaluated on the first "
+        f"{len(y_test)} test images of {names[0]}s and {names[1]}s: "
+        f"{len(y_test) - len(wrong)} correct, {len(wrong)} misclassified (accuracy {acc:.4f}). "
+        f"Confidence of a prediction is |p - 0.5| + 0.5 with p = sigmoid(z) the predicted "
+        f"probability of a {names[1]}.\n\n"
+        + ("![most confident mistakes](misclassified.png)\n\n" if len(top) else "")
+        + "\n".join(rows)
+    )
+    metrics = {
         "checkpoint": str(path),
         "test_total": int(len(y_test)),
         "test_correct": int(len(y_test) - len(wrong)),
@@ -902,3 +915,35 @@ def hw3_misclassified(cfg: dict, workdir: Path) -> dict:
         "shown": len(items),
         "misclassified": items,
     }
+    prior, prior_report = _grid_outputs(workdir, path)
+    if prior is None:
+        write_report(
+            workdir / "report.md",
+            "hw3: most confidently misclassified test images",
+            [f"{MIS_HEADING}\n\n{body}"],
+        )
+        return metrics
+    # Same folder as the grid that wrote the checkpoint: add to its metrics and report
+    # rather than replace them (run_experiment rewrites metrics.json and config.json).
+    if "wall_seconds_total" in prior:
+        prior.setdefault("grid_wall_seconds_total", prior.pop("wall_seconds_total"))
+    prior.setdefault("grid_config", meta.get("experiment_config"))
+    atomic_write_text(
+        workdir / "report.md", prior_report.rstrip() + f"\n\n{MIS_HEADING}\n\n{body}\n"
+    )
+    return {**prior, **metrics}
+
+
+def _grid_outputs(workdir: Path, path: Path):
+    """(metrics, report text) of hw3_logreg_grid when `workdir` holds its outputs for the
+    checkpoint `path`, else (None, None); a misclassified section added before is cut off."""
+    try:
+        prior = json.loads((workdir / "metrics.json").read_text())
+        report = (workdir / "report.md").read_text()
+    except (OSError, json.JSONDecodeError):
+        return None, None
+    if not isinstance(prior, dict) or "grid" not in prior or "checkpoint" not in prior:
+        return None, None
+    if Path(prior["checkpoint"]).resolve() != path.resolve():
+        return None, None
+    return prior, report.split(MIS_HEADING)[0]

@@ -215,12 +215,13 @@ def run(cfg: dict, workdir: Path) -> dict:
             f"({_label(grid.point(best_acc['index']), grid)}), val accuracy "
             f"{best_acc['val_accuracy']:.4f}."
         )
-    if len(grid.values["seed"]) > 1 and not tcfg.shuffle and tcfg.init in ("auto", "zeros"):
-        if tcfg.model != "mlp":
-            best_text += (
-                " (Without shuffling and with zero initialisation the seeds change nothing: "
-                "their rows are identical.)"
-            )
+    # The seed only draws the data order and a random initialisation.
+    zero_init = tcfg.init == "zeros" or (tcfg.init == "auto" and tcfg.model != "mlp")
+    if len(grid.values["seed"]) > 1 and not tcfg.shuffle and zero_init:
+        best_text += (
+            " (Without shuffling and with zero initialisation the seeds change nothing: "
+            "their rows are identical.)"
+        )
     ndiv = int(result.diverged.sum())
     if ndiv:
         best_text += f" {ndiv} point(s) diverged (flagged in the table, never chosen)."

@@ -565,6 +565,10 @@ def _fmt_time(seconds: float) -> str:
     return f"{h}:{mnt:02d}:{s:02d}" if h else f"{mnt:d}:{s:02d}"
 
 
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
 def _pad_indices(indices: np.ndarray, size: int) -> np.ndarray:
     """`indices` padded to `size` with copies of its own points (cycled)."""
     if len(indices) >= size:
@@ -589,8 +593,10 @@ def run_sweep(
       grid: the points (`make_grid` or `grid_from_points`).
       data: preprocessed arrays; their float dtype is the compute dtype.
       model: a bound model (default: built from `config` and the data's shape and dtype).
-      block_size: points per block (rounded up to a multiple of the device count); default
-        from `default_block_size`. Blocks run one after the other with the same program.
+      block_size: the most points per block (rounded up to a multiple of the device count);
+        default from `default_block_size`. The grid is cut into the fewest blocks of at
+        most that size, all of one size (a multiple of the device count; the last one
+        padded with copies of its own points), run one after the other with one program.
       devices: devices to shard the sweep axis over (default: all of `jax.devices()`,
         across every process after `jax.distributed.initialize()`).
       log_fn: where progress lines go (default: the "jaxlr.sweep" logger at INFO).
@@ -622,8 +628,11 @@ def run_sweep(
     shape = (n, data.x_val.shape[0], d)
     if block_size is None:
         block_size = default_block_size(config, model, shape, dtype.itemsize, s, nd)
-    g = nd * max(1, -(-int(block_size) // nd))
-    g = min(g, nd * -(-s // nd))
+    cap = nd * _ceil_div(max(1, int(block_size)), nd)
+    # Balanced blocks: as few as the cap allows, of equal size, so that padding (copies of
+    # real points, computed for nothing) stays below one point per device and block.
+    nblocks = _ceil_div(s, cap)
+    g = nd * _ceil_div(_ceil_div(s, nblocks), nd)
     shared_seed = bool(np.all(hp_all.seed == hp_all.seed[0]))
     fns = sweep_functions(config, model, n, devices, shared_seed)
     m = fns.engine.num_batches

@@ -182,7 +182,7 @@ def test_blocked_equals_unblocked():
     whole = sweep.run_sweep(SOFTMAX, grid, data, log_fn=_quiet)
     one = sweep.run_sweep(SOFTMAX, grid, data, block_size=1, log_fn=_quiet)
     assert_tree_allclose(one.params, whole.params, **TOL)
-    for block in (5,):  # blocks 5, 5, 2 (+ 3 copies)
+    for block in (5,):  # three blocks of 4 points
         blocked = sweep.run_sweep(SOFTMAX, grid, data, block_size=block, log_fn=_quiet)
         assert_tree_allclose(blocked.params, whole.params, rtol=0, atol=0)
         # Evaluations multiply the shared data by all points' weights in one product whose

@@ -1,0 +1,356 @@
+"""End-to-end tests of the hw3 experiments on tiny configurations.
+
+Each experiment runs once (module fixtures) through `experiments.common.run_experiment` on a
+small subset of the real MNIST files (skipped with the reason when they are not found); the
+tests check the files written and recompute the numbers in `metrics.json` by hand. The
+checks that `hw3_misclassified` refuses a missing, corrupt or foreign checkpoint need no
+data. Dimension legend: N examples, D features, K classes.
+"""
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from experiments import (
+    hw3,
+    registry,  # noqa: F401  (registers the experiments)
+)
+from experiments.common import make_config, run_experiment, train_config
+from jaxlr import checkpoint as ckpt
+from jaxlr import data as jdata
+
+DATA_DIR = os.environ.get("JAXLR_DATA_DIR") or None
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _mnist_missing() -> str | None:
+    try:
+        jdata.find_dataset_files("mnist", DATA_DIR, download=False)
+    except jdata.DataError:
+        return (
+            "real MNIST files not found: set JAXLR_DATA_DIR to the folder holding mnist/ "
+            "(e.g. JAXLR_DATA_DIR=/work/shared/data)"
+        )
+    return None
+
+
+_MISSING = _mnist_missing()
+
+
+def needs_data(fn):
+    """Marks a test as needing the real MNIST files; skipped with the reason if missing."""
+    return pytest.mark.realdata(pytest.mark.skipif(_MISSING is not None, reason=_MISSING or "")(fn))
+
+
+def _mnist():
+    return jdata.load_dataset("mnist", DATA_DIR, download=False)
+
+
+def _read(workdir: Path) -> dict:
+    return json.loads((workdir / "metrics.json").read_text())
+
+
+def _assert_png(path: Path) -> None:
+    assert path.exists(), f"{path} missing"
+    assert path.read_bytes()[:8] == PNG_MAGIC
+
+
+def _history_lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+# ---------------------------------------------------------------------------------------------
+# hw3_mlp
+
+
+# 1,000 training images (31 steps of 32 per epoch), the first 1,000 test images, checks every
+# 10 steps, so the last step (30) is followed by a check.
+TINY_MLP = dict(
+    data_dir=DATA_DIR,
+    hidden=(24, 12),
+    max_examples=1000,
+    num_epochs=2,
+    eval_every=10,
+    train_eval_size=200,
+)
+
+
+@pytest.fixture(scope="module")
+def mlp_runs(tmp_path_factory):
+    if _MISSING:
+        pytest.skip(_MISSING)
+    out = {}
+    for grad in ("analytic", "autodiff"):
+        workdir = tmp_path_factory.mktemp(f"hw3_mlp_{grad}")
+        run_experiment("hw3_mlp", workdir, {**TINY_MLP, "grad": grad})
+        out[grad] = workdir
+    return out
+
+
+@needs_data
+def test_hw3_mlp_writes_files_and_consistent_numbers(mlp_runs):
+    workdir = mlp_runs["analytic"]
+    for name in ("config.json", "metrics.json", "history.jsonl", "report.md"):
+        assert (workdir / name).exists(), name
+    for name in ("loss.png", "accuracy.png", "per_class_accuracy.png", "confusion_matrix.png"):
+        _assert_png(workdir / name)
+    m = _read(workdir)
+    config = json.loads((workdir / "config.json").read_text())
+    assert config["experiment"] == "hw3_mlp" and config["hidden"] == [24, 12]
+    assert config["bias"] == "explicit" and config["bias_feature"] is False
+    assert m["steps"] == 2 * (1000 // 32) and m["epochs"] == 2 and m["num_train"] == 1000
+
+    # The confusion matrix, per-class and overall accuracy all describe the same 1,000
+    # test images, whose true labels are known independently.
+    y_test = np.asarray(_mnist().y_test[:1000])
+    cm_KK = np.asarray(m["confusion_matrix"])
+    assert cm_KK.shape == (10, 10) and cm_KK.sum() == 1000
+    np.testing.assert_array_equal(cm_KK.sum(axis=1), np.bincount(y_test, minlength=10))
+    assert m["test_total"] == 1000 and m["test_correct"] == np.trace(cm_KK)
+    assert m["test_accuracy"] == pytest.approx(np.trace(cm_KK) / 1000)
+    np.testing.assert_allclose(m["per_class_accuracy"], np.diag(cm_KK) / cm_KK.sum(axis=1))
+    assert m["test_accuracy"] > 0.5, "the tiny network did not learn"
+
+    # The final step (61) is a check of the same weights the final numbers come from.
+    records = _history_lines(workdir / "history.jsonl")
+    assert [r["step"] for r in records] == list(range(62))
+    checks = [r for r in records if "val_accuracy" in r]
+    assert [r["step"] for r in checks] == list(range(0, 62, 10))
+    assert checks[-1]["step"] == 60  # the last check precedes step 61
+    assert m["wall_seconds"] > 0 and m["steps_per_second"] > 0
+    report = (workdir / "report.md").read_text()
+    assert "confusion_matrix.png" in report and f"{m['test_accuracy']:.4f}" in report
+
+
+@needs_data
+def test_hw3_mlp_analytic_and_autodiff_agree(mlp_runs):
+    a = _history_lines(mlp_runs["analytic"] / "history.jsonl")
+    b = _history_lines(mlp_runs["autodiff"] / "history.jsonl")
+    la = np.array([r["train_loss"] for r in a])
+    lb = np.array([r["train_loss"] for r in b])
+    # float32 training: the two gradients differ by rounding only, which 62 steps of SGD
+    # amplify a little.
+    np.testing.assert_allclose(la, lb, rtol=2e-3, atol=1e-4)
+    ma, mb = _read(mlp_runs["analytic"]), _read(mlp_runs["autodiff"])
+    assert ma["grad"] == "analytic" and mb["grad"] == "autodiff"
+    assert abs(ma["test_accuracy"] - mb["test_accuracy"]) <= 0.005
+
+
+# ---------------------------------------------------------------------------------------------
+# hw3_online_vs_minibatch
+
+
+@pytest.fixture(scope="module")
+def online_run(tmp_path_factory):
+    if _MISSING:
+        pytest.skip(_MISSING)
+    workdir = tmp_path_factory.mktemp("hw3_online")
+    run_experiment(
+        "hw3_online_vs_minibatch",
+        workdir,
+        dict(
+            data_dir=DATA_DIR,
+            hidden=(16,),
+            num_train=256,
+            max_examples=256,
+            batch_sizes=(1, 8),
+            num_epochs=1,
+            train_eval_size=64,
+        ),
+    )
+    return workdir
+
+
+@needs_data
+def test_hw3_online_vs_minibatch(online_run):
+    m = _read(online_run)
+    assert m["batch_sizes"] == [1, 8] and m["num_train"] == 256
+    for b, steps in ((1, 256), (8, 32)):
+        r = m[f"batch_size={b}"]
+        assert r["batch_size"] == b and r["steps"] == steps and r["steps_per_epoch"] == steps
+        assert 0.0 <= r["test_accuracy"] <= 1.0 and not r["diverged"]
+        assert r["wall_seconds"] > 0 and r["steps_per_second"] > 0
+        assert r["examples_per_second"] == pytest.approx(r["steps_per_second"] * b)
+        records = _history_lines(online_run / f"history_batch_size_{b}.jsonl")
+        assert len(records) == steps
+        # Ten checks per epoch for every batch size: every M // 10 steps.
+        checks = [x["step"] for x in records if "val_accuracy" in x]
+        assert checks == list(range(0, steps, steps // 10))
+    # More steps per epoch take longer than fewer, bigger steps on a 16-unit network.
+    r1, r8 = m["batch_size=1"], m["batch_size=8"]
+    assert r1["train_seconds_per_epoch"] > r8["train_seconds_per_epoch"]
+    _assert_png(online_run / "test_accuracy.png")
+    _assert_png(online_run / "steps_per_second.png")
+    assert "batch_size=8" in (online_run / "report.md").read_text()
+
+
+# ---------------------------------------------------------------------------------------------
+# hw3_logreg_grid and hw3_misclassified
+
+TINY_GRID = dict(
+    data_dir=DATA_DIR,
+    num_train=2000,
+    num_val=1000,
+    num_test=100,
+    num_epochs=20,
+    epochs_per_call=10,
+    lr=(0.1, 0.5),
+    l2=(0.01, 1.0),
+)
+
+
+@pytest.fixture(scope="module")
+def grid_run(tmp_path_factory):
+    if _MISSING:
+        pytest.skip(_MISSING)
+    workdir = tmp_path_factory.mktemp("hw3_logreg")
+    run_experiment("hw3_logreg_grid", workdir, TINY_GRID)
+    grid_metrics = _read(workdir)
+    run_experiment("hw3_misclassified", workdir, dict(data_dir=DATA_DIR, num_test=100))
+    return workdir, grid_metrics
+
+
+def _four_nine(x, y, n=None):
+    """Features (x / 255 and the constant 1) and labels (9 -> 1, 4 -> 0) of the 4s and 9s."""
+    keep = np.flatnonzero((y == 9) | (y == 4))[:n]
+    x_ND = np.asarray(x[keep], np.float64).reshape(len(keep), -1) / 255.0
+    x_ND = np.concatenate([x_ND, np.ones((len(keep), 1))], axis=1)
+    return x_ND, (y[keep] == 9).astype(np.int64), keep
+
+
+@needs_data
+def test_hw3_logreg_grid_checkpoint_and_test_count(grid_run):
+    workdir, m = grid_run
+    for name in ("grid_val_accuracy.png", "grid_objective.png", "grid_curves.png"):
+        _assert_png(workdir / name)
+    assert len(m["grid"]) == 4
+    pairs = sorted((round(p["l2"], 6), round(p["learning_rate"], 6)) for p in m["grid"])
+    assert pairs == [(0.01, 0.1), (0.01, 0.5), (1.0, 0.1), (1.0, 0.5)]
+    # The best point: highest validation accuracy, ties to the lower cross-entropy.
+    ranked = sorted(m["grid"], key=lambda p: (-p["val_accuracy"], p["val_cross_entropy"]))
+    assert (m["l2"], m["learning_rate"]) == (ranked[0]["l2"], ranked[0]["learning_rate"])
+    assert m["val_accuracy"] == ranked[0]["val_accuracy"]
+
+    # The checkpoint on disk: the logistic weights w_D1 (785 x 1), step = 20 full-batch steps.
+    path = Path(m["checkpoint"])
+    assert path == workdir / hw3.CHECKPOINT_NAME and path.exists()
+    template = {"w": np.zeros((785, 1), np.float32)}
+    params, meta = ckpt.load_checkpoint(path, template, prefix="params")
+    assert meta["step"] == 20 and m["checkpoint_step"] == 20
+    assert meta["config"]["model"] == "logistic" and meta["config"]["l2_bias"] is False
+    assert meta["digits"] == [9, 4]
+    w = np.asarray(params["w"], np.float64)[:, 0]
+
+    # Recount by hand: the first 100 test images of 4s and 9s, threshold 0.5 (z >= 0).
+    ds = _mnist()
+    x_test, y_test, _ = _four_nine(np.asarray(ds.x_test), np.asarray(ds.y_test), 100)
+    correct = int(np.sum(((x_test @ w) >= 0).astype(np.int64) == y_test))
+    assert m["test_total"] == 100 and m["test_correct"] == correct
+
+    # The final objective: mean cross-entropy + lambda * sum of squared weights, w0 excluded,
+    # over the 4s and 9s among the first 2,000 training images.
+    x_tr, y_tr, _ = _four_nine(np.asarray(ds.x_train[:2000]), np.asarray(ds.y_train[:2000]))
+    z = x_tr @ w
+    ce = np.mean(np.logaddexp(0.0, z) - y_tr * z)
+    assert m["num_train"] == len(y_tr)
+    assert m["final_train_cross_entropy"] == pytest.approx(ce, rel=1e-4)
+    assert m["final_objective"] == pytest.approx(ce + m["l2"] * np.sum(w[:-1] ** 2), rel=1e-4)
+
+
+@needs_data
+def test_hw3_misclassified_lists_the_most_confident_mistakes(grid_run):
+    workdir, grid_metrics = grid_run
+    m = _read(workdir)
+    _assert_png(workdir / "misclassified.png")
+    # Run in the grid's folder, it adds to the grid's metrics and report.
+    assert m["grid"] == grid_metrics["grid"] and "grid_config" in m
+    report = (workdir / "report.md").read_text()
+    assert "## Grid" in report and report.count(hw3.MIS_HEADING) == 1
+    assert m["num_misclassified"] == 100 - grid_metrics["test_correct"]
+    assert m["shown"] == min(20, m["num_misclassified"]) == len(m["misclassified"])
+
+    # Recompute the ranking by hand from the checkpoint's weights.
+    params, _ = ckpt.load_checkpoint(
+        m["checkpoint"], {"w": np.zeros((785, 1), np.float32)}, prefix="params"
+    )
+    w = np.asarray(params["w"], np.float64)[:, 0]
+    ds = _mnist()
+    x_test, y_test, idx = _four_nine(np.asarray(ds.x_test), np.asarray(ds.y_test), 100)
+    p = 1.0 / (1.0 + np.exp(-(x_test @ w)))
+    pred = (p >= 0.5).astype(np.int64)
+    conf = np.abs(p - 0.5) + 0.5
+    wrong = np.flatnonzero(pred != y_test)
+    expected = wrong[np.argsort(-conf[wrong], kind="stable")][:20]
+    assert [it["test_index"] for it in m["misclassified"]] == [int(idx[i]) for i in expected]
+    for it, i in zip(m["misclassified"], expected, strict=True):
+        assert it["true_digit"] == (9 if y_test[i] else 4)
+        assert it["predicted_digit"] == (9 if pred[i] else 4) != it["true_digit"]
+        assert it["confidence"] == pytest.approx(conf[i], rel=1e-4)
+    confs = [it["confidence"] for it in m["misclassified"]]
+    assert confs == sorted(confs, reverse=True) and all(c >= 0.5 for c in confs)
+
+    # Running it again does not stack a second section on the report.
+    run_experiment("hw3_misclassified", workdir, dict(data_dir=DATA_DIR, num_test=100))
+    assert (workdir / "report.md").read_text().count(hw3.MIS_HEADING) == 1
+    assert _read(workdir)["grid"] == grid_metrics["grid"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Refusals (no data needed: the checkpoint is checked before any image is read).
+
+
+def test_hw3_misclassified_refuses_a_missing_checkpoint(tmp_path):
+    with pytest.raises(ckpt.CheckpointError) as err:
+        run_experiment("hw3_misclassified", tmp_path, {})
+    msg = str(err.value)
+    assert "no checkpoint" in msg and str(tmp_path / hw3.CHECKPOINT_NAME) in msg
+    assert f"--experiment=hw3_logreg_grid --workdir={tmp_path}" in msg
+
+
+def test_hw3_misclassified_refuses_a_corrupt_checkpoint(tmp_path):
+    path = tmp_path / "broken.npz"
+    path.write_bytes(b"PK\x03\x04 this is not a zip archive" * 10)
+    with pytest.raises(ckpt.CheckpointError, match="corrupt"):
+        run_experiment("hw3_misclassified", tmp_path, {"checkpoint": str(path)})
+    # A real checkpoint cut short is refused too.
+    good = ckpt.save_checkpoint(
+        tmp_path / "good.npz", {"params": {"w": np.zeros((785, 1), np.float32)}}, step=1
+    )
+    blob = good.read_bytes()
+    path.write_bytes(blob[: len(blob) // 2])
+    with pytest.raises(ckpt.CheckpointError):
+        run_experiment("hw3_misclassified", tmp_path, {"checkpoint": str(path)})
+
+
+def test_hw3_misclassified_refuses_another_models_checkpoint(tmp_path):
+    # A network's checkpoint (another kind of run).
+    mlp = {"layers": [{"w": np.zeros((784, 8), np.float32), "b": np.zeros(8, np.float32)}]}
+    other = ckpt.save_checkpoint(
+        tmp_path / "mlp.npz", {"params": mlp}, step=3, meta={"kind": "train_run"}
+    )
+    with pytest.raises(ckpt.CheckpointError, match="hw3_logreg_grid"):
+        run_experiment("hw3_misclassified", tmp_path, {"checkpoint": str(other)})
+    # Labelled as the grid's, but the weights do not fit a 785-input logistic regression.
+    tcfg = train_config(make_config("hw3_logreg_grid", {}), batch_size=10)
+    wrong = ckpt.save_checkpoint(
+        tmp_path / "wrong.npz",
+        {"params": {"w": np.zeros((100, 1), np.float32)}},
+        step=3,
+        config=tcfg.to_dict(),
+        meta={"kind": hw3.CHECKPOINT_KIND, "digits": [9, 4], "scale": "unit", "bias_feature": True},
+    )
+    with pytest.raises(ckpt.CheckpointError, match="shape"):
+        run_experiment("hw3_misclassified", tmp_path, {"checkpoint": str(wrong)})
+    # Right shapes, wrong dtype (a float64 checkpoint for a float32 run).
+    wrong64 = ckpt.save_checkpoint(
+        tmp_path / "wrong64.npz",
+        {"params": {"w": np.zeros((785, 1), np.float64)}},
+        step=3,
+        config=tcfg.to_dict(),
+        meta={"kind": hw3.CHECKPOINT_KIND, "digits": [9, 4], "scale": "unit", "bias_feature": True},
+    )
+    with pytest.raises(ckpt.CheckpointError, match="float64"):
+        run_experiment("hw3_misclassified", tmp_path, {"checkpoint": str(wrong64)})
