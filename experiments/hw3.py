@@ -446,7 +446,9 @@ def _throughput(config: TrainConfig, hp: HParams, data: Data) -> float:
 @register(
     "hw3_online_vs_minibatch",
     **{**MLP, "hidden": (256, 128)},
-    lr=(0.05,),
+    # One rate for every batch size: 0.01 keeps online SGD stable (at 0.05 its test accuracy
+    # swings between 0.84 and 0.93 from check to check).
+    lr=(0.01,),
     batch_sizes=(1, 32, 128),
     num_epochs=2,
     split="tdt4265",
@@ -531,7 +533,8 @@ def hw3_online_vs_minibatch(cfg: dict, workdir: Path) -> dict:
                 "marker": ".",
             },
             {
-                "series": {k: (c["time"], c["acc"]) for k, c in curves.items()},
+                # Without the check after step 0: one step's time would stretch the log axis.
+                "series": {k: (c["time"][1:], c["acc"][1:]) for k, c in curves.items()},
                 "xlabel": "training time (s, checks excluded; log scale)",
                 "ylabel": "test accuracy",
                 "title": "test accuracy vs training time",
@@ -618,9 +621,10 @@ def hw3_logreg_grid(cfg: dict, workdir: Path) -> dict:
 
     Launch:  python -m experiments.main --experiment=hw3_logreg_grid --workdir=runs/hw3_logreg
              (--l2=0.01,0.5,1 --lr=0.1,0.5,1 are the defaults)
-    Runtime: under a minute on 2 CPU cores (9 points x 1000 full-batch steps).
-    Result:  the best point (by validation accuracy on held-out training images) gets about
-             960-975 of the first 1000 4/9 test images right; checkpoint logreg_best.npz.
+    Runtime: about 30 s on 2 CPU cores (9 points x 1000 full-batch steps of 9,847 images).
+    Result:  best point lambda 0.01, lr 0.5 (validation accuracy 0.965 on 1,944 held-out 4s
+             and 9s); 940 of the first 1000 4/9 test images right; checkpoint logreg_best.npz.
+             Points with lambda >= 0.5 and lr >= 0.5 oscillate (validation accuracy ~0.51).
     """
     cfg = _resolve_num_train(cfg)
     splits = load_data(cfg)
@@ -708,33 +712,45 @@ def hw3_logreg_grid(cfg: dict, workdir: Path) -> dict:
         fmt="{:.4f}",
         colorbar_label="validation accuracy",
     )
+    # The objective spans orders of magnitude (an oscillating point grows to ~1e7): log10.
     plots.plot_heatmap(
         workdir / "grid_objective.png",
-        obj_RC,
+        np.log10(obj_RC),
         rows,
         cols,
         xlabel="learning rate",
         ylabel="L2 strength lambda",
-        title="final training objective (cross-entropy + lambda ||w||^2)",
-        fmt="{:.4f}",
-        cmap="viridis_r",
-        colorbar_label="objective",
+        title="log10 of the final training objective (cross-entropy + lambda ||w||^2)",
+        fmt="{:.2f}",
+        colorbar_label="log10 objective",
     )
     m = res.num_batches or 1
-    plots.plot_curves(
+    # One panel per lambda: nine curves on one axes hide each other.
+    panels = []
+    for j, lam in enumerate(l2_vals):
+        idx = [j * len(lr_vals) + k for k in range(len(lr_vals))]
+        panels.append(
+            {
+                "series": {
+                    f"lr={grid.point(i)['learning_rate']:g}": (
+                        _epochs_done(res.histories[i]["check_step"], m),
+                        res.histories[i]["val_accuracy"],
+                    )
+                    for i in idx
+                },
+                "xlabel": "epoch (one full-batch step each)",
+                "ylabel": "validation accuracy",
+                "title": f"lambda = {lam:g}",
+                "logx": True,
+                "ylim": (max(0.0, float(np.nanmin(acc_RC)) - 0.05), 1.0),
+            }
+        )
+    plots.plot_side_by_side(
         workdir / "grid_curves.png",
-        {
-            f"lambda={grid.point(i)['l2']:g}, lr={grid.point(i)['learning_rate']:g}": (
-                _epochs_done(res.histories[i]["check_step"], m),
-                res.histories[i]["val_accuracy"],
-            )
-            for i in range(s)
-        },
-        xlabel="epoch (one full-batch step each)",
-        ylabel="validation accuracy",
-        title="validation accuracy of every grid point",
-        logx=True,
-        ylim=(max(0.0, float(np.nanmin(acc_RC)) - 0.05), 1.0),
+        panels,
+        suptitle="validation accuracy of every grid point during training",
+        sharey=True,
+        panel_size=(4.8, 3.8),
     )
     pos, neg = digits
     metrics = {
