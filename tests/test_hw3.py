@@ -139,6 +139,33 @@ def test_hw3_mlp_analytic_and_autodiff_agree(mlp_runs):
     assert abs(ma["test_accuracy"] - mb["test_accuracy"]) <= 0.005
 
 
+@needs_data
+def test_hw3_mlp_holdout_split_and_sigmoid(tmp_path):
+    # Validation from the training images, test on the first 300 test images.
+    overrides = dict(
+        data_dir=DATA_DIR,
+        hidden=(8,),
+        activation="sigmoid",
+        split="holdout",
+        num_val=200,
+        num_test=300,
+        max_examples=320,
+        num_epochs=1,
+        eval_every=5,
+        train_eval_size=100,
+    )
+    m = run_experiment("hw3_mlp", tmp_path, overrides)
+    assert m["activation"] == "sigmoid" and m["num_train"] == 320
+    assert m["test_total"] == 300 and 0.0 <= m["val_accuracy"] <= 1.0
+    np.testing.assert_array_equal(
+        np.asarray(m["confusion_matrix"]).sum(axis=1),
+        np.bincount(np.asarray(_mnist().y_test[:300]), minlength=10),
+    )
+    records = _history_lines(tmp_path / "history.jsonl")
+    assert len(records) == 320 // 32
+    assert "the 200 validation images" in (tmp_path / "report.md").read_text()
+
+
 # ---------------------------------------------------------------------------------------------
 # hw3_online_vs_minibatch
 
