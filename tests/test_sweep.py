@@ -210,8 +210,11 @@ def test_diverging_point_is_reported_and_the_others_are_unaffected():
     res = sweep.run_sweep(cfg, sweep.make_grid(learning_rate=lrs), data, log_fn=_quiet)
     np.testing.assert_array_equal(res.diverged, [False, False, True])
     assert res.diverge_step[2] >= 0 and (res.diverge_step[:2] == -1).all()
-    # The diverged point is frozen at its last finite weights, reported, and never "best".
-    assert np.all(np.isfinite(res.point_params(2)["w"]))
+    # The diverged point is frozen where its objective became non-finite, reported, and
+    # never "best".
+    model = model_for(cfg, data.x_train.shape[1], data.x_train.dtype)
+    obj, _ = model.loss(res.point_params(2), data.x_train, data.y_train, 0.0)
+    assert not np.isfinite(obj)
     assert res.best_index("val_accuracy") in (0, 1) and res.best_index("val_loss") in (0, 1)
     # Its history ends with the step that diverged (the update of that step was dropped).
     assert res.metrics["steps"][2] == res.diverge_step[2] + 1

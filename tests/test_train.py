@@ -114,6 +114,35 @@ def test_divergence_is_reported_with_step_and_learning_rate():
         fit(cfg, make_hparams(1e306), big)
 
 
+def test_divergence_is_seen_at_the_step_whose_objective_is_not_finite():
+    d = synthetic(k=4)
+    data = Data(*map(jnp.asarray, (d.x_train * 1e3, d.y_train, d.x_val * 1e3, d.y_val)))
+    cfg = dataclasses.replace(
+        BASE, model="softmax", num_classes=4, batch_size=240, num_epochs=3, eval_every=100
+    )
+    model = model_for(cfg, data.x_train.shape[1], data.x_train.dtype)
+    engine = make_engine(cfg, model, 240)
+    hp = make_hparams(1e307)
+    state0 = engine.init(hp)
+    # Epochs 1-3 (steps 1-3; no validation check, which runs at steps divisible by 100):
+    # step 1 starts from finite weights and its update overflows them; step 2 sees it.
+    state, logs = engine.run(state0, hp, data, 1, 3)
+    assert np.isfinite(logs.train_loss[0]) and not np.isfinite(logs.train_loss[1])
+    assert bool(state.diverged) and int(state.diverge_step) == 2 and not bool(state.active)
+    np.testing.assert_array_equal(logs.ran, [True, True, False])
+    assert not all(np.all(np.isfinite(w)) for w in jax.tree.leaves(state.params))
+    # The same overflow in the chunk's last step is caught by the end-of-chunk check.
+    state, logs = engine.run(state0, hp, data, 1, 1)
+    assert np.isfinite(logs.train_loss[0])
+    assert bool(state.diverged) and int(state.diverge_step) == 1 and not bool(state.active)
+    # So is one in a step with a validation check (step 0), by the check itself.
+    state, logs = engine.run(state0, hp, data, 0, 2)
+    assert bool(state.diverged) and int(state.diverge_step) == 0
+    # A learning rate that does not overflow never trips either check.
+    state, _ = engine.run(state0, make_hparams(0.1), data, 0, 3)
+    assert not bool(state.diverged) and int(state.diverge_step) == -1
+
+
 def test_same_config_and_seed_give_bit_identical_results():
     data = synthetic(k=3)
     cfg = dataclasses.replace(
