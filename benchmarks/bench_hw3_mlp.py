@@ -16,7 +16,10 @@ other processes on a shared machine):
   * the floor: the floating-point work of the epoch's matrix products (forward, the weight
     gradients and the backward products of layers 2 and 3; element-wise work ignored)
     divided by the peak float32 matmul rate measured through JAX (best of large square
-    products), measured in every round beside the runs.
+    products), measured in every round beside the runs;
+  * the step's matrix products alone: each product of one step at its real shape (32 rows,
+    or a contraction over 32), jitted and timed by itself; their sum times the steps of an
+    epoch is what an epoch would cost if nothing but the products took time.
 
     python -m benchmarks.bench_hw3_mlp --data_dir=/work/shared/data [--repeats=2]
         [--torch_python=/tmp/torchenv/bin/python] [--num_train=60000] [--out=FILE.json]
@@ -44,7 +47,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxlr import data as jdata
-from jaxlr import train as jtrain
 from jaxlr.config import TrainConfig, make_hparams
 from jaxlr.train import Data, make_engine, model_for
 
@@ -80,6 +82,39 @@ def peak_matmul_flops(sizes=(2048, 3072, 4096), repeats: int = 3) -> float:
     return best
 
 
+def step_gemm_seconds(sizes, batch_size: int, repeats: int = 50) -> dict:
+    """Seconds of each matrix product of one SGD step, each alone, jitted, best of 5 x repeats.
+
+    The products of the floor at their real shapes (B = 32 rows or a contraction over 32):
+    the forward products, the backward products of layers 2.., and the weight gradients.
+    Their sum is what the step would cost if everything else were free.
+    """
+    rng = np.random.default_rng(0)
+
+    def arr(*shape):
+        return jnp.asarray(rng.standard_normal(shape), jnp.float32)
+
+    out = {}
+    for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+        a_BI, w_IO, d_BO = arr(batch_size, fan_in), arr(fan_in, fan_out), arr(batch_size, fan_out)
+        cases = {f"forward {i + 1}": (lambda a, w: a @ w, a_BI, w_IO)}
+        if i > 0:
+            cases[f"backward {i + 1}"] = (lambda d, w: jnp.einsum("no,io->ni", d, w), d_BO, w_IO)
+        cases[f"weight grad {i + 1}"] = (lambda a, d: jnp.einsum("ni,no->io", a, d), a_BI, d_BO)
+        for name, (fn, x, y) in cases.items():
+            f = jax.jit(fn)
+            f(x, y).block_until_ready()
+            best = float("inf")
+            for _ in range(5):
+                t0 = time.perf_counter()
+                for _ in range(repeats):
+                    r = f(x, y)
+                r.block_until_ready()
+                best = min(best, (time.perf_counter() - t0) / repeats)
+            out[name] = best
+    return out
+
+
 def hw3_config(grad: str, num_steps: int) -> TrainConfig:
     """The hw3_mlp TrainConfig, with checks every 10 epochs (none in the timed epoch 1)."""
     return TrainConfig(
@@ -101,23 +136,11 @@ def hw3_config(grad: str, num_steps: int) -> TrainConfig:
 class JaxlrEpoch:
     """One compiled epoch of the jaxlr engine for one gradient kind."""
 
-    def __init__(self, grad: str, data: Data, skip_param_check: bool = False):
+    def __init__(self, grad: str, data: Data):
         n = int(data.x_train.shape[0])
         m = jdata.num_batches(n, 32)
         self.config = hw3_config(grad, m)
         self.model = model_for(self.config, SIZES[0], jnp.float32)
-        if skip_param_check:
-            # Diagnostic only (--diagnose): the engine with its per-step finiteness check of
-            # the new parameters replaced by True (the loss is still checked), to measure
-            # what that check costs. Not how jaxlr trains.
-            saved = jtrain._tree_all_finite
-            jtrain._tree_all_finite = lambda tree: jnp.array(True)
-            try:
-                self.engine = make_engine(self.config, self.model, n)
-                self._build(data, m)
-            finally:
-                jtrain._tree_all_finite = saved
-            return
         self.engine = make_engine(self.config, self.model, n)
         self._build(data, m)
 
@@ -171,11 +194,6 @@ def main() -> None:
         help="Python of the environment with PyTorch ('' to skip the PyTorch side)",
     )
     parser.add_argument("--out", default="", help="write the results as JSON here")
-    parser.add_argument(
-        "--diagnose",
-        action="store_true",
-        help="also time the engine without its per-step finiteness check of the parameters",
-    )
     args = parser.parse_args()
 
     ds = jdata.load_dataset("mnist", args.data_dir)
@@ -188,10 +206,6 @@ def main() -> None:
     )
 
     runners = {g: JaxlrEpoch(g, data) for g in ("analytic", "autodiff")}
-    if args.diagnose:
-        runners["analytic, no param check (diagnostic)"] = JaxlrEpoch(
-            "analytic", data, skip_param_check=True
-        )
     m = runners["analytic"].steps
     flops = mlp_epoch_flops(SIZES, 32, m)
     times: dict[str, list[float]] = {g: [] for g in runners} | {"torch": []}
@@ -211,6 +225,7 @@ def main() -> None:
             print(f"round {r + 1}: torch {times['torch'][-1]:.2f} s", file=sys.stderr)
     peak = max(peaks)
     floor = flops / peak
+    gemms = step_gemm_seconds(SIZES, 32)
     best = {k: min(v) for k, v in times.items() if v}
     result = {
         "protocol": "hw3_mlp, one epoch: 784-3136-1568-10 relu, SGD lr 0.1, batch 32, shuffle",
@@ -219,6 +234,8 @@ def main() -> None:
         "peak_matmul_gflops": peak / 1e9,
         "peak_matmul_gflops_rounds": [p / 1e9 for p in peaks],
         "floor_seconds": floor,
+        "step_gemm_ms": {k: 1e3 * v for k, v in gemms.items()},
+        "step_gemms_alone_epoch_seconds": sum(gemms.values()) * m,
         "epoch_seconds": best,
         "epoch_seconds_rounds": times,
         "compile_seconds": {g: r.compile_seconds for g, r in runners.items()},
@@ -253,6 +270,11 @@ def main() -> None:
     rows.append(
         f"| floor ({flops / 1e9:.0f} GFLOP at {peak / 1e9:.0f} GFLOP/s) | {floor:.2f} | "
         f"{1e3 * floor / m:.2f} | 1.00 | - |"
+    )
+    g = sum(gemms.values()) * m
+    rows.append(
+        f"| the step's matrix products alone ({len(gemms)} jitted products at their shapes) | "
+        f"{g:.2f} | {1e3 * g / m:.2f} | {g / floor:.2f} | - |"
     )
     print("\n".join(rows))
     print(json.dumps(result, indent=1))

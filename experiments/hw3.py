@@ -289,7 +289,7 @@ def hw3_mlp(cfg: dict, workdir: Path) -> dict:
     Launch:  python -m experiments.main --experiment=hw3_mlp --workdir=runs/hw3_mlp
              (--grad=autodiff for jax.grad, --activation=sigmoid, --split=holdout for a
              validation split held out from the training images)
-    Runtime: about 6 min on 2 CPU cores (11,250 steps of batch 32, 13 checks).
+    Runtime: about 2 min on 2 CPU cores (11,250 steps of batch 32 at ~110 steps/s, 12 checks).
     Result:  test accuracy about 0.983 on the 10,000 MNIST test images (>= 0.980 required).
     """
     cfg = _resolve_num_train(cfg)
