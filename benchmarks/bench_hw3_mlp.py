@@ -46,6 +46,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks.bench_sweep import peak_matmul_flops
 from jaxlr import data as jdata
 from jaxlr.config import TrainConfig, make_hparams
 from jaxlr.train import Data, make_engine, model_for
@@ -66,20 +67,6 @@ def mlp_epoch_flops(sizes, batch_size: int, steps: int) -> float:
         per = 2.0 * batch_size * fan_in * fan_out
         total += 2 * per + (per if i > 0 else 0.0)
     return total * steps
-
-
-def peak_matmul_flops(sizes=(2048, 3072, 4096), repeats: int = 3) -> float:
-    """Best float32 FLOP/s of square matrix products through `jax.jit(jnp.dot)`."""
-    f = jax.jit(jnp.dot)
-    best = 0.0
-    for n in sizes:
-        a = jnp.asarray(np.random.default_rng(0).standard_normal((n, n)), jnp.float32)
-        f(a, a).block_until_ready()
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            f(a, a).block_until_ready()
-            best = max(best, 2.0 * n**3 / (time.perf_counter() - t0))
-    return best
 
 
 def step_gemm_seconds(sizes, batch_size: int, repeats: int = 50) -> dict:
@@ -215,7 +202,7 @@ def main() -> None:
     if args.torch_python and not use_torch:
         print(f"PyTorch side skipped: {args.torch_python} not found", file=sys.stderr)
     for r in range(args.repeats):
-        peaks.append(peak_matmul_flops())
+        peaks.append(peak_matmul_flops(sizes=(2048, 3072, 4096), repeats=3))
         for g, runner in runners.items():
             times[g].append(runner.time_epoch())
             print(f"round {r + 1}: jaxlr {g} {times[g][-1]:.2f} s", file=sys.stderr)

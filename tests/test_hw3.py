@@ -8,11 +8,11 @@ data. Dimension legend: N examples, D features, K classes.
 """
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
+from realdata import DATA_DIR, MISSING, PNG_MAGIC, needs_data
 
 from experiments import (
     hw3,
@@ -21,28 +21,6 @@ from experiments import (
 from experiments.common import make_config, run_experiment, train_config
 from jaxlr import checkpoint as ckpt
 from jaxlr import data as jdata
-
-DATA_DIR = os.environ.get("JAXLR_DATA_DIR") or None
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-def _mnist_missing() -> str | None:
-    try:
-        jdata.find_dataset_files("mnist", DATA_DIR, download=False)
-    except jdata.DataError:
-        return (
-            "real MNIST files not found: set JAXLR_DATA_DIR to the folder holding mnist/ "
-            "(e.g. JAXLR_DATA_DIR=/work/shared/data)"
-        )
-    return None
-
-
-_MISSING = _mnist_missing()
-
-
-def needs_data(fn):
-    """Marks a test as needing the real MNIST files; skipped with the reason if missing."""
-    return pytest.mark.realdata(pytest.mark.skipif(_MISSING is not None, reason=_MISSING or "")(fn))
 
 
 def _mnist():
@@ -80,8 +58,8 @@ TINY_MLP = dict(
 
 @pytest.fixture(scope="module")
 def mlp_runs(tmp_path_factory):
-    if _MISSING:
-        pytest.skip(_MISSING)
+    if MISSING:
+        pytest.skip(MISSING)
     out = {}
     for grad in ("analytic", "autodiff"):
         workdir = tmp_path_factory.mktemp(f"hw3_mlp_{grad}")
@@ -172,8 +150,8 @@ def test_hw3_mlp_holdout_split_and_sigmoid(tmp_path):
 
 @pytest.fixture(scope="module")
 def online_run(tmp_path_factory):
-    if _MISSING:
-        pytest.skip(_MISSING)
+    if MISSING:
+        pytest.skip(MISSING)
     workdir = tmp_path_factory.mktemp("hw3_online")
     run_experiment(
         "hw3_online_vs_minibatch",
@@ -231,8 +209,8 @@ TINY_GRID = dict(
 
 @pytest.fixture(scope="module")
 def grid_run(tmp_path_factory):
-    if _MISSING:
-        pytest.skip(_MISSING)
+    if MISSING:
+        pytest.skip(MISSING)
     workdir = tmp_path_factory.mktemp("hw3_logreg")
     run_experiment("hw3_logreg_grid", workdir, TINY_GRID)
     grid_metrics = _read(workdir)

@@ -17,39 +17,16 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+from realdata import DATA_DIR, PNG_MAGIC, needs_data
 
 from benchmarks import numpy_baseline as nb
 from experiments import registry  # noqa: F401  (registers the experiments)
 from experiments.common import EXPERIMENTS, load_data, make_config, run_experiment, train_config
-from jaxlr import data as jdata
 from jaxlr.config import TrainConfig, make_hparams
 from jaxlr.data import epoch_batches
 from jaxlr.train import Data, fit, keys_for
 
 REPO = Path(__file__).resolve().parents[1]
-DATA_DIR = os.environ.get("JAXLR_DATA_DIR") or None
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-def _mnist_missing() -> str | None:
-    try:
-        jdata.find_dataset_files("mnist", DATA_DIR, download=False)
-    except jdata.DataError:
-        return (
-            "real MNIST files not found: set JAXLR_DATA_DIR to the folder holding mnist/ "
-            "(e.g. JAXLR_DATA_DIR=/work/shared/data)"
-        )
-    return None
-
-
-_MISSING = _mnist_missing()
-
-
-def needs_data(fn):
-    """Marks a test as needing the real MNIST files; skipped with the reason if missing."""
-    return pytest.mark.realdata(pytest.mark.skipif(_MISSING is not None, reason=_MISSING or "")(fn))
-
-
 # Tiny configurations. Binary subsets of 256 examples make M = 2 batches of 128, the
 # ten-class ones 512 examples, M = 4; both give a check after every step.
 TINY_BINARY = dict(num_epochs=2, max_examples=256)
