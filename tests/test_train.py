@@ -143,6 +143,23 @@ def test_divergence_is_seen_at_the_step_whose_objective_is_not_finite():
     assert not bool(state.diverged) and int(state.diverge_step) == -1
 
 
+def test_after_all_changes_no_value_and_spreads_no_nan():
+    from jaxlr.train import _after_all
+
+    rng = np.random.default_rng(0)
+    grads = {
+        "layers": [
+            {"w": jnp.asarray(rng.normal(size=(64, 32))), "b": jnp.asarray([np.nan, 1.0])},
+            {"w": jnp.asarray(rng.normal(size=(32, 3))), "b": jnp.asarray([np.inf, 2.0, 3.0])},
+        ]
+    }
+    out = jax.jit(_after_all)(grads)
+    for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(out)):
+        np.testing.assert_array_equal(a, b)  # NaN == NaN here; no NaN reaches other leaves
+    single = {"w": jnp.ones((3, 2))}
+    assert _after_all(single) is single
+
+
 def test_same_config_and_seed_give_bit_identical_results():
     data = synthetic(k=3)
     cfg = dataclasses.replace(
