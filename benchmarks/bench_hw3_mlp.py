@@ -129,9 +129,6 @@ class JaxlrEpoch:
         self.config = hw3_config(grad, m)
         self.model = model_for(self.config, SIZES[0], jnp.float32)
         self.engine = make_engine(self.config, self.model, n)
-        self._build(data, m)
-
-    def _build(self, data: Data, m: int) -> None:
         self.hp = make_hparams(0.1, dtype=jnp.float32)
         self.data = data
         self.state = jax.jit(self.engine.init)(self.hp)

@@ -27,3 +27,9 @@ MISSING = _mnist_missing()
 def needs_data(fn):
     """Marks a test as needing the real MNIST files; skipped with the reason if missing."""
     return pytest.mark.realdata(pytest.mark.skipif(MISSING is not None, reason=MISSING or "")(fn))
+
+
+def require_data() -> None:
+    """Skips the calling test or fixture, with the reason, when the real MNIST files are missing."""
+    if MISSING is not None:
+        pytest.skip(MISSING)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from realdata import DATA_DIR, MISSING, PNG_MAGIC, needs_data
+from realdata import DATA_DIR, PNG_MAGIC, needs_data, require_data
 
 from experiments import (
     hw3,
@@ -58,8 +58,7 @@ TINY_MLP = dict(
 
 @pytest.fixture(scope="module")
 def mlp_runs(tmp_path_factory):
-    if MISSING:
-        pytest.skip(MISSING)
+    require_data()
     out = {}
     for grad in ("analytic", "autodiff"):
         workdir = tmp_path_factory.mktemp(f"hw3_mlp_{grad}")
@@ -150,8 +149,7 @@ def test_hw3_mlp_holdout_split_and_sigmoid(tmp_path):
 
 @pytest.fixture(scope="module")
 def online_run(tmp_path_factory):
-    if MISSING:
-        pytest.skip(MISSING)
+    require_data()
     workdir = tmp_path_factory.mktemp("hw3_online")
     run_experiment(
         "hw3_online_vs_minibatch",
@@ -209,8 +207,7 @@ TINY_GRID = dict(
 
 @pytest.fixture(scope="module")
 def grid_run(tmp_path_factory):
-    if MISSING:
-        pytest.skip(MISSING)
+    require_data()
     workdir = tmp_path_factory.mktemp("hw3_logreg")
     run_experiment("hw3_logreg_grid", workdir, TINY_GRID)
     grid_metrics = _read(workdir)
