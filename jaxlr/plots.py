@@ -12,6 +12,7 @@ Dimension legend:
   K  classes (one weight image per class)
   P  pixels, H * W
   R, C  rows and columns of a heatmap
+  T  steps of a training history
 """
 
 from __future__ import annotations
@@ -28,16 +29,27 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from jaxlr.io import atomic_write_bytes
+from jaxlr.metrics import epochs_done, running_mean
 
 __all__ = [
     "DPI",
+    "accuracy_series",
+    "accuracy_ylim",
+    "early_stopping_vlines",
+    "loss_series",
+    "loss_styles",
+    "loss_ylim",
     "new_figure",
     "plot_bar",
+    "plot_confusion",
     "plot_curves",
+    "plot_epoch_history",
     "plot_heatmap",
+    "plot_history",
     "plot_image_grid",
     "plot_side_by_side",
     "plot_weight_images",
+    "robust_ylim",
     "save_figure",
 ]
 
@@ -546,6 +558,320 @@ def plot_bar(
         if ylim is not None:
             ax.set_ylim(*ylim)
         ax.grid(True, axis="y", alpha=0.3)
+        return fig
+
+    return _draw(build, path, dpi)
+
+
+# ---------------------------------------------------------------------------------------------
+# Training histories (the experiments' loss and accuracy figures).
+
+
+def robust_ylim(
+    arrays: Sequence[Any],
+    *,
+    skip: float = 0.05,
+    lo_q: float = 1.0,
+    hi_q: float = 99.0,
+    pad: float = 0.15,
+    floor: float | None = None,
+    ceil: float | None = None,
+) -> tuple[float, float] | None:
+    """y limits that show the later part of curves in detail (the first steps are far off).
+
+    Drops the first `skip` fraction of every curve and its non-finite values, takes the
+    `lo_q` and `hi_q` percentiles of what is left, widens that span (at least 1e-3) by `pad`
+    on each side and clips it to `floor` / `ceil`.
+
+    Args:
+      arrays: 1-D curves.
+      skip: fraction of each curve's start left out.
+      lo_q, hi_q: percentiles (0-100) for the low and high limit.
+      pad: margin as a fraction of the span.
+      floor, ceil: bounds the limits may not cross (None: unbounded).
+
+    Returns:
+      (low, high), or None when no finite value is left (matplotlib then chooses).
+    """
+    parts = []
+    for a in arrays:
+        a = np.asarray(a, np.float64)
+        a = a[int(len(a) * skip) :]
+        parts.append(a[np.isfinite(a)])
+    vals = np.concatenate(parts) if parts else np.zeros(0)
+    if vals.size == 0:
+        return None
+    lo, hi = np.percentile(vals, lo_q), np.percentile(vals, hi_q)
+    span = max(hi - lo, 1e-3)
+    lo, hi = lo - pad * span, hi + pad * span
+    if floor is not None:
+        lo = max(lo, floor)
+    if ceil is not None:
+        hi = min(hi, ceil)
+    return (float(lo), float(hi))
+
+
+def _sep(label: str) -> str:
+    return ", " if label else ""
+
+
+def loss_series(history: Mapping[str, Any], label: str = "") -> dict:
+    """Batch training loss, its running mean over one epoch, and the validation loss.
+
+    Args:
+      history: a `jaxlr.train` history (step, epoch, train_loss, check_step, val_loss).
+      label: appended to every legend entry (", label") to tell runs apart.
+
+    Returns:
+      legend -> (x, y) for `plot_curves`; the running mean averages the last M batches,
+      M = the number of steps of the first epoch.
+    """
+    sep = _sep(label)
+    epoch = np.asarray(history["epoch"])
+    m = max(1, int(np.sum(epoch == epoch[0]))) if len(epoch) else 1
+    return {
+        f"training loss (batch){sep}{label}": (history["step"], history["train_loss"]),
+        f"training loss (mean of last {m} batches){sep}{label}": (
+            history["step"],
+            running_mean(history["train_loss"], m),
+        ),
+        f"validation loss{sep}{label}": (history["check_step"], history["val_loss"]),
+    }
+
+
+def loss_styles(series: Mapping[str, Any]) -> dict:
+    """Styles for `loss_series`: the noisy batch loss faint, the smoothed and validation bold."""
+    return (
+        {k: {"alpha": 0.3, "linewidth": 0.7, "color": "C0"} for k in series if "(batch)" in k}
+        | {k: {"color": "C0", "linewidth": 1.8} for k in series if "(mean of" in k}
+        | {k: {"color": "C1", "linewidth": 1.5} for k in series if k.startswith("validation")}
+    )
+
+
+def accuracy_series(history: Mapping[str, Any], label: str = "") -> dict:
+    """Training and validation accuracy at the checks: legend -> (check_step, accuracy)."""
+    sep = _sep(label)
+    return {
+        f"training accuracy{sep}{label}": (history["check_step"], history["train_accuracy"]),
+        f"validation accuracy{sep}{label}": (history["check_step"], history["val_accuracy"]),
+    }
+
+
+def loss_ylim(*histories: Mapping[str, Any]) -> tuple[float, float] | None:
+    """y limits of a loss figure: fitted to the smoothed training and the validation loss.
+
+    The faint batch loss may leave the frame; the limits never go below 0.
+    """
+    arrays = []
+    for h in histories:
+        series = loss_series(h)
+        arrays += [y for k, (_, y) in series.items() if "(batch)" not in k]
+    return robust_ylim(arrays, lo_q=0.0, hi_q=99.5, pad=0.3, floor=0.0)
+
+
+def accuracy_ylim(*histories: Mapping[str, Any]) -> tuple[float, float] | None:
+    """y limits of an accuracy figure (training and validation accuracy), at most 1.001."""
+    arrays = [a for h in histories for a in (h["train_accuracy"], h["val_accuracy"])]
+    return robust_ylim(arrays, lo_q=2.0, hi_q=100.0, ceil=1.0 + 1e-3)
+
+
+def early_stopping_vlines(es: Mapping[str, Any] | None, label: str = "") -> dict:
+    """Vertical markers of early stopping: the best check and, if it fired, the stop.
+
+    Args:
+      es: a run's `early_stopping` metrics (`jaxlr.train.early_stopping_summary`), or None.
+      label: appended to the legend entries.
+
+    Returns:
+      legend -> step, for the `vlines` argument of `plot_curves` ({} without `es`).
+    """
+    if not es:
+        return {}
+    sep = _sep(label)
+    out = {f"best check (step {es['best_step']}){sep}{label}": es["best_step"]}
+    if es["stopped"]:
+        out[f"early stop (step {es['step']}){sep}{label}"] = es["step"]
+    return out
+
+
+def plot_history(
+    loss_path: str | os.PathLike,
+    accuracy_path: str | os.PathLike,
+    history: Mapping[str, Any],
+    title: str,
+    *,
+    early_stopping: Mapping[str, Any] | None = None,
+) -> tuple[Path, Path]:
+    """The loss and the accuracy figure of one run against the training step.
+
+    Loss: batch loss (faint), its running mean over an epoch, validation loss; accuracy:
+    training and validation accuracy at the checks. Both zoomed on the later part of
+    training and marked with the early-stopping checks when `early_stopping` is given.
+
+    Args:
+      loss_path, accuracy_path: destination PNGs.
+      history: a `jaxlr.train` history.
+      title: prefix of both titles (": loss", ": accuracy" follow).
+      early_stopping: the run's `early_stopping` metrics, or None.
+
+    Returns:
+      (loss_path, accuracy_path) as Paths.
+    """
+    vl = early_stopping_vlines(early_stopping)
+    series = loss_series(history)
+    a = plot_curves(
+        loss_path,
+        series,
+        styles=loss_styles(series),
+        xlabel="training step",
+        ylabel="cross-entropy loss",
+        title=f"{title}: loss",
+        ylim=loss_ylim(history),
+        vlines=vl,
+    )
+    b = plot_curves(
+        accuracy_path,
+        accuracy_series(history),
+        xlabel="training step",
+        ylabel="accuracy",
+        title=f"{title}: accuracy",
+        ylim=accuracy_ylim(history),
+        vlines=vl,
+    )
+    return a, b
+
+
+def plot_epoch_history(
+    loss_path: str | os.PathLike,
+    accuracy_path: str | os.PathLike,
+    history: Mapping[str, Any],
+    steps_per_epoch: int,
+    final: Mapping[str, float],
+    title: str,
+    test_name: str,
+    n_train_eval: int,
+) -> tuple[Path, Path]:
+    """Loss and accuracy figures of one run against epochs, ending with a final test point.
+
+    Loss: batch loss (faint), its running mean over M // 10 batches, and the `test_name`
+    loss at the checks plus `final["test_loss"]` at the end; y from 0 to 1.15 times the
+    highest smoothed loss after the first window (at least 0.1). Accuracy: the training
+    accuracy at the checks and the `test_name` accuracy plus `final["test_accuracy"]`,
+    zoomed on the second half of training (from just below the lowest value there, or
+    0.975 at most, to 1.0005).
+
+    Args:
+      loss_path, accuracy_path: destination PNGs.
+      history: a `jaxlr.train` history.
+      steps_per_epoch: M, for the x axis (epochs completed after each step).
+      final: {"test_loss": ..., "test_accuracy": ...} after the last step.
+      title: prefix of both titles.
+      test_name: what the checks evaluate ("test" or "validation").
+      n_train_eval: training images each check scores (for the legend).
+
+    Returns:
+      (loss_path, accuracy_path) as Paths.
+    """
+    m = int(steps_per_epoch)
+    window = max(1, m // 10)
+    h = {k: np.asarray(v) for k, v in history.items()}
+    ep = epochs_done(h["step"], m)
+    cep = epochs_done(h["check_step"], m)
+    last = float(ep[-1]) if len(ep) else 0.0
+    smooth = running_mean(h["train_loss"], window)
+    loss = {
+        "training loss (batch)": (ep, h["train_loss"]),
+        f"training loss (mean of last {window} batches)": (ep, smooth),
+        f"{test_name} loss": (
+            np.append(cep, last),
+            np.append(h["val_loss"], final["test_loss"]),
+        ),
+    }
+    hi = max(float(np.nanmax(smooth[window:])) if len(smooth) > window else 1.0, 0.1)
+    a = plot_curves(
+        loss_path,
+        loss,
+        styles={
+            "training loss (batch)": {"alpha": 0.25, "linewidth": 0.5, "color": "C0"},
+            f"training loss (mean of last {window} batches)": {"color": "C0", "linewidth": 1.8},
+            f"{test_name} loss": {"color": "C1", "marker": "o", "linewidth": 1.5},
+        },
+        xlabel="epoch",
+        ylabel="cross-entropy loss",
+        title=f"{title}: loss",
+        ylim=(0.0, 1.15 * hi),
+    )
+    acc = {
+        f"training accuracy (first {n_train_eval} training images)": (cep, h["train_accuracy"]),
+        f"{test_name} accuracy": (
+            np.append(cep, last),
+            np.append(h["val_accuracy"], final["test_accuracy"]),
+        ),
+    }
+    # Zoomed on the second half of training: the first checks (10% at step 0) would squash
+    # the differences that matter near 98%.
+    late = cep >= 0.5 * last
+    vals = np.concatenate(
+        [h["train_accuracy"][late], h["val_accuracy"][late], [final["test_accuracy"]]]
+    )
+    lo = float(np.nanmin(vals)) if np.isfinite(vals).any() else 0.9
+    b = plot_curves(
+        accuracy_path,
+        acc,
+        marker="o",
+        xlabel="epoch",
+        ylabel="accuracy",
+        title=f"{title}: accuracy",
+        ylim=(max(0.0, min(lo, 0.98) - 0.005), 1.0005),
+    )
+    return a, b
+
+
+def plot_confusion(path: str | os.PathLike, cm_KK: Any, title: str, *, dpi: int = DPI) -> Path:
+    """Confusion matrix with every non-zero count written in its cell.
+
+    Colours follow log(1 + count): on a linear scale the diagonal (about 1000 per digit)
+    would leave the handful of errors per cell invisible.
+
+    Args:
+      path: destination PNG.
+      cm_KK: counts, row = true class, column = predicted class (e.g.
+        `jaxlr.metrics.confusion_matrix`).
+      title: the figure's title.
+      dpi: resolution.
+
+    Returns:
+      The destination as a Path.
+    """
+    cm_KK = np.asarray(cm_KK)
+    if cm_KK.ndim != 2 or cm_KK.shape[0] != cm_KK.shape[1] or cm_KK.size == 0:
+        raise ValueError(f"cm_KK must be a non-empty square [K, K] matrix, got {cm_KK.shape}")
+    if np.any(cm_KK < 0) or not np.all(np.isfinite(cm_KK)):
+        raise ValueError("cm_KK must hold counts >= 0, got negative or non-finite entries")
+    k = cm_KK.shape[0]
+    shade_KK = np.log1p(cm_KK.astype(np.float64))
+
+    def build():
+        fig = new_figure((0.75 * k + 2.0, 0.65 * k + 1.2))
+        ax = fig.subplots()
+        im = ax.imshow(shade_KK, cmap="Blues", vmin=0.0)
+        cbar = fig.colorbar(im, ax=ax)
+        ticks = [t for t in (0, 1, 10, 100, 1000, 10000) if t <= max(1, cm_KK.max())]
+        cbar.set_ticks(np.log1p(ticks), labels=[str(t) for t in ticks])
+        cbar.set_label("images (log scale)")
+        ax.set_xticks(range(k), labels=[str(i) for i in range(k)])
+        ax.set_yticks(range(k), labels=[str(i) for i in range(k)])
+        ax.set_xlabel("predicted digit")
+        ax.set_ylabel("true digit")
+        ax.set_title(title)
+        top = shade_KK.max() or 1.0
+        for i in range(k):
+            for j in range(k):
+                if cm_KK[i, j]:
+                    color = "white" if shade_KK[i, j] > 0.6 * top else "black"
+                    ax.text(
+                        j, i, str(cm_KK[i, j]), ha="center", va="center", color=color, fontsize=8
+                    )
         return fig
 
     return _draw(build, path, dpi)
