@@ -55,6 +55,13 @@ class TrainConfig:
         (cross-entropy plus the L2 term).
       epochs_per_call: epochs per compiled call; the host logs, checkpoints and checks for
         stopping between calls.
+      diverge_factor: a run has diverged when its objective (a step's batch, or the
+        validation set's at a check) is non-finite or exceeds this factor times its initial
+        objective (the first step's, at the initial parameters). Must be > 1; inf turns
+        the factor rule off (non-finite objectives still diverge). The default 1e3 is far
+        above what sound runs reach (they start at ln 2 or ln 10 for the zero-initialised
+        linear models and only go down) and far below the 1e5-1e7 of runs with a learning
+        rate that blows up.
     """
 
     model: str = "logistic"
@@ -81,6 +88,7 @@ class TrainConfig:
     patience: int = 10
     log_loss: str = "cross_entropy"
     epochs_per_call: int = 1
+    diverge_factor: float = 1e3
 
     def __post_init__(self):
         _check_choice("model", self.model, MODELS)
@@ -101,6 +109,11 @@ class TrainConfig:
             raise ValueError("TrainConfig.model='mlp' needs at least one hidden width (hidden=)")
         if self.anneal_steps <= 0:
             raise ValueError(f"TrainConfig.anneal_steps must be > 0, got {self.anneal_steps}")
+        if not float(self.diverge_factor) > 1.0:  # also refuses NaN
+            raise ValueError(
+                f"TrainConfig.diverge_factor must be > 1 (inf: no factor rule), "
+                f"got {self.diverge_factor!r}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         """The config as a JSON-ready dict."""
