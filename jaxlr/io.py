@@ -60,11 +60,14 @@ def atomic_open(
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
-def _fsync_dir(folder: Path) -> None:
-    # Best effort: some file systems refuse fsync on a folder; the data is already safe.
+def fsync_dir(folder: str | os.PathLike) -> None:
+    """Flushes a folder's entries (renames, new names) to disk; best effort.
+
+    Some file systems refuse fsync on a folder; the files themselves are then already safe.
+    """
     try:
         fd = os.open(folder, os.O_RDONLY)
     except OSError:
@@ -75,6 +78,41 @@ def _fsync_dir(folder: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def atomic_symlink(target: str | os.PathLike, path: str | os.PathLike) -> Path:
+    """Makes `path` a symbolic link to `target`, atomically replacing what `path` was.
+
+    The link is made under a temporary name in the same folder and `os.replace`d over
+    `path`, so a reader sees the old entry or the new link, never neither. `path` must not
+    be a folder (a real one; a link to a folder is replaced like any link).
+
+    Args:
+      target: what the link points to, stored as given (relative targets resolve from the
+        link's own folder, so a folder of relative links can be moved as a whole).
+      path: the link to make; its parent folder must exist.
+
+    Returns:
+      `path` as a Path.
+    """
+    path = Path(path)
+    for _ in range(100):
+        tmp = path.parent / f".{path.name}.{os.urandom(6).hex()}.tmp"
+        try:
+            os.symlink(target, tmp)
+            break
+        except FileExistsError:
+            continue
+    else:  # pragma: no cover - 100 collisions of 48 random bits
+        raise FileExistsError(f"atomic_symlink: no free temporary name beside {path}")
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    fsync_dir(path.parent)
+    return path
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:

@@ -64,3 +64,21 @@ def test_json_converts_numpy_jax_and_paths(tmp_path):
     with pytest.raises(TypeError, match="not JSON serializable"):
         io.atomic_write_json(tmp_path / "bad.json", {"x": object()})
     assert not (tmp_path / "bad.json").exists() and _leftovers(tmp_path) == []
+
+
+def test_atomic_symlink_replaces_files_and_links(tmp_path):
+    (tmp_path / "a").write_text("A")
+    (tmp_path / "b").write_text("B")
+    link = tmp_path / "link"
+    link.write_text("a real file")
+    assert io.atomic_symlink("a", link) == link
+    assert os.readlink(link) == "a" and link.read_text() == "A"  # relative target kept as is
+    io.atomic_symlink("b", link)
+    assert link.read_text() == "B"
+    io.atomic_symlink("missing", link)  # dangling links are allowed
+    assert link.is_symlink() and not link.exists()
+    (tmp_path / "folder").mkdir()
+    with pytest.raises(OSError):
+        io.atomic_symlink("a", tmp_path / "folder")
+    assert (tmp_path / "folder").is_dir()
+    assert _leftovers(tmp_path) == []
