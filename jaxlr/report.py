@@ -260,7 +260,8 @@ def _fmt(value: Any) -> str:
     if isinstance(value, int):
         return str(value)
     if isinstance(value, float):
-        if math.isfinite(value) and 0.0 <= value <= 1.0:
+        # 4 decimals in [0, 1], except a value so small that they would show 0.0000.
+        if math.isfinite(value) and (value == 0.0 or 1e-4 <= value <= 1.0):
             return f"{value:.4f}"
         return f"{value:.4g}"
     text = str(value).replace("\n", " ")
@@ -319,7 +320,7 @@ def summary_table(metrics: Mapping[str, Any], headline: Sequence[str] | None = N
     (runs such as {"lambda=0": {...}, "lambda=1": {...}}), they become one row each with one
     column per key; the remaining scalars follow as key / value lines. Floats in [0, 1] are
     printed with 4 decimals, other floats with `:.4g`, integers as they are, booleans as
-    yes/no.
+    yes/no (a float below 1e-4 other than 0 with `:.4g` too, so it does not read 0.0000).
 
     Args:
       metrics: what an experiment returns.

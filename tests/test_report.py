@@ -1,0 +1,286 @@
+"""Tests of `jaxlr.report`: tables, report and history files, the launcher's summary."""
+
+import json
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxlr import report
+
+# ---------------------------------------------------------------------------------------------
+# markdown_table and runs_table.
+
+
+def test_markdown_table_default_alignment_and_cells():
+    got = report.markdown_table(
+        ["run", "acc", "steps", "note"],
+        [["a", "0.9164", 1550, None], ["b", 0.5, "1,024", "x|y"]],
+    )
+    assert got == (
+        "| run | acc | steps | note |\n"
+        "| --- | ---: | ---: | --- |\n"
+        "| a | 0.9164 | 1550 | - |\n"
+        "| b | 0.5000 | 1,024 | x\\|y |"
+    )
+
+
+def test_markdown_table_align_bold_and_float_format():
+    got = report.markdown_table(
+        ["lambda", "diverged"],
+        [["0.01", "False"], ["0.5", "True"]],
+        align="rl",
+        bold=[1],
+    )
+    assert got == "| lambda | diverged |\n| ---: | --- |\n| 0.01 | False |\n| **0.5** | **True** |"
+    got = report.markdown_table(["x"], [[0.123456]], align=["c"], float_format="{:.2f}")
+    assert got == "| x |\n| :---: |\n| 0.12 |"
+    # Percentages and bold numbers read as numbers.
+    assert "| ---: |" in report.markdown_table(["c"], [["90.9%"], ["**3**"]])
+
+
+def test_markdown_table_reproduces_the_experiments_tables():
+    # The mean-image table of tdt4265 (`| --- |` then ` ---: |` per digit).
+    corr = [0.53, 0.30]
+    got = report.markdown_table(
+        ["digit", "0", "1"], [["correlation", *(f"{c:.3f}" for c in corr)]], align="lrr"
+    )
+    assert got == "| digit | 0 | 1 |\n| --- | ---: | ---: |\n| correlation | 0.530 | 0.300 |"
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(headers=["a", "b"], rows=[["1"]]), "rows\\[0\\] has 1 cells"),
+        (dict(headers=["a"], rows=[["1"]], align="x"), "align"),
+        (dict(headers=["a"], rows=[["1"]], align="ll"), "align"),
+        (dict(headers=["a"], rows=[["1"]], bold=[1]), "bold"),
+        (dict(headers=[], rows=[]), "headers"),
+    ],
+)
+def test_markdown_table_refuses_bad_input(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        report.markdown_table(**kwargs)
+
+
+RUN = dict(
+    train_loss=0.12344,
+    val_loss=0.2,
+    train_accuracy=0.9,
+    val_accuracy=0.91,
+    steps=1550,
+    wall_seconds=6.62,
+    early_stopping={"stopped": True},
+)
+
+
+def test_runs_table_is_the_tdt4265_metrics_table():
+    got = report.runs_table({"lambda=0": RUN, "lambda=1": dict(RUN, steps=7, wall_seconds=31.25)})
+    assert got == (
+        "| run | train loss | val loss | train acc | val acc | steps | wall (s) |\n"
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |\n"
+        "| lambda=0 | 0.1234 | 0.2000 | 0.9000 | 0.9100 | 1550 | 6.6 |\n"
+        "| lambda=1 | 0.1234 | 0.2000 | 0.9000 | 0.9100 | 7 | 31.2 |"
+    )
+    with pytest.raises(ValueError, match="val_loss"):
+        report.runs_table({"a": {k: v for k, v in RUN.items() if k != "val_loss"}})
+
+
+# ---------------------------------------------------------------------------------------------
+# Files and small helpers.
+
+
+def test_write_history_and_report(tmp_path):
+    history = {
+        "step": np.array([0, 1, 2]),
+        "epoch": np.array([0, 0, 1]),
+        "train_loss": np.array([0.5, 0.25, 0.125]),
+        "check_step": np.array([1]),
+        "val_loss": np.array([0.75]),
+        "val_accuracy": np.array([0.5]),
+        "train_accuracy": np.array([0.25]),
+    }
+    report.write_history(tmp_path / "h.jsonl", history)
+    lines = (tmp_path / "h.jsonl").read_text().splitlines()
+    assert [json.loads(x) for x in lines] == [
+        {"step": 0, "epoch": 0, "train_loss": 0.5},
+        {
+            "step": 1,
+            "epoch": 0,
+            "train_loss": 0.25,
+            "val_loss": 0.75,
+            "val_accuracy": 0.5,
+            "train_accuracy": 0.25,
+        },
+        {"step": 2, "epoch": 1, "train_loss": 0.125},
+    ]
+    empty = {k: v[:0] for k, v in history.items()}
+    report.write_history(tmp_path / "e.jsonl", empty)
+    assert (tmp_path / "e.jsonl").read_text() == ""
+    report.write_report(tmp_path / "r.md", "Title", ["  first\n", "second  "])
+    assert (tmp_path / "r.md").read_text() == "# Title\n\nfirst\n\nsecond\n"
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_slug_image_link_jsonable():
+    assert report.slug("lambda=0.1") == "lambda_0.1"
+    assert report.slug("lr=0.1, l2=1e-3") == "lr_0.1_l2_1e-3"
+    assert report.slug("schedule=anneal") == "schedule_anneal"
+    assert report.slug("=== ") == "run"
+    assert report.slug("+x") == "+x"
+    assert report.image_link("loss.png", "the loss") == "![the loss](loss.png)"
+    obj = {
+        1: (np.float32(0.5), np.int64(3)),
+        "a": np.arange(3),
+        "b": [np.bool_(True), {"c": np.zeros((2, 1))}],
+        "j": jnp.asarray([1.0, 2.0]),
+        "s": "text",
+    }
+    got = report.jsonable(obj)
+    assert got == {
+        "1": [0.5, 3],
+        "a": [0, 1, 2],
+        "b": [True, {"c": [[0.0], [0.0]]}],
+        "j": [1.0, 2.0],
+        "s": "text",
+    }
+    json.dumps(got)  # plain Python all the way down
+
+
+# ---------------------------------------------------------------------------------------------
+# summary_table on the shapes of metrics the experiments return.
+
+
+def test_summary_table_of_runs_by_hand():
+    metrics = {
+        "lambda=0": {"val_accuracy": 0.9164, "steps": 7800, "wall_seconds": 31.25},
+        "lambda=1": {"val_accuracy": 0.8008, "steps": 7800, "wall_seconds": 31.25},
+        "wall_seconds_total": 33.5,
+    }
+    assert report.summary_table(metrics) == (
+        "run       val_accuracy  steps  wall_seconds\n"
+        "--------  ------------  -----  ------------\n"
+        "lambda=0        0.9164   7800         31.25\n"
+        "lambda=1        0.8008   7800         31.25\n"
+        "\n"
+        "metric              value\n"
+        "------------------  -----\n"
+        "wall_seconds_total   33.5"
+    )
+    assert report.summary_table(metrics, headline=["steps", "missing"]) == (
+        "run       steps\n--------  -----\nlambda=0   7800\nlambda=1   7800"
+    )
+
+
+def test_summary_table_of_one_run_flattens_and_formats():
+    # tdt4265_task2d: one run with the nested early-stopping numbers.
+    metrics = {
+        "train_loss": 0.0612345,
+        "val_loss": 0.0657,
+        "steps": 1039,
+        "early_stopping": {"stopped": True, "step": 1038, "best_val_loss": 0.0657, "epoch": None},
+        "per_class_accuracy": [0.9, 0.8],  # lists are left out
+        "confusion_matrix": np.eye(2),
+        "wall_seconds_total": 123.456,
+        "gap": 2e-5,
+        "loss_gap": -0.0008,
+    }
+    text = report.summary_table(metrics)
+    rows = dict(line.split(None, 1) for line in text.splitlines()[2:])
+    assert rows == {
+        "train_loss": "0.0612",
+        "val_loss": "0.0657",
+        "early_stopping.best_val_loss": "0.0657",
+        "steps": "1039",
+        "early_stopping.stopped": "yes",
+        "early_stopping.step": "1038",
+        "early_stopping.epoch": "-",
+        "wall_seconds_total": "123.5",
+        "gap": "2e-05",
+        "loss_gap": "-0.0008",
+    }
+    # Losses and accuracies first, then the rest in the order given.
+    assert list(rows)[:3] == ["train_loss", "val_loss", "early_stopping.best_val_loss"]
+    got = report.summary_table(metrics, headline=["early_stopping.step", "val_loss", "nope"])
+    assert got.splitlines()[2:] == ["early_stopping.step    1038", "val_loss             0.0657"]
+
+
+def test_summary_table_of_the_experiments_shapes():
+    run = dict(RUN, early_stopping={"stopped": False, "best_step": 978})
+    # tdt4265_task4: runs plus a dict that is not a run (its keys are lambdas).
+    task4 = {
+        "lambda=0": dict(run, l2=0.0, weight_norm=4.89),
+        "lambda=1": dict(run, l2=1.0, weight_norm=0.6),
+        "weight_norm_by_lambda": {"0": 4.89, "1": 0.6},
+        "wall_seconds_total": 31.3,
+    }
+    text = report.summary_table(
+        task4, headline=["val_accuracy", "weight_norm", "wall_seconds_total"]
+    )
+    lines = text.splitlines()
+    assert lines[0].split() == ["run", "val_accuracy", "weight_norm"]
+    assert lines[2].split() == ["lambda=0", "0.9100", "4.89"]
+    assert lines[3].split() == ["lambda=1", "0.9100", "0.6000"]
+    assert lines[-1].split() == ["wall_seconds_total", "31.3"]
+    default = report.summary_table(task4)
+    assert "weight_norm_by_lambda.0" in default and "early_stopping.best_step" in default
+    # Default columns: at most 8, losses and accuracies first.
+    assert default.splitlines()[0].split()[:5] == [
+        "run",
+        "train_loss",
+        "val_loss",
+        "train_accuracy",
+        "val_accuracy",
+    ]
+    assert len(default.splitlines()[0].split()) == 9
+    # hw3_online_vs_minibatch: runs with lists inside, lists at the top.
+    online = {
+        f"batch_size={b}": {"batch_size": b, "test_accuracy": 0.9, "epoch_seconds": [1.0, 2.0]}
+        for b in (1, 32, 128)
+    }
+    online.update(batch_sizes=[1, 32, 128], num_train=60000, learning_rate=0.01)
+    lines = report.summary_table(online).splitlines()
+    assert lines[0].split() == ["run", "test_accuracy", "batch_size"]
+    assert [x.split()[0] for x in lines[2:5]] == ["batch_size=1", "batch_size=32", "batch_size=128"]
+    assert "epoch_seconds" not in "\n".join(lines) and "batch_sizes" not in "\n".join(lines)
+    assert lines[-2].split() == ["num_train", "60000"] and lines[-1].split()[1] == "0.0100"
+    # sweep: the two best points share keys and become rows; the list of points is left out.
+    best = {"index": 3, "learning_rate": 0.1, "val_accuracy": 0.92}
+    sweep = {
+        "num_points": 36,
+        "axes": ["learning_rate", "l2"],
+        "best_by_val_loss": best,
+        "best_by_val_accuracy": dict(best, index=5),
+        "points": [best] * 36,
+        "wall_seconds": 163.0,
+    }
+    lines = report.summary_table(sweep).splitlines()
+    assert lines[0].split() == ["run", "val_accuracy", "index", "learning_rate"]
+    assert lines[3].split() == ["best_by_val_accuracy", "0.9200", "5", "0.1000"]
+    assert [x.split()[0] for x in lines[-2:]] == ["num_points", "wall_seconds"]
+
+
+def test_summary_table_limits_and_strings():
+    many = {f"seed={i}": {"val_accuracy": i / 100} for i in range(20)}
+    lines = report.summary_table(many).splitlines()
+    assert len(lines) == 2 + 12 + 1 and lines[-1] == "(+8 more runs)"
+    flat = {f"k{i}": i for i in range(15)}
+    flat["path"] = "/a/very/long/path/" * 10
+    lines = report.summary_table(flat).splitlines()
+    assert lines[-1] == "(+4 more not shown)" and len(lines) == 2 + 12 + 1
+    # A column holding any text is left-aligned; long strings are cut.
+    text = report.summary_table({"grad": "analytic", "steps": 10, "p": "x" * 100})
+    assert text.splitlines()[2:] == [
+        "grad    analytic",
+        "steps   10",
+        "p       " + "x" * 45 + "...",
+    ]
+    assert report.summary_table({}) == "(no scalar metrics)"
+    assert report.summary_table({"a": [1, 2]}) == "(no scalar metrics)"
+
+
+def test_summary_table_refuses_bad_input():
+    with pytest.raises(ValueError, match="metrics must be a dict"):
+        report.summary_table([("a", 1)])
+    with pytest.raises(ValueError, match="headline"):
+        report.summary_table({"a": 1}, headline="a")
