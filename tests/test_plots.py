@@ -145,3 +145,110 @@ def test_bad_inputs_raise_and_write_nothing(tmp_path, call, message):
         call(path)
     assert not path.exists()
     assert no_temp_files(tmp_path)
+
+
+# ---------------------------------------------------------------------------------------------
+# History panels (the experiments' loss and accuracy figures).
+
+HISTORY = {
+    "step": np.arange(6),
+    "epoch": np.array([0, 0, 0, 1, 1, 1]),
+    "train_loss": np.array([6.0, 5.0, 4.0, 3.0, 2.0, 1.0]),
+    "check_step": np.array([0, 3, 5]),
+    "val_loss": np.array([5.0, 3.5, 2.0]),
+    "val_accuracy": np.array([0.5, 0.75, 0.875]),
+    "train_accuracy": np.array([0.5, 0.8, 0.9]),
+}
+
+
+def test_robust_ylim_by_hand():
+    # skip 5% of 0..99 -> 5..99 (95 values); 1st / 99th percentile 5.94 / 98.06 (linear
+    # interpolation), span 92.12, 15% of it added on each side.
+    lo, hi = plots.robust_ylim([np.arange(100.0)])
+    assert lo == pytest.approx(5.94 - 0.15 * 92.12) and hi == pytest.approx(98.06 + 0.15 * 92.12)
+    assert plots.robust_ylim([np.arange(100.0)], floor=0.0, ceil=100.0)[0] == 0.0
+    assert plots.robust_ylim([np.arange(100.0)], ceil=100.0)[1] == 100.0
+    # Constant curve: the span is at least 1e-3; NaN and inf are ignored.
+    lo, hi = plots.robust_ylim([[2.0, 2.0, np.nan, np.inf]], skip=0.0, pad=1.0)
+    assert (lo, hi) == pytest.approx((2.0 - 1e-3, 2.0 + 1e-3))
+    assert plots.robust_ylim([[np.nan]]) is None and plots.robust_ylim([]) is None
+
+
+def test_loss_and_accuracy_series_by_hand():
+    s = plots.loss_series(HISTORY)
+    assert list(s) == [
+        "training loss (batch)",
+        "training loss (mean of last 3 batches)",
+        "validation loss",
+    ]
+    np.testing.assert_allclose(s["training loss (mean of last 3 batches)"][1], [6, 5.5, 5, 4, 3, 2])
+    np.testing.assert_array_equal(s["validation loss"][0], [0, 3, 5])
+    labelled = plots.loss_series(HISTORY, label="run a")
+    assert list(labelled)[0] == "training loss (batch), run a"
+    assert plots.loss_styles(labelled) == {
+        "training loss (batch), run a": {"alpha": 0.3, "linewidth": 0.7, "color": "C0"},
+        "training loss (mean of last 3 batches), run a": {"color": "C0", "linewidth": 1.8},
+        "validation loss, run a": {"color": "C1", "linewidth": 1.5},
+    }
+    acc = plots.accuracy_series(HISTORY, "b")
+    assert list(acc) == ["training accuracy, b", "validation accuracy, b"]
+    np.testing.assert_array_equal(acc["validation accuracy, b"][1], HISTORY["val_accuracy"])
+
+
+def test_loss_and_accuracy_ylim_follow_their_rules():
+    smooth = [6, 5.5, 5, 4, 3, 2]
+    want = plots.robust_ylim([smooth, HISTORY["val_loss"]], lo_q=0.0, hi_q=99.5, pad=0.3, floor=0.0)
+    assert plots.loss_ylim(HISTORY) == want
+    # Several histories: the smoothed and validation curves of each.
+    other = dict(HISTORY, val_loss=np.array([9.0, 8.0, 7.0]))
+    assert plots.loss_ylim(HISTORY, other) == plots.robust_ylim(
+        [smooth, HISTORY["val_loss"], smooth, other["val_loss"]],
+        lo_q=0.0,
+        hi_q=99.5,
+        pad=0.3,
+        floor=0.0,
+    )
+    assert plots.accuracy_ylim(HISTORY) == plots.robust_ylim(
+        [HISTORY["train_accuracy"], HISTORY["val_accuracy"]], lo_q=2.0, hi_q=100.0, ceil=1.001
+    )
+    # All ones: the minimum span 1e-3 padded by 15% on each side.
+    ones = dict(HISTORY, val_accuracy=np.ones(3), train_accuracy=np.ones(3))
+    assert plots.accuracy_ylim(ones) == pytest.approx((1.0 - 1.5e-4, 1.0 + 1.5e-4))
+
+
+def test_early_stopping_vlines():
+    es = {"stopped": True, "step": 1038, "best_step": 978}
+    assert plots.early_stopping_vlines(es) == {
+        "best check (step 978)": 978,
+        "early stop (step 1038)": 1038,
+    }
+    assert plots.early_stopping_vlines(dict(es, stopped=False), "x") == {
+        "best check (step 978), x": 978
+    }
+    assert plots.early_stopping_vlines(None) == {}
+
+
+def test_history_figures_and_confusion_matrix(tmp_path):
+    es = {"stopped": True, "step": 5, "best_step": 3}
+    a, b = plots.plot_history(
+        tmp_path / "l.png", tmp_path / "a.png", HISTORY, "t", early_stopping=es
+    )
+    read_png(a)
+    read_png(b)
+    a2, _ = plots.plot_history(tmp_path / "l2.png", tmp_path / "a2.png", HISTORY, "t")
+    assert a2.read_bytes() != a.read_bytes()  # the early-stopping markers are drawn
+    final = {"test_loss": 1.5, "test_accuracy": 0.9}
+    for p in plots.plot_epoch_history(
+        tmp_path / "el.png", tmp_path / "ea.png", HISTORY, 3, final, "mlp", "test", 100
+    ):
+        read_png(p)
+    cm = np.array([[980, 0, 3], [2, 1120, 0], [7, 1, 1000]])
+    read_png(plots.plot_confusion(tmp_path / "cm.png", cm, "confusions"))
+    assert no_temp_files(tmp_path)
+
+
+@pytest.mark.parametrize("cm", [np.zeros((2, 3)), np.array([[1, -1], [0, 1]]), np.zeros((0, 0))])
+def test_plot_confusion_refuses_bad_matrices(tmp_path, cm):
+    with pytest.raises(ValueError, match="cm_KK"):
+        plots.plot_confusion(tmp_path / "cm.png", cm, "t")
+    assert not (tmp_path / "cm.png").exists()
