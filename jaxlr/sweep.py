@@ -24,6 +24,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import functools
+import hashlib
 import io
 import itertools
 import logging
@@ -31,6 +32,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import jax
@@ -39,12 +41,15 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from jaxlr import checkpoint as ckpt
 from jaxlr.config import HParams, TrainConfig
 from jaxlr.objective import Model
+from jaxlr.search import prune_rung
 from jaxlr.train import (
     Data,
     StepLog,
     TrainState,
+    concat_histories,
     early_stopping_summary,
     history_from_logs,
     make_engine,
@@ -216,6 +221,12 @@ class SweepResult:
       wall_seconds: host time of the training loops (compilation included).
       config: the static config.
       num_batches: M, batches per epoch.
+      point_steps: steps the points actually ran, summed over points (= metrics["steps"]).
+      computed_point_steps: steps the compiled blocks computed, summed over block slots
+        (stopped points and padding included; point_steps of a perfect compaction).
+      pruned_rung: [S] the successive-halving rung (1, 2, ...) at which the point was
+        stopped, -1 if it was not; None when no pruning rule was used.
+      prune: the pruning rule (`jaxlr.search.Halving`) or None.
     """
 
     grid: Grid
@@ -228,6 +239,10 @@ class SweepResult:
     wall_seconds: float
     config: TrainConfig | None = None
     num_batches: int = 0
+    point_steps: int = 0
+    computed_point_steps: int = 0
+    pruned_rung: np.ndarray | None = None
+    prune: Any = None
 
     def best_index(self, by: str = "val_loss") -> int:
         """Index of the best point that did not diverge.
@@ -283,7 +298,22 @@ class SweepResult:
             rec["diverged"] = bool(self.diverged[i])
             rec["diverge_step"] = int(self.diverge_step[i])
             rec["early_stopping"] = {k: _py(v[i]) for k, v in self.early_stopping.items()}
+            if self.pruned_rung is not None:
+                rec["pruned_rung"] = int(self.pruned_rung[i])
             out.append(rec)
+        return out
+
+    def work(self) -> dict:
+        """The sweep's cost for metrics.json: point_steps, computed_point_steps,
+        wall_seconds, and with a pruning rule the rule and the number of points it stopped."""
+        out = {
+            "point_steps": int(self.point_steps),
+            "computed_point_steps": int(self.computed_point_steps),
+            "wall_seconds": float(self.wall_seconds),
+        }
+        if self.prune is not None:
+            out["prune"] = self.prune.to_dict()
+            out["num_pruned"] = int((np.asarray(self.pruned_rung) >= 0).sum())
         return out
 
 
@@ -333,6 +363,9 @@ def table_rows(result: SweepResult, columns: Sequence[str] = TABLE_COLUMNS) -> l
             row[c] = _py(result.metrics[c][i])
         row["stop_step"] = int(es["step"][i]) if es and bool(es["stopped"][i]) else ""
         row["best_step"] = int(es["best_step"][i]) if es else ""
+        if result.pruned_rung is not None:
+            rung = int(result.pruned_rung[i])
+            row["pruned_rung"] = rung if rung >= 0 else ""
         row["diverged"] = bool(result.diverged[i])
         rows.append(row)
     return rows
@@ -576,6 +609,193 @@ def _pad_indices(indices: np.ndarray, size: int) -> np.ndarray:
     return np.concatenate([indices, np.resize(indices, size - len(indices))])
 
 
+def block_ladder(cap: int, num_devices: int = 1) -> tuple[int, ...]:
+    """The block sizes a compacting sweep may use: num_devices * 2^j below `cap`, and `cap`.
+
+    Args:
+      cap: the largest block (a multiple of `num_devices`).
+      num_devices: devices the sweep axis is sharded over.
+    Returns:
+      Increasing sizes, each a multiple of `num_devices`; one compiled program each.
+    """
+    if cap < num_devices or cap % num_devices:
+        raise ValueError(
+            f"block_ladder: cap must be a positive multiple of num_devices={num_devices}, got {cap}"
+        )
+    sizes, g = [], num_devices
+    while g < cap:
+        sizes.append(g)
+        g *= 2
+    return tuple(sizes) + (cap,)
+
+
+def plan_blocks(indices, cap: int, ladder: Sequence[int] | None = None) -> list[np.ndarray]:
+    """Cuts point indices into the fewest blocks of at most `cap`, each padded to one size.
+
+    Args:
+      indices: [A] indices of the points to run.
+      cap: the most points per block.
+      ladder: allowed block sizes (increasing, last == cap); None: the balanced size
+        (a multiple of ladder-free `cap`'s device count is the caller's business).
+    Returns:
+      Index arrays, each padded with copies of its own points to the block size: the
+      smallest ladder size that holds ceil(A / blocks) points.
+    """
+    indices = np.asarray(indices, np.int64)
+    a = len(indices)
+    if a == 0:
+        return []
+    nblocks = _ceil_div(a, cap)
+    per = _ceil_div(a, nblocks)
+    g = next(s for s in ladder if s >= per) if ladder else per
+    return [_pad_indices(indices[i : i + per], g) for i in range(0, a, per)]
+
+
+class _Block(NamedTuple):
+    """One compiled block resident on the devices between chunks."""
+
+    idx: np.ndarray  # [G] point indices (padded with copies)
+    real: int  # the first `real` entries are distinct points
+    state: TrainState  # device arrays [G, ...]
+    hp: HParams  # device arrays [G] (seed unbatched with a shared seed)
+
+
+def _take(tree, idx):
+    return jax.tree.map(lambda a: np.asarray(a)[idx], tree)
+
+
+def _scatter(host, idx, values):
+    """host[idx] = values, leaf by leaf (host leaves are writable numpy arrays)."""
+
+    def one(h, v):
+        h[idx] = np.asarray(v)
+
+    jax.tree.map(one, host, values)
+
+
+def _fingerprint(config, grid, data, prune) -> dict:
+    """What a sweep checkpoint must match to be resumed."""
+    h = hashlib.sha256()
+    for a in data:
+        a = np.ascontiguousarray(a)
+        h.update(f"{a.shape}{a.dtype}".encode())
+        h.update(a.tobytes())
+    g = hashlib.sha256()
+    for v in grid.hparams:
+        v = np.ascontiguousarray(v)
+        g.update(f"{v.shape}{v.dtype}".encode())
+        g.update(v.tobytes())
+    return {
+        "config": config.to_dict(),
+        "grid": {"points": grid.size, "axes": list(grid.axes), "digest": g.hexdigest()[:16]},
+        "data": {
+            "shapes": [list(np.shape(a)) for a in data],
+            "dtype": str(np.asarray(data.x_train).dtype),
+            "digest": h.hexdigest()[:16],
+        },
+        "prune": prune.to_dict() if prune is not None else None,
+    }
+
+
+def _fingerprint_diff(saved: dict, now: dict) -> str:
+    """One phrase naming what changed between two fingerprints."""
+    parts = []
+    for key in ("config", "grid", "data", "prune"):
+        a, b = saved.get(key), now.get(key)
+        if a == b:
+            continue
+        if isinstance(a, dict) and isinstance(b, dict):
+            fields = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+            shown = ", ".join(f"{k} {a.get(k)!r} -> {b.get(k)!r}" for k in fields[:3])
+            parts.append(f"{key} ({shown})")
+        else:
+            parts.append(f"{key} ({a!r} -> {b!r})")
+    return "; ".join(parts)
+
+
+_CKPT_NAME = "sweep.npz"
+_HIST_STEP_KEYS = ("step", "epoch", "train_loss")
+_HIST_CHECK_KEYS = ("check_step", "check_epoch", "val_loss", "val_accuracy", "train_accuracy")
+
+
+def _history(done: dict | None, pending: list, m: int, dtype=None) -> dict | None:
+    """One point's history: `done` (a history dict or None) followed by `pending` chunks.
+
+    `pending` holds (start_step, StepLog of 1-D arrays) per chunk the point ran in. Returns
+    None when there is nothing and no `dtype` to build an empty history with.
+    """
+    if not pending:
+        if done is not None or dtype is None:
+            return done
+        z = np.zeros(0, dtype)
+        return history_from_logs(StepLog(z.astype(bool), z, z.astype(bool), z, z, z), m)
+    logs = StepLog(*(np.concatenate([np.asarray(p[1][j]) for p in pending]) for j in range(6)))
+    steps = np.concatenate([s0 + np.arange(len(p.ran)) for s0, p in pending])
+    ran, chk = logs.ran.astype(bool), logs.is_check.astype(bool)
+    new = {
+        "step": steps[ran],
+        "epoch": steps[ran] // m,
+        "train_loss": logs.train_loss[ran],
+        "check_step": steps[chk],
+        "check_epoch": steps[chk] // m,
+        "val_loss": logs.val_loss[chk],
+        "val_accuracy": logs.val_accuracy[chk],
+        "train_accuracy": logs.train_accuracy[chk],
+    }
+    return new if done is None else concat_histories([done, new])
+
+
+def _save_sweep(path, state, histories, pruned_rung, meta) -> None:
+    """The whole sweep state, atomically (histories concatenated over points)."""
+    hist = {}
+    for keys, name in ((_HIST_STEP_KEYS, "step_len"), (_HIST_CHECK_KEYS, "check_len")):
+        lens = np.asarray([len(h[keys[0]]) if h else 0 for h in histories], np.int64)
+        hist[name] = lens
+        for k in keys:
+            parts = [np.asarray(h[k]) for h in histories if h]
+            hist[k] = np.concatenate(parts) if parts else np.zeros(0)
+    tree = {"state": state, "pruned_rung": np.asarray(pruned_rung), "history": hist}
+    ckpt.save_checkpoint(path, tree, step=int(meta["epoch"]), meta=meta)
+
+
+def _load_sweep(path, template_state, num_points):
+    flat, meta = ckpt.load_flat(path)
+    state = ckpt.restore_tree(
+        {k: v for k, v in flat.items() if k.startswith("state/")},
+        template_state,
+        prefix="state",
+        path=path,
+    )
+    state = jax.tree.map(np.array, state)  # writable copies
+    pruned = np.array(flat["pruned_rung"])
+    histories = []
+    offs = {"step_len": 0, "check_len": 0}
+    for i in range(num_points):
+        h = {}
+        for keys, name in ((_HIST_STEP_KEYS, "step_len"), (_HIST_CHECK_KEYS, "check_len")):
+            n = int(flat[f"history/{name}"][i])
+            for k in keys:
+                h[k] = flat[f"history/{k}"][offs[name] : offs[name] + n]
+            offs[name] += n
+        histories.append(h if len(h["step"]) else None)
+    return state, histories, pruned, meta
+
+
+def _agree(values: Sequence[int], what: str) -> None:
+    """Raises unless every process holds the same integers (no-op in one process)."""
+    if jax.process_count() == 1:
+        return
+    from jax.experimental import multihost_utils
+
+    mine = np.asarray(values, np.int64)
+    every = np.asarray(multihost_utils.process_allgather(mine))
+    if not (every == mine[None]).all():
+        raise RuntimeError(
+            f"sweep: the processes disagree on {what}: {every.tolist()} (one process per row); "
+            "every process must see the same data and checkpoint folder"
+        )
+
+
 def run_sweep(
     config: TrainConfig,
     grid: Grid,
@@ -585,23 +805,41 @@ def run_sweep(
     block_size: int | None = None,
     devices: Sequence | None = None,
     log_fn: Callable[[str], None] | None = None,
+    compact: bool = True,
+    prune=None,
+    checkpoint_dir: str | os.PathLike | None = None,
 ) -> SweepResult:
-    """Trains every point of `grid` in one compiled, vmapped call per chunk of epochs.
+    """Trains every point of `grid`: compiled, vmapped chunks of epochs over blocks of points.
+
+    All points advance together, one chunk (`config.epochs_per_call` epochs, cut at rung
+    ends) at a time. With `compact`, before each chunk the points still active are gathered
+    into the fewest blocks of at most `block_size` points, each padded (with copies of its
+    own points, whose results are dropped) to the smallest size of `block_ladder`: stopped
+    points cost nothing, and the number of compiled programs stays bounded. A point's
+    numbers do not depend on the block it ran in (bit for bit when every point has its own
+    seed; with one shared seed the batch product of all points may round differently).
 
     Args:
       config: static config (shared by every point).
-      grid: the points (`make_grid` or `grid_from_points`).
+      grid: the points (`make_grid`, `grid_from_points`, `jaxlr.search.random_points`).
       data: preprocessed arrays; their float dtype is the compute dtype.
       model: a bound model (default: built from `config` and the data's shape and dtype).
       block_size: the most points per block (rounded up to a multiple of the device count);
-        default from `default_block_size`. The grid is cut into the fewest blocks of at
-        most that size, all of one size (a multiple of the device count; the last one
-        padded with copies of its own points), run one after the other with one program.
+        default from `default_block_size`.
       devices: devices to shard the sweep axis over (default: all of `jax.devices()`,
         across every process after `jax.distributed.initialize()`).
       log_fn: where progress lines go (default: the "jaxlr.sweep" logger at INFO).
+      compact: gather active points into smaller blocks between chunks (False: fixed
+        blocks that compute stopped points too, frozen).
+      prune: None, or a `jaxlr.search.Halving` rule applied at the end of every rung.
+      checkpoint_dir: save the whole sweep state to `checkpoint_dir/sweep.npz` after every
+        chunk (atomically; process 0 writes); an existing checkpoint of the same sweep is
+        resumed, one of another sweep is refused.
     Returns:
       `SweepResult` (diverged points are flagged, not raised).
+    Raises:
+      ValueError: bad arguments; `jaxlr.checkpoint.CheckpointError` (a ValueError) when
+        `checkpoint_dir` holds a checkpoint of another sweep (config, grid, data or rule).
     """
     log_fn = log_fn or log.info
     x_train = np.asarray(data.x_train)
@@ -614,6 +852,8 @@ def run_sweep(
         np.asarray(data.x_val, dtype),
         np.asarray(data.y_val, np.int32),
     )
+    if prune is not None and not hasattr(prune, "rung_epochs"):
+        raise ValueError(f"run_sweep: prune must be None or a jaxlr.search.Halving, got {prune!r}")
     n, d = x_train.shape
     if model is None:
         model = _default_model(config, d, np.dtype(dtype))
@@ -628,114 +868,169 @@ def run_sweep(
     shape = (n, data.x_val.shape[0], d)
     if block_size is None:
         block_size = default_block_size(config, model, shape, dtype.itemsize, s, nd)
-    cap = nd * _ceil_div(max(1, int(block_size)), nd)
-    # Balanced blocks: as few as the cap allows, of equal size, so that padding (copies of
-    # real points, computed for nothing) stays below one point per device and block.
-    nblocks = _ceil_div(s, cap)
-    g = nd * _ceil_div(_ceil_div(s, nblocks), nd)
+    if int(block_size) < 1:
+        raise ValueError(f"run_sweep: block_size must be >= 1 or None, got {block_size!r}")
+    cap = nd * _ceil_div(int(block_size), nd)
+    # Balanced blocks: as few as the cap allows, of equal size (padding < one point per
+    # device and block); the cap itself is the top of the ladder.
+    g_full = nd * _ceil_div(_ceil_div(s, _ceil_div(s, cap)), nd)
+    ladder = block_ladder(g_full, nd)
     shared_seed = bool(np.all(hp_all.seed == hp_all.seed[0]))
     fns = sweep_functions(config, model, n, devices, shared_seed)
     m = fns.engine.num_batches
     repl = NamedSharding(fns.mesh, P())
     sweep_sh = NamedSharding(fns.mesh, P(SWEEP_AXIS))
     data_dev = Data(*(_put(a, repl) for a in data))
-    blocks = [np.arange(i, min(i + g, s)) for i in range(0, s, g)]
-    log_fn(
-        f"sweep: {s} points in {len(blocks)} block(s) of {g} on {nd} device(s) "
-        f"({devices[0].platform}); {config.num_epochs} epochs of {m} steps"
-    )
+
+    def put_hp(idx):
+        h = HParams(*(v[idx] for v in hp_all))
+        if shared_seed:
+            return HParams(*(_put(v, sweep_sh) for v in h[:3]), _put(h.seed[0], repl))
+        return HParams(*(_put(v, sweep_sh) for v in h))
 
     t0 = time.perf_counter()
-    outs = []
-    for b, idx in enumerate(blocks):
-        outs.append(
-            _run_block(
-                fns,
-                config,
-                hp_all,
-                _pad_indices(idx, g),
-                len(idx),
-                data_dev,
-                sweep_sh,
-                repl,
-                shared_seed,
-                log_fn,
-                (b, len(blocks)),
-                t0,
+    # Host copy of every point's state (leaves [S, ...]), built block by block.
+    host = None
+    for idx in plan_blocks(np.arange(s), g_full, ladder):
+        part = _to_host(fns.init(put_hp(idx)))
+        if host is None:
+            host = jax.tree.map(lambda a: np.zeros((s,) + a.shape[1:], a.dtype), part)
+        _scatter(host, idx, part)
+    # Per point: the history up to the last flush and the chunks' logs since then.
+    done: list = [None] * s
+    pending: list = [[] for _ in range(s)]
+    pruned_rung = np.full(s, -1, np.int64)
+    epoch, chunk, computed = 0, 0, 0
+
+    ckpt_path = Path(checkpoint_dir) / _CKPT_NAME if checkpoint_dir is not None else None
+    fingerprint = _fingerprint(config, grid, data, prune) if ckpt_path is not None else None
+    resumed = ckpt_path is not None and ckpt_path.exists()
+    _agree([int(resumed)], "whether a checkpoint exists")
+    if resumed:
+        host, done, pruned_rung, meta = _load_sweep(ckpt_path, host, s)
+        if meta.get("fingerprint") != fingerprint:
+            raise ckpt.CheckpointError(
+                f"checkpoint {ckpt_path} belongs to another sweep: "
+                f"{_fingerprint_diff(meta.get('fingerprint') or {}, fingerprint)} changed; "
+                "remove it or use another checkpoint folder"
             )
-        )
-    wall = time.perf_counter() - t0
-    return _assemble(grid, config, m, outs, wall)
+        epoch, chunk, computed = int(meta["epoch"]), int(meta["chunk"]), int(meta["computed"])
+        _agree([epoch, chunk], "the checkpoint's epoch and chunk")
+        log_fn(f"sweep: resumed from {ckpt_path} at epoch {epoch} (chunk {chunk})")
 
-
-class _BlockOut(NamedTuple):
-    params: Any
-    state: TrainState
-    metrics: dict
-    logs: StepLog  # numpy [G, T]
-
-
-def _run_block(
-    fns, config, hp_all, idx, real, data_dev, sweep_sh, repl, shared_seed, log_fn, which, t0
-) -> _BlockOut:
-    m = fns.engine.num_batches
-    hp_np = HParams(*(v[idx] for v in hp_all))
-    if shared_seed:
-        hp = HParams(*(_put(v, sweep_sh) for v in hp_np[:3]), _put(hp_np.seed[0], repl))
-    else:
-        hp = HParams(*(_put(v, sweep_sh) for v in hp_np))
-    state = fns.init(hp)
-    epoch, parts = 0, []
-    best_acc = np.nan
-    t_block = time.perf_counter()
-    active = np.ones(len(idx), bool)
-    while epoch < config.num_epochs and active[:real].any():
-        k = min(config.epochs_per_call, config.num_epochs - epoch)
-        t_chunk = time.perf_counter()
-        state, logs = fns.run(state, hp, data_dev, epoch, k)
-        logs = _to_host(logs)
-        active = np.asarray(_to_host(state.active))
-        parts.append(logs)
-        epoch += k
-        dt = time.perf_counter() - t_chunk
-        ran = np.asarray(logs.ran[:real])
-        acc = np.asarray(logs.val_accuracy[:real])
-        if np.isfinite(acc).any():
-            best_acc = np.nanmax([np.nanmax(acc), best_acc])
-        done = (which[0] + epoch / config.num_epochs) / which[1]
-        elapsed = time.perf_counter() - t0
-        left = elapsed * (1 - done) / max(done, 1e-9)
-        log_fn(
-            f"block {which[0] + 1}/{which[1]} epoch {epoch}/{config.num_epochs}  "
-            f"active {int(active[:real].sum())}/{real}  best val_acc {best_acc:.4f}  "
-            f"{k * m / max(dt, 1e-9):,.0f} steps/s ({ran.sum() / max(dt, 1e-9):,.0f} "
-            f"point-steps/s)  elapsed {_fmt_time(elapsed)}  left <= {_fmt_time(left)}"
-        )
-    if not parts:  # num_epochs is >= 1, so this cannot happen; kept for clarity
-        raise RuntimeError("sweep block ran no epochs")
-    logs = StepLog(*(np.concatenate([p[j] for p in parts], axis=1) for j in range(6)))
-    params = returned_params(state)
-    metrics = fns.evaluate(params, hp, data_dev)
-    params, state, metrics = _to_host((params, state, metrics))
     log_fn(
-        f"block {which[0] + 1}/{which[1]} done in {time.perf_counter() - t_block:.1f} s "
-        f"({epoch} epochs)"
+        f"sweep: {s} points, blocks of sizes {list(ladder) if compact else [g_full]}"
+        f" on {nd} device(s) ({devices[0].platform}); {config.num_epochs} epochs of {m} steps"
+        + (f"; halving every {prune.rung_epochs} epochs" if prune is not None else "")
     )
-    cut = lambda t: jax.tree.map(lambda a: np.asarray(a)[:real], t)  # noqa: E731
-    return _BlockOut(cut(params), cut(state), cut(metrics), cut(logs))
+    fixed = plan_blocks(np.arange(s), g_full)  # the blocks without compaction
+    resident: list[_Block] = []  # blocks on the devices whose host copy is stale
+
+    def sync():
+        """Copies the resident blocks' states to the host copy and forgets them."""
+        for blk in resident:
+            _scatter(host, blk.idx[: blk.real], _take(_to_host(blk.state), slice(0, blk.real)))
+        resident.clear()
+
+    active = np.asarray(host.active, bool).copy()
+    best_acc = np.nan
+    while epoch < config.num_epochs and active.any():
+        k = min(config.epochs_per_call, config.num_epochs - epoch)
+        if prune is not None:
+            k = min(k, prune.rung_epochs - epoch % prune.rung_epochs)
+        if compact:
+            plan = plan_blocks(np.flatnonzero(active), g_full, ladder)
+        else:
+            plan = [b for b in fixed if active[b].any()]
+        t_chunk = time.perf_counter()
+        same = len(plan) == 1 == len(resident) and np.array_equal(plan[0], resident[0].idx)
+        if not same:
+            sync()
+        ran_total, blocks_g = 0, []
+        for idx in plan:
+            real = len(np.unique(idx))
+            if same:
+                blk = resident[0]
+            else:
+                st = jax.tree.map(lambda a, idx=idx: _put(a[idx], sweep_sh), host)
+                blk = _Block(idx, real, st, put_hp(idx))
+            st, logs = fns.run(blk.state, blk.hp, data_dev, epoch, k)
+            logs = jax.tree.map(np.asarray, _to_host(logs))
+            blk = blk._replace(state=st)
+            active[idx[:real]] = np.asarray(_to_host(st.active))[:real]
+            for j in np.flatnonzero(logs.ran[:real].any(axis=1)):
+                pending[int(idx[j])].append((epoch * m, StepLog(*(f[j] for f in logs))))
+            ran = logs.ran[:real]
+            ran_total += int(ran.sum())
+            acc = logs.val_accuracy[:real]
+            if np.isfinite(acc).any():
+                best_acc = np.nanmax([np.nanmax(acc), best_acc])
+            computed += len(idx) * k * m
+            blocks_g.append(len(idx))
+            if len(plan) == 1:
+                resident[:] = [blk]
+            else:  # several blocks: only one block's state is on the devices at a time
+                resident[:] = [blk]
+                sync()
+        epoch += k
+        chunk += 1
+        note = ""
+        if prune is not None and epoch % prune.rung_epochs == 0 and epoch < config.num_epochs:
+            sync()
+            cut = prune_rung(host.best_loss, active, prune)
+            if cut.any():
+                rung = epoch // prune.rung_epochs
+                pruned_rung[cut] = rung
+                host.active[cut] = False
+                active[cut] = False
+                note = f"  rung {rung}: stopped {int(cut.sum())}, {int(active.sum())} go on"
+        if ckpt_path is not None:
+            sync()
+            meta = {
+                "kind": "sweep",
+                "fingerprint": fingerprint,
+                "epoch": epoch,
+                "chunk": chunk,
+                "computed": computed,
+            }
+            done = [_history(done[i], pending[i], m) for i in range(s)]
+            pending = [[] for _ in range(s)]
+            if jax.process_index() == 0:
+                _save_sweep(ckpt_path, host, done, pruned_rung, meta)
+        dt = time.perf_counter() - t_chunk
+        elapsed = time.perf_counter() - t0
+        left = elapsed * (config.num_epochs - epoch) / max(epoch, 1)
+        log_fn(
+            f"epoch {epoch}/{config.num_epochs}  active {int(active.sum())}/{s}  "
+            f"block(s) {blocks_g}  best val_acc {best_acc:.4f}  "
+            f"{ran_total / max(dt, 1e-9):,.0f} point-steps/s  elapsed {_fmt_time(elapsed)}  "
+            f"left <= {_fmt_time(left)}{note}"
+        )
+    sync()
+
+    # Final numbers of the returned parameters, in blocks of the ladder's sizes.
+    params_all = returned_params(host)
+    metrics = None
+    for idx in plan_blocks(np.arange(s), g_full, ladder):
+        p = jax.tree.map(lambda a, idx=idx: _put(a[idx], sweep_sh), params_all)
+        out = _to_host(fns.evaluate(p, put_hp(idx), data_dev))
+        if metrics is None:
+            metrics = {
+                k: np.zeros((s,) + np.shape(v)[1:], np.asarray(v).dtype) for k, v in out.items()
+            }
+        for key, v in out.items():
+            metrics[key][idx] = np.asarray(v)
+    wall = time.perf_counter() - t0
+    log_fn(f"sweep done in {wall:.1f} s: {epoch} epochs, {chunk} chunks")
+    histories = [_history(done[i], pending[i], m, dtype) for i in range(s)]
+    return _assemble(
+        grid, config, m, host, params_all, metrics, histories, wall, computed, pruned_rung, prune
+    )
 
 
-def _assemble(grid: Grid, config: TrainConfig, m: int, outs: list, wall: float) -> SweepResult:
-    def cat(trees):
-        return jax.tree.map(lambda *a: np.concatenate(a, axis=0), *trees)
-
-    params = cat([o.params for o in outs])
-    state = cat([o.state for o in outs])
-    metrics = cat([o.metrics for o in outs])
-    histories = []
-    for o in outs:
-        for i in range(o.logs.ran.shape[0]):
-            histories.append(history_from_logs(StepLog(*(f[i] for f in o.logs)), m))
+def _assemble(
+    grid, config, m, state, params, metrics, histories, wall, computed, pruned_rung, prune
+) -> SweepResult:
     metrics = {k: np.asarray(v) for k, v in metrics.items()}
     metrics["steps"] = np.asarray([len(h["step"]) for h in histories], np.int64)
     # The engine tracks the best check even without early stopping (then nothing stops).
@@ -764,6 +1059,10 @@ def _assemble(grid: Grid, config: TrainConfig, m: int, outs: list, wall: float) 
         wall_seconds=wall,
         config=config,
         num_batches=m,
+        point_steps=int(metrics["steps"].sum()),
+        computed_point_steps=int(computed),
+        pruned_rung=pruned_rung if prune is not None else None,
+        prune=prune,
     )
 
 
@@ -771,6 +1070,7 @@ __all__ = [
     "Grid",
     "SweepFns",
     "SweepResult",
+    "block_ladder",
     "bytes_per_point",
     "default_block_size",
     "grid_from_points",
@@ -778,6 +1078,7 @@ __all__ = [
     "mean_over",
     "memory_budget",
     "param_count",
+    "plan_blocks",
     "run_sweep",
     "sweep_functions",
     "table_csv",
