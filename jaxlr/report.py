@@ -219,9 +219,20 @@ def jsonable(obj: Any) -> Any:
 # The launcher's plain-text summary.
 
 _MAX_ROWS = 12
-_MAX_COLUMNS = 8
+_MAX_COLUMNS = 6
 _MAX_TEXT = 48
-# Keys whose last part names one of these come first in the default selection.
+# Default selection: these keys first, in this order; then keys naming one of the words;
+# then the rest (each group in the order of the metrics).
+_HEADLINE_KEYS = (
+    "val_accuracy",
+    "val_loss",
+    "test_accuracy",
+    "test_loss",
+    "train_accuracy",
+    "train_loss",
+    "steps",
+    "wall_seconds",
+)
 _HEADLINE_WORDS = ("accuracy", "loss", "objective", "correct", "error")
 
 
@@ -274,8 +285,10 @@ def _right(value: Any) -> bool:
 
 def _default_keys(keys: Sequence[str], limit: int) -> list[str]:
     def rank(key: str) -> int:
+        if key in _HEADLINE_KEYS:
+            return _HEADLINE_KEYS.index(key)
         last = key.rsplit(".", 1)[-1]
-        return 0 if any(w in last for w in _HEADLINE_WORDS) else 1
+        return len(_HEADLINE_KEYS) + (0 if any(w in last for w in _HEADLINE_WORDS) else 1)
 
     return sorted(keys, key=rank)[:limit]
 
@@ -326,8 +339,9 @@ def summary_table(metrics: Mapping[str, Any], headline: Sequence[str] | None = N
       metrics: what an experiment returns.
       headline: the keys to show, in order (dotted keys reach into nested dicts; with runs
         they name columns of the runs or top-level scalars); keys not found are skipped.
-        Default: every scalar, accuracies and losses first, at most 12 lines and 8 run
-        columns.
+        Default: every scalar (at most 12 lines and 6 run columns): first val / test /
+        train accuracy and loss, steps and wall_seconds, then other accuracies, losses,
+        objectives, then the rest.
 
     Returns:
       The table as text (no trailing newline); "(no scalar metrics)" when nothing is left.
