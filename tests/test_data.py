@@ -1,5 +1,7 @@
-"""Tests for jaxlr.data: IDX validation, registry and lookup, loopback downloads, preprocessing,
-splits, mini-batch indices, and the real MNIST / Fashion-MNIST files when present."""
+"""Tests for jaxlr.data and jaxlr.datasets: IDX validation, registry and lookup, loopback
+downloads, fake data sets, preprocessing, splits, mini-batch indices, and the real MNIST /
+Fashion-MNIST files when present. Most go through the `jaxlr.data` re-exports on purpose:
+older code uses those names."""
 
 import functools
 import gzip
@@ -7,6 +9,8 @@ import hashlib
 import http.server
 import re
 import socket
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -17,6 +21,7 @@ import numpy as np
 import pytest
 
 from jaxlr import data
+from jaxlr.datasets import fake, idx, mnist
 
 # ---------------------------------------------------------------------------------------------
 # Helpers: tiny IDX files and a tiny registered data set.
@@ -211,8 +216,13 @@ def test_pair_count_mismatch_and_label_range(tmp_path):
 
 
 def test_registry():
-    assert {"mnist", "fashion_mnist"} <= set(data.DATASETS)
+    assert set(data.DATASETS) == {"mnist", "fashion_mnist", "fake"}
+    fake_spec = data.DATASETS["fake"]  # for tests: unchecked, never downloaded
+    assert fake_spec.mirrors == () and all(f.sha256 is f.shape is None for f in fake_spec.files)
+    assert [f.filename for f in fake_spec.files] == list(NAMES.values())
     for name, spec in data.DATASETS.items():
+        if name == "fake":
+            continue
         assert spec.name == name and spec.num_classes == 10 and spec.mirrors
         assert [f.role for f in spec.files] == list(data.ROLES)
         assert [f.filename for f in spec.files] == list(NAMES.values())
@@ -224,11 +234,11 @@ def test_registry():
         ]
         for f in spec.files:
             assert len(f.sha256) == 64 and int(f.sha256, 16) >= 0
-    hashes = [f.sha256 for s in data.DATASETS.values() for f in s.files]
+    hashes = [f.sha256 for s in data.DATASETS.values() for f in s.files if f.sha256]
     assert len(set(hashes)) == len(hashes)
     assert "/usr/share/datasets/fashion-mnist" in data.DATASETS["fashion_mnist"].system_dirs
     assert data.get_spec("Fashion-MNIST") is data.DATASETS["fashion_mnist"]
-    with pytest.raises(data.DataError, match="unknown data set 'cifar'.*fashion_mnist, mnist"):
+    with pytest.raises(data.DataError, match="unknown data set 'cifar'.*: fake, fashion_mnist"):
         data.load_dataset("cifar")
 
 
@@ -296,8 +306,9 @@ def test_lookup_order(tiny, tmp_path, env):
     assert found() == system
     for f in system.iterdir():
         f.unlink()
+    env.setenv("JAXLR_DATA_DIR", str(tmp_path / "nowhere"))
     with pytest.raises(data.DataError) as err:
-        data.find_dataset_files("tiny", tmp_path / "nowhere")
+        data.find_dataset_files("tiny")
     msg = str(err.value)
     for where in (tmp_path / "nowhere" / "tiny", tmp_path / "nowhere", cache, system):
         assert str(where) in msg
@@ -326,6 +337,148 @@ def test_candidate_dirs_env_subfolder_names(env, tmp_path):
     # The same folder given twice is searched once.
     dirs = data.candidate_dirs("mnist", tmp_path)
     assert len(dirs) == len({d for _, d in dirs})
+
+
+@pytest.mark.parametrize("kind", ["file", "missing"])
+def test_data_dir_file_or_missing_is_an_error_not_a_fallback(tiny, tmp_path, env, kind):
+    # Valid files where the fall-backs would look: they must not be used.
+    _write_tiny(tmp_path / "envroot" / "tiny", tiny)
+    _write_tiny(data.cache_dir("tiny"), tiny)
+    env.setenv("JAXLR_DATA_DIR", str(tmp_path / "envroot"))
+    given = tmp_path / "given"
+    if kind == "file":
+        given.write_bytes(data.encode_idx(tiny["train_images"]))
+        expected = f"data_dir {given} is a file, not a folder"
+    else:
+        expected = f"data_dir {given} does not exist"
+    for call in (data.candidate_dirs, data.find_dataset_files, data.load_dataset):
+        with pytest.raises(data.DataError) as err:
+            call("tiny", given)
+        assert str(err.value).startswith(expected) and "\n" not in str(err.value), call
+    with pytest.raises(data.DataError, match=expected):
+        data.load_dataset("tiny", str(given), download=True)
+    # Without data_dir the fall-backs work.
+    _assert_loaded(data.load_dataset("tiny"), tiny)
+
+
+def test_data_dir_without_the_files_is_an_error_not_a_fallback(tiny, tmp_path, env, server):
+    base, routes, log = server
+    _serve(routes, "/m", tiny)
+    env.setenv("JAXLR_MIRRORS", f"{base}/m")
+    _write_tiny(tmp_path / "envroot", tiny)
+    env.setenv("JAXLR_DATA_DIR", str(tmp_path / "envroot"))
+    given = tmp_path / "given"
+    _write_tiny(given, tiny, roles=("train_images", "train_labels"))
+    with pytest.raises(data.DataError) as err:
+        data.load_dataset("tiny", given, download=True)
+    msg = str(err.value)
+    assert msg.startswith(f"data set 'tiny' not found in data_dir {given}")
+    assert "incomplete, missing t10k-images-idx3-ubyte.gz" in msg
+    assert str(tmp_path / "envroot") not in msg.split("leave data_dir out")[0]
+    assert log == []  # no download either
+    assert [o for o, _ in data.candidate_dirs("tiny", given)] == ["data_dir argument"] * 2
+
+
+# ---------------------------------------------------------------------------------------------
+# Fake data sets for tests.
+
+
+def test_fake_dataset_loads_by_data_dir(env, tmp_path):
+    folder = data.write_fake_dataset(tmp_path / "fake", num_train=50, num_test=20, seed=3)
+    assert folder == tmp_path / "fake"
+    assert sorted(p.name for p in folder.iterdir()) == sorted(NAMES.values())
+    ds = data.load_dataset("fake", folder)
+    assert [a.shape for a in ds] == [(50, 28, 28), (50,), (20, 28, 28), (20,)]
+    assert all(a.dtype == np.uint8 and not a.flags.writeable for a in ds)
+    assert np.bincount(ds.y_train).tolist() == [5] * 10  # every class, balanced
+    assert np.bincount(ds.y_test).tolist() == [2] * 10
+    # Deterministic in the arguments; another seed gives other data.
+    again = fake.write_fake_dataset(tmp_path / "again", 50, 20, 3)
+    assert all((again / n).read_bytes() == (folder / n).read_bytes() for n in NAMES.values())
+    other = fake.fake_arrays(50, 20, 4)
+    assert not np.array_equal(other["train_images"], ds.x_train)
+    # Other shapes and class counts; the folder may also be a root holding fake/.
+    fake.write_fake_dataset(tmp_path / "root" / "fake", 7, 3, 0, image_shape=(5, 4), num_classes=3)
+    small = data.load_dataset("fake", tmp_path / "root")
+    assert small.x_train.shape == (7, 5, 4) and set(small.y_train.tolist()) == {0, 1, 2}
+    # "fake" is never searched for outside data_dir's reach or downloaded.
+    with pytest.raises(data.DataError, match="no download mirrors for fake"):
+        data.load_dataset("fake")
+
+
+def test_fake_dataset_is_learnable_but_not_trivial():
+    a = fake.fake_arrays(500, 500, seed=0)
+    x_tr = a["train_images"].reshape(500, -1).astype(np.float64)
+    x_te = a["test_images"].reshape(500, -1).astype(np.float64)
+    means_KD = np.stack([x_tr[a["train_labels"] == k].mean(0) for k in range(10)])
+    dist_NK = ((x_te[:, None, :] - means_KD[None]) ** 2).sum(-1)
+    acc = float((dist_NK.argmin(1) == a["test_labels"]).mean())
+    assert acc > 0.9  # class patterns: a linear rule separates them
+    # ... but every image is noisy: within one class pixels vary, some "on" pixels look "off".
+    x0 = a["train_images"][a["train_labels"] == 0].astype(np.float64)
+    assert x0.std(axis=0).mean() > 40
+    on = x0.mean(axis=0) > 115
+    assert 0.02 < float((x0[:, on] < 115).mean()) < 0.3
+
+
+def test_fake_files_under_a_real_name_need_verify_false(env, tmp_path):
+    folder = fake.write_fake_dataset(tmp_path / "f", 12, 6, seed=1)
+    with pytest.raises(data.DataError, match="sha256 .*not used"):
+        data.load_dataset("mnist", folder)
+    ds = data.load_dataset("mnist", folder, verify=False)
+    assert ds.x_train.shape == (12, 28, 28)
+    # verify=False still checks the structure.
+    data.write_idx(folder / NAMES["test_labels"], np.full(6, 10, np.uint8))
+    with pytest.raises(data.DataError, match="outside 0..9"):
+        data.load_dataset("mnist", folder, verify=False)
+    data.write_idx(folder / NAMES["test_images"], np.zeros((6, 5, 5), np.uint8))
+    data.write_idx(folder / NAMES["test_labels"], np.zeros(6, np.uint8))
+    with pytest.raises(data.DataError, match=r"images of shape \(28, 28\).*\(5, 5\)"):
+        data.load_dataset("fake", folder)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(num_train=0), "num_train must be an integer >= 1, got 0"),
+        (dict(num_test=2.5), "num_test must be an integer >= 1, got 2.5"),
+        (dict(seed=-1), "seed must be an integer >= 0, got -1"),
+        (dict(num_classes=11), "num_classes must be an integer 2..10, got 11"),
+        (dict(num_classes=True), "num_classes must be an integer 2..10, got True"),
+        (dict(image_shape=(28,)), "image_shape must be (height, width), got (28,)"),
+        (dict(image_shape=(28, 0)), "image_shape must be an integer >= 1, got 0"),
+    ],
+)
+def test_fake_dataset_bad_arguments(tmp_path, kwargs, message):
+    args = dict(num_train=10, num_test=5, seed=0) | kwargs
+    with pytest.raises(ValueError, match=re.escape(message)):
+        data.write_fake_dataset(tmp_path / "f", **args)
+    assert not (tmp_path / "f").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# The module split: re-exports, and the engine does not import the downloader.
+
+
+def test_reexports_are_the_datasets_objects():
+    assert data.DataError is idx.DataError and issubclass(idx.ChecksumError, idx.DataError)
+    assert data.load_dataset is mnist.load_dataset and data.DATASETS is mnist.DATASETS
+    assert data.write_idx is idx.write_idx and data.write_fake_dataset is fake.write_fake_dataset
+    assert "load_dataset" in dir(data)
+    with pytest.raises(AttributeError, match="has no attribute 'no_such_name'"):
+        data.no_such_name  # noqa: B018
+
+
+def test_engine_does_not_import_the_downloader():
+    code = (
+        "import sys, jaxlr.train, jaxlr.data; "
+        "print(sorted(m for m in ('jaxlr.datasets.mnist', 'urllib.request') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+    code = "import sys, jaxlr.data as d; d.load_dataset; print('urllib.request' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "True"  # the check above can fail
 
 
 # ---------------------------------------------------------------------------------------------
@@ -413,7 +566,7 @@ def test_download_checksum_mismatch_rejected(tiny, server, env):
     with pytest.raises(data.DataError) as err:
         data.load_dataset("tiny")
     msg = str(err.value)
-    assert f"{base}/bad/train-labels-idx1-ubyte.gz: DataError" in msg and "sha256" in msg
+    assert f"{base}/bad/train-labels-idx1-ubyte.gz: ChecksumError" in msg and "sha256" in msg
     # Files before the bad one were verified and kept; the bad one left nothing behind.
     assert _cache_listing() == ["train-images-idx3-ubyte.gz"]
 
@@ -454,7 +607,7 @@ def test_interrupted_download_leaves_nothing(tiny, server, env):
     base, routes, log = server
     _serve(routes, "/m", tiny)
     env.setenv("JAXLR_MIRRORS", f"{base}/m")
-    real = data._progress_printer
+    real = mnist._progress_printer
 
     def interrupting(label, total):
         show = real(label, total)
@@ -466,11 +619,11 @@ def test_interrupted_download_leaves_nothing(tiny, server, env):
 
         return wrapped
 
-    env.setattr(data, "_progress_printer", interrupting)
+    env.setattr(mnist, "_progress_printer", interrupting)
     with pytest.raises(KeyboardInterrupt):
         data.load_dataset("tiny")
     assert _cache_listing() == []  # not even a temporary file
-    env.setattr(data, "_progress_printer", real)
+    env.setattr(mnist, "_progress_printer", real)
     _assert_loaded(data.load_dataset("tiny"), tiny)
 
 
@@ -478,8 +631,9 @@ def test_download_failure_lists_everything(tiny, server, env, tmp_path):
     base, routes, log = server
     routes[f"/e500/{NAMES['train_images']}"] = (500, b"", None)
     env.setenv("JAXLR_MIRRORS", f"{base}/e404 {base}/e500")
+    env.setenv("JAXLR_DATA_DIR", str(tmp_path / "given"))
     with pytest.raises(data.DataError) as err:
-        data.load_dataset("tiny", tmp_path / "given")
+        data.load_dataset("tiny")
     msg = str(err.value)
     for line in (
         f"{base}/e404/{NAMES['train_images']}: HTTP 404",
