@@ -1,9 +1,7 @@
 """Deep-learning homework 3: a 98% two-hidden-layer network, online versus mini-batch SGD, a
 regularized 4-vs-9 logistic regression tuned by a checkpointed grid, and its worst mistakes.
 
-Launch any of them with
-
-    python -m experiments.main --experiment=NAME --workdir=DIR [--data_dir=...] [--FIELD=V]
+    python -m experiments.main --experiment=NAME --workdir=DIR [--data_dir=...] [--FLAG=V]
 
 - `hw3_mlp`: the 784-3136-1568-10 ReLU network, plain SGD lr 0.1, batch 32, 6 epochs on all
   60,000 training images, tested on the 10,000 test images (at least 98% required);
@@ -13,277 +11,112 @@ Launch any of them with
   descent in one vmapped sweep; the best point is checkpointed, read back and tested on the
   first 1000 test images of 4s and 9s;
 - `hw3_misclassified`: the 20 most confidently misclassified of those 1000 test images, from
-  that checkpoint.
+  that checkpoint, written into its own workdir.
 
-Inputs of every hw3 experiment are scaled to [0, 1] (`scale="unit"`): the 98% network trains
+Inputs of every hw3 experiment are scaled to [0, 1] (`scale=unit`): the 98% network trains
 at least as well with them as with [-1, 1] (see WORKSPACE.md), and the homework's data
 loading gives [0, 1] pixels. The networks have explicit bias vectors (784 inputs, no bias
 feature); the logistic regression uses the bias trick (785 inputs, the last weight is w0,
 not penalised).
 
-Dimension legend: N training examples, V validation examples, D features, K classes,
-H hidden units, S grid points, T steps, C checks.
+Dimension legend: N training examples, V validation examples, M test examples, D features,
+K classes, S grid points.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
-import re
-import time
-from collections.abc import Sequence
-from pathlib import Path
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments.common import (
-    Splits,
-    float_dtype,
-    load_data,
-    register,
-    train_config,
-    write_history,
-    write_report,
-)
+from experiments.common import RunDir, train_one
+from experiments.config import ExperimentConfig, register
 from jaxlr import checkpoint as ckpt
-from jaxlr import data as jdata
-from jaxlr import plots
-from jaxlr.config import HParams, TrainConfig, make_hparams
-from jaxlr.io import atomic_write_text
-from jaxlr.losses import accuracy, confidence
-from jaxlr.sweep import make_grid, run_sweep
-from jaxlr.train import (
-    Data,
-    concat_histories,
-    fit,
-    history_from_logs,
-    make_engine,
-    model_for,
+from jaxlr import metrics as jmetrics
+from jaxlr import plots, report
+from jaxlr.config import TrainConfig, make_hparams
+from jaxlr.losses import accuracy
+from jaxlr.sections import (
+    ConfigError,
+    DataConfig,
+    GridHParams,
+    RunHParams,
+    check_count,
+    check_values,
 )
+from jaxlr.splits import float_dtype, load_splits, test_subset
+from jaxlr.sweep import make_grid, run_sweep
+from jaxlr.timing import steps_per_second
+from jaxlr.train import fit, model_for, schedule_numbers
 
 log = logging.getLogger("jaxlr.experiments.hw3")
 
-# The homework's network: two hidden layers, explicit biases on 784 [0, 1] inputs.
-MLP = dict(
-    model="mlp",
-    num_classes=10,
-    digits=(),
-    hidden=(3136, 1568),
-    activation="relu",
-    # He (Kaiming) normal initialisation for the ReLU layers: with seed 0 it ends at 0.9823
-    # test accuracy against 0.9808 for Glorot, and stays above 0.981 over the last 2.5
-    # epochs (Glorot dips to 0.980); see WORKSPACE.md.
-    init="he",
-    bias="explicit",
-    bias_feature=False,
-    scale="unit",
-    optimizer="sgd",
-    schedule="constant",
-    grad="analytic",
-    shuffle=True,
-)
-
-# Logistic regression 9 (label 1) vs 4 (label 0), penalty lambda * sum w^2 without w0.
-LOGREG = dict(
-    model="logistic",
-    digits=(9, 4),
-    bias="trick",
-    bias_feature=True,
-    scale="unit",
-    l2_convention="sum",
-    l2_bias=False,
-    optimizer="sgd",
-    schedule="constant",
-    shuffle=False,
-    drop_last=True,
-    split="holdout",
-    num_train=0,
-    num_val=10000,
-    num_test=1000,
-    num_epochs=1000,
-    epochs_per_call=100,
-    log_loss="objective",
-    lr=(0.1, 0.5, 1.0),
-    l2=(0.01, 0.5, 1.0),
-)
-
 CHECKPOINT_NAME = "logreg_best.npz"
 CHECKPOINT_KIND = "hw3_logreg_best"
-MIS_HEADING = "## Most confidently misclassified test images (hw3_misclassified)"
-GRID_COMMAND = "python -m experiments.main --experiment=hw3_logreg_grid --workdir={workdir}"
+GRID_WORKDIR = "runs/hw3_logreg_grid"
+GRID_COMMAND = f"python -m experiments.main --experiment=hw3_logreg_grid --workdir={GRID_WORKDIR}"
+_MLP_FIXED = ("model", "num_classes", "bias", "l2_convention", "l2_bias")
 
 
-# ---------------------------------------------------------------------------------------------
-# Shared helpers.
-
-
-def _single(cfg: dict, name: str) -> float:
-    values = tuple(cfg[name])
-    if len(values) != 1:
-        raise ValueError(f"this experiment trains with one value of --{name}, got {values}")
-    return float(values[0])
-
-
-def _resolve_num_train(cfg: dict) -> dict:
-    """`num_train=0` with the holdout split: every training image not held out."""
-    if cfg["split"] != "holdout" or cfg["num_train"]:
-        return cfg
-    ds = jdata.load_dataset(cfg["dataset"], cfg["data_dir"] or None)
-    return {**cfg, "num_train": int(ds.x_train.shape[0]) - int(cfg["num_val"])}
-
-
-def _test_arrays(cfg: dict, splits: Splits):
-    """(x_test, y_test): the test images, which are the validation set except with holdout."""
-    if splits.x_test is not None:
-        return splits.x_test, splits.y_test
-    if cfg["split"] == "holdout":
-        raise ValueError("split holdout but no test arrays were loaded")
-    # Splits "full" and "tdt4265" validate on the test set itself.
-    return splits.data.x_val, splits.data.y_val
-
-
-def _epochs_done(steps, m: int) -> np.ndarray:
-    """Epochs completed after the update of each step (step s -> (s + 1) / M)."""
-    return (np.asarray(steps, np.float64) + 1.0) / m
-
-
-def _running_mean(x, window: int) -> np.ndarray:
-    """Trailing mean over `window` entries (fewer at the start)."""
-    x = np.asarray(x, np.float64)
-    c = np.concatenate([[0.0], np.cumsum(x)])
-    i = np.arange(1, len(x) + 1)
-    lo = np.maximum(0, i - window)
-    return (c[i] - c[lo]) / (i - lo)
-
-
-def _slug(key: str) -> str:
-    return re.sub(r"[^A-Za-z0-9.+-]+", "_", key).strip("_") or "run"
-
-
-def _logits(model, params, x_ND, chunk: int = 10000) -> np.ndarray:
-    """Host logits of `x_ND`, in chunks so that wide networks stay within memory."""
-    apply = jax.jit(model.apply)
-    parts = [np.asarray(apply(params, x_ND[i : i + chunk])) for i in range(0, len(x_ND), chunk)]
-    return np.concatenate(parts)
-
-
-def _confusion(y_true, y_pred, k: int) -> np.ndarray:
-    """Counts [K, K]: row = true class, column = predicted class."""
-    cm_KK = np.zeros((k, k), np.int64)
-    np.add.at(cm_KK, (np.asarray(y_true), np.asarray(y_pred)), 1)
-    return cm_KK
+def _net_name(d: int, tcfg: TrainConfig) -> str:
+    return "-".join(map(str, (d, *tcfg.hidden, tcfg.num_classes)))
 
 
 # ---------------------------------------------------------------------------------------------
 # hw3_mlp: the 98% network.
 
 
-def _plot_confusion(path: Path, cm_KK: np.ndarray, title: str) -> None:
-    """Confusion matrix with every count written in its cell.
+@dataclasses.dataclass(frozen=True)
+class Mlp(ExperimentConfig):
+    """The homework's network: two hidden layers, explicit biases, [0, 1] inputs.
 
-    Colours follow log(1 + count): on a linear scale the diagonal (about 1000 per digit)
-    would leave the handful of errors per cell invisible.
+    Attributes:
+      checkpoint: folder (relative to the workdir) for a resumable checkpoint; empty for
+        none. The same command resumes an interrupted run.
     """
-    k = cm_KK.shape[0]
-    shade_KK = np.log1p(cm_KK.astype(np.float64))
-    fig = plots.new_figure((0.75 * k + 2.0, 0.65 * k + 1.2))
-    ax = fig.subplots()
-    im = ax.imshow(shade_KK, cmap="Blues", vmin=0.0)
-    cbar = fig.colorbar(im, ax=ax)
-    ticks = [t for t in (0, 1, 10, 100, 1000, 10000) if t <= max(1, cm_KK.max())]
-    cbar.set_ticks(np.log1p(ticks), labels=[str(t) for t in ticks])
-    cbar.set_label("images (log scale)")
-    ax.set_xticks(range(k), labels=[str(i) for i in range(k)])
-    ax.set_yticks(range(k), labels=[str(i) for i in range(k)])
-    ax.set_xlabel("predicted digit")
-    ax.set_ylabel("true digit")
-    ax.set_title(title)
-    top = shade_KK.max() or 1.0
-    for i in range(k):
-        for j in range(k):
-            if cm_KK[i, j]:
-                color = "white" if shade_KK[i, j] > 0.6 * top else "black"
-                ax.text(j, i, str(cm_KK[i, j]), ha="center", va="center", color=color, fontsize=8)
-    plots.save_figure(fig, path)
 
-
-def _mlp_figures(
-    workdir: Path, h: dict, m: int, final: dict, title: str, test_name: str, n_train_eval: int
-):
-    """Loss and accuracy curves of one run (x axis: epochs)."""
-    window = max(1, m // 10)
-    ep = _epochs_done(h["step"], m)
-    cep = _epochs_done(h["check_step"], m)
-    last = float(ep[-1]) if len(ep) else 0.0
-    loss = {
-        "training loss (batch)": (ep, h["train_loss"]),
-        f"training loss (mean of last {window} batches)": (
-            ep,
-            _running_mean(h["train_loss"], window),
-        ),
-        f"{test_name} loss": (
-            np.append(cep, last),
-            np.append(h["val_loss"], final["test_loss"]),
-        ),
-    }
-    smooth = _running_mean(h["train_loss"], window)
-    hi = max(float(np.nanmax(smooth[window:])) if len(smooth) > window else 1.0, 0.1)
-    plots.plot_curves(
-        workdir / "loss.png",
-        loss,
-        styles={
-            "training loss (batch)": {"alpha": 0.25, "linewidth": 0.5, "color": "C0"},
-            f"training loss (mean of last {window} batches)": {"color": "C0", "linewidth": 1.8},
-            f"{test_name} loss": {"color": "C1", "marker": "o", "linewidth": 1.5},
-        },
-        xlabel="epoch",
-        ylabel="cross-entropy loss",
-        title=f"{title}: loss",
-        ylim=(0.0, 1.15 * hi),
+    data: DataConfig = DataConfig(split="full", num_train=None, scale="unit", bias_feature=False)
+    # He (Kaiming) normal initialisation for the ReLU layers: with seed 0 it ends at 0.9823
+    # test accuracy against 0.9808 for Glorot (WORKSPACE.md). ~2 checks per epoch of 1,875
+    # steps: a check evaluates 10,000 test and 10,000 training images with the 7.4M-weight
+    # network, which costs about as much as 200 steps on CPU.
+    train: TrainConfig = TrainConfig(
+        model="mlp",
+        hidden=(3136, 1568),
+        activation="relu",
+        init="he",
+        bias="explicit",
+        shuffle=True,
+        batch_size=32,
+        num_epochs=6,
+        eval_every=938,
+        train_eval_size=10000,
+        epochs_per_call=1,
     )
-    acc = {
-        f"training accuracy (first {n_train_eval} training images)": (cep, h["train_accuracy"]),
-        f"{test_name} accuracy": (
-            np.append(cep, last),
-            np.append(h["val_accuracy"], final["test_accuracy"]),
-        ),
-    }
-    # Zoomed on the second half of training: the first checks (10% at step 0) would squash
-    # the differences that matter near 98%.
-    late = cep >= 0.5 * last
-    vals = np.concatenate(
-        [h["train_accuracy"][late], h["val_accuracy"][late], [final["test_accuracy"]]]
-    )
-    lo = float(np.nanmin(vals)) if np.isfinite(vals).any() else 0.9
-    plots.plot_curves(
-        workdir / "accuracy.png",
-        acc,
-        marker="o",
-        xlabel="epoch",
-        ylabel="accuracy",
-        title=f"{title}: accuracy",
-        ylim=(max(0.0, min(lo, 0.98) - 0.005), 1.0005),
-    )
+    hparams: RunHParams = RunHParams(lr=0.1)
+    checkpoint: str = ""
+    FIXED: ClassVar = _MLP_FIXED
+    ALWAYS_READ: ClassVar = ("num_test",)
 
 
 @register(
     "hw3_mlp",
-    **MLP,
-    lr=(0.1,),
-    batch_size=32,
-    num_epochs=6,
-    split="full",
-    num_train=0,
-    # ~2 checks per epoch of 1,875 steps: a check evaluates 10,000 test and 10,000 training
-    # images with the 7.4M-weight network, which costs about as much as 200 steps on CPU.
-    eval_every=938,
-    train_eval_size=10000,
-    epochs_per_call=1,
+    Mlp,
+    headline=(
+        "test_accuracy",
+        "test_loss",
+        "test_correct",
+        "train_accuracy",
+        "steps",
+        "steps_per_second",
+        "wall_seconds",
+    ),
 )
-def hw3_mlp(cfg: dict, workdir: Path) -> dict:
+def hw3_mlp(cfg: Mlp, run: RunDir) -> dict:
     """784-3136-1568-10 ReLU network, SGD lr 0.1, batch 32, 6 epochs: at least 98% test accuracy.
 
     Launch:  python -m experiments.main --experiment=hw3_mlp --workdir=runs/hw3_mlp
@@ -292,42 +125,26 @@ def hw3_mlp(cfg: dict, workdir: Path) -> dict:
     Runtime: about 2 min on 2 CPU cores (11,250 steps of batch 32 at ~110 steps/s, 12 checks).
     Result:  test accuracy about 0.983 on the 10,000 MNIST test images (>= 0.980 required).
     """
-    cfg = _resolve_num_train(cfg)
-    splits = load_data(cfg)
-    data = splits.data
-    x_test, y_test = _test_arrays(cfg, splits)
-    tcfg = train_config(cfg)
-    n = int(np.shape(data.x_train)[0])
-    m = jdata.num_batches(n, tcfg.batch_size, tcfg.drop_last)
-    hp = make_hparams(
-        _single(cfg, "lr"),
-        _single(cfg, "l2"),
-        momentum=_single(cfg, "momentum"),
-        seed=cfg["seed"],
-        dtype=np.asarray(data.x_train).dtype,
-    )
-    ckpt_path = None
-    if cfg["checkpoint"]:
-        ckpt_path = Path(cfg["checkpoint"])
-        ckpt_path = ckpt_path if ckpt_path.is_absolute() else workdir / ckpt_path
+    splits = load_splits(cfg.data)
+    data, tcfg = splits.data, cfg.train
+    n, d = np.shape(data.x_train)
+    m = schedule_numbers(tcfg, n).batches_per_epoch
     log.info(
-        "hw3_mlp: %s, %d-%s-%d, grad %s, %d training images, %d steps per epoch",
+        "hw3_mlp: %s %s, grad %s, %d training images, %d steps per epoch",
+        _net_name(d, tcfg),
         tcfg.activation,
-        np.shape(data.x_train)[1],
-        "-".join(map(str, tcfg.hidden)),
-        tcfg.num_classes,
         tcfg.grad,
         n,
         m,
     )
-    result = fit(tcfg, hp, data, checkpoint_path=ckpt_path, log_fn=log.info)
-    model = model_for(tcfg, np.shape(data.x_train)[1], np.asarray(data.x_train).dtype)
-    logits_NK = _logits(model, result.params, np.asarray(x_test))
-    y_test = np.asarray(y_test)
+    result = train_one(cfg, data, run)
+    model = model_for(tcfg, d, np.asarray(data.x_train).dtype)
+    y_test = np.asarray(splits.y_test)
+    logits_NK = jmetrics.predict_logits(model, result.params, np.asarray(splits.x_test))
     y_pred = np.argmax(logits_NK, axis=1)
-    cm_KK = _confusion(y_test, y_pred, tcfg.num_classes)
-    per_class = np.diag(cm_KK) / np.maximum(cm_KK.sum(axis=1), 1)
-    _, test_ce = model.loss(result.params, jnp.asarray(x_test), jnp.asarray(y_test), 0.0)
+    cm_KK = jmetrics.confusion_matrix(y_test, y_pred, tcfg.num_classes)
+    per_class = jmetrics.per_class_accuracy(cm_KK)
+    _, test_ce = model.loss(result.params, jnp.asarray(splits.x_test), jnp.asarray(y_test), 0.0)
     test_acc = float(np.mean(y_pred == y_test))
     steps = result.metrics["steps"]
     metrics = {
@@ -347,63 +164,77 @@ def hw3_mlp(cfg: dict, workdir: Path) -> dict:
         "grad": tcfg.grad,
         "activation": tcfg.activation,
         "hidden": list(tcfg.hidden),
-        "num_train": n,
+        "num_train": int(n),
     }
-    if cfg["split"] == "holdout":
+    holdout = not splits.test_is_val
+    if holdout:
         metrics["val_accuracy"] = result.metrics["val_accuracy"]
         metrics["val_loss"] = result.metrics["val_loss"]
-    test_name = "validation" if cfg["split"] == "holdout" else "test"
-    write_history(workdir / "history.jsonl", result.history)
-    title = f"{'-'.join(map(str, (784, *tcfg.hidden, 10)))} {tcfg.activation} ({tcfg.grad})"
+    test_name = "validation" if holdout else "test"
+    report.write_history(run.out / "history.jsonl", result.history)
+    title = f"{_net_name(d, tcfg)} {tcfg.activation} ({tcfg.grad}), {cfg.data.dataset}"
     final_curve = {
         "test_loss": result.metrics["val_loss"],
         "test_accuracy": result.metrics["val_accuracy"],
     }
-    _mlp_figures(
-        workdir, result.history, m, final_curve, title, test_name, tcfg.train_eval_size or n
+    plots.plot_epoch_history(
+        run.out / "loss.png",
+        run.out / "accuracy.png",
+        result.history,
+        m,
+        final_curve,
+        title,
+        test_name,
+        tcfg.train_eval_size or n,
     )
     plots.plot_bar(
-        workdir / "per_class_accuracy.png",
+        run.out / "per_class_accuracy.png",
         [str(k) for k in range(tcfg.num_classes)],
         per_class,
-        xlabel="digit",
+        xlabel="class",
         ylabel="test accuracy",
         title=f"{title}: per-class test accuracy (overall {test_acc:.4f})",
         fmt="{:.3f}",
         ylim=(max(0.0, float(per_class.min()) - 0.03), 1.0),
     )
-    _plot_confusion(
-        workdir / "confusion_matrix.png",
+    plots.plot_confusion(
+        run.out / "confusion_matrix.png",
         cm_KK,
         f"{title}: test confusion matrix ({len(y_test)} images)",
     )
-    off = cm_KK - np.diag(np.diag(cm_KK))
-    worst = np.dstack(np.unravel_index(np.argsort(-off, axis=None)[:3], off.shape))[0]
-    confusions = ", ".join(f"{t} as {p} ({off[t, p]})" for t, p in worst if off[t, p] > 0)
+    confusions = ", ".join(f"{t} as {p} ({c})" for t, p, c in jmetrics.top_confusions(cm_KK, 3))
+    result_table = report.markdown_table(
+        ["test accuracy", "test loss", "correct", "train accuracy (all)", "wall (s)", "steps/s"],
+        [
+            [
+                f"{test_acc:.4f}",
+                f"{float(test_ce):.4f}",
+                f"{metrics['test_correct']} / {metrics['test_total']}",
+                f"{metrics['train_accuracy']:.4f}",
+                f"{metrics['wall_seconds']:.1f}",
+                f"{metrics['steps_per_second']:.1f}",
+            ]
+        ],
+        align="rrrrrr",
+    )
     sections = [
-        f"Network {'-'.join(map(str, (np.shape(data.x_train)[1], *tcfg.hidden, 10)))}, "
-        f"{tcfg.activation} hidden units, softmax output, {tcfg.init} initialisation "
-        f"(Glorot for `auto`), explicit biases; inputs scaled `{cfg['scale']}`. Plain SGD, "
-        f"learning rate {_single(cfg, 'lr'):g}, batch {tcfg.batch_size}, {tcfg.num_epochs} "
-        f"epochs of {m} steps on {n} training images (split `{cfg['split']}`, shuffled every "
-        f"epoch: {tcfg.shuffle}), gradients `{tcfg.grad}`, dtype {cfg['dtype']}. Checks every "
-        f"{tcfg.eval_every} steps on the {len(data.y_val)} {test_name} images and the first "
+        f"Network {_net_name(d, tcfg)}, {tcfg.activation} hidden units, softmax output, "
+        f"{tcfg.init} initialisation (Glorot for `auto`), explicit biases; inputs scaled "
+        f"`{cfg.data.scale}`. Plain SGD, learning rate {cfg.hparams.lr:g}, batch "
+        f"{tcfg.batch_size}, {tcfg.num_epochs} epochs of {m} steps on {n} training images of "
+        f"{cfg.data.dataset} (split `{cfg.data.split}`, shuffled every epoch: {tcfg.shuffle}), "
+        f"gradients `{tcfg.grad}`, dtype {cfg.data.dtype}. Checks every {tcfg.eval_every} "
+        f"steps on the {len(data.y_val)} {test_name} images and the first "
         f"{tcfg.train_eval_size or n} training images.",
-        "## Result\n\n"
-        "| test accuracy | test loss | correct | train accuracy (all) | wall (s) | steps/s |\n"
-        "| ---: | ---: | ---: | ---: | ---: | ---: |\n"
-        f"| {test_acc:.4f} | {float(test_ce):.4f} | {metrics['test_correct']} / "
-        f"{metrics['test_total']} | {metrics['train_accuracy']:.4f} | "
-        f"{metrics['wall_seconds']:.1f} | {metrics['steps_per_second']:.1f} |\n\n"
-        f"Wall time includes compilation and the checks. Most frequent confusions: "
-        f"{confusions or 'none'}.",
+        "## Result\n\n" + result_table + "\n\nWall time includes compilation and the checks. "
+        f"Most frequent confusions: {confusions or 'none'}.",
         "## Figures\n\n"
         "![loss](loss.png)\n\n![accuracy](accuracy.png)\n\n"
         "![per-class accuracy](per_class_accuracy.png)\n\n"
         "![confusion matrix](confusion_matrix.png)\n\n"
         "History: `history.jsonl` (training loss per step, checks merged into their step).",
     ]
-    write_report(workdir / "report.md", f"hw3_mlp: {title}", sections)
+    report.write_report(run.out / "report.md", f"hw3_mlp: {title}", sections)
     return metrics
 
 
@@ -411,79 +242,47 @@ def hw3_mlp(cfg: dict, workdir: Path) -> dict:
 # hw3_online_vs_minibatch.
 
 
-def _timed_training(config: TrainConfig, hp: HParams, data: Data, key: str) -> dict:
-    """Trains one run epoch by epoch with a program compiled beforehand; times each epoch.
+@dataclasses.dataclass(frozen=True)
+class BatchSizes(ExperimentConfig):
+    """One network trained with each batch size, one learning rate for all.
 
-    Returns:
-      dict with "state", "history", "compile_seconds", "wall_seconds" (training loop with
-      checks, compilation excluded) and "epoch_seconds" (one entry per epoch).
+    Attributes:
+      batch_sizes: the batch sizes compared, one run each (comma-separated).
+      checks_per_epoch: validation checks per epoch of every run (every step when an epoch
+        has fewer steps), so that the curves have comparable resolution.
     """
-    n, d = np.shape(data.x_train)
-    model = model_for(config, d, data.x_train.dtype)
-    engine = make_engine(config, model, n)
-    state = jax.jit(engine.init)(hp)
-    t0 = time.perf_counter()
-    run = jax.jit(engine.run, static_argnums=4).lower(state, hp, data, 0, 1).compile()
-    compile_s = time.perf_counter() - t0
-    parts, epoch_s = [], []
-    t_loop = time.perf_counter()
-    for epoch in range(config.num_epochs):
-        t = time.perf_counter()
-        state, logs = run(state, hp, data, epoch)
-        logs = jax.device_get(logs)  # waits for the epoch to finish
-        epoch_s.append(time.perf_counter() - t)
-        part = history_from_logs(logs, engine.num_batches, start_step=epoch * engine.num_batches)
-        parts.append(part)
-        msg = f"[{key}] epoch {epoch + 1}/{config.num_epochs}  {epoch_s[-1]:.1f} s"
-        if len(part["val_accuracy"]):
-            msg += f"  test_acc {part['val_accuracy'][-1]:.4f}"
-        log.info(msg)
-        if not bool(state.active):
-            log.warning("[%s] diverged at step %d", key, int(state.diverge_step))
-            break
-    return {
-        "state": jax.device_get(state),
-        "model": model,
-        "engine": engine,
-        "history": concat_histories(parts),
-        "compile_seconds": compile_s,
-        "wall_seconds": time.perf_counter() - t_loop,
-        "epoch_seconds": epoch_s,
-    }
 
+    data: DataConfig = DataConfig(num_train=60000, scale="unit", bias_feature=False)
+    train: TrainConfig = TrainConfig(
+        model="mlp",
+        hidden=(256, 128),
+        activation="relu",
+        init="he",
+        bias="explicit",
+        shuffle=True,
+        num_epochs=2,
+        train_eval_size=2000,
+        epochs_per_call=1,
+    )
+    # One rate for every batch size: 0.01 keeps online SGD stable (at 0.05 its test accuracy
+    # swings between 0.84 and 0.93 from check to check).
+    hparams: RunHParams = RunHParams(lr=0.01)
+    batch_sizes: tuple[int, ...] = (1, 32, 128)
+    checks_per_epoch: int = 10
+    FIXED: ClassVar = (*_MLP_FIXED, "batch_size", "eval_every", "epochs_per_call")
 
-def _throughput(config: TrainConfig, hp: HParams, data: Data) -> float:
-    """Steps per second of one epoch without checks, timed after compiling (warm)."""
-    n = np.shape(data.x_train)[0]
-    m = jdata.num_batches(n, config.batch_size, config.drop_last)
-    # Checks every 10 epochs: the timed epoch (epoch 1, steps M..2M-1) has none, so the number
-    # is the speed of the update itself.
-    quiet = dataclasses.replace(config, eval_every=10 * m)
-    model = model_for(quiet, np.shape(data.x_train)[1], data.x_train.dtype)
-    engine = make_engine(quiet, model, n)
-    state = jax.jit(engine.init)(hp)
-    run = jax.jit(engine.run, static_argnums=4).lower(state, hp, data, 1, 1).compile()
-    t = time.perf_counter()
-    state, _ = run(state, hp, data, 1)  # epoch 1: steps M..2M-1, no check among them
-    jax.block_until_ready(state)
-    return m / (time.perf_counter() - t)
+    def __post_init__(self):
+        super().__post_init__()
+        check_values("batch_sizes", self.batch_sizes, check_count)
+        check_count("checks_per_epoch", self.checks_per_epoch)
 
 
 @register(
     "hw3_online_vs_minibatch",
-    **{**MLP, "hidden": (256, 128)},
-    # One rate for every batch size: 0.01 keeps online SGD stable (at 0.05 its test accuracy
-    # swings between 0.84 and 0.93 from check to check).
-    lr=(0.01,),
-    batch_sizes=(1, 32, 128),
-    num_epochs=2,
-    split="tdt4265",
-    num_train=60000,
-    eval_every=0,
-    train_eval_size=2000,
-    epochs_per_call=1,
+    BatchSizes,
+    headline=("batch_size", "test_accuracy", "steps", "steps_per_second", "wall_seconds"),
 )
-def hw3_online_vs_minibatch(cfg: dict, workdir: Path) -> dict:
+def hw3_online_vs_minibatch(cfg: BatchSizes, run: RunDir) -> dict:
     """Online (batch 1) versus mini-batch (32, 128) SGD, same network, same epochs.
 
     Launch:  python -m experiments.main --experiment=hw3_online_vs_minibatch
@@ -495,222 +294,218 @@ def hw3_online_vs_minibatch(cfg: dict, workdir: Path) -> dict:
              for batch 128) but runs a few thousand steps/s, so an epoch takes ~10x longer
              than with batch 32; per second of training the mini-batches are ahead early on.
     """
-    batch_sizes = tuple(int(b) for b in cfg["batch_sizes"]) or (1, 32, 128)
-    splits = load_data(cfg)
+    splits = load_splits(cfg.data)
     data = splits.data
-    x_test, y_test = _test_arrays(cfg, splits)
-    dtype = np.asarray(data.x_train).dtype
-    data = Data(*(jnp.asarray(a) for a in data))
-    x_test, y_test = jnp.asarray(x_test), jnp.asarray(y_test)
-    n = int(data.x_train.shape[0])
-    lr = _single(cfg, "lr")
-    hp = make_hparams(lr, _single(cfg, "l2"), _single(cfg, "momentum"), cfg["seed"], dtype)
-    checks_per_epoch = 10
-    runs, curves = {}, {}
-    for b in batch_sizes:
+    x_test, y_test = jnp.asarray(splits.x_test), jnp.asarray(splits.y_test)
+    n, d = np.shape(data.x_train)
+    hp = cfg.hparams
+    hparams = make_hparams(hp.lr, hp.l2, hp.momentum, hp.seed, np.asarray(data.x_train).dtype)
+    runs, histories = {}, {}
+    for b in cfg.batch_sizes:
+        if b > n:
+            raise ConfigError(
+                "batch_sizes", cfg.batch_sizes, f"{b} exceeds the {n} training images"
+            )
         key = f"batch_size={b}"
-        m = jdata.num_batches(n, b, cfg["drop_last"])
-        # The same number of checks per epoch for every batch size (10, or every step when
-        # an epoch has fewer), so the curves have comparable resolution.
-        every = cfg["eval_every"] or max(1, m // checks_per_epoch)
-        tcfg = train_config(cfg, batch_size=b, eval_every=every)
-        log.info("[%s] %d steps per epoch, %d epochs, lr %g", key, m, tcfg.num_epochs, lr)
-        out = _timed_training(tcfg, hp, data, key)
-        state, h = out["state"], out["history"]
-        diverged = bool(state.diverged)
-        _, test_ce = out["model"].loss(state.params, x_test, y_test, 0.0)
-        test_acc = float(out["model"].accuracy(out["model"].apply(state.params, x_test), y_test))
-        sps = _throughput(tcfg, hp, data)
-        steps = int(len(h["step"]))
+        m = schedule_numbers(dataclasses.replace(cfg.train, batch_size=b), n).batches_per_epoch
+        every = max(1, m // cfg.checks_per_epoch)
+        tcfg = dataclasses.replace(cfg.train, batch_size=b, eval_every=every)
+        log.info("[%s] %d steps per epoch, %d epochs, lr %g", key, m, tcfg.num_epochs, hp.lr)
+        result = fit(
+            tcfg,
+            hparams,
+            data,
+            time_epochs=True,
+            log_fn=lambda msg, key=key: log.info("[%s] %s", key, msg),
+        )
+        model = model_for(tcfg, d, np.asarray(data.x_train).dtype)
+        _, test_ce = model.loss(result.params, x_test, y_test, 0.0)
+        test_acc = float(model.accuracy(model.apply(result.params, x_test), y_test))
+        sps = steps_per_second(tcfg, hparams, data)
+        h = result.history
         runs[key] = {
             "batch_size": b,
-            "test_accuracy": float("nan") if diverged else test_acc,
-            "test_loss": float("nan") if diverged else float(test_ce),
-            "wall_seconds": out["wall_seconds"],
-            "compile_seconds": out["compile_seconds"],
-            "epoch_seconds": out["epoch_seconds"],
-            "steps": steps,
+            "test_accuracy": test_acc,
+            "test_loss": float(test_ce),
+            "wall_seconds": float(sum(result.epoch_seconds)),
+            "compile_seconds": float(result.compile_seconds),
+            "epoch_seconds": [float(s) for s in result.epoch_seconds],
+            "steps": int(len(h["step"])),
             "steps_per_epoch": m,
             "steps_per_second": sps,
             "train_seconds_per_epoch": m / sps,
             "examples_per_second": sps * b,
             "eval_every": every,
-            "diverged": diverged,
         }
-        write_history(workdir / f"history_{_slug(key)}.jsonl", h)
-        # Checks happen at regular steps and a compiled epoch runs at a steady rate, so the
-        # training time at a check is its step count over the measured throughput.
-        cstep = np.asarray(h["check_step"], np.float64) + 1.0
-        curves[key] = {
-            "epoch": np.append(cstep / m, len(h["step"]) / m),
-            "time": np.append(cstep / sps, steps / sps),
-            "acc": np.append(h["val_accuracy"], runs[key]["test_accuracy"]),
-        }
-    acc_lo = min(float(np.nanpercentile(c["acc"], 10)) for c in curves.values())
-    ylim = (max(0.0, acc_lo - 0.02), 1.0)
-    plots.plot_side_by_side(
-        workdir / "test_accuracy.png",
+        histories[key] = h
+        report.write_history(run.out / f"history_{report.slug(key)}.jsonl", h)
+    plots.plot_batch_size_comparison(
+        run.out / "test_accuracy.png",
+        run.out / "steps_per_second.png",
+        histories,
+        runs,
+        suptitle=f"{_net_name(d, cfg.train)} {cfg.train.activation}, SGD lr {hp.lr:g}, "
+        f"{n} training images",
+    )
+    table = report.markdown_table(
         [
-            {
-                "series": {k: (c["epoch"], c["acc"]) for k, c in curves.items()},
-                "xlabel": "epoch",
-                "ylabel": "test accuracy",
-                "title": "test accuracy vs epochs",
-                "ylim": ylim,
-                "marker": ".",
-            },
-            {
-                # Without the check after step 0: one step's time would stretch the log axis.
-                "series": {k: (c["time"][1:], c["acc"][1:]) for k, c in curves.items()},
-                "xlabel": "training time (s, checks excluded; log scale)",
-                "ylabel": "test accuracy",
-                "title": "test accuracy vs training time",
-                "ylim": ylim,
-                "logx": True,
-                "marker": ".",
-            },
+            "run",
+            "test accuracy",
+            "steps",
+            "steps/s",
+            "examples/s",
+            "s per epoch (training)",
+            "wall (s, with checks)",
+            "compile (s)",
         ],
-        suptitle=(
-            f"784-{'-'.join(map(str, cfg['hidden']))}-10 {cfg['activation']}, SGD lr {lr:g}, "
-            f"{n} training images"
-        ),
+        [
+            [
+                key,
+                f"{r['test_accuracy']:.4f}",
+                str(r["steps"]),
+                f"{r['steps_per_second']:,.0f}",
+                f"{r['examples_per_second']:,.0f}",
+                f"{r['train_seconds_per_epoch']:.2f}",
+                f"{r['wall_seconds']:.1f}",
+                f"{r['compile_seconds']:.1f}",
+            ]
+            for key, r in runs.items()
+        ],
+        align="lrrrrrrr",
     )
-    plots.plot_bar(
-        workdir / "steps_per_second.png",
-        list(runs),
-        [r["steps_per_second"] for r in runs.values()],
-        ylabel="steps / s (log scale)",
-        title="training throughput (one epoch, compiled, no checks)",
-        fmt="{:,.0f}",
-        logy=True,
-    )
-    rows = [
-        "| run | test accuracy | steps | steps/s | examples/s | s per epoch (training) "
-        "| wall (s, with checks) | compile (s) |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
-    ]
-    for key, r in runs.items():
-        rows.append(
-            f"| {key} | {r['test_accuracy']:.4f} | {r['steps']} | {r['steps_per_second']:,.0f} "
-            f"| {r['examples_per_second']:,.0f} | {r['train_seconds_per_epoch']:.2f} "
-            f"| {r['wall_seconds']:.1f} | {r['compile_seconds']:.1f} |"
-            + (" diverged |" if r["diverged"] else "")
-        )
     sections = [
-        f"Network 784-{'-'.join(map(str, cfg['hidden']))}-10 ({cfg['activation']}), plain SGD "
-        f"with learning rate {lr:g} for every batch size, {cfg['num_epochs']} epochs over the "
-        f"first {n} training images (shuffled every epoch), tested on "
-        f"{int(y_test.shape[0])} test images at {checks_per_epoch} checks per epoch. "
+        f"Network {_net_name(d, cfg.train)} ({cfg.train.activation}), plain SGD with learning "
+        f"rate {hp.lr:g} for every batch size, {cfg.train.num_epochs} epochs over the first {n} "
+        f"training images of {cfg.data.dataset} (shuffled every epoch), tested on "
+        f"{int(y_test.shape[0])} test images at {cfg.checks_per_epoch} checks per epoch. "
         "Throughput (steps/s) is measured on one extra epoch of a program compiled beforehand "
         "and without checks; the wall time is the training loop with its checks, compilation "
         "excluded.",
-        "## Result\n\n" + "\n".join(rows),
+        "## Result\n\n" + table,
         "## Figures\n\n![test accuracy](test_accuracy.png)\n\n"
         "![steps per second](steps_per_second.png)\n\n"
         "Histories: `history_batch_size_<B>.jsonl`.",
     ]
-    write_report(workdir / "report.md", "hw3: online versus mini-batch SGD", sections)
-    return {**runs, "batch_sizes": list(batch_sizes), "num_train": n, "learning_rate": lr}
+    report.write_report(run.out / "report.md", "hw3: online versus mini-batch SGD", sections)
+    return {
+        **runs,
+        "batch_sizes": list(cfg.batch_sizes),
+        "num_train": int(n),
+        "learning_rate": hp.lr,
+    }
 
 
 # ---------------------------------------------------------------------------------------------
 # hw3_logreg_grid and hw3_misclassified.
 
-
-def _checkpoint_file(cfg: dict, workdir: Path) -> Path:
-    path = Path(cfg["checkpoint"] or CHECKPOINT_NAME)
-    return path if path.is_absolute() else workdir / path
-
-
-def _digit_names(digits: Sequence[int]) -> dict[int, int]:
-    """Label -> digit: label 1 is the positive digit, label 0 the negative one."""
-    pos, neg = (int(d) for d in digits)
-    return {1: pos, 0: neg}
+_LOGREG_DATA = DataConfig(
+    digits=(9, 4), split="holdout", num_train=None, num_val=10000, num_test=1000, scale="unit"
+)
 
 
-def _test_subset(cfg: dict, digits, scale: str, bias_feature: bool, dtype):
-    """The first `num_test` test images of the two digits: raw images, features, labels and
-    their indices in the test set."""
-    ds = jdata.load_dataset(cfg["dataset"], cfg["data_dir"] or None)
-    pos, neg = (int(d) for d in digits)
-    y = np.asarray(ds.y_test)
-    idx = np.flatnonzero((y == pos) | (y == neg))
-    if cfg["num_test"]:
-        idx = idx[: cfg["num_test"]]
-    images = np.asarray(ds.x_test)[idx]
-    x_ND = jdata.preprocess(images, scale=scale, bias=bias_feature, dtype=dtype)
-    return images, x_ND, (y[idx] == pos).astype(np.int32), idx
+@dataclasses.dataclass(frozen=True)
+class LogregGrid(ExperimentConfig):
+    """Logistic regression 9 (label 1) vs 4 (label 0), penalty lambda * sum w^2 without w0,
+    full-batch gradient descent over a grid of lambda x learning rate.
 
-
-@register("hw3_logreg_grid", **LOGREG)
-def hw3_logreg_grid(cfg: dict, workdir: Path) -> dict:
-    """9 (label 1) vs 4 (label 0): lambda x lr grid of full-batch GD in one vmapped sweep.
-
-    Launch:  python -m experiments.main --experiment=hw3_logreg_grid --workdir=runs/hw3_logreg
-             (--l2=0.01,0.5,1 --lr=0.1,0.5,1 are the defaults)
-    Runtime: about 30 s on 2 CPU cores (9 points x 1000 full-batch steps of 9,847 images).
-    Result:  best point lambda 0.01, lr 0.5 (validation accuracy 0.965 on 1,944 held-out 4s
-             and 9s); 940 of the first 1000 4/9 test images right; checkpoint logreg_best.npz.
-             Points with lambda >= 0.5 and lr >= 0.5 oscillate (validation accuracy ~0.51).
+    Attributes:
+      block_size: grid points per compiled block ('all': from a memory estimate).
     """
-    cfg = _resolve_num_train(cfg)
-    splits = load_data(cfg)
-    data = splits.data
-    n = int(np.shape(data.x_train)[0])
-    # Full-batch gradient descent: one batch of every training example per epoch.
-    tcfg = train_config(cfg, batch_size=n)
-    dtype = np.asarray(data.x_train).dtype
-    grid = make_grid(learning_rate=cfg["lr"], l2=cfg["l2"], seed=(cfg["seed"],), dtype=dtype)
-    res = run_sweep(
-        tcfg,
-        grid,
-        data,
-        block_size=cfg["block_size"] or None,
-        log_fn=log.info,
+
+    data: DataConfig = _LOGREG_DATA
+    train: TrainConfig = TrainConfig(
+        model="logistic",
+        l2_convention="sum",
+        l2_bias=False,
+        shuffle=False,
+        num_epochs=1000,
+        epochs_per_call=100,
+        log_loss="objective",
     )
-    s = grid.size
+    hparams: GridHParams = GridHParams(lr=(0.1, 0.5, 1.0), l2=(0.01, 0.5, 1.0))
+    block_size: int | None = None
+    # Full-batch gradient descent: the batch is the whole training set.
+    FIXED: ClassVar = ("model", "num_classes", "hidden", "activation", "batch_size", "seeds")
+    ALWAYS_READ: ClassVar = ("num_test",)
+
+
+def _best_point(res) -> int:
+    """Highest validation accuracy; ties go to the lower validation cross-entropy."""
     ok = ~np.asarray(res.diverged)
     val_acc = np.asarray(res.metrics["val_accuracy"], np.float64)
     val_ce = np.asarray(res.metrics["val_cross_entropy"], np.float64)
-    # Highest validation accuracy; ties go to the lower validation cross-entropy.
     order = np.lexsort((np.where(ok, val_ce, np.inf), np.where(ok, -val_acc, np.inf)))
-    best = int(order[0])
-    if not ok[best]:
+    return int(order[0])
+
+
+@register(
+    "hw3_logreg_grid",
+    LogregGrid,
+    headline=(
+        "l2",
+        "learning_rate",
+        "val_accuracy",
+        "test_correct",
+        "test_total",
+        "final_objective",
+        "num_diverged",
+        "wall_seconds",
+    ),
+)
+def hw3_logreg_grid(cfg: LogregGrid, run: RunDir) -> dict:
+    """9 (label 1) vs 4 (label 0): lambda x lr grid of full-batch GD in one vmapped sweep.
+
+    Launch:  python -m experiments.main --experiment=hw3_logreg_grid --workdir=runs/hw3_logreg_grid
+             (--l2=0.01,0.5,1 --lr=0.1,0.5,1 are the defaults)
+    Runtime: about 30 s on 2 CPU cores (9 points x 1000 full-batch steps of 9,847 images).
+    Result:  best point lambda 0.01, lr 0.5 (validation accuracy 0.965 on 1,944 held-out 4s
+             and 9s); 940 of the first 1000 4/9 test images right; checkpoint logreg_best.npz
+             beside the report (read by hw3_misclassified).
+    """
+    splits = load_splits(cfg.data)
+    data = splits.data
+    n, d = np.shape(data.x_train)
+    tcfg = dataclasses.replace(cfg.train, batch_size=int(n))
+    dtype = np.asarray(data.x_train).dtype
+    hp = cfg.hparams
+    grid = make_grid(learning_rate=hp.lr, l2=hp.l2, seed=(hp.seed,), dtype=dtype)
+    res = run_sweep(tcfg, grid, data, block_size=cfg.block_size, log_fn=log.info)
+    best = _best_point(res)
+    if bool(res.diverged[best]):
         raise RuntimeError("every grid point diverged; lower the learning rates")
     point = grid.point(best)
+    val_acc = np.asarray(res.metrics["val_accuracy"], np.float64)
+    val_ce = np.asarray(res.metrics["val_cross_entropy"], np.float64)
 
     # Save the best point's weights, then read them back from disk for the test.
-    path = _checkpoint_file(cfg, workdir)
-    digits = [int(d) for d in cfg["digits"]]
-    ckpt.save_checkpoint(
+    path = run.out / CHECKPOINT_NAME
+    ckpt.save_params(
         path,
-        {"params": res.point_params(best)},
+        res.point_params(best),
+        kind=CHECKPOINT_KIND,
         step=int(res.metrics["steps"][best]),
         config=tcfg.to_dict(),
         meta={
-            "kind": CHECKPOINT_KIND,
             "experiment": "hw3_logreg_grid",
-            "digits": digits,
-            "scale": cfg["scale"],
-            "bias_feature": bool(cfg["bias_feature"]),
-            "dtype": cfg["dtype"],
+            "data": report.jsonable(dataclasses.asdict(cfg.data)),
+            "digits": list(cfg.data.digits),
+            "scale": cfg.data.scale,
+            "bias_feature": cfg.data.bias_feature,
+            "dtype": cfg.data.dtype,
             "hparams": point,
             "val_accuracy": float(val_acc[best]),
-            "experiment_config": dict(cfg),
         },
     )
-    model = model_for(tcfg, np.shape(data.x_train)[1], dtype)
-    params, meta = ckpt.load_checkpoint(path, model.init(jax.random.PRNGKey(0)), prefix="params")
-    images, x_test, y_test, test_idx = _test_subset(
-        cfg, digits, cfg["scale"], cfg["bias_feature"], dtype
-    )
+    model = model_for(tcfg, d, dtype)
+    params, meta = ckpt.load_params(path, model.init(jax.random.PRNGKey(0)), kind=CHECKPOINT_KIND)
+    images, x_test, y_test, _ = test_subset(cfg.data)
     z_test = np.asarray(model.apply(params, jnp.asarray(x_test)))
     correct = int(np.sum((z_test >= 0).astype(np.int32) == y_test))
     obj, ce = model.loss(params, jnp.asarray(data.x_train), jnp.asarray(data.y_train), point["l2"])
     test_obj, test_ce = model.loss(params, jnp.asarray(x_test), jnp.asarray(y_test), point["l2"])
 
     points = []
-    for i in range(s):
+    for i in range(grid.size):
         points.append(
             {
                 **grid.point(i),
@@ -721,65 +516,10 @@ def hw3_logreg_grid(cfg: dict, workdir: Path) -> dict:
                 "diverged": bool(res.diverged[i]),
             }
         )
-        write_history(workdir / f"history_{i:02d}.jsonl", res.histories[i])
-    l2_vals, lr_vals = grid.values["l2"], grid.values["learning_rate"]
-    acc_RC = np.where(ok, val_acc, np.nan).reshape(len(l2_vals), len(lr_vals))
-    obj_RC = np.where(ok, res.metrics["train_objective"], np.nan).reshape(acc_RC.shape)
-    rows = [f"lambda={v:g}" for v in l2_vals]
-    cols = [f"lr={v:g}" for v in lr_vals]
-    plots.plot_heatmap(
-        workdir / "grid_val_accuracy.png",
-        acc_RC,
-        rows,
-        cols,
-        xlabel="learning rate",
-        ylabel="L2 strength lambda",
-        title=f"validation accuracy ({len(data.y_val)} held-out images), {cfg['num_epochs']} "
-        "epochs",
-        fmt="{:.4f}",
-        colorbar_label="validation accuracy",
-    )
-    # The objective spans orders of magnitude (an oscillating point grows to ~1e7): log10.
-    plots.plot_heatmap(
-        workdir / "grid_objective.png",
-        np.log10(obj_RC),
-        rows,
-        cols,
-        xlabel="learning rate",
-        ylabel="L2 strength lambda",
-        title="log10 of the final training objective (cross-entropy + lambda ||w||^2)",
-        fmt="{:.2f}",
-        colorbar_label="log10 objective",
-    )
-    m = res.num_batches or 1
-    # One panel per lambda: nine curves on one axes hide each other.
-    panels = []
-    for j, lam in enumerate(l2_vals):
-        idx = [j * len(lr_vals) + k for k in range(len(lr_vals))]
-        panels.append(
-            {
-                "series": {
-                    f"lr={grid.point(i)['learning_rate']:g}": (
-                        _epochs_done(res.histories[i]["check_step"], m),
-                        res.histories[i]["val_accuracy"],
-                    )
-                    for i in idx
-                },
-                "xlabel": "epoch (one full-batch step each)",
-                "ylabel": "validation accuracy",
-                "title": f"lambda = {lam:g}",
-                "logx": True,
-                "ylim": (max(0.0, float(np.nanmin(acc_RC)) - 0.05), 1.0),
-            }
-        )
-    plots.plot_side_by_side(
-        workdir / "grid_curves.png",
-        panels,
-        suptitle="validation accuracy of every grid point during training",
-        sharey=True,
-        panel_size=(4.8, 3.8),
-    )
-    pos, neg = digits
+        report.write_history(run.out / f"history_{i:02d}.jsonl", res.histories[i])
+    plots.plot_grid_figures(run.out, res, grid, num_val=len(data.y_val), num_epochs=tcfg.num_epochs)
+    pos, neg = cfg.data.digits
+    ndiv = int(np.sum(res.diverged))
     metrics = {
         "l2": point["l2"],
         "learning_rate": point["learning_rate"],
@@ -791,44 +531,47 @@ def hw3_logreg_grid(cfg: dict, workdir: Path) -> dict:
         "final_train_cross_entropy": float(ce),
         "test_objective": float(test_obj),
         "test_cross_entropy": float(test_ce),
-        "checkpoint": str(path),
+        "checkpoint": CHECKPOINT_NAME,
         "checkpoint_step": int(meta["step"]),
         "best_index": best,
-        "num_train": n,
+        "num_train": int(n),
         "num_val": int(len(data.y_val)),
+        "num_diverged": ndiv,
         "wall_seconds": float(res.wall_seconds),
         "grid": points,
     }
-    table = [
-        "| lambda | lr | val accuracy | val cross-entropy | train objective | diverged |",
-        "| ---: | ---: | ---: | ---: | ---: | --- |",
-    ]
-    for i, p in enumerate(points):
-        cells = [
-            f"{p['l2']:g}",
-            f"{p['learning_rate']:g}",
-            f"{p['val_accuracy']:.4f}",
-            f"{p['val_cross_entropy']:.4f}",
-            f"{p['train_objective']:.4f}",
-            str(p["diverged"]),
-        ]
-        if i == best:
-            cells = [f"**{c}**" for c in cells]
-        table.append("| " + " | ".join(cells) + " |")
+    table = report.markdown_table(
+        ["lambda", "lr", "val accuracy", "val cross-entropy", "train objective", "diverged"],
+        [
+            [
+                f"{p['l2']:g}",
+                f"{p['learning_rate']:g}",
+                f"{p['val_accuracy']:.4f}",
+                f"{p['val_cross_entropy']:.4f}",
+                f"{p['train_objective']:.4f}",
+                "yes" if p["diverged"] else "no",
+            ]
+            for p in points
+        ],
+        align="rrrrrl",
+        bold=(best,),
+    )
     sections = [
-        f"Logistic regression, digit {pos} (label 1) vs digit {neg} (label 0), inputs scaled "
-        f"`{cfg['scale']}` plus the constant-1 feature (the bias w0). Objective: mean binary "
-        f"cross-entropy + lambda * sum of squared weights, w0 not penalised. Full-batch "
-        f"gradient descent (batch = all {n} training examples) for {cfg['num_epochs']} epochs "
-        f"from zero weights; threshold 0.5. Training images: the first {cfg['num_train']} "
-        f"MNIST training images (their 4s and 9s); validation: the {len(data.y_val)} 4s and 9s "
-        f"among the last {cfg['num_val']} training images. The {s} grid points trained in one "
-        f"vmapped sweep ({res.wall_seconds:.1f} s, compilation included).",
-        "## Grid\n\n" + "\n".join(table),
+        f"Logistic regression, digit {pos} (label 1) vs digit {neg} (label 0) of "
+        f"{cfg.data.dataset}, inputs scaled `{cfg.data.scale}` plus the constant-1 feature (the "
+        f"bias w0). Objective: mean binary cross-entropy + lambda * sum of squared weights, w0 "
+        f"not penalised. Full-batch gradient descent (batch = all {n} training examples) for "
+        f"{tcfg.num_epochs} epochs from zero weights; threshold 0.5. Training images: the "
+        f"{n} {pos}s and {neg}s among the first {splits.num_train_images} training images; "
+        f"validation: the "
+        f"{len(data.y_val)} {pos}s and {neg}s among the last {cfg.data.num_val} training images. "
+        f"The {grid.size} grid points trained in one vmapped sweep ({res.wall_seconds:.1f} s, "
+        f"compilation included); {ndiv} diverged.",
+        "## Grid\n\n" + table,
         f"## Best point\n\nlambda = {point['l2']:g}, learning rate = "
         f"{point['learning_rate']:g} (highest validation accuracy, ties to the lower "
         f"validation cross-entropy): validation accuracy {val_acc[best]:.4f}. Its weights "
-        f"were saved to `{path.name}` (step {meta['step']}) and read back from disk: "
+        f"were saved to `{CHECKPOINT_NAME}` (step {meta['step']}) and read back from disk: "
         f"**{correct} of {len(y_test)}** of the first {len(y_test)} test images of {neg}s and "
         f"{pos}s are classified correctly. Final training objective {float(obj):.5f} "
         f"(cross-entropy {float(ce):.5f}); on those test images the cross-entropy is "
@@ -838,84 +581,93 @@ def hw3_logreg_grid(cfg: dict, workdir: Path) -> dict:
         "![validation accuracy curves](grid_curves.png)\n\n"
         "Histories: `history_<point>.jsonl` (point index in metrics.json `grid`).",
     ]
-    write_report(workdir / "report.md", "hw3: regularized logistic regression 4 vs 9", sections)
+    report.write_report(
+        run.out / "report.md", f"hw3: regularized logistic regression {pos} vs {neg}", sections
+    )
     return metrics
 
 
-def load_logreg_checkpoint(path: Path, cfg: dict, workdir: Path):
-    """Reads the checkpoint `hw3_logreg_grid` writes, refusing anything else.
+@dataclasses.dataclass(frozen=True)
+class Misclassified(ExperimentConfig):
+    """The most confidently misclassified test images of a saved logistic regression.
 
-    Args:
-      path: checkpoint file.
-      cfg: flat config (dtype, dataset).
-      workdir: the experiment folder (named in the error message).
-    Returns:
-      (params, meta, model): the weights, the checkpoint's metadata and the bound model.
-    Raises:
-      CheckpointError: missing (naming the command that writes it), corrupt, or of
-        another model.
+    Attributes:
+      checkpoint: the checkpoint hw3_logreg_grid wrote (relative to the current folder).
+      num_shown: how many mistakes the grid of images shows (at most 20: 4 x 5).
     """
-    if not path.exists():
-        raise ckpt.CheckpointError(
-            f"no checkpoint at {path}: it is written by hw3_logreg_grid; run "
-            f"`{GRID_COMMAND.format(workdir=workdir)}` first (or pass --checkpoint=PATH)"
-        )
-    flat, meta = ckpt.load_flat(path)
-    if meta.get("kind") != CHECKPOINT_KIND:
-        raise ckpt.CheckpointError(
-            f"checkpoint {path} is of kind {meta.get('kind')!r}, not the logistic regression "
-            f"that hw3_logreg_grid saves ({CHECKPOINT_KIND!r}); run "
-            f"`{GRID_COMMAND.format(workdir=workdir)}`"
-        )
-    tcfg = TrainConfig.from_dict(meta["config"]) if "config" in meta else None
-    if tcfg is None or tcfg.model != "logistic":
-        raise ckpt.CheckpointError(f"checkpoint {path} holds no logistic-regression config")
-    d = 784 + (1 if meta.get("bias_feature", True) else 0)
-    model = model_for(tcfg, d, float_dtype(cfg))
-    params = ckpt.restore_tree(flat, model.init(jax.random.PRNGKey(0)), prefix="params", path=path)
-    return params, meta, model
+
+    data: DataConfig = _LOGREG_DATA
+    checkpoint: str = f"{GRID_WORKDIR}/{CHECKPOINT_NAME}"
+    num_shown: int = 20
+    # Digits, scaling and the bias feature are the checkpoint's.
+    FIXED: ClassVar = (
+        "digits",
+        "split",
+        "num_train",
+        "num_val",
+        "scale",
+        "bias_feature",
+        "max_examples",
+    )
+    ALWAYS_READ: ClassVar = ("num_test",)
+
+    def __post_init__(self):
+        check_count("num_shown", self.num_shown, upper=20, what="a 4 x 5 grid")
 
 
-@register("hw3_misclassified", **LOGREG)
-def hw3_misclassified(cfg: dict, workdir: Path) -> dict:
+@register(
+    "hw3_misclassified",
+    Misclassified,
+    list_args=f"--checkpoint={GRID_WORKDIR}/{CHECKPOINT_NAME}",
+    headline=("test_correct", "test_total", "num_misclassified", "test_accuracy", "shown"),
+)
+def hw3_misclassified(cfg: Misclassified, run: RunDir) -> dict:
     """The 20 most confidently misclassified 4/9 test images of the hw3_logreg_grid checkpoint.
 
-    Launch:  python -m experiments.main --experiment=hw3_misclassified --workdir=runs/hw3_logreg
-             (after hw3_logreg_grid in the same workdir, or --checkpoint=PATH)
+    Launch:  python -m experiments.main --experiment=hw3_misclassified
+             --workdir=runs/hw3_misclassified --checkpoint=runs/hw3_logreg_grid/logreg_best.npz
+             (after hw3_logreg_grid)
     Runtime: a few seconds.
     Result:  misclassified.png: a 4x5 grid, each image titled with true and predicted digit and
              the confidence |p - 0.5| + 0.5; with the default grid 60 of the 1000 images are
-             wrong, the most confident mistake at about 91%. Run in the grid's workdir it
-             adds its section to that report.md and its numbers to metrics.json.
+             wrong, the most confident mistake at about 91%.
     """
-    path = _checkpoint_file(cfg, workdir)
-    params, meta, model = load_logreg_checkpoint(path, cfg, workdir)
-    digits = meta["digits"]
-    names = _digit_names(digits)
-    images, x_test, y_test, test_idx = _test_subset(
-        cfg, digits, meta["scale"], meta["bias_feature"], float_dtype(cfg)
+    from pathlib import Path
+
+    path = Path(cfg.checkpoint).expanduser()
+    tcfg, meta = _checkpoint_config(path)
+    data_cfg = dataclasses.replace(
+        cfg.data,
+        digits=tuple(meta["digits"]),
+        scale=meta["scale"],
+        bias_feature=bool(meta["bias_feature"]),
     )
+    d = 784 + (1 if data_cfg.bias_feature else 0)
+    model = model_for(tcfg, d, float_dtype(data_cfg))
+    params, meta = ckpt.load_params(
+        path, model.init(jax.random.PRNGKey(0)), kind=CHECKPOINT_KIND, hint=f"run `{GRID_COMMAND}`"
+    )
+    pos, neg = data_cfg.digits
+    names = {1: pos, 0: neg}
+    images, x_test, y_test, test_idx = test_subset(data_cfg)
     z_N = model.apply(params, jnp.asarray(x_test))
-    conf_N = np.asarray(confidence(z_N), np.float64)
-    pred_N = (np.asarray(z_N) >= 0).astype(np.int32)
+    top, conf_N, pred_N = jmetrics.most_confident_mistakes(np.asarray(z_N), y_test, cfg.num_shown)
+    wrong = int(np.sum(pred_N != y_test))
     p_N = np.asarray(jax.nn.sigmoid(z_N), np.float64)
-    wrong = np.flatnonzero(pred_N != y_test)
-    # Stable sort: among equal confidences the earlier test image comes first.
-    top = wrong[np.argsort(-conf_N[wrong], kind="stable")][:20]
     titles = [
         f"true {names[int(y_test[i])]}, pred {names[int(pred_N[i])]}\n{100 * conf_N[i]:.1f}%"
         for i in top
     ]
     if len(top):
         plots.plot_image_grid(
-            workdir / "misclassified.png",
+            run.out / "misclassified.png",
             images[top],
             titles,
             4,
             5,
             suptitle=(
                 f"the {len(top)} most confidently misclassified of {len(y_test)} test images "
-                f"({names[1]} vs {names[0]}; confidence |p - 0.5| + 0.5)"
+                f"({pos} vs {neg}; confidence |p - 0.5| + 0.5)"
             ),
         )
     acc = float(accuracy(z_N, jnp.asarray(y_test)))
@@ -931,64 +683,65 @@ def hw3_misclassified(cfg: dict, workdir: Path) -> dict:
         }
         for r, i in enumerate(top)
     ]
-    rows = [
-        "| rank | test index | true | predicted | confidence |",
-        "| ---: | ---: | ---: | ---: | ---: |",
-    ]
-    rows += [
-        f"| {it['rank']} | {it['test_index']} | {it['true_digit']} | {it['predicted_digit']} "
-        f"| {100 * it['confidence']:.1f}% |"
-        for it in items
-    ]
+    table = report.markdown_table(
+        ["rank", "test index", "true", "predicted", "confidence"],
+        [
+            [
+                str(it["rank"]),
+                str(it["test_index"]),
+                str(it["true_digit"]),
+                str(it["predicted_digit"]),
+                f"{100 * it['confidence']:.1f}%",
+            ]
+            for it in items
+        ],
+        align="rrrrr",
+    )
     hp = meta.get("hparams", {})
     body = (
-        f"Checkpoint `{path}` (step {meta['step']}; lambda {hp.get('l2', float('nan')):g}, "
-        f"learning rate {hp.get('learning_rate', float('nan')):g}), evaluated on the first "
-        f"{len(y_test)} test images of {names[0]}s and {names[1]}s: "
-        f"{len(y_test) - len(wrong)} correct, {len(wrong)} misclassified (accuracy {acc:.4f}). "
+        f"Checkpoint `{cfg.checkpoint}` (step {meta['step']}; lambda "
+        f"{hp.get('l2', float('nan')):g}, learning rate "
+        f"{hp.get('learning_rate', float('nan')):g}), "
+        f"evaluated on the first {len(y_test)} test images of {neg}s and {pos}s: "
+        f"{len(y_test) - wrong} correct, {wrong} misclassified (accuracy {acc:.4f}). "
         f"Confidence of a prediction is |p - 0.5| + 0.5 with p = sigmoid(z) the predicted "
-        f"probability of a {names[1]}.\n\n"
+        f"probability of a {pos}.\n\n"
         + ("![most confident mistakes](misclassified.png)\n\n" if len(top) else "")
-        + "\n".join(rows)
+        + table
     )
-    metrics = {
-        "checkpoint": str(path),
+    report.write_report(
+        run.out / "report.md",
+        f"hw3: most confidently misclassified test images, {pos} vs {neg}",
+        [body],
+    )
+    return {
+        "checkpoint": cfg.checkpoint,
         "test_total": int(len(y_test)),
-        "test_correct": int(len(y_test) - len(wrong)),
-        "num_misclassified": int(len(wrong)),
+        "test_correct": int(len(y_test) - wrong),
+        "num_misclassified": wrong,
         "test_accuracy": acc,
         "shown": len(items),
         "misclassified": items,
     }
-    prior, prior_report = _grid_outputs(workdir, path)
-    if prior is None:
-        write_report(
-            workdir / "report.md",
-            "hw3: most confidently misclassified test images",
-            [f"{MIS_HEADING}\n\n{body}"],
+
+
+def _checkpoint_config(path):
+    """(TrainConfig, meta) of a hw3_logreg_grid checkpoint, refusing anything else."""
+    if not path.exists():
+        raise ckpt.CheckpointError(
+            f"no checkpoint at {path}: it is written by hw3_logreg_grid; run `{GRID_COMMAND}` "
+            "first (or pass --checkpoint=PATH)"
         )
-        return metrics
-    # Same folder as the grid that wrote the checkpoint: add to its metrics and report
-    # rather than replace them (run_experiment rewrites metrics.json and config.json).
-    if "wall_seconds_total" in prior:
-        prior.setdefault("grid_wall_seconds_total", prior.pop("wall_seconds_total"))
-    prior.setdefault("grid_config", meta.get("experiment_config"))
-    atomic_write_text(
-        workdir / "report.md", prior_report.rstrip() + f"\n\n{MIS_HEADING}\n\n{body}\n"
-    )
-    return {**prior, **metrics}
-
-
-def _grid_outputs(workdir: Path, path: Path):
-    """(metrics, report text) of hw3_logreg_grid when `workdir` holds its outputs for the
-    checkpoint `path`, else (None, None); a misclassified section added before is cut off."""
+    _, meta = ckpt.load_flat(path)
+    if meta.get("kind") != CHECKPOINT_KIND:
+        raise ckpt.CheckpointError(
+            f"checkpoint {path} is of kind {meta.get('kind')!r}, not the logistic regression "
+            f"that hw3_logreg_grid saves ({CHECKPOINT_KIND!r}); run `{GRID_COMMAND}`"
+        )
     try:
-        prior = json.loads((workdir / "metrics.json").read_text())
-        report = (workdir / "report.md").read_text()
-    except (OSError, json.JSONDecodeError):
-        return None, None
-    if not isinstance(prior, dict) or "grid" not in prior or "checkpoint" not in prior:
-        return None, None
-    if Path(prior["checkpoint"]).resolve() != path.resolve():
-        return None, None
-    return prior, report.split(MIS_HEADING)[0]
+        tcfg = TrainConfig.from_dict(meta["config"])
+    except (KeyError, TypeError, ValueError):
+        tcfg = None
+    if tcfg is None or tcfg.model != "logistic":
+        raise ckpt.CheckpointError(f"checkpoint {path} holds no logistic-regression config")
+    return tcfg, meta

@@ -1,119 +1,257 @@
 r"""Launches a jaxlr experiment; the only place in jaxlr that defines command-line flags.
 
-    python -m experiments.main --experiment=NAME --workdir=DIR [--data_dir=...] [--FIELD=VALUE ...]
+    python -m experiments.main --experiment=NAME --workdir=DIR [--FLAG=VALUE ...]
+    python -m experiments.main --list
+    python -m experiments.main --experiment=NAME --help
 
-Every field of the flat experiment config (`experiments.common.default_config()`: the
-`TrainConfig` fields plus data, split and hyper-parameter fields) is a flag; only the flags
-given on the command line override the experiment's defaults. Sequence fields (`lr`, `l2`,
-`momentum`, `hidden`, `digits`) take repeated flags or comma lists: `--lr=0.01 --lr=0.1` or
-`--lr=0.01,0.1`. `--list` prints the experiments with their launch commands. Float64 is JAX's
-own flag: `--jax_enable_x64 --dtype=float64`.
+The flags are the fields of the chosen experiment's typed config (`experiments.config`):
+`--help` with an experiment lists them with their help text and defaults. Sequence fields
+(`lr`, `l2`, `digits`, `hidden`, ...) take comma lists or repeated flags; counts that may
+mean "everything" take `all`. Every value is checked before any data is loaded; a bad one
+is one line on stderr naming the flag, the value and what is allowed, exit code 2.
+
+Exit codes: 0 done; 1 the run failed in an expected way (data files, workdir busy or not
+writable, divergence, a checkpoint of another kind), one line on stderr; 2 bad usage;
+130 interrupted (Ctrl-C). Anything else is a bug and keeps its traceback.
+
+JAX's persistent compilation cache is on (folder `$XDG_CACHE_HOME/jaxlr/xla`, or
+`~/.cache/jaxlr/xla`): a second run of the same experiment skips compilation. Turn it off
+with `--nocompilation_cache` or `JAXLR_COMPILATION_CACHE=0`.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
+import textwrap
+from pathlib import Path
 
-import jax
-from absl import app, flags
-from absl import logging as absl_logging
+from absl import flags
 
 from experiments import registry  # noqa: F401  (registers the experiments)
-from experiments.common import EXPERIMENTS, config_types, default_config, run_experiment
+from experiments.config import (
+    EXPERIMENTS,
+    FlagField,
+    UsageError,
+    _unread,
+    flag_fields,
+    get_experiment,
+    launch_command,
+    parse_value,
+)
+from jaxlr.sections import ConfigError, format_value
 
-FLAGS = flags.FLAGS
-flags.DEFINE_string("experiment", None, "Experiment to run (see --list).")
-flags.DEFINE_string("workdir", None, "Folder for config.json, metrics.json, figures, report.md.")
-flags.DEFINE_bool("list", False, "List the experiments with their launch commands and exit.")
+log = logging.getLogger("jaxlr.experiments")
 
-_SEQUENCE_FIELDS: dict[str, type] = {}
-
-
-def _define_config_flags() -> None:
-    for name, typ in config_types().items():
-        default = default_config()[name]
-        help_ = f"Config field {name} (experiment default applies when not given)."
-        if typ is tuple:
-            elem = type(default[0]) if default else int
-            _SEQUENCE_FIELDS[name] = elem
-            flags.DEFINE_multi_string(name, None, help_ + " Repeat or comma-separate.")
-        elif typ is bool:
-            flags.DEFINE_bool(name, None, help_)
-        elif typ is int:
-            flags.DEFINE_integer(name, None, help_)
-        elif typ is float:
-            flags.DEFINE_float(name, None, help_)
-        else:
-            flags.DEFINE_string(name, None, help_)
-
-
-_define_config_flags()
-
-
-def _overrides() -> dict:
-    out = {}
-    for name in config_types():
-        value = FLAGS[name].value
-        if value is None:
-            continue
-        if name in _SEQUENCE_FIELDS:
-            elem = _SEQUENCE_FIELDS[name]
-            items = [s.strip() for v in value for s in str(v).split(",") if s.strip()]
-            try:
-                value = tuple(elem(s) for s in items)
-            except ValueError as err:
-                raise app.UsageError(f"--{name}: {err}") from err
-        out[name] = value
-    return out
+_LAUNCHER_FLAGS = ("experiment", "workdir", "list", "compilation_cache")
 
 
 def _listing() -> str:
-    lines = ["experiments:"]
+    lines = ["experiments (each line below it is its launch command, with its defaults):"]
     for name, exp in sorted(EXPERIMENTS.items()):
         first = exp.doc.splitlines()[0] if exp.doc else ""
-        lines.append(f"  {name:28s} {first}")
-        lines.append(f"      python -m experiments.main --experiment={name} --workdir=runs/{name}")
+        lines.append(f"  {name:26s} {first}")
+        lines.append(f"      {launch_command(exp)}")
     return "\n".join(lines)
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments {argv[1:]}")
-    if FLAGS.list:
+def _help(name: str | None) -> str:
+    if name is None:
+        return __doc__.strip() + "\n\n" + _listing()
+    exp = get_experiment(name)
+    out = [f"{exp.name}: {exp.doc}", "", f"usage: {launch_command(exp)} [--FLAG=VALUE ...]", ""]
+    by_section: dict[str, list[FlagField]] = {}
+    for f in flag_fields(exp.config_cls).values():
+        by_section.setdefault(f.section or exp.name, []).append(f)
+    for section, items in by_section.items():
+        out.append(f"{section} flags:")
+        for f in items:
+            default = format_value(f.default)
+            out.append(f"  --{f.name}  (default: {default})")
+            if f.help:
+                out += textwrap.wrap(
+                    f.help, 96, initial_indent="      ", subsequent_indent="      "
+                )
+        out.append("")
+    out.append("launcher flags:")
+    out.append("  --workdir  folder of config.json, metrics.json, figures and report.md (required)")
+    out.append("  --[no]compilation_cache  JAX's persistent compilation cache (default: on)")
+    return "\n".join(out)
+
+
+def _scan(argv: list[str], name: str) -> str | None:
+    """The value of --name in argv without parsing the rest (None if absent)."""
+    value = None
+    for i, arg in enumerate(argv):
+        if arg == f"--{name}" and i + 1 < len(argv):
+            value = argv[i + 1]
+        elif arg.startswith(f"--{name}="):
+            value = arg.split("=", 1)[1]
+    return value
+
+
+def _define_flags(exp) -> flags.FlagValues:
+    fv = flags.FlagValues()
+    flags.DEFINE_string("experiment", None, "Experiment to run (see --list).", flag_values=fv)
+    flags.DEFINE_string("workdir", None, "Output folder.", flag_values=fv)
+    flags.DEFINE_bool("list", False, "List the experiments and exit.", flag_values=fv)
+    flags.DEFINE_bool(
+        "compilation_cache", True, "JAX's persistent compilation cache.", flag_values=fv
+    )
+    for f in flag_fields(exp.config_cls).values() if exp else ():
+        if f.kind == "bool":
+            flags.DEFINE_bool(f.name, None, f.help, flag_values=fv)
+        elif f.kind in ("ints", "floats", "strs"):
+            flags.DEFINE_multi_string(f.name, None, f.help, flag_values=fv)
+        else:
+            flags.DEFINE_string(f.name, None, f.help, flag_values=fv)
+    return fv
+
+
+def _flag_error(err: flags.Error, exp) -> str:
+    name = getattr(err, "flagname", None)
+    if isinstance(err, flags.UnrecognizedFlagError) and name:
+        name = name[2:] if name.startswith("no") and exp is None else name
+        if exp is None:
+            return f"--{name}: unknown flag; choose an experiment first (--experiment=NAME)"
+        known = {f for e in EXPERIMENTS.values() for f in flag_fields(e.config_cls)}
+        known |= set(exp.config_cls().flat())
+        mine = ", ".join(sorted(flag_fields(exp.config_cls)))
+        base = name[2:] if name not in known and name.startswith("no") else name
+        if base in known:
+            return str(_unread(base, exp))
+        return f"--{name}: unknown flag; flags of experiment {exp.name}: {mine}"
+    return str(err).splitlines()[0]
+
+
+def _overrides(fv: flags.FlagValues, exp) -> dict:
+    out = {}
+    for f in flag_fields(exp.config_cls).values():
+        value = fv[f.name].value
+        if value is None:
+            continue
+        out[f.name] = parse_value(f, value)
+    return out
+
+
+def _setup_jax(cfg, compilation_cache: bool) -> None:
+    import jax
+
+    # The message that no TPU is present is INFO from JAX's backend setup: not for users.
+    for name in ("jax._src.xla_bridge", "jax._src.compiler", "jax._src.cache_key"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    data = getattr(cfg, "data", None)
+    if data is not None and data.dtype == "float64":
+        jax.config.update("jax_enable_x64", True)
+    if compilation_cache and os.environ.get("JAXLR_COMPILATION_CACHE", "1") not in ("0", "false"):
+        base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+        folder = base / "jaxlr" / "xla"
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            return  # no cache folder: compile every time, as without the cache
+        jax.config.update("jax_compilation_cache_dir", str(folder))
+        # Cache every program: the linear models compile in well under JAX's 1 s default.
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+        jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+def _setup_logging() -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    root = logging.getLogger("jaxlr")
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+    root.propagate = False
+
+
+class _Usage(Exception):
+    pass
+
+
+def main(argv: list[str]) -> int:
+    """Parses argv, runs the experiment, prints its summary; returns the exit code."""
+    args = argv[1:]
+    name = _scan(args, "experiment")
+    if any(a in ("--help", "-h", "--helpfull", "-?") for a in args):
+        try:
+            print(_help(name))
+        except UsageError as err:
+            raise _Usage(str(err)) from None
+        return 0
+    exp = None
+    if name is not None:
+        try:
+            exp = get_experiment(name)
+        except UsageError as err:
+            raise _Usage(str(err)) from None
+    fv = _define_flags(exp)
+    try:
+        rest = fv(argv)
+    except flags.Error as err:
+        raise _Usage(_flag_error(err, exp)) from None
+    if len(rest) > 1:
+        raise _Usage(f"unexpected argument {rest[1]!r} (flags are --name=value)")
+    if fv.list:
         print(_listing())
         return 0
-    if not FLAGS.experiment:
-        raise app.UsageError("--experiment is required.\n" + _listing())
-    if FLAGS.experiment not in EXPERIMENTS:
-        raise app.UsageError(
-            f"unknown experiment {FLAGS.experiment!r}; valid: {sorted(EXPERIMENTS)}"
-        )
-    if not FLAGS.workdir:
-        raise app.UsageError("--workdir is required (the folder the outputs go to)")
-    absl_logging.set_verbosity(absl_logging.INFO)
-    logging.getLogger("jaxlr").setLevel(logging.INFO)
+    if exp is None:
+        raise _Usage("--experiment is required (see --list)")
+    if not fv.workdir:
+        raise _Usage("--workdir is required (the folder the outputs go to)")
+    from experiments.common import run_experiment
+    from experiments.config import make_config
+    from jaxlr.report import summary_table
+
     try:
-        metrics = run_experiment(FLAGS.experiment, FLAGS.workdir, _overrides())
-    except ValueError as err:
-        raise app.UsageError(str(err)) from err
-    summary = {k: v for k, v in metrics.items() if not isinstance(v, (dict, list))}
-    print(f"{FLAGS.experiment}: {summary}")
+        overrides = _overrides(fv, exp)
+        cfg = make_config(exp.name, overrides)
+    except (ConfigError, UsageError) as err:
+        raise _Usage(str(err)) from None
+    _setup_logging()
+    _setup_jax(cfg, fv.compilation_cache)
+    try:
+        metrics = run_experiment(exp.name, fv.workdir, overrides)
+    except (ConfigError, UsageError) as err:
+        # Checks that need the loaded data (e.g. --max_examples beyond the images there are).
+        raise _Usage(str(err)) from None
+    print(f"{exp.name}: {fv.workdir}")
+    print(summary_table(metrics, exp.headline or None))
     return 0
 
 
-def _parse_flags(argv):
+def _expected_errors() -> tuple[type, ...]:
+    from jaxlr import checkpoint, data
+    from jaxlr.train import TrainingDiverged
+
+    errors = [OSError, data.DataError, checkpoint.CheckpointError, TrainingDiverged]
+    for module, name in (("jaxlr.resources", "ResourceError"), ("jaxlr.sweep", "AllDiverged")):
+        try:
+            errors.append(getattr(__import__(module, fromlist=[name]), name))
+        except (ImportError, AttributeError):
+            pass
+    return tuple(errors)
+
+
+def run_main() -> None:
+    argv = list(sys.argv)
     try:
-        return FLAGS(argv)
-    except flags.Error as err:
-        valid = sorted(list(config_types()) + ["experiment", "workdir", "list"])
-        sys.stderr.write(f"error: {err}\nvalid flags: {', '.join('--' + v for v in valid)}\n")
-        sys.exit(2)
-
-
-def run_main():
-    jax.config.config_with_absl()
-    app.run(main, flags_parser=_parse_flags)
+        code = main(argv)
+    except _Usage as err:
+        sys.stderr.write(f"error: {err}\n")
+        code = 2
+    except KeyboardInterrupt:
+        sys.stderr.write(
+            "interrupted: the workdir keeps its earlier outputs; with --checkpoint the same "
+            "command resumes\n"
+        )
+        code = 130
+    except _expected_errors() as err:
+        sys.stderr.write(f"error: {err}\n")
+        code = 1
+    sys.stdout.flush()
+    sys.exit(code)
 
 
 if __name__ == "__main__":

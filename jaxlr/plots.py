@@ -875,3 +875,373 @@ def plot_confusion(path: str | os.PathLike, cm_KK: Any, title: str, *, dpi: int 
         return fig
 
     return _draw(build, path, dpi)
+
+
+# ---------------------------------------------------------------------------------------------
+# Figures that compare runs (one per experiment that trains several).
+
+
+def plot_validation_comparison(
+    path: str | os.PathLike,
+    histories: Mapping[str, Mapping[str, Any]],
+    early_stopping: Mapping[str, Mapping[str, Any] | None],
+    *,
+    suptitle: str,
+) -> Path:
+    """Validation loss and accuracy of several runs side by side, early stops marked.
+
+    Args:
+      path: destination PNG.
+      histories: run name -> history (one colour per run, in order).
+      early_stopping: run name -> its `early_stopping` metrics (None: no marker).
+      suptitle: title over both panels.
+    """
+    loss, acc, vlines, styles = {}, {}, {}, {}
+    for i, (key, h) in enumerate(histories.items()):
+        loss[f"validation loss, {key}"] = (h["check_step"], h["val_loss"])
+        acc[f"validation accuracy, {key}"] = (h["check_step"], h["val_accuracy"])
+        styles[f"validation loss, {key}"] = styles[f"validation accuracy, {key}"] = {
+            "color": f"C{i}"
+        }
+        es = early_stopping.get(key)
+        if es and es["stopped"]:
+            vlines[f"early stop, {key} (step {es['step']})"] = {"x": es["step"], "color": f"C{i}"}
+    hs = list(histories.values())
+    return plot_side_by_side(
+        path,
+        [
+            dict(
+                series=loss,
+                xlabel="training step",
+                ylabel="cross-entropy loss",
+                title="validation loss",
+                styles=styles,
+                ylim=robust_ylim([h["val_loss"] for h in hs], lo_q=0, hi_q=98, floor=0.0),
+                vlines=vlines,
+            ),
+            dict(
+                series=acc,
+                xlabel="training step",
+                ylabel="accuracy",
+                title="validation accuracy",
+                styles=styles,
+                ylim=robust_ylim([h["val_accuracy"] for h in hs], lo_q=2, hi_q=100, ceil=1.001),
+                vlines=vlines,
+            ),
+        ],
+        suptitle=suptitle,
+    )
+
+
+def plot_history_side_by_side(
+    loss_path: str | os.PathLike,
+    accuracy_path: str | os.PathLike,
+    histories: Mapping[str, Mapping[str, Any]],
+    *,
+    suptitle: str,
+) -> tuple[Path, Path]:
+    """Loss and accuracy figures with one panel per run (panel title = run name), shared y."""
+    hs = list(histories.values())
+    loss_lim, acc_lim = loss_ylim(*hs), accuracy_ylim(*hs)
+    a = plot_side_by_side(
+        loss_path,
+        [
+            dict(
+                series=loss_series(h),
+                styles=loss_styles(loss_series(h)),
+                xlabel="training step",
+                ylabel="cross-entropy loss",
+                title=name,
+                ylim=loss_lim,
+            )
+            for name, h in histories.items()
+        ],
+        suptitle=f"{suptitle}: loss",
+        sharey=True,
+    )
+    b = plot_side_by_side(
+        accuracy_path,
+        [
+            dict(
+                series=accuracy_series(h),
+                xlabel="training step",
+                ylabel="accuracy",
+                title=name,
+                ylim=acc_lim,
+            )
+            for name, h in histories.items()
+        ],
+        suptitle=f"{suptitle}: accuracy",
+        sharey=True,
+    )
+    return a, b
+
+
+def plot_l2_curves(
+    accuracy_path: str | os.PathLike,
+    norm_path: str | os.PathLike,
+    histories: Mapping[float, Mapping[str, Any]],
+    norms: Mapping[float, float],
+) -> tuple[Path, Path]:
+    """Validation accuracy of each L2 strength, and the weight norm against lambda.
+
+    Args:
+      accuracy_path, norm_path: destination PNGs.
+      histories: lambda -> history; lambda 0 (the reference) is drawn last, black, dotted.
+      norms: lambda -> ||w||_2 of the final weights (lambda 0 drawn as a dashed level).
+    """
+    acc = {}
+    for lam in [*(v for v in histories if v != 0.0), 0.0]:
+        h = histories[lam]
+        label = f"$\\lambda$ = {lam:g}" + (" (no penalty)" if lam == 0 else "")
+        acc[label] = (h["check_step"], h["val_accuracy"])
+    a = plot_curves(
+        accuracy_path,
+        acc,
+        xlabel="training step",
+        ylabel="validation accuracy",
+        title="Validation accuracy for each L2 strength $\\lambda$, $R(w) = \\sum w^2$",
+        ylim=robust_ylim([s[1] for s in acc.values()], lo_q=0, hi_q=100, ceil=1.001),
+        styles={"$\\lambda$ = 0 (no penalty)": {"color": "black", "linestyle": ":"}},
+    )
+    pos = sorted(v for v in norms if v != 0.0)
+    norm0 = norms[0.0]
+    ref = f"$\\lambda$ = 0 (no penalty): {norm0:.2f}"
+    b = plot_curves(
+        norm_path,
+        {"final weights": (pos, [norms[v] for v in pos]), ref: ([pos[0], pos[-1]], [norm0, norm0])},
+        xlabel="$\\lambda$ (log scale)",
+        ylabel="$\\|w\\|_2$",
+        title="L2 norm of the final weights against $\\lambda$",
+        logx=True,
+        marker="o",
+        styles={ref: {"linestyle": "--", "marker": ""}},
+    )
+    return a, b
+
+
+def plot_batch_size_comparison(
+    accuracy_path: str | os.PathLike,
+    throughput_path: str | os.PathLike,
+    histories: Mapping[str, Mapping[str, Any]],
+    runs: Mapping[str, Mapping[str, Any]],
+    *,
+    suptitle: str,
+) -> tuple[Path, Path]:
+    """Test accuracy against epochs and against training time, and steps/s, of each run.
+
+    Args:
+      histories: run name -> history (checks: the test accuracy).
+      runs: run name -> {"steps_per_epoch", "steps_per_second", "test_accuracy"}.
+    Checks happen at regular steps and a compiled epoch runs at a steady rate, so the
+    training time at a check is its step count over the measured throughput.
+    """
+    curves = {}
+    for key, h in histories.items():
+        m, sps = runs[key]["steps_per_epoch"], runs[key]["steps_per_second"]
+        steps = len(h["step"])
+        cstep = np.asarray(h["check_step"], np.float64) + 1.0
+        curves[key] = {
+            "epoch": np.append(cstep / m, steps / m),
+            "time": np.append(cstep / sps, steps / sps),
+            "acc": np.append(h["val_accuracy"], runs[key]["test_accuracy"]),
+        }
+    acc_lo = min(float(np.nanpercentile(c["acc"], 10)) for c in curves.values())
+    ylim = (max(0.0, acc_lo - 0.02), 1.0)
+    a = plot_side_by_side(
+        accuracy_path,
+        [
+            {
+                "series": {k: (c["epoch"], c["acc"]) for k, c in curves.items()},
+                "xlabel": "epoch",
+                "ylabel": "test accuracy",
+                "title": "test accuracy vs epochs",
+                "ylim": ylim,
+                "marker": ".",
+            },
+            {
+                # Without the check after step 0: one step's time would stretch the log axis.
+                "series": {k: (c["time"][1:], c["acc"][1:]) for k, c in curves.items()},
+                "xlabel": "training time (s, checks excluded; log scale)",
+                "ylabel": "test accuracy",
+                "title": "test accuracy vs training time",
+                "ylim": ylim,
+                "logx": True,
+                "marker": ".",
+            },
+        ],
+        suptitle=suptitle,
+    )
+    b = plot_bar(
+        throughput_path,
+        list(runs),
+        [r["steps_per_second"] for r in runs.values()],
+        ylabel="steps / s (log scale)",
+        title="training throughput (one epoch, compiled, no checks)",
+        fmt="{:,.0f}",
+        logy=True,
+    )
+    return a, b
+
+
+# ---------------------------------------------------------------------------------------------
+# Sweeps.
+
+# Beyond this many points the curves figure has no legend (colour = learning rate).
+_MAX_LEGEND = 16
+
+
+def sweep_point_label(point: Mapping[str, Any], grid: Any) -> str:
+    """Short name of a grid point: "lr=0.1, l2=0.001" (momentum and seed when they vary)."""
+    parts = [f"lr={point['learning_rate']:g}", f"l2={point['l2']:g}"]
+    if "momentum" in grid.axes:
+        parts.append(f"mom={point['momentum']:g}")
+    if len(grid.values.get("seed", ())) > 1:
+        parts.append(f"seed={point['seed']}")
+    return ", ".join(parts)
+
+
+def plot_sweep_heatmaps(result: Any, folder: str | os.PathLike) -> list[str]:
+    """Validation accuracy over lambda (rows) x learning rate (columns), mean over seeds.
+
+    One heatmap per momentum value when the grid has several. Returns the file names.
+    """
+    from jaxlr.sweep import mean_over
+
+    grid = result.grid
+    mean = mean_over(result, result.metrics["val_accuracy"], ("seed",))  # l2, lr[, mom]
+    rows = [f"{v:g}" for v in grid.values["l2"]]
+    cols = [f"{v:g}" for v in grid.values["learning_rate"]]
+    nseeds = len(grid.values["seed"])
+    avg = f", mean of {nseeds} seeds" if nseeds > 1 else ""
+    names = []
+    for j, mom in enumerate(grid.values.get("momentum", (None,))):
+        values = mean[..., j] if mom is not None else mean
+        name = "heatmap_val_accuracy.png" if mom is None else f"heatmap_val_accuracy_mom{mom:g}.png"
+        plot_heatmap(
+            Path(folder) / name,
+            values,
+            rows,
+            cols,
+            xlabel="learning rate",
+            ylabel="L2 lambda",
+            title="Validation accuracy" + avg + (f", momentum {mom:g}" if mom is not None else ""),
+            fmt="{:.4f}",
+            colorbar_label="validation accuracy",
+        )
+        names.append(name)
+    return names
+
+
+def plot_sweep_curves(result: Any, folder: str | os.PathLike) -> str:
+    """Validation accuracy against the step for every point; returns the file name."""
+    import matplotlib
+
+    grid = result.grid
+    name = "curves_val_accuracy.png"
+    title = f"Validation accuracy of all {grid.size} grid points"
+    if grid.size <= _MAX_LEGEND:
+        series = {
+            sweep_point_label(grid.point(i), grid): (h["check_step"], h["val_accuracy"])
+            for i, h in enumerate(result.histories)
+        }
+        plot_curves(
+            Path(folder) / name,
+            series,
+            xlabel="training step",
+            ylabel="validation accuracy",
+            title=title,
+        )
+        return name
+    # Many points: one colour per learning rate (log scale), no per-point legend.
+    fig = new_figure((7.5, 4.8))
+    ax = fig.subplots()
+    lrs = np.asarray(grid.hparams.learning_rate, np.float64)
+    lo, hi = np.log10(lrs.min()), np.log10(lrs.max())
+    cmap = matplotlib.colormaps["viridis"]
+    for i, h in enumerate(result.histories):
+        c = cmap(0.5 if hi == lo else (np.log10(lrs[i]) - lo) / (hi - lo))
+        ax.plot(h["check_step"], h["val_accuracy"], color=c, linewidth=0.7, alpha=0.6)
+    sm = matplotlib.cm.ScalarMappable(
+        cmap=cmap, norm=matplotlib.colors.Normalize(vmin=lo, vmax=hi if hi > lo else lo + 1)
+    )
+    fig.colorbar(sm, ax=ax, label="log10 learning rate")
+    ax.set_xlabel("training step")
+    ax.set_ylabel("validation accuracy")
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    save_figure(fig, Path(folder) / name)
+    return name
+
+
+def plot_grid_figures(
+    folder: str | os.PathLike, result: Any, grid: Any, *, num_val: int, num_epochs: int
+) -> list[str]:
+    """The three figures of a lambda x learning-rate grid of one seed.
+
+    `grid_val_accuracy.png` (heatmap), `grid_objective.png` (log10 of the final training
+    objective) and `grid_curves.png` (validation accuracy against epochs, one panel per
+    lambda). Diverged points are blank in the heatmaps. Returns the file names.
+    """
+    folder = Path(folder)
+    ok = ~np.asarray(result.diverged)
+    l2_vals, lr_vals = grid.values["l2"], grid.values["learning_rate"]
+    val_acc = np.asarray(result.metrics["val_accuracy"], np.float64)
+    acc_RC = np.where(ok, val_acc, np.nan).reshape(len(l2_vals), len(lr_vals))
+    obj_RC = np.where(ok, result.metrics["train_objective"], np.nan).reshape(acc_RC.shape)
+    rows = [f"lambda={v:g}" for v in l2_vals]
+    cols = [f"lr={v:g}" for v in lr_vals]
+    plot_heatmap(
+        folder / "grid_val_accuracy.png",
+        acc_RC,
+        rows,
+        cols,
+        xlabel="learning rate",
+        ylabel="L2 strength lambda",
+        title=f"validation accuracy ({num_val} held-out images), {num_epochs} epochs",
+        fmt="{:.4f}",
+        colorbar_label="validation accuracy",
+    )
+    # The objective spans orders of magnitude (an oscillating point grows large): log10.
+    with np.errstate(divide="ignore", invalid="ignore"):
+        log_obj = np.log10(obj_RC)
+    plot_heatmap(
+        folder / "grid_objective.png",
+        log_obj,
+        rows,
+        cols,
+        xlabel="learning rate",
+        ylabel="L2 strength lambda",
+        title="log10 of the final training objective (cross-entropy + lambda ||w||^2)",
+        fmt="{:.2f}",
+        colorbar_label="log10 objective",
+    )
+    m = result.num_batches or 1
+    lo = float(np.nanmin(acc_RC)) if np.isfinite(acc_RC).any() else 0.5
+    panels = []
+    for j, lam in enumerate(l2_vals):
+        idx = [j * len(lr_vals) + k for k in range(len(lr_vals))]
+        panels.append(
+            {
+                "series": {
+                    f"lr={grid.point(i)['learning_rate']:g}": (
+                        epochs_done(result.histories[i]["check_step"], m),
+                        result.histories[i]["val_accuracy"],
+                    )
+                    for i in idx
+                },
+                "xlabel": "epoch (one full-batch step each)",
+                "ylabel": "validation accuracy",
+                "title": f"lambda = {lam:g}",
+                "logx": True,
+                "ylim": (max(0.0, lo - 0.05), 1.0),
+            }
+        )
+    plot_side_by_side(
+        folder / "grid_curves.png",
+        panels,
+        suptitle="validation accuracy of every grid point during training",
+        sharey=True,
+        panel_size=(4.8, 3.8),
+    )
+    return ["grid_val_accuracy.png", "grid_objective.png", "grid_curves.png"]

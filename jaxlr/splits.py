@@ -1,0 +1,173 @@
+"""The data an experiment trains on: `load_splits(DataConfig)` -> training, validation, test.
+
+Host side: loads a registered data set (`jaxlr.data.load_dataset`), takes the split that
+`DataConfig.split` names, selects two digits for the binary model, and preprocesses. Counts
+that only the loaded data can check (how many 2s and 3s the first 20,000 images hold) raise
+`ConfigError` here, before any training; nothing is ever silently sliced or capped.
+
+Dimension legend: N training examples, V validation examples, M test examples, D features.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from jaxlr import data as jdata
+from jaxlr.sections import ConfigError, DataConfig
+from jaxlr.train import Data
+
+
+class Splits(NamedTuple):
+    """Preprocessed data of an experiment.
+
+    Attributes:
+      data: training and validation arrays (`jaxlr.train.Data`).
+      x_test, y_test: test features and labels; for splits tdt4265 and full, whose
+        validation set is the test set, these are the validation arrays.
+      images_val, images_test: the raw uint8 images [V, 28, 28] / [M, 28, 28] (for figures).
+      test_index: index of every test example in the data set's test set [M].
+      test_is_val: whether the test arrays are the validation arrays.
+      num_train_images: images taken from the training set before digits were selected.
+    """
+
+    data: Data
+    x_test: Any
+    y_test: Any
+    images_val: Any
+    images_test: Any
+    test_index: Any
+    test_is_val: bool
+    num_train_images: int
+
+
+def float_dtype(cfg: DataConfig) -> np.dtype:
+    """The numpy dtype of `cfg.dtype`; float64 needs JAX's 64-bit mode switched on."""
+    import jax
+
+    if cfg.dtype == "float64" and not jax.config.jax_enable_x64:
+        raise ConfigError(
+            "dtype",
+            cfg.dtype,
+            "needs JAX's 64-bit mode (jax.config.update('jax_enable_x64', True))",
+        )
+    return np.dtype(cfg.dtype)
+
+
+def _digit_subset(x, y, cfg: DataConfig, index=None):
+    pos, neg = cfg.digits
+    y = np.asarray(y)
+    keep = np.flatnonzero((y == pos) | (y == neg))
+    idx = keep if index is None else np.asarray(index)[keep]
+    return x[keep], (y[keep] == pos).astype(np.int32), idx
+
+
+def _describe(cfg: DataConfig) -> str:
+    return f"digits {cfg.digits[0]} and {cfg.digits[1]}" if cfg.binary else "all digits"
+
+
+def num_train_images(cfg: DataConfig, total: int) -> int:
+    """Training images the split takes from the start of the training set."""
+    if cfg.split == "full":
+        return total
+    if cfg.split == "holdout":
+        n = total - cfg.num_val if cfg.num_train is None else cfg.num_train
+        if n < 1 or n + cfg.num_val > total:
+            raise ConfigError(
+                "num_val", cfg.num_val, f"num_train + num_val exceed the {total} training images"
+            )
+        return n
+    n = total if cfg.num_train is None else cfg.num_train
+    if n > total:
+        raise ConfigError("num_train", n, f"must be at most {total} (the training images)")
+    return n
+
+
+def load_splits(cfg: DataConfig) -> Splits:
+    """Loads, splits and preprocesses the data that `cfg` describes.
+
+    Raises:
+      ConfigError: a count beyond what the data holds (naming the field).
+      jaxlr.data.DataError: files missing or invalid.
+    """
+    dtype = float_dtype(cfg)
+    ds = jdata.load_dataset(cfg.dataset, cfg.data_dir or None)
+    total = int(ds.x_train.shape[0])
+    n = num_train_images(cfg, total)
+    xtr, ytr = ds.x_train[:n], np.asarray(ds.y_train[:n])
+    test_idx = np.arange(ds.x_test.shape[0])
+    if cfg.split == "holdout":
+        xva, yva = ds.x_train[total - cfg.num_val :], np.asarray(ds.y_train[total - cfg.num_val :])
+        xte, yte = ds.x_test, np.asarray(ds.y_test)
+    else:
+        xva, yva = ds.x_test, np.asarray(ds.y_test)
+        xte = yte = None
+    if cfg.binary:
+        xtr, ytr, _ = _digit_subset(xtr, ytr, cfg)
+        xva, yva, val_idx = _digit_subset(xva, yva, cfg, test_idx)
+        if xte is not None:
+            xte, yte, test_idx = _digit_subset(xte, yte, cfg, test_idx)
+        else:
+            test_idx = val_idx
+        if len(ytr) == 0 or len(yva) == 0:
+            raise ConfigError("digits", cfg.digits, "no image of these digits in the split")
+    else:
+        ytr, yva = ytr.astype(np.int32), yva.astype(np.int32)
+        if yte is not None:
+            yte = yte.astype(np.int32)
+    if cfg.max_examples is not None:
+        k = cfg.max_examples
+        if k > len(ytr):
+            raise ConfigError(
+                "max_examples",
+                k,
+                f"must be at most {len(ytr)} (the training examples of {_describe(cfg)} in "
+                f"the first {n} images)",
+            )
+        xtr, ytr, xva, yva = xtr[:k], ytr[:k], xva[:k], yva[:k]
+        if xte is None:
+            test_idx = test_idx[:k]
+    if cfg.num_test is not None:
+        held = len(yte) if yte is not None else len(yva)
+        if cfg.num_test > held:
+            raise ConfigError(
+                "num_test",
+                cfg.num_test,
+                f"must be at most {held} (test images of {_describe(cfg)})",
+            )
+        if xte is not None:
+            xte, yte, test_idx = xte[: cfg.num_test], yte[: cfg.num_test], test_idx[: cfg.num_test]
+
+    def prep(x):
+        return jdata.preprocess(x, scale=cfg.scale, bias=cfg.bias_feature, dtype=dtype)
+
+    data = Data(prep(xtr), np.asarray(ytr, np.int32), prep(xva), np.asarray(yva, np.int32))
+    if xte is not None:
+        return Splits(data, prep(xte), np.asarray(yte, np.int32), xva, xte, test_idx, False, n)
+    return Splits(data, data.x_val, data.y_val, xva, xva, test_idx, True, n)
+
+
+def test_subset(cfg: DataConfig):
+    """The first `num_test` test images of `cfg`'s digits (all when num_test is 'all').
+
+    Returns:
+      (images [M, 28, 28] uint8, x_MD features, y_M labels int32, index_M in the test set).
+    """
+    dtype = float_dtype(cfg)
+    ds = jdata.load_dataset(cfg.dataset, cfg.data_dir or None)
+    idx = np.arange(ds.x_test.shape[0])
+    images, y = ds.x_test, np.asarray(ds.y_test).astype(np.int32)
+    if cfg.binary:
+        images, y, idx = _digit_subset(images, y, cfg, idx)
+    if cfg.num_test is not None:
+        if cfg.num_test > len(y):
+            raise ConfigError(
+                "num_test",
+                cfg.num_test,
+                f"must be at most {len(y)} (test images of {_describe(cfg)})",
+            )
+        images, y, idx = images[: cfg.num_test], y[: cfg.num_test], idx[: cfg.num_test]
+    images = np.asarray(images)
+    x = jdata.preprocess(images, scale=cfg.scale, bias=cfg.bias_feature, dtype=dtype)
+    return images, x, np.asarray(y, np.int32), idx
