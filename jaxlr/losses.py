@@ -11,7 +11,10 @@ Dimension legend:
 
 Binary models give rank-1 ``logits_N`` and integer labels ``y_N`` in {0, 1}
 (1 = positive class); multi-class models give ``logits_NK`` and integer labels
-``y_N`` (or one-hot / probability targets ``y_NK``).
+``y_N`` (or one-hot / probability targets ``y_NK``). Shapes are checked when the function
+is traced (no cost at run time): targets or a mask that do not match the logits raise a
+``ValueError`` naming both shapes, instead of broadcasting to a wrong number (course-shaped
+``[N, 1]`` targets with ``[N]`` logits would broadcast to ``[N, N]``).
 """
 
 from __future__ import annotations
@@ -48,9 +51,43 @@ def masked_mean(values_N: jax.Array, mask_N: jax.Array | None = None) -> jax.Arr
     """
     if mask_N is None:
         return jnp.mean(values_N)
+    if jnp.shape(mask_N) != jnp.shape(values_N):
+        raise ValueError(
+            f"masked_mean: mask of shape {jnp.shape(mask_N)} does not match values of shape "
+            f"{jnp.shape(values_N)}; the mask needs one 0/1 weight per example"
+        )
     m_N = jnp.asarray(mask_N).astype(values_N.dtype)
     total = jnp.sum(m_N)
     return jnp.sum(m_N * values_N) / jnp.where(total > 0, total, 1)
+
+
+def _mismatch(fn: str, logits_shape, y_shape, allowed: str) -> ValueError:
+    return ValueError(
+        f"{fn}: logits of shape {tuple(logits_shape)} and targets of shape {tuple(y_shape)} "
+        f"do not match; {allowed}"
+    )
+
+
+def _check_binary(fn: str, z_N, y_N) -> None:
+    if z_N.ndim != 1 or y_N.shape != z_N.shape:
+        raise _mismatch(
+            fn,
+            z_N.shape,
+            y_N.shape,
+            "binary logits must be [N] and the targets [N] too (flatten [N, 1] targets "
+            "with y.reshape(-1))",
+        )
+
+
+def _check_multiclass(fn: str, z_NK, y) -> None:
+    if z_NK.ndim != 2 or not (y.shape == z_NK.shape[:1] or y.shape == z_NK.shape):
+        raise _mismatch(
+            fn,
+            z_NK.shape,
+            y.shape,
+            "multi-class logits must be [N, K] with integer labels [N] or one-hot / "
+            "probability targets [N, K]",
+        )
 
 
 def one_hot(y_N: jax.Array, num_classes: int, dtype=jnp.float32) -> jax.Array:
@@ -78,13 +115,17 @@ def binary_cross_entropy(
 
     Args:
       logits_N: z, rank 1.
-      y_N: targets in [0, 1] (labels 0/1 or probabilities).
+      y_N: targets in [0, 1] (labels 0/1 or probabilities), of the logits' shape.
       mask_N: optional 0/1 example weights.
 
     Returns:
       Scalar mean loss.
+
+    Raises:
+      ValueError: logits not rank 1, or targets (or mask) of another shape.
     """
     z_N = jnp.asarray(logits_N)
+    _check_binary("binary_cross_entropy", z_N, jnp.asarray(y_N))
     y_N = jnp.asarray(y_N).astype(z_N.dtype)
     loss_N = jnp.logaddexp(jnp.zeros((), z_N.dtype), z_N) - y_N * z_N
     return masked_mean(loss_N, mask_N)
@@ -105,26 +146,36 @@ def softmax_cross_entropy(
 
     Returns:
       Scalar mean loss.
+
+    Raises:
+      ValueError: logits not rank 2, or targets that are neither [N] nor [N, K] (or a
+        mask that is not [N]).
     """
     z_NK = jnp.asarray(logits_NK)
     y = jnp.asarray(y)
-    if y.ndim == z_NK.ndim - 1:
+    _check_multiclass("softmax_cross_entropy", z_NK, y)
+    if y.ndim == 1:
         y_NK = one_hot(y, z_NK.shape[-1], z_NK.dtype)
-    elif y.shape == z_NK.shape:
-        y_NK = y.astype(z_NK.dtype)
     else:
-        raise ValueError(
-            f"targets of shape {y.shape} fit neither labels nor one-hot for logits {z_NK.shape}"
-        )
+        y_NK = y.astype(z_NK.dtype)
     loss_N = jax.nn.logsumexp(z_NK, axis=-1) - jnp.sum(y_NK * z_NK, axis=-1)
     return masked_mean(loss_N, mask_N)
 
 
 def cross_entropy(logits, y, mask_N: jax.Array | None = None) -> jax.Array:
-    """Binary cross-entropy for rank-1 logits, softmax cross-entropy otherwise."""
+    """Binary cross-entropy for rank-1 logits, softmax cross-entropy for rank 2.
+
+    Raises:
+      ValueError: logits of another rank, or targets that do not match them.
+    """
     if jnp.ndim(logits) == 1:
         return binary_cross_entropy(logits, y, mask_N)
-    return softmax_cross_entropy(logits, y, mask_N)
+    if jnp.ndim(logits) == 2:
+        return softmax_cross_entropy(logits, y, mask_N)
+    raise ValueError(
+        f"cross_entropy: logits of shape {jnp.shape(logits)}; expected [N] (binary) or "
+        "[N, K] (multi-class)"
+    )
 
 
 def _check_convention(convention: str) -> None:
@@ -212,9 +263,17 @@ def accuracy(logits: jax.Array, y: jax.Array, mask_N: jax.Array | None = None) -
 
     Returns:
       Scalar in [0, 1], in the logits' floating dtype.
+
+    Raises:
+      ValueError: logits of rank other than 1 or 2, or labels that do not match them
+        (binary: [N]; multi-class: [N] or one-hot [N, K]).
     """
     logits = jnp.asarray(logits)
     y = jnp.asarray(y)
+    if logits.ndim == 1:
+        _check_binary("accuracy", logits, y)
+    else:
+        _check_multiclass("accuracy", logits, y)
     if logits.ndim == 2 and y.ndim == 2:
         y = jnp.argmax(y, axis=-1)
     dtype = logits.dtype if jnp.issubdtype(logits.dtype, jnp.floating) else jnp.float32

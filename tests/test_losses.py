@@ -46,7 +46,7 @@ def test_softmax_cross_entropy_labels_equal_one_hot_and_the_formula():
     by_one_hot = losses.softmax_cross_entropy(Z_NK, np.eye(4)[Y_N])
     np.testing.assert_allclose(by_label, _naive_softmax_ce(Z_NK, Y_N), rtol=1e-12)
     np.testing.assert_allclose(by_one_hot, by_label, rtol=1e-14)
-    with pytest.raises(ValueError, match="fit neither"):
+    with pytest.raises(ValueError, match="do not match"):
         losses.softmax_cross_entropy(Z_NK, np.zeros((9, 3)))
 
 
@@ -195,3 +195,73 @@ def test_zero_weights_give_one_half_one_tenth_ln2_ln10(dtype):
     tol = testing.tolerance(dtype, "loss_value")
     np.testing.assert_allclose(losses.binary_cross_entropy(logits_N, y01_N), math.log(2), **tol)
     np.testing.assert_allclose(losses.softmax_cross_entropy(logits_NK, y_N), math.log(10), **tol)
+
+
+# (function, logits shape, targets shape, mask shape or None): each must raise a ValueError
+# naming both shapes instead of broadcasting.
+SHAPE_MISMATCHES = [
+    # The issue's case: course-shaped [N, 1] targets with [N] logits broadcast to [N, N].
+    (losses.binary_cross_entropy, (6,), (6, 1), None),
+    (losses.binary_cross_entropy, (6, 1), (6,), None),
+    (losses.binary_cross_entropy, (6,), (5,), None),
+    (losses.binary_cross_entropy, (), (), None),
+    (losses.accuracy, (6,), (6, 1), None),
+    (losses.accuracy, (6,), (5,), None),
+    (losses.accuracy, (6, 3), (5,), None),
+    (losses.accuracy, (6, 3), (6, 2), None),
+    (losses.accuracy, (6, 3, 2), (6,), None),
+    (losses.softmax_cross_entropy, (6, 3), (5,), None),
+    (losses.softmax_cross_entropy, (6, 3), (6, 3, 1), None),
+    (losses.softmax_cross_entropy, (6,), (6,), None),
+    (losses.cross_entropy, (6, 3, 2), (6,), None),
+    (losses.cross_entropy, (6,), (6, 1), None),
+]
+
+
+@pytest.mark.parametrize(
+    "fn, z_shape, y_shape, mask_shape",
+    SHAPE_MISMATCHES,
+    ids=[f"{f.__name__}-{z}-{y}" for f, z, y, _ in SHAPE_MISMATCHES],
+)
+def test_mismatched_shapes_raise_naming_both(fn, z_shape, y_shape, mask_shape):
+    z = np.zeros(z_shape)
+    y = np.zeros(y_shape, np.int32)
+    with pytest.raises(ValueError) as err:
+        fn(z, y)
+    msg = str(err.value)
+    assert str(z_shape) in msg, msg
+    if fn is not losses.cross_entropy or len(z_shape) in (1, 2):
+        assert str(y_shape) in msg, msg
+    assert "\n" not in msg
+    # Traced under jit the check fires the same way (shapes are static).
+    with pytest.raises(ValueError):
+        jax.jit(fn)(z, y)
+
+
+@pytest.mark.parametrize(
+    "fn, z, y",
+    [
+        (losses.binary_cross_entropy, Z_N, Y01_N),
+        (losses.softmax_cross_entropy, Z_NK, Y_N),
+        (losses.accuracy, Z_N, Y01_N),
+        (losses.accuracy, Z_NK, Y_N),
+    ],
+)
+def test_mask_of_another_shape_raises_naming_both(fn, z, y):
+    with pytest.raises(ValueError, match=r"mask of shape \(9, 1\).*\(9,\)"):
+        fn(z, y, np.ones((9, 1)))
+    with pytest.raises(ValueError, match=r"mask of shape \(8,\)"):
+        fn(z, y, np.ones(8))
+
+
+def test_course_shaped_targets_flattened_give_the_right_number():
+    """The [N, 1] targets that used to broadcast give the textbook value once flattened."""
+    y_N1 = Y01_N[:, None]
+    with pytest.raises(ValueError, match="reshape"):
+        losses.binary_cross_entropy(Z_N, y_N1)
+    np.testing.assert_allclose(
+        losses.binary_cross_entropy(Z_N, y_N1.reshape(-1)), _naive_bce(Z_N, Y01_N), rtol=1e-12
+    )
+    # What broadcasting gave before the check: the mean over an [N, N] matrix, a wrong number.
+    broadcast = np.mean(np.logaddexp(0, Z_N) - y_N1 * Z_N)
+    assert abs(broadcast - _naive_bce(Z_N, Y01_N)) > 1e-3
