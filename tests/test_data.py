@@ -413,7 +413,8 @@ def test_fake_dataset_is_learnable_but_not_trivial():
     means_KD = np.stack([x_tr[a["train_labels"] == k].mean(0) for k in range(10)])
     dist_NK = ((x_te[:, None, :] - means_KD[None]) ** 2).sum(-1)
     acc = float((dist_NK.argmin(1) == a["test_labels"]).mean())
-    assert acc > 0.9  # class patterns: a linear rule separates them
+    # Class patterns: a linear rule finds them; one image in ten shows a random class.
+    assert 0.8 < acc < 0.97
     # ... but every image is noisy: within one class pixels vary, some "on" pixels look "off".
     x0 = a["train_images"][a["train_labels"] == 0].astype(np.float64)
     assert x0.std(axis=0).mean() > 40
