@@ -537,6 +537,12 @@ class Staging:
         self._require_open()
         workdir, staged = self.workdir, self.dir
         names = sorted(n for n in os.listdir(staged) if not n.startswith("."))
+        latest = workdir / LATEST_NAME
+        if os.path.lexists(latest) and not latest.is_symlink():
+            raise WorkdirError(
+                f"workdir {workdir}: cannot publish: {latest} exists and is not the link this "
+                "module keeps there; move it away"
+            )
         for name in names:
             check_output_name(name)  # e.g. a file written directly as dir / "latest"
             p = workdir / name

@@ -211,6 +211,14 @@ def test_real_folder_in_the_way_is_an_error_and_changes_nothing(tmp_path):
     assert _snapshot(wd) == before
 
 
+def test_real_latest_in_the_way_is_an_error(tmp_path):
+    wd = tmp_path / "wd"
+    (wd / "latest").mkdir(parents=True)
+    with pytest.raises(workdir.WorkdirError, match="latest exists and is not the link"):
+        _publish(wd, NEW)
+    assert sorted(os.listdir(wd)) == [".lock", "latest"]
+
+
 def test_legacy_workdir_real_files_are_replaced_others_kept(tmp_path):
     wd = tmp_path / "wd"
     wd.mkdir()
