@@ -30,8 +30,10 @@ import itertools
 import logging
 import math
 import os
+import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -612,6 +614,10 @@ def _pad_indices(indices: np.ndarray, size: int) -> np.ndarray:
 def block_ladder(cap: int, num_devices: int = 1) -> tuple[int, ...]:
     """The block sizes a compacting sweep may use: num_devices * 2^j below `cap`, and `cap`.
 
+    The smallest size is 2 * num_devices (when `cap` allows): with a single point per device
+    XLA drops the batch dimension and picks other kernels, whose rounding differs; with two
+    or more a point's numbers are the same bits in blocks of any size (per-point seeds).
+
     Args:
       cap: the largest block (a multiple of `num_devices`).
       num_devices: devices the sweep axis is sharded over.
@@ -622,7 +628,7 @@ def block_ladder(cap: int, num_devices: int = 1) -> tuple[int, ...]:
         raise ValueError(
             f"block_ladder: cap must be a positive multiple of num_devices={num_devices}, got {cap}"
         )
-    sizes, g = [], num_devices
+    sizes, g = [], 2 * num_devices
     while g < cap:
         sizes.append(g)
         g *= 2
@@ -649,6 +655,57 @@ def plan_blocks(indices, cap: int, ladder: Sequence[int] | None = None) -> list[
     per = _ceil_div(a, nblocks)
     g = next(s for s in ladder if s >= per) if ladder else per
     return [_pad_indices(indices[i : i + per], g) for i in range(0, a, per)]
+
+
+class _Programs:
+    """Compiled `run` programs per (block size, epochs per chunk), optionally compiled ahead
+    of need on one background thread."""
+
+    def __init__(self, fns, host, hp_all, data_dev, sweep_sh, repl, shared_seed, background):
+        self._fns, self._data = fns, data_dev
+        self._sweep, self._repl, self._shared = sweep_sh, repl, shared_seed
+        self._host = jax.tree.map(lambda a: (a.shape[1:], a.dtype), host)
+        self._hp = hp_all
+        self._lock = threading.Lock()
+        self._done: dict = {}
+        self._pool = ThreadPoolExecutor(1, "jaxlr-sweep-compile") if background else None
+
+    def _compile(self, g: int, k: int):
+        def spec(shape_dtype, sharding):
+            shape, dtype = shape_dtype
+            return jax.ShapeDtypeStruct((g,) + tuple(shape), dtype, sharding=sharding)
+
+        is_leaf = lambda x: isinstance(x, tuple) and len(x) == 2 and isinstance(x[1], np.dtype)  # noqa: E731
+        state = jax.tree.map(lambda sd: spec(sd, self._sweep), self._host, is_leaf=is_leaf)
+        hp = [jax.ShapeDtypeStruct((g,), v.dtype, sharding=self._sweep) for v in self._hp]
+        if self._shared:
+            hp[3] = jax.ShapeDtypeStruct((), self._hp.seed.dtype, sharding=self._repl)
+        return self._fns.run.lower(state, HParams(*hp), self._data, 0, k).compile()
+
+    def prefetch(self, g: int, k: int) -> None:
+        """Starts compiling (g, k) in the background (no-op without a background thread)."""
+        with self._lock:
+            if self._pool is None or (g, k) in self._done:
+                return
+            self._done[(g, k)] = self._pool.submit(self._compile, g, k)
+
+    def get(self, g: int, k: int):
+        """The compiled program of (g, k): (state, hparams, data, start_epoch) -> (state, logs)."""
+        with self._lock:
+            item = self._done.get((g, k))
+        if item is None:
+            item = self._compile(g, k)
+            with self._lock:
+                self._done[(g, k)] = item
+        elif isinstance(item, Future):
+            item = item.result()
+            with self._lock:
+                self._done[(g, k)] = item
+        return item
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
 
 
 class _Block(NamedTuple):
@@ -924,6 +981,22 @@ def run_sweep(
         + (f"; halving every {prune.rung_epochs} epochs" if prune is not None else "")
     )
     fixed = plan_blocks(np.arange(s), g_full)  # the blocks without compaction
+    # With stopping or pruning, the next smaller block size is compiled on a background
+    # thread while the current blocks run (XLA compiles without the GIL), so the chunk that
+    # first needs it does not wait for the compiler. Not across processes: every process
+    # must compile and launch the same programs in the same order.
+    programs = _Programs(
+        fns,
+        host,
+        hp_all,
+        data_dev,
+        sweep_sh,
+        repl,
+        shared_seed,
+        background=compact
+        and (config.early_stopping or prune is not None)
+        and jax.process_count() == 1,
+    )
     resident: list[_Block] = []  # blocks on the devices whose host copy is stale
 
     def sync():
@@ -954,7 +1027,7 @@ def run_sweep(
             else:
                 st = jax.tree.map(lambda a, idx=idx: _put(a[idx], sweep_sh), host)
                 blk = _Block(idx, real, st, put_hp(idx))
-            st, logs = fns.run(blk.state, blk.hp, data_dev, epoch, k)
+            st, logs = programs.get(len(idx), k)(blk.state, blk.hp, data_dev, epoch)
             logs = jax.tree.map(np.asarray, _to_host(logs))
             blk = blk._replace(state=st)
             active[idx[:real]] = np.asarray(_to_host(st.active))[:real]
@@ -974,6 +1047,17 @@ def run_sweep(
                 sync()
         epoch += k
         chunk += 1
+        if compact and len(plan) == 1:
+            # Sizes the next chunks may need: below this block, down to a quarter of the
+            # active points (several points often stop in one chunk).
+            n_act = int(active.sum())
+            lower = [g for g in ladder if g < len(plan[0])]
+            if lower and n_act <= 1.5 * lower[-1]:
+                k_next = min(config.epochs_per_call, config.num_epochs - epoch)
+                for g in reversed(lower):
+                    if 4 * g < n_act:
+                        break
+                    programs.prefetch(g, k_next)
         note = ""
         if prune is not None and epoch % prune.rung_epochs == 0 and epoch < config.num_epochs:
             sync()
@@ -1007,6 +1091,7 @@ def run_sweep(
             f"left <= {_fmt_time(left)}{note}"
         )
     sync()
+    programs.close()
 
     # Final numbers of the returned parameters, in blocks of the ladder's sizes.
     params_all = returned_params(host)

@@ -3,9 +3,11 @@
 import dataclasses
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import jax
@@ -13,7 +15,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from experiments.common import train_config
 from jaxlr import sweep
 from jaxlr.config import HParams, TrainConfig, make_hparams
 from jaxlr.testing import assert_tree_allclose, count_traces, tolerance
@@ -361,7 +362,7 @@ def test_tdt4265_lambdas_in_one_sweep_equal_separate_runs(tmp_path):
         registry,  # noqa: F401  (registers the experiments)
         tdt4265,
     )
-    from experiments.common import make_config
+    from experiments.common import make_config, train_config
 
     data = synthetic(k=3)
     cfg = make_config("tdt4265_task4", dict(num_epochs=2, batch_size=16))
@@ -447,3 +448,205 @@ def test_sweep_experiment_end_to_end(tmp_path):
         assert len(lines) == p["steps"] == 2 * 4  # 2 epochs of 512 // 128 batches
     report = (tmp_path / "report.md").read_text()
     assert "heatmap_val_accuracy.png" in report and "Best by validation loss" in report
+
+
+# ---------------------------------------------------------------------------------------------
+# Compaction, work counts, checkpoints.
+
+
+def test_block_ladder_and_plan_blocks():
+    assert sweep.block_ladder(64) == (2, 4, 8, 16, 32, 64)
+    assert sweep.block_ladder(48, 4) == (8, 16, 32, 48)
+    assert sweep.block_ladder(4, 4) == (4,) and sweep.block_ladder(1) == (1,)
+    with pytest.raises(ValueError, match="cap must be a positive multiple"):
+        sweep.block_ladder(6, 4)
+    ladder = sweep.block_ladder(16, 2)
+    # 5 active points: one block of 8 (the smallest size that holds them), padded with
+    # copies of its own points.
+    (b,) = sweep.plan_blocks([3, 5, 6, 9, 12], 16, ladder)
+    assert list(b) == [3, 5, 6, 9, 12, 3, 5, 6]
+    # 20 points over a cap of 16: two blocks of 10 points, each padded to 16.
+    blocks = sweep.plan_blocks(np.arange(20), 16, ladder)
+    assert [len(x) for x in blocks] == [16, 16]
+    assert sorted(set(np.concatenate(blocks))) == list(range(20))
+    assert sweep.plan_blocks([], 16, ladder) == []
+
+
+def _assert_same_results(a, b, exact: bool):
+    """Two sweep results of one grid agree point by point.
+
+    With `exact`: parameters, steps, stopping and training losses bit for bit; the numbers
+    of checks and final evaluations (the shared validation data times all points' weights
+    in one product, whose rounding depends on the block size) up to rounding.
+    """
+    tol = dict(rtol=0, atol=0) if exact else TOL
+    assert_tree_allclose(a.params, b.params, **tol)
+    for k, v in b.metrics.items():
+        np.testing.assert_allclose(a.metrics[k], v, rtol=TOL["rtol"], err_msg=k)
+    for k, v in b.early_stopping.items():
+        if k == "best_val_loss":
+            np.testing.assert_allclose(a.early_stopping[k], v, rtol=TOL["rtol"], err_msg=k)
+        else:
+            np.testing.assert_array_equal(a.early_stopping[k], v, err_msg=k)
+    np.testing.assert_array_equal(a.diverged, b.diverged)
+    for i, (ha, hb) in enumerate(zip(a.histories, b.histories, strict=True)):
+        assert set(ha) == set(hb)
+        for k in hb:
+            rtol = (
+                tol["rtol"] if k in ("step", "epoch", "check_step", "train_loss") else TOL["rtol"]
+            )
+            np.testing.assert_allclose(ha[k], hb[k], rtol=rtol, err_msg=f"{i} {k}")
+
+
+# Softmax, shuffled, several seeds, early stopping: every point gathers its own batches, so a
+# point's numbers are the same bits in a block of any size of two or more points.
+SOFTMAX_ES = TrainConfig(
+    model="softmax",
+    num_classes=3,
+    batch_size=8,
+    num_epochs=40,
+    patience=5,
+    eval_every=4,
+    early_stopping=True,
+    epochs_per_call=2,
+    shuffle=True,
+)
+
+
+def test_compaction_gives_the_same_results_and_skips_stopped_points():
+    data = synthetic(n=64, v=200, d=40, k=3, noise=3.0)
+    cfg = SOFTMAX_ES
+    grid = sweep.make_grid(learning_rate=(0.005, 0.1, 0.5, 2.0), l2=(0.0, 0.03), seed=(0, 1))
+    logs = []
+    compact = sweep.run_sweep(cfg, grid, data, log_fn=logs.append)
+    full = sweep.run_sweep(cfg, grid, data, compact=False, log_fn=_quiet)
+    assert compact.early_stopping["stopped"].sum() >= 8
+    _assert_same_results(compact, full, exact=True)
+    # Work: every step a point ran is counted once; compaction computes fewer slots.
+    assert compact.point_steps == full.point_steps == int(full.metrics["steps"].sum())
+    m = full.num_batches
+    assert full.computed_point_steps == grid.size * cfg.num_epochs * m
+    assert compact.point_steps <= compact.computed_point_steps < full.computed_point_steps
+    # The blocks did shrink, through sizes of the ladder only.
+    sizes = {
+        int(x)
+        for ln in logs
+        if "block(s) [" in ln
+        for x in ln.split("[")[1].split("]")[0].split(",")
+    }
+    assert sizes <= set(sweep.block_ladder(16)) and len(sizes) >= 2, sizes
+    work = compact.work()
+    assert work["point_steps"] == compact.point_steps and work["wall_seconds"] > 0
+    # And both equal single runs.
+    for i in (0, 5):
+        single = _fit_point(cfg, grid, i, data)
+        assert_tree_allclose(compact.point_params(i), single.params, **TOL)
+        assert compact.metrics["steps"][i] == single.metrics["steps"]
+
+
+def test_compaction_with_one_shared_seed_agrees_to_rounding():
+    # One seed: each batch multiplies all points' weights in one product, whose rounding may
+    # depend on the number of points; the stopping decisions are the same.
+    data = overfit_data()
+    grid = sweep.make_grid(learning_rate=(0.005, 0.05, 0.1, 0.5, 2.0), l2=(0.0, 0.03))
+    compact = sweep.run_sweep(OVERFIT, grid, data, log_fn=_quiet)
+    full = sweep.run_sweep(OVERFIT, grid, data, compact=False, log_fn=_quiet)
+    _assert_same_results(compact, full, exact=False)
+    assert compact.computed_point_steps < full.computed_point_steps
+
+
+def test_compaction_across_several_blocks():
+    data = synthetic(n=64, v=200, d=40, k=3, noise=3.0)
+    grid = sweep.make_grid(learning_rate=(0.005, 0.1, 0.5, 2.0), l2=(0.0, 0.03), seed=(0, 1))
+    small = sweep.run_sweep(SOFTMAX_ES, grid, data, block_size=6, log_fn=_quiet)
+    full = sweep.run_sweep(SOFTMAX_ES, grid, data, compact=False, log_fn=_quiet)
+    _assert_same_results(small, full, exact=True)
+
+
+_CKPT_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    import jax
+    jax.config.update("jax_enable_x64", True)
+    import numpy as np
+    from jaxlr import search, sweep
+    from jaxlr.config import TrainConfig
+    from jaxlr.train import Data
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.normal(size=(264, 40)), np.ones((264, 1))], axis=1)
+    y = (x @ rng.normal(size=41) + 3.0 * rng.normal(size=264) > 0).astype(np.int32)
+    data = Data(x[:64], y[:64], x[64:], y[64:])
+    cfg = TrainConfig(model="logistic", batch_size=8, num_epochs=60, patience=5, eval_every=4,
+                      early_stopping=True, epochs_per_call=1)
+    grid = search.random_points(12, (1e-3, 2.0), (1e-4, 0.1), seed=3)
+    prune = search.Halving(rung_epochs=4, keep_fraction=0.5, min_points=2)
+    res = sweep.run_sweep(cfg, grid, data, prune=prune, checkpoint_dir=sys.argv[1])
+    out = {"table": sweep.table_csv(res), "records": res.records(),
+           "work": {k: v for k, v in res.work().items() if k != "wall_seconds"}}
+    with open(sys.argv[2], "w") as f:
+        json.dump(out, f)
+    """
+)
+
+
+def _ckpt_run(tmp_path, ckpt_dir, out, kill_after_chunks=None):
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env["JAX_PLATFORMS"] = "cpu"
+    script = tmp_path / "ckpt_sweep.py"
+    script.write_text(_CKPT_SCRIPT)
+    cmd = [sys.executable, str(script), str(ckpt_dir), str(out)]
+    if kill_after_chunks is None:
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return json.loads(Path(out).read_text())
+    from jaxlr import checkpoint as ckpt
+
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    path = Path(ckpt_dir) / "sweep.npz"
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and proc.poll() is None:
+            if path.exists():
+                try:
+                    if ckpt.load_flat(path)[1]["chunk"] >= kill_after_chunks:
+                        break
+                except ckpt.CheckpointError:
+                    pass  # replaced while being read
+            time.sleep(0.01)
+        assert proc.poll() is None, "the sweep finished before it could be killed"
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait(timeout=60)
+    return ckpt.load_flat(path)[1]
+
+
+def test_a_sweep_killed_with_sigkill_resumes_to_the_same_results(tmp_path):
+    ref = _ckpt_run(tmp_path, tmp_path / "ref_ckpt", tmp_path / "ref.json")
+    meta = _ckpt_run(tmp_path, tmp_path / "ckpt", tmp_path / "out.json", kill_after_chunks=3)
+    assert 3 <= meta["chunk"] and meta["epoch"] < 60, meta
+    resumed = _ckpt_run(tmp_path, tmp_path / "ckpt", tmp_path / "out.json")
+    assert resumed["table"] == ref["table"]
+    assert resumed["records"] == ref["records"]
+    assert resumed["work"] == ref["work"]
+    assert "pruned_rung" in ref["table"].splitlines()[0]
+    # Started again once more: the finished checkpoint gives the same results at once.
+    again = _ckpt_run(tmp_path, tmp_path / "ckpt", tmp_path / "again.json")
+    assert again["table"] == ref["table"]
+
+
+def test_a_checkpoint_of_another_sweep_is_refused(tmp_path):
+    data = overfit_data()
+    cfg = dataclasses.replace(OVERFIT, num_epochs=4)
+    grid = sweep.make_grid(learning_rate=(0.005, 0.1))
+    first = sweep.run_sweep(cfg, grid, data, checkpoint_dir=tmp_path, log_fn=_quiet)
+    assert (tmp_path / "sweep.npz").exists()
+    again = sweep.run_sweep(cfg, grid, data, checkpoint_dir=tmp_path, log_fn=_quiet)
+    assert sweep.table_csv(again) == sweep.table_csv(first)
+    other_cfg = dataclasses.replace(cfg, num_epochs=5)
+    with pytest.raises(ValueError, match=r"config \(num_epochs 4 -> 5\) changed") as err:
+        sweep.run_sweep(other_cfg, grid, data, checkpoint_dir=tmp_path, log_fn=_quiet)
+    assert "\n" not in str(err.value)
+    with pytest.raises(ValueError, match=r"grid \(.*\) changed"):
+        sweep.run_sweep(
+            cfg, sweep.make_grid(learning_rate=(0.005, 0.2)), data, checkpoint_dir=tmp_path
+        )
