@@ -230,13 +230,19 @@ class Experiment(NamedTuple):
     doc: str
     list_args: str  # extra arguments of the launch command that --list prints
     headline: tuple[str, ...]  # metrics keys (dotted for nested) of the end-of-run summary
+    smoke: dict  # overrides of a seconds-long smoke run (launcher flag --smoke)
 
 
 EXPERIMENTS: dict[str, Experiment] = {}
 
 
 def register(
-    name: str, config_cls: type, *, list_args: str = "", headline: tuple[str, ...] = ()
+    name: str,
+    config_cls: type,
+    *,
+    list_args: str = "",
+    headline: tuple[str, ...] = (),
+    smoke: dict | None = None,
 ) -> Callable:
     """Decorator: registers `fn(cfg, run) -> metrics` as experiment `name`.
 
@@ -245,12 +251,20 @@ def register(
       config_cls: its config class (an `ExperimentConfig` dataclass).
       list_args: arguments besides --experiment and --workdir of the command --list prints.
       headline: metrics keys of the summary printed at the end of a run.
+      smoke: overrides that shrink the run to seconds (few examples, few epochs), for
+        `--smoke` and the end-to-end tests; flags given on the command line still win.
     """
 
     def wrap(fn):
         flag_fields(config_cls)  # a bad field type fails at import, not at launch
         doc = (fn.__doc__ or "").strip()
-        EXPERIMENTS[name] = Experiment(name, fn, config_cls, doc, list_args, tuple(headline))
+        smoke_ = dict(smoke or {})
+        unknown = set(smoke_) - set(flag_fields(config_cls))
+        if unknown:
+            raise TypeError(f"experiment {name}: smoke overrides of no flag {sorted(unknown)}")
+        EXPERIMENTS[name] = Experiment(
+            name, fn, config_cls, doc, list_args, tuple(headline), smoke_
+        )
         return fn
 
     return wrap

@@ -106,6 +106,9 @@ class Mlp(ExperimentConfig):
 @register(
     "hw3_mlp",
     Mlp,
+    smoke=dict(
+        hidden=(24, 12), max_examples=1000, num_epochs=2, eval_every=10, train_eval_size=200
+    ),
     headline=(
         "test_accuracy",
         "test_loss",
@@ -280,6 +283,9 @@ class BatchSizes(ExperimentConfig):
 @register(
     "hw3_online_vs_minibatch",
     BatchSizes,
+    smoke=dict(
+        hidden=(16,), max_examples=600, batch_sizes=(1, 32), num_epochs=1, checks_per_epoch=4
+    ),
     headline=("batch_size", "test_accuracy", "steps", "steps_per_second", "wall_seconds"),
 )
 def hw3_online_vs_minibatch(cfg: BatchSizes, run: RunDir) -> dict:
@@ -441,6 +447,7 @@ def _best_point(res) -> int:
 @register(
     "hw3_logreg_grid",
     LogregGrid,
+    smoke=dict(num_train=3000, num_val=2000, num_test=100, num_epochs=20, epochs_per_call=10),
     headline=(
         "l2",
         "learning_rate",
@@ -618,6 +625,7 @@ class Misclassified(ExperimentConfig):
 @register(
     "hw3_misclassified",
     Misclassified,
+    smoke=dict(num_test=100),
     list_args=f"--checkpoint={GRID_WORKDIR}/{CHECKPOINT_NAME}",
     headline=("test_correct", "test_total", "num_misclassified", "test_accuracy", "shown"),
 )

@@ -26,6 +26,7 @@ import os
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any, NamedTuple
 
 from absl import flags
 
@@ -38,13 +39,14 @@ from experiments.config import (
     flag_fields,
     get_experiment,
     launch_command,
+    make_config,
     parse_value,
 )
 from jaxlr.sections import ConfigError, format_value
 
 log = logging.getLogger("jaxlr.experiments")
 
-_LAUNCHER_FLAGS = ("experiment", "workdir", "list", "compilation_cache")
+_LAUNCHER_FLAGS = ("experiment", "workdir", "list", "compilation_cache", "smoke")
 
 
 def _listing() -> str:
@@ -77,6 +79,8 @@ def _help(name: str | None) -> str:
     out.append("launcher flags:")
     out.append("  --workdir  folder of config.json, metrics.json, figures and report.md (required)")
     out.append("  --[no]compilation_cache  JAX's persistent compilation cache (default: on)")
+    smoke = " ".join(f"--{k}={format_value(v)}" for k, v in exp.smoke.items())
+    out.append(f"  --smoke  a seconds-long run: {smoke or 'the defaults'}")
     return "\n".join(out)
 
 
@@ -98,6 +102,12 @@ def _define_flags(exp) -> flags.FlagValues:
     flags.DEFINE_bool("list", False, "List the experiments and exit.", flag_values=fv)
     flags.DEFINE_bool(
         "compilation_cache", True, "JAX's persistent compilation cache.", flag_values=fv
+    )
+    flags.DEFINE_bool(
+        "smoke",
+        False,
+        "Shrink the run to seconds (the experiment's smoke overrides).",
+        flag_values=fv,
     )
     for f in flag_fields(exp.config_cls).values() if exp else ():
         if f.kind == "bool":
@@ -170,16 +180,29 @@ class _Usage(Exception):
     pass
 
 
-def main(argv: list[str]) -> int:
-    """Parses argv, runs the experiment, prints its summary; returns the exit code."""
+class Parsed(NamedTuple):
+    """A parsed command line: the experiment, its workdir, overrides and validated config."""
+
+    experiment: Any
+    workdir: str
+    overrides: dict
+    config: Any
+    compilation_cache: bool
+
+
+def parse(argv: list[str]) -> Parsed | str:
+    """Parses a command line; returns text to print and exit 0 (--help, --list) or `Parsed`.
+
+    Raises:
+      _Usage: any problem of the command line (one line).
+    """
     args = argv[1:]
     name = _scan(args, "experiment")
     if any(a in ("--help", "-h", "--helpfull", "-?") for a in args):
         try:
-            print(_help(name))
+            return _help(name)
         except UsageError as err:
             raise _Usage(str(err)) from None
-        return 0
     exp = None
     if name is not None:
         try:
@@ -194,29 +217,39 @@ def main(argv: list[str]) -> int:
     if len(rest) > 1:
         raise _Usage(f"unexpected argument {rest[1]!r} (flags are --name=value)")
     if fv.list:
-        print(_listing())
-        return 0
+        return _listing()
     if exp is None:
         raise _Usage("--experiment is required (see --list)")
     if not fv.workdir:
         raise _Usage("--workdir is required (the folder the outputs go to)")
-    from experiments.common import run_experiment
-    from experiments.config import make_config
-    from jaxlr.report import summary_table
-
     try:
         overrides = _overrides(fv, exp)
+        if fv.smoke:
+            overrides = {**exp.smoke, **overrides}
         cfg = make_config(exp.name, overrides)
     except (ConfigError, UsageError) as err:
         raise _Usage(str(err)) from None
+    return Parsed(exp, fv.workdir, overrides, cfg, fv.compilation_cache)
+
+
+def main(argv: list[str]) -> int:
+    """Parses argv, runs the experiment, prints its summary; returns the exit code."""
+    parsed = parse(argv)
+    if isinstance(parsed, str):
+        print(parsed)
+        return 0
+    from experiments.common import run_experiment
+    from jaxlr.report import summary_table
+
+    exp = parsed.experiment
     _setup_logging()
-    _setup_jax(cfg, fv.compilation_cache)
+    _setup_jax(parsed.config, parsed.compilation_cache)
     try:
-        metrics = run_experiment(exp.name, fv.workdir, overrides)
+        metrics = run_experiment(exp.name, parsed.workdir, parsed.overrides)
     except (ConfigError, UsageError) as err:
         # Checks that need the loaded data (e.g. --max_examples beyond the images there are).
         raise _Usage(str(err)) from None
-    print(f"{exp.name}: {fv.workdir}")
+    print(f"{exp.name}: {parsed.workdir}")
     print(summary_table(metrics, exp.headline or None))
     return 0
 

@@ -81,6 +81,7 @@ def _best(result: jsweep.SweepResult, by: str) -> dict | None:
 @register(
     "sweep",
     Sweep,
+    smoke=dict(num_epochs=2, max_examples=256, lr=(0.01, 0.1), l2=(0.0, 0.01)),
     headline=(
         "num_points",
         "num_diverged",

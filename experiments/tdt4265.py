@@ -45,6 +45,11 @@ HEADLINE = (
     "early_stopping.step",
     "wall_seconds",
 )
+# Smoke runs (--smoke): 256 binary / 512 ten-class examples make M = 2 / 4 batches of 128,
+# so every step is followed by a check. On 256 examples a rate of 0.025 makes the validation
+# loss oscillate, so patience 3 stops the early-stopping runs within a few steps.
+_SMOKE_EARLY = dict(num_epochs=40, max_examples=256, patience=3, lr=0.025)
+_SMOKE_SOFTMAX = dict(num_epochs=2, max_examples=512)
 _LOGISTIC_FIXED = ("model", "num_classes", "hidden", "activation")
 _SOFTMAX_FIXED = ("model", "hidden", "activation")
 
@@ -180,7 +185,7 @@ def _es_text(es: dict, m: int) -> str:
     )
 
 
-@register("tdt4265_task2", Binary, headline=HEADLINE)
+@register("tdt4265_task2", Binary, headline=HEADLINE, smoke=dict(num_epochs=2, max_examples=256))
 def task2(cfg: Binary, run: RunDir) -> dict:
     """Task 2b/2c: logistic regression 2 vs 3, lr 0.05, 50 epochs, no shuffle.
 
@@ -193,7 +198,7 @@ def task2(cfg: Binary, run: RunDir) -> dict:
     return _single_run(cfg, run, f"lr={cfg.hparams.lr:g}", title)
 
 
-@register("tdt4265_task2d", BinaryEarly, headline=HEADLINE)
+@register("tdt4265_task2d", BinaryEarly, headline=HEADLINE, smoke=_SMOKE_EARLY)
 def task2d(cfg: BinaryEarly, run: RunDir) -> dict:
     """Task 2d: task 2 with early stopping (patience 10 checks), up to 500 epochs.
 
@@ -223,7 +228,7 @@ def _shuffle_text(m: dict) -> str:
     )
 
 
-@register("tdt4265_task2e", Shuffling, headline=HEADLINE)
+@register("tdt4265_task2e", Shuffling, headline=HEADLINE, smoke=_SMOKE_EARLY)
 def task2e(cfg: Shuffling, run: RunDir) -> dict:
     """Task 2e: with versus without shuffling every epoch, both with early stopping.
 
@@ -273,7 +278,7 @@ def task2e(cfg: Shuffling, run: RunDir) -> dict:
 # Task 3: softmax regression on ten digits.
 
 
-@register("tdt4265_task3", Softmax, headline=(*HEADLINE, "accuracy_gap"))
+@register("tdt4265_task3", Softmax, headline=(*HEADLINE, "accuracy_gap"), smoke=_SMOKE_SOFTMAX)
 def task3(cfg: Softmax, run: RunDir) -> dict:
     """Task 3b-d: softmax regression on all ten digits, lr 0.01, 50 epochs, shuffle.
 
@@ -367,6 +372,7 @@ def train_l2_runs(cfg: L2Path, data, run: RunDir, lambdas) -> dict:
     "tdt4265_task4",
     L2Path,
     headline=("l2", "val_accuracy", "val_loss", "weight_norm", "steps", "wall_seconds"),
+    smoke=dict(_SMOKE_SOFTMAX, l2s=(1.0, 0.1)),
 )
 def task4(cfg: L2Path, run: RunDir) -> dict:
     """Task 4b-e: L2 regularisation R(w) = sum w^2 of softmax regression, lambda 0 and `l2s`.
@@ -460,7 +466,10 @@ def _learning_rates(tcfg: TrainConfig, lr: float, steps, total: int) -> np.ndarr
 
 
 @register(
-    "lr_annealing", Annealing, headline=(*HEADLINE, "final_learning_rate", "late_val_loss_jitter")
+    "lr_annealing",
+    Annealing,
+    headline=(*HEADLINE, "final_learning_rate", "late_val_loss_jitter"),
+    smoke=dict(num_epochs=2, max_examples=256, anneal_steps=2.0),
 )
 def lr_annealing(cfg: Annealing, run: RunDir) -> dict:
     """Constant learning rate versus alpha_0 / (1 + t/T) on the 2 vs 3 task (task 2 protocol).
@@ -539,7 +548,12 @@ def lr_annealing(cfg: Annealing, run: RunDir) -> dict:
 # Mean images versus weights.
 
 
-@register("mean_images", Softmax, headline=("val_accuracy", "val_loss", "steps", "wall_seconds"))
+@register(
+    "mean_images",
+    Softmax,
+    headline=("val_accuracy", "val_loss", "steps", "wall_seconds"),
+    smoke=_SMOKE_SOFTMAX,
+)
 def mean_images(cfg: Softmax, run: RunDir) -> dict:
     """The average training image of each digit above the softmax weight image of that digit.
 

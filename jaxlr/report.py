@@ -351,6 +351,9 @@ def summary_table(metrics: Mapping[str, Any], headline: Sequence[str] | None = N
     if isinstance(headline, str):
         raise ValueError(f"headline must be a sequence of keys, not the string {headline!r}")
     runs, scalars = _split_runs(metrics)
+    if headline is not None and runs and any(k.split(".")[0] in runs for k in headline):
+        # The headline reaches into the nested dicts by name: they are results, not runs.
+        runs, scalars = {}, _flatten(metrics)
     lines: list[str] = []
     if runs:
         seen: dict[str, None] = {}
