@@ -148,7 +148,8 @@ def random_points(
             cols[name] = np.zeros(n)
         else:
             lo, hi = np.log(r[0]), np.log(r[1])
-            cols[name] = np.exp(lo + u * (hi - lo))
+            # Clipped: exp(log(x)) may round just outside the range.
+            cols[name] = np.clip(np.exp(lo + u * (hi - lo)), r[0], r[1])
     points = [
         {
             "learning_rate": float(cols["learning_rate"][i]),
