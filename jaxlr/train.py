@@ -1,14 +1,17 @@
-"""The training engine: a pure step, whole epochs as one `lax.scan`, a thin host loop.
+"""The training engine: the rules of `jaxlr.step` in nested `lax.scan`, and a thin host loop.
 
 Dimensions: N training examples, V validation examples, D features, B batch size,
 M batches per epoch, E steps between checks, T steps, S sweep points.
 
-`make_engine` returns pure functions (`init`, `run`, `evaluate`) of one run. They are written
-so that `jax.vmap` over `HParams` turns them into a sweep (see `jaxlr.sweep`): the global step
-is an unbatched argument, so the check schedule stays a real `lax.cond` under `vmap`, and
-stopping (early or on divergence) is a per-run `active` flag that freezes every state leaf.
-`fit` is the host loop of a single run: it calls the compiled `run` one chunk of epochs at a
-time, logs progress, writes checkpoints, resumes from them and stops early.
+`make_engine` returns pure functions (`init`, `run`, `evaluate`) of one run, built from the
+module-level rules of `jaxlr.step` (`train_step`, `validation_check`, `chunk_end_rule`, ...).
+They are written so that `jax.vmap` over `HParams` turns them into a sweep (see
+`jaxlr.sweep`): the global step is an unbatched argument, so the check schedule stays a real
+`lax.cond` under `vmap`, and stopping (early or on divergence) is a per-run `active` flag that
+freezes every state leaf. `fit` is the host loop of a single run: it refuses what cannot fit
+in memory (`jaxlr.resources`), calls the compiled `run` one chunk of epochs at a time, logs
+progress, writes checkpoints, resumes from them, stops early, optionally times every epoch,
+and raises `TrainingDiverged` (step, learning rate and rule) when the run diverges.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import math
 import os
 import time
 from collections.abc import Callable
@@ -24,78 +28,30 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from jaxlr import checkpoint as ckpt
+from jaxlr import resources
 from jaxlr.config import HParams, TrainConfig
-from jaxlr.data import epoch_batches, num_batches
 from jaxlr.objective import Model, make_model
-from jaxlr.optim import make_optimizer
+from jaxlr.step import (
+    DIVERGE_REASONS,
+    Data,
+    Schedule,
+    StepLog,
+    TrainState,
+    after_all,
+    chunk_end_rule,
+    describe_divergence,
+    epoch_inputs,
+    init_state,
+    keys_for,
+    logged_loss,
+    schedule_numbers,
+    train_step,
+    tree_where,
+)
 
 log = logging.getLogger("jaxlr.train")
-
-
-class Data(NamedTuple):
-    """Preprocessed arrays of one experiment.
-
-    Attributes:
-      x_train: [N, D] float features.
-      y_train: [N] integer labels (binary: 1 = positive class).
-      x_val: [V, D] float features.
-      y_val: [V] integer labels.
-    """
-
-    x_train: Any
-    y_train: Any
-    x_val: Any
-    y_val: Any
-
-
-class TrainState(NamedTuple):
-    """Everything that changes during one run (leaves gain a leading [S] axis in a sweep).
-
-    Attributes:
-      params: model parameters.
-      opt_state: optax state.
-      best_params: parameters at the best check (None without early stopping).
-      best_loss: lowest validation loss seen at a check (inf before the first).
-      best_step: step of that check (-1 before the first).
-      since_best: checks since the validation loss last reached a new minimum.
-      active: False once the run stopped early or diverged; then nothing changes again.
-      stop_step: step after whose check early stopping fired (-1 if it did not).
-      diverged: True when a non-finite objective (or, after a `run` chunk's last step,
-        a non-finite parameter) appeared; the parameters are then those it appeared at.
-      diverge_step: the step that diverged (-1 if none); its update was not applied.
-    """
-
-    params: Any
-    opt_state: Any
-    best_params: Any
-    best_loss: Any
-    best_step: Any
-    since_best: Any
-    active: Any
-    stop_step: Any
-    diverged: Any
-    diverge_step: Any
-
-
-class StepLog(NamedTuple):
-    """What the compiled loop reports per step (stacked to [T], or [S, T] in a sweep).
-
-    Attributes:
-      ran: the run was active when the step began.
-      train_loss: loss of the step's batch before its update (NaN if not ran).
-      is_check: a validation check followed this step's update.
-      val_loss, val_accuracy, train_accuracy: the check's numbers (NaN when no check).
-    """
-
-    ran: Any
-    train_loss: Any
-    is_check: Any
-    val_loss: Any
-    val_accuracy: Any
-    train_accuracy: Any
 
 
 class Engine(NamedTuple):
@@ -122,6 +78,11 @@ class Engine(NamedTuple):
     run: Callable
     evaluate: Callable
 
+    @property
+    def schedule(self) -> Schedule:
+        """The `Schedule` of the engine's numbers."""
+        return Schedule(self.num_batches, self.eval_every, self.total_steps)
+
 
 def model_for(config: TrainConfig, num_features: int, dtype=jnp.float32) -> Model:
     """Binds the model that `config` describes for inputs of `num_features` features."""
@@ -140,49 +101,12 @@ def model_for(config: TrainConfig, num_features: int, dtype=jnp.float32) -> Mode
     )
 
 
-def keys_for(seed) -> tuple[jax.Array, jax.Array]:
-    """(init_key, data_key) derived from an integer seed (traceable)."""
-    key = jax.random.PRNGKey(seed)
-    return jax.random.fold_in(key, 0), jax.random.fold_in(key, 1)
-
-
-def tree_where(cond, new, old):
-    """Leaf-wise `where(cond, new, old)` for a scalar boolean `cond`."""
-    return jax.tree.map(lambda a, b: jnp.where(cond, a, b), new, old)
-
-
-def _tree_all_finite(tree) -> jax.Array:
-    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
-    return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
-
-
-def _after_all(grads):
-    """`grads` with every leaf made to depend on the small leaves (biases), values unchanged.
-
-    In an MLP step the backward product delta W^T reads a weight that the weight's own
-    gradient does not need, so XLA cannot prove that the read happens before the weight's
-    in-place update and copies the weight every step (20 MB a step in the hw3 network,
-    about a tenth of its step time; WORKSPACE.md). The bias gradients sum the deltas, which
-    come after every backward product, so adding to each leaf an exact zero computed from
-    one element of each bias gradient orders every update after the backward pass. The
-    zero is `isnan(t) * 0`, never NaN, and XLA does not fold it away (a float `x * 0` may
-    be NaN). Only small leaves feed it: XLA fuses it into each update, and a weight read
-    there would in turn have to be copied. Models without small leaves are left as they are.
-    """
-    leaves = [a for a in jax.tree.leaves(grads) if jnp.ndim(a) > 0]
-    if len(leaves) < 2:
-        return grads
-    largest = max(a.size for a in leaves)
-    small = [a for a in leaves if a.size * 64 <= largest]
-    if not small:
-        return grads
-    token = sum(jnp.ravel(a)[0].astype(jnp.float32) for a in small)
-    zero = jnp.isnan(token).astype(jnp.float32) * 0
-    return jax.tree.map(lambda a: a + zero.astype(a.dtype), grads)
+# Kept under the old private name: tests and benchmarks import it from here.
+_after_all = after_all
 
 
 def make_engine(config: TrainConfig, model: Model, num_train: int) -> Engine:
-    """Builds the pure functions of one training run.
+    """Builds the pure functions of one training run from the rules of `jaxlr.step`.
 
     Args:
       config: static config.
@@ -191,154 +115,45 @@ def make_engine(config: TrainConfig, model: Model, num_train: int) -> Engine:
     Returns:
       An `Engine`.
     """
-    m = num_batches(num_train, config.batch_size, config.drop_last)
-    e = config.eval_every or max(1, m // 5)
-    total_steps = config.num_epochs * m
-    n_train_eval = min(config.train_eval_size or num_train, num_train)
-
-    def logged(obj, ce):
-        return obj if config.log_loss == "objective" else ce
-
-    def loss_and_grad(params, x, y, l2, mask):
-        if config.grad == "autodiff":
-            (obj, ce), g = jax.value_and_grad(model.loss, has_aux=True)(params, x, y, l2, mask)
-        else:
-            obj, ce = model.loss(params, x, y, l2, mask)
-            g = model.grad(params, x, y, l2, mask)
-        return obj, ce, g
+    sched = schedule_numbers(config, num_train)
+    step_fn = functools.partial(train_step, config=config, model=model, schedule=sched)
 
     def init(hparams: HParams) -> TrainState:
-        init_key, _ = keys_for(hparams.seed)
-        params = model.init(init_key)
-        opt_state = make_optimizer(config, hparams, total_steps).init(params)
-        dtype = jax.tree.leaves(params)[0].dtype
-        return TrainState(
-            params=params,
-            opt_state=opt_state,
-            best_params=params if config.early_stopping else None,
-            best_loss=jnp.array(jnp.inf, dtype),
-            best_step=jnp.array(-1, jnp.int32),
-            since_best=jnp.array(0, jnp.int32),
-            active=jnp.array(True),
-            stop_step=jnp.array(-1, jnp.int32),
-            diverged=jnp.array(False),
-            diverge_step=jnp.array(-1, jnp.int32),
-        )
-
-    def check(state: TrainState, hparams: HParams, data: Data, step):
-        """Validation after this step's update, and the early-stopping bookkeeping."""
-        obj, ce = model.loss(state.params, data.x_val, data.y_val, hparams.l2)
-        val_loss = logged(obj, ce)
-        val_acc = model.accuracy(model.apply(state.params, data.x_val), data.y_val)
-        x_t, y_t = data.x_train[:n_train_eval], data.y_train[:n_train_eval]
-        train_acc = model.accuracy(model.apply(state.params, x_t), y_t)
-        finite = jnp.isfinite(val_loss)
-        improved = state.active & finite & (val_loss < state.best_loss)
-        since_best = jnp.where(improved, 0, state.since_best + state.active.astype(jnp.int32))
-        stop = state.active & (since_best >= config.patience) & config.early_stopping
-        diverge = state.active & ~finite
-        state = state._replace(
-            best_params=(
-                tree_where(improved, state.params, state.best_params)
-                if config.early_stopping
-                else None
-            ),
-            best_loss=jnp.where(improved, val_loss, state.best_loss),
-            best_step=jnp.where(improved, step, state.best_step),
-            since_best=since_best,
-            active=state.active & ~stop & ~diverge,
-            stop_step=jnp.where(stop, step, state.stop_step),
-            diverged=state.diverged | diverge,
-            diverge_step=jnp.where(diverge, step, state.diverge_step),
-        )
-        return state, (val_loss, val_acc, train_acc)
+        return init_state(config, model, hparams, sched.total_steps)
 
     def run(state: TrainState, hparams: HParams, data: Data, start_epoch, num_epochs: int):
-        tx = make_optimizer(config, hparams, total_steps)
         _, data_key = keys_for(hparams.seed)
-        nan = jnp.array(jnp.nan, state.best_loss.dtype)
-
-        def step_fn(state: TrainState, inputs):
-            idx_B, mask_B, step = inputs
-            x, y = data.x_train[idx_B], data.y_train[idx_B]
-            mask = None if config.drop_last else mask_B
-            obj, ce, grads = loss_and_grad(state.params, x, y, hparams.l2, mask)
-            grads = _after_all(grads)
-            updates, opt_state = tx.update(grads, state.opt_state, state.params)
-            params = optax.apply_updates(state.params, updates)
-            # The divergence check reads no parameter: the objective is finite only if the
-            # parameters it was computed at are (lambda * sum w^2 covers every penalised
-            # weight, 0 * inf being NaN at lambda = 0 too, and a non-finite weight or bias
-            # makes the logits non-finite), so a finite objective certifies this step's
-            # starting point. A non-finite one stops the run before this step's update,
-            # with the parameters it was computed at. A separate pass over the new
-            # parameters cost a third of the step time of the 7.4M-parameter hw3 network
-            # (WORKSPACE.md); the parameters after the last step are checked in `run`.
-            finite = jnp.isfinite(obj)
-            ran = state.active
-            update = ran & finite
-            diverge = ran & ~finite
-            state = state._replace(
-                params=tree_where(update, params, state.params),
-                opt_state=tree_where(update, opt_state, state.opt_state),
-                active=update,
-                diverged=state.diverged | diverge,
-                diverge_step=jnp.where(diverge, step, state.diverge_step),
-            )
-            # `step` is not batched under vmap, so this stays a real branch in a sweep.
-            state, (val_loss, val_acc, train_acc) = jax.lax.cond(
-                step % e == 0,
-                lambda s: check(s, hparams, data, step),
-                lambda s: (s, (nan, nan, nan)),
-                state,
-            )
-            is_check = (step % e == 0) & update
-            out = StepLog(
-                ran=ran,
-                train_loss=jnp.where(ran, logged(obj, ce), nan),
-                is_check=is_check,
-                val_loss=jnp.where(is_check, val_loss, nan),
-                val_accuracy=jnp.where(is_check, val_acc, nan),
-                train_accuracy=jnp.where(is_check, train_acc, nan),
-            )
-            return state, out
 
         def epoch_fn(state, epoch):
-            key = jax.random.fold_in(data_key, epoch)
-            idx_MB, mask_MB = epoch_batches(
-                key,
-                num_train,
-                config.batch_size,
-                shuffle=config.shuffle,
-                drop_last=config.drop_last,
-            )
-            steps = epoch * m + jnp.arange(m, dtype=jnp.int32)
-            return jax.lax.scan(step_fn, state, (idx_MB, mask_MB, steps))
+            batches = epoch_inputs(config, sched, num_train, data_key, epoch)
+            return jax.lax.scan(lambda s, b: step_fn(s, hparams, data, b), state, batches)
 
         epochs = jnp.asarray(start_epoch, jnp.int32) + jnp.arange(num_epochs, dtype=jnp.int32)
         state, logs = jax.lax.scan(epoch_fn, state, epochs)
-        # The last update of the chunk has no later objective to certify it: check its
-        # result once (a unit saturated by an infinite unpenalised bias also only shows here).
-        bad = state.active & ~_tree_all_finite(state.params)
-        last_step = (epochs[-1] + 1) * m - 1
-        state = state._replace(
-            active=state.active & ~bad,
-            diverged=state.diverged | bad,
-            diverge_step=jnp.where(bad, last_step, state.diverge_step),
-        )
+        last_step = (epochs[-1] + 1) * sched.batches_per_epoch - 1
+        state = chunk_end_rule(state, last_step)
         return state, jax.tree.map(lambda a: a.reshape((-1,) + a.shape[2:]), logs)
 
     def evaluate(params, hparams: HParams, data: Data) -> dict:
         out = {}
         for split, x, y in (("train", data.x_train, data.y_train), ("val", data.x_val, data.y_val)):
             obj, ce = model.loss(params, x, y, hparams.l2)
-            out[f"{split}_loss"] = logged(obj, ce)
+            out[f"{split}_loss"] = logged_loss(config, obj, ce)
             out[f"{split}_cross_entropy"] = ce
             out[f"{split}_objective"] = obj
             out[f"{split}_accuracy"] = model.accuracy(model.apply(params, x), y)
         return out
 
-    return Engine(config, model, m, e, total_steps, init, run, evaluate)
+    return Engine(
+        config,
+        model,
+        sched.batches_per_epoch,
+        sched.eval_every,
+        sched.total_steps,
+        init,
+        run,
+        evaluate,
+    )
 
 
 def returned_params(state: TrainState):
@@ -347,7 +162,83 @@ def returned_params(state: TrainState):
 
 
 class TrainingDiverged(RuntimeError):
-    """A run produced a non-finite loss or parameter."""
+    """A run diverged (see `jaxlr.step`); `str(err)` is one line naming step, rate and rule.
+
+    Attributes:
+      step: the global step that diverged (its update was not applied); -1 if unknown.
+      epoch: its epoch.
+      learning_rate: the run's (initial) learning rate.
+      reason: the rule that fired, a key of `jaxlr.step.DIVERGE_REASONS`.
+      reason_text: the rule in words with its numbers.
+      value: the objective that fired it (NaN for a non-finite parameter).
+      initial_objective: the run's initial objective (the factor rule's reference).
+      diverge_factor: the config's factor.
+      state: the final `TrainState` (host arrays), frozen where the run diverged.
+      history: the history up to the divergence (see `history_from_logs`).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        step: int = -1,
+        epoch: int = -1,
+        learning_rate: float = math.nan,
+        reason: int = 0,
+        reason_text: str = "",
+        value: float = math.nan,
+        initial_objective: float = math.nan,
+        diverge_factor: float = math.nan,
+        state: TrainState | None = None,
+        history: dict | None = None,
+    ):
+        super().__init__(message)
+        self.message = message
+        self.step = step
+        self.epoch = epoch
+        self.learning_rate = learning_rate
+        self.reason = reason
+        self.reason_text = reason_text
+        self.value = value
+        self.initial_objective = initial_objective
+        self.diverge_factor = diverge_factor
+        self.state = state
+        self.history = history
+
+
+def divergence_error(
+    state: TrainState,
+    learning_rate: float,
+    config: TrainConfig,
+    num_batches_per_epoch: int,
+    history: dict | None = None,
+) -> TrainingDiverged:
+    """The `TrainingDiverged` of a diverged run's final state (host or device arrays)."""
+    step = int(state.diverge_step)
+    reason = int(state.diverge_reason)
+    value = float(state.diverge_value)
+    initial = float(state.initial_objective)
+    text = describe_divergence(reason, value, initial, config.diverge_factor)
+    epoch = step // num_batches_per_epoch if step >= 0 else -1
+    msg = (
+        f"training diverged at step {step} (epoch {epoch}) with learning rate "
+        f"{float(learning_rate):g}: {text} (rule {reason}, "
+        f"{DIVERGE_REASONS.get(reason, '?')}); lower the learning rate or the L2 strength; "
+        "no weights were returned"
+    )
+    return TrainingDiverged(
+        msg,
+        step=step,
+        epoch=epoch,
+        learning_rate=float(learning_rate),
+        reason=reason,
+        reason_text=text,
+        value=value,
+        initial_objective=initial,
+        diverge_factor=config.diverge_factor,
+        state=jax.device_get(state),
+        history=history,
+    )
 
 
 @dataclasses.dataclass
@@ -360,6 +251,10 @@ class TrainResult:
       history: dict of numpy arrays (see `history_from_logs`).
       metrics: final numbers from `params`, plus "steps" and "early_stopping".
       wall_seconds: host time of the training loop (compilation included).
+      timing: with `fit(time_epochs=True)`: "compile_seconds" (the epoch program, compiled
+        before the loop), "epoch" (indices of the timed epochs), "epoch_seconds" (wall time
+        of each, checks included, compilation excluded), "steps" (steps that ran in each),
+        "run_seconds" (their sum) and "steps_per_second" (steps / run_seconds); else None.
     """
 
     params: Any
@@ -367,6 +262,7 @@ class TrainResult:
     history: dict
     metrics: dict
     wall_seconds: float
+    timing: dict | None = None
 
 
 def history_from_logs(logs: StepLog, num_batches_per_epoch: int, start_step: int = 0) -> dict:
@@ -443,6 +339,74 @@ def _fmt_time(seconds: float) -> str:
     return f"{h}:{mnt:02d}:{s:02d}" if h else f"{mnt:d}:{s:02d}"
 
 
+def _dtype_of(x) -> np.dtype:
+    # np.dtype objects are falsy (no fields), so no `or` here.
+    dtype = getattr(x, "dtype", None)
+    return np.dtype(dtype) if dtype is not None else np.asarray(x).dtype
+
+
+def _shape(x) -> tuple[int, ...]:
+    return tuple(int(d) for d in np.shape(x))
+
+
+def check_data(data: Data, what: str = "fit") -> tuple[int, int, int]:
+    """Checks the shapes of `data` without copying it; returns (N, V, D).
+
+    Raises:
+      ValueError: one line in words naming the arrays and their sizes: x not [N, D] or
+        not floating point, labels not [N], lengths of x and y that differ, feature
+        counts of training and validation that differ, or an empty split.
+    """
+    if not isinstance(data, tuple) or len(data) != 4:
+        raise ValueError(
+            f"{what}: data must be a Data(x_train, y_train, x_val, y_val), got {type(data)}"
+        )
+    x_tr, y_tr, x_va, y_va = (_shape(a) for a in data)
+    for name, shp in (("x_train", x_tr), ("x_val", x_va)):
+        if len(shp) != 2:
+            raise ValueError(f"{what}: data.{name} must be [examples, features], got shape {shp}")
+    for name, shp in (("y_train", y_tr), ("y_val", y_va)):
+        if len(shp) != 1:
+            raise ValueError(
+                f"{what}: data.{name} must be integer labels [examples], got shape {shp}"
+            )
+    for split, xs, ys in (("train", x_tr, y_tr), ("val", x_va, y_va)):
+        if xs[0] != ys[0]:
+            raise ValueError(
+                f"{what}: data.x_{split} has {xs[0]} examples but data.y_{split} has "
+                f"{ys[0]} labels; they must be the same length"
+            )
+        if xs[0] == 0:
+            raise ValueError(f"{what}: data.x_{split} has no examples")
+    if x_tr[1] != x_va[1]:
+        raise ValueError(
+            f"{what}: data.x_train has {x_tr[1]} features but data.x_val has {x_va[1]}; "
+            "they must match"
+        )
+    dtype = _dtype_of(data.x_train)
+    if not np.issubdtype(dtype, np.floating):
+        raise ValueError(
+            f"{what}: data.x_train must be floating point (see jaxlr.data.preprocess), got {dtype}"
+        )
+    return x_tr[0], x_va[0], x_tr[1]
+
+
+def _check_scalar_hparams(hparams: HParams, what: str = "fit") -> None:
+    if not isinstance(hparams, HParams):
+        raise ValueError(f"{what}: hparams must be an HParams (jaxlr.config.make_hparams)")
+    for name, v in zip(HParams._fields, hparams, strict=True):
+        if np.ndim(v) != 0:
+            raise ValueError(
+                f"{what}: hparams.{name} must be a scalar (one run), got shape {np.shape(v)}; "
+                "train a grid with jaxlr.sweep.run_sweep"
+            )
+
+
+@functools.lru_cache(maxsize=64)
+def _default_num_params(config: TrainConfig, num_features: int, dtype: str) -> int:
+    return resources.num_params(model_for(config, num_features, jnp.dtype(dtype)))
+
+
 def fit(
     config: TrainConfig,
     hparams: HParams,
@@ -453,8 +417,12 @@ def fit(
     resume: bool = True,
     log_fn: Callable[[str], None] | None = None,
     stop_after_epochs: int | None = None,
+    time_epochs: bool = False,
 ) -> TrainResult:
     """Trains one run: compiled chunks of epochs, progress lines, checkpoints, early stopping.
+
+    Before anything is allocated the shapes of `data` are checked and the memory the run
+    needs is estimated (`jaxlr.resources`); a run that cannot fit is refused.
 
     Args:
       config: static config.
@@ -467,12 +435,31 @@ def fit(
       log_fn: where progress lines go (default: the "jaxlr.train" logger at INFO).
       stop_after_epochs: end the loop after this many epochs of this call (for tests of
         resuming: an interrupted run).
+      time_epochs: compile the one-epoch program before the loop and run one epoch per
+        call (instead of `config.epochs_per_call`), timing each; the numbers are in
+        `TrainResult.timing`. The arithmetic is the same as without.
     Returns:
       `TrainResult`.
     Raises:
-      TrainingDiverged: a non-finite loss or parameter appeared; names step and learning rate.
+      ValueError: malformed data or hparams (a line in words naming the sizes).
+      jaxlr.resources.ResourceError: the run needs more memory than is available.
+      TrainingDiverged: the run diverged; the message names step, learning rate and rule,
+        and the exception carries them (and the final state and history).
     """
     log_fn = log_fn or log.info
+    num_train, num_val, num_features = check_data(data)
+    _check_scalar_hparams(hparams)
+    dtype = jax.dtypes.canonicalize_dtype(_dtype_of(data.x_train))
+    p = (
+        _default_num_params(config, num_features, np.dtype(dtype).name)
+        if model is None
+        else resources.num_params(model)
+    )
+    estimate = resources.estimate_run_bytes(
+        config, p, (num_train, num_val, num_features), np.dtype(dtype).itemsize
+    )
+    resources.check_fits(estimate, what=f"fit of a {config.model} model")
+
     x_train = jnp.asarray(data.x_train)
     data = Data(
         x_train,
@@ -500,17 +487,34 @@ def fit(
         log_fn(f"resumed from {checkpoint_path} at epoch {start_epoch}")
 
     t0 = time.perf_counter()
+    timing = None
+    if time_epochs:
+        compiled = run_fn.lower(state, hparams, data, start_epoch, 1).compile()
+        timing = {
+            "compile_seconds": time.perf_counter() - t0,
+            "epoch": [],
+            "epoch_seconds": [],
+            "steps": [],
+        }
     epoch = start_epoch
     epochs_this_call = 0
     while epoch < config.num_epochs and bool(state.active):
-        n = min(config.epochs_per_call, config.num_epochs - epoch)
+        n = 1 if time_epochs else min(config.epochs_per_call, config.num_epochs - epoch)
         t_chunk = time.perf_counter()
-        state, logs = run_fn(state, hparams, data, epoch, n)
-        part = history_from_logs(jax.device_get(logs), m, start_step=epoch * m)
+        if time_epochs:
+            state, logs = compiled(state, hparams, data, epoch)
+        else:
+            state, logs = run_fn(state, hparams, data, epoch, n)
+        logs = jax.device_get(logs)  # waits for the chunk
+        dt = time.perf_counter() - t_chunk
+        part = history_from_logs(logs, m, start_step=epoch * m)
         parts.append(part)
+        if timing is not None:
+            timing["epoch"].append(epoch)
+            timing["epoch_seconds"].append(dt)
+            timing["steps"].append(int(len(part["step"])))
         epoch += n
         epochs_this_call += n
-        dt = time.perf_counter() - t_chunk
         _log_progress(
             log_fn,
             config,
@@ -526,15 +530,13 @@ def fit(
         if stop_after_epochs is not None and epochs_this_call >= stop_after_epochs:
             break
     wall = time.perf_counter() - t0
+    if timing is not None:
+        timing["run_seconds"] = float(sum(timing["epoch_seconds"]))
+        timing["steps_per_second"] = sum(timing["steps"]) / max(timing["run_seconds"], 1e-9)
 
     history = concat_histories(parts)
     if bool(state.diverged):
-        step = int(state.diverge_step)
-        raise TrainingDiverged(
-            f"training diverged at step {step} (epoch {step // m}) with learning rate "
-            f"{float(hparams.learning_rate):g}: the loss or the parameters became non-finite. "
-            "Lower the learning rate (or the L2 strength); no weights were returned."
-        )
+        raise divergence_error(state, float(hparams.learning_rate), config, m, history)
     params = returned_params(state)
     metrics = {k: float(v) for k, v in eval_fn(params, hparams, data).items()}
     metrics["steps"] = int(len(history.get("step", [])))
@@ -542,7 +544,62 @@ def fit(
     metrics["epochs"] = int(history["step"][-1]) // m + 1 if metrics["steps"] else 0
     if config.early_stopping:
         metrics["early_stopping"] = early_stopping_summary(state, m)
-    return TrainResult(jax.device_get(params), jax.device_get(state), history, metrics, wall)
+    return TrainResult(
+        jax.device_get(params), jax.device_get(state), history, metrics, wall, timing
+    )
+
+
+def measure_step_rate(
+    config: TrainConfig,
+    hparams: HParams,
+    data: Data,
+    *,
+    model: Model | None = None,
+    repeats: int = 1,
+) -> float:
+    """Steps per second of one compiled epoch without validation checks (warm, steady state).
+
+    Compiles the one-epoch program of `config` with checks moved out of epoch 1, then
+    times epoch 1 from the initial state (`repeats` times, the fastest counts): the speed
+    of the update itself, as a benchmark or a plot's time axis needs it.
+
+    Args:
+      config: static config (its `eval_every` is replaced).
+      hparams: scalar hyper-parameters.
+      data: preprocessed arrays.
+      model: a bound model (default: from `config` and the data).
+      repeats: timed executions (>= 1).
+    Returns:
+      Steps per second.
+    """
+    if int(repeats) < 1:
+        raise ValueError(f"measure_step_rate: repeats must be >= 1, got {repeats!r}")
+    n, _, d = check_data(data, "measure_step_rate")
+    _check_scalar_hparams(hparams, "measure_step_rate")
+    m = schedule_numbers(config, n).batches_per_epoch
+    # Checks follow steps 0, E, 2E, ...: with E = 2M, none falls in epoch 1 (steps M..2M-1).
+    quiet = dataclasses.replace(config, eval_every=2 * m)
+    x_train = jnp.asarray(data.x_train)
+    data = Data(
+        x_train,
+        jnp.asarray(data.y_train),
+        jnp.asarray(data.x_val, x_train.dtype),
+        jnp.asarray(data.y_val),
+    )
+    hparams = HParams(
+        *(jnp.asarray(v, x_train.dtype) for v in hparams[:3]), jnp.asarray(hparams.seed, jnp.int32)
+    )
+    model = model if model is not None else model_for(quiet, d, x_train.dtype)
+    engine = make_engine(quiet, model, n)
+    state = jax.jit(engine.init)(hparams)
+    run = jax.jit(engine.run, static_argnums=4).lower(state, hparams, data, 1, 1).compile()
+    best = math.inf
+    for _ in range(int(repeats)):
+        t = time.perf_counter()
+        out, _ = run(state, hparams, data, 1)
+        jax.block_until_ready(out)
+        best = min(best, time.perf_counter() - t)
+    return m / best
 
 
 def _jit_engine(engine: Engine):
@@ -576,7 +633,11 @@ def _log_progress(log_fn, config, epoch, part, steps_per_s, elapsed, done_epochs
     left = (config.num_epochs - epoch) * elapsed / max(done_epochs, 1)
     msg += f"  {steps_per_s:,.0f} steps/s  elapsed {_fmt_time(elapsed)}  left {_fmt_time(left)}"
     if not bool(state.active):
-        msg += "  (stopped)" if not bool(state.diverged) else "  (DIVERGED)"
+        if bool(state.diverged):
+            reason = DIVERGE_REASONS.get(int(state.diverge_reason), "?")
+            msg += f"  (DIVERGED at step {int(state.diverge_step)}: {reason})"
+        else:
+            msg += "  (stopped)"
     log_fn(msg)
 
 
@@ -606,25 +667,30 @@ def _restore_run(path, template: TrainState, meta: dict):
 
 def num_steps(config: TrainConfig, num_train: int) -> int:
     """Steps of a full run of `config` on `num_train` examples."""
-    return config.num_epochs * num_batches(num_train, config.batch_size, config.drop_last)
+    return schedule_numbers(config, num_train).total_steps
 
 
 __all__ = [
     "Data",
-    "TrainState",
-    "StepLog",
     "Engine",
+    "Schedule",
+    "StepLog",
     "TrainResult",
+    "TrainState",
     "TrainingDiverged",
-    "make_engine",
-    "model_for",
+    "check_data",
+    "concat_histories",
+    "divergence_error",
+    "early_stopping_summary",
     "fit",
-    "returned_params",
     "history_from_logs",
     "history_records",
-    "concat_histories",
-    "early_stopping_summary",
     "keys_for",
-    "tree_where",
+    "make_engine",
+    "measure_step_rate",
+    "model_for",
     "num_steps",
+    "returned_params",
+    "schedule_numbers",
+    "tree_where",
 ]

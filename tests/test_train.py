@@ -8,10 +8,18 @@ import numpy as np
 import pytest
 
 from jaxlr import checkpoint as ckpt
-from jaxlr import optim
+from jaxlr import optim, step
 from jaxlr.config import TrainConfig, make_hparams
 from jaxlr.testing import assert_tree_allclose
-from jaxlr.train import Data, TrainingDiverged, fit, make_engine, model_for
+from jaxlr.train import (
+    Data,
+    TrainingDiverged,
+    fit,
+    make_engine,
+    measure_step_rate,
+    model_for,
+    num_steps,
+)
 
 
 def synthetic(n=240, v=120, d=9, k=None, seed=0, noise=1.0, dtype=np.float64):
@@ -138,9 +146,26 @@ def test_divergence_is_seen_at_the_step_whose_objective_is_not_finite():
     # So is one in a step with a validation check (step 0), by the check itself.
     state, logs = engine.run(state0, hp, data, 0, 2)
     assert bool(state.diverged) and int(state.diverge_step) == 0
-    # A learning rate that does not overflow never trips either check.
-    state, _ = engine.run(state0, make_hparams(0.1), data, 0, 3)
+    # Which rule fired is recorded: a non-finite training objective, a non-finite parameter
+    # after the chunk, a non-finite validation objective.
+    for start, epochs, reason in ((1, 3, step.DIVERGE_NONFINITE), (1, 1, step.DIVERGE_PARAMS)):
+        state, _ = engine.run(state0, hp, data, start, epochs)
+        assert int(state.diverge_reason) == reason
+    state, _ = engine.run(state0, hp, data, 0, 2)
+    assert int(state.diverge_reason) == step.DIVERGE_VAL_NONFINITE
+    # Learning rate 0.1 on inputs scaled by 1e3 overflows nothing: without the factor rule
+    # (diverge_factor=inf) neither non-finite check trips ...
+    lenient = make_engine(dataclasses.replace(cfg, diverge_factor=np.inf), model, 240)
+    state, logs = lenient.run(lenient.init(make_hparams(0.1)), make_hparams(0.1), data, 0, 3)
     assert not bool(state.diverged) and int(state.diverge_step) == -1
+    assert np.all(np.isfinite(logs.val_loss[np.asarray(logs.is_check)]))
+    # ... but the validation objective after step 0 is thousands of times the initial ln 4:
+    # with the default factor 1e3 that is divergence, caught by the check at step 0.
+    state, _ = engine.run(state0, make_hparams(0.1), data, 0, 3)
+    assert bool(state.diverged) and int(state.diverge_step) == 0
+    assert int(state.diverge_reason) == step.DIVERGE_VAL_FACTOR
+    assert float(state.initial_objective) == pytest.approx(np.log(4), rel=1e-12)
+    assert float(state.diverge_value) > 1e3 * np.log(4)
 
 
 def test_after_all_changes_no_value_and_spreads_no_nan():
@@ -243,6 +268,13 @@ def test_resume_from_checkpoint_equals_uninterrupted_run(tmp_path):
         np.testing.assert_array_equal(x, y)
     for k in full.history:
         np.testing.assert_array_equal(full.history[k], resumed.history[k])
+    # The divergence rule's reference, the initial objective (zero weights: ln 3), comes
+    # back from the checkpoint rather than from the first step after resuming.
+    flat, _ = ckpt.load_flat(path)
+    assert float(flat["state/initial_objective"]) == pytest.approx(np.log(3), rel=1e-12)
+    assert float(resumed.state.initial_objective) == float(full.state.initial_objective)
+    # (The first step after resuming, step 30, has another objective.)
+    assert float(resumed.history["train_loss"][30]) < float(full.state.initial_objective)
     # Another config must not silently resume from this checkpoint.
     with pytest.raises(ckpt.CheckpointError, match="another config"):
         fit(dataclasses.replace(cfg, batch_size=8), hp, data, checkpoint_path=path)
@@ -286,3 +318,312 @@ def test_float32_run():
     r = fit(cfg, make_hparams(0.1, dtype=jnp.float32), data)
     assert jax.tree.leaves(r.params)[0].dtype == np.float32
     assert np.isfinite(r.metrics["val_loss"])
+
+
+# ---------------------------------------------------------------------------------------------
+# The rules of `jaxlr.step`, each alone.
+
+
+@pytest.mark.parametrize(
+    "n, batch, drop_last, eval_every, epochs, expected",
+    [
+        # M = N // B; E = max(1, M // 5) (the course's cadence); T = epochs * M.
+        (240, 16, True, 0, 3, (15, 3, 45)),
+        (20000, 32, True, 0, 50, (625, 125, 31250)),
+        (60000, 32, True, 938, 6, (1875, 938, 11250)),
+        (64, 16, True, 0, 2, (4, 1, 8)),  # M < 5: a check after every step
+        (250, 16, True, 0, 1, (15, 3, 15)),  # the last 10 examples dropped
+        (250, 16, False, 0, 1, (16, 3, 16)),  # ... or kept as a masked 16th batch
+        (240, 16, True, 7, 2, (15, 7, 30)),
+    ],
+)
+def test_schedule_numbers(n, batch, drop_last, eval_every, epochs, expected):
+    cfg = TrainConfig(
+        batch_size=batch, drop_last=drop_last, eval_every=eval_every, num_epochs=epochs
+    )
+    sched = step.schedule_numbers(cfg, n)
+    assert sched == step.Schedule(*expected)
+    assert num_steps(cfg, n) == expected[2]
+    model = model_for(cfg, 3, jnp.float64)
+    assert make_engine(cfg, model, n).schedule == sched
+    checks = [t for t in range(sched.total_steps) if step.is_check_step(t, sched.eval_every)]
+    assert checks == list(range(0, sched.total_steps, sched.eval_every))
+
+
+def test_schedule_numbers_refuse_an_epoch_without_a_batch():
+    with pytest.raises(ValueError, match="batch_size=32 > num_examples=10"):
+        step.schedule_numbers(TrainConfig(batch_size=32), 10)
+
+
+NAN, INF = float("nan"), float("inf")
+
+
+@pytest.mark.parametrize(
+    "objective, initial, factor, reason",
+    [
+        (0.69, 0.69, 1e3, step.DIVERGE_NONE),
+        (0.01, 0.69, 1e3, step.DIVERGE_NONE),
+        (689.0, 0.69, 1e3, step.DIVERGE_NONE),  # below 1e3 x 0.69 = 690
+        (691.0, 0.69, 1e3, step.DIVERGE_FACTOR),
+        (5e5, 0.69, 1e3, step.DIVERGE_FACTOR),  # tdt4265_task2 --lr=1e6's loss
+        (5e5, 0.69, 1e6, step.DIVERGE_NONE),
+        (NAN, 0.69, 1e3, step.DIVERGE_NONFINITE),
+        (INF, 0.69, 1e3, step.DIVERGE_NONFINITE),
+        (-INF, 0.69, 1e3, step.DIVERGE_NONFINITE),
+        (1e300, NAN, 1e3, step.DIVERGE_NONE),  # initial objective not known yet
+        (1e300, 0.69, INF, step.DIVERGE_NONE),  # factor rule off
+        (1e300, 0.0, INF, step.DIVERGE_NONE),  # inf x 0 is NaN: still off
+        (NAN, 0.69, INF, step.DIVERGE_NONFINITE),
+    ],
+)
+def test_divergence_rule(objective, initial, factor, reason):
+    got = step.divergence_reason(jnp.asarray(objective), jnp.asarray(initial), factor)
+    assert got.dtype == jnp.int32 and int(got) == reason
+    # The validation check passes its own codes.
+    codes = (step.DIVERGE_VAL_NONFINITE, step.DIVERGE_VAL_FACTOR)
+    val = int(
+        jax.jit(step.divergence_reason, static_argnums=(2, 3))(objective, initial, factor, codes)
+    )
+    assert val == {0: 0, 1: codes[0], 2: codes[1]}[reason]
+
+
+def test_early_stopping_rule_alone():
+    val = [1.0, 0.8, 0.9, 0.7, 0.75, 0.71, 0.72, 0.6, 0.65, 0.66, 0.67, 0.68]
+    patience = 4
+    active, best, since = jnp.array(True), jnp.array(jnp.inf), jnp.array(0, jnp.int32)
+    stops, improvements = [], []
+    for i, v in enumerate(val):
+        improved, since, stop = step.early_stopping_rule(
+            active, jnp.array(True), jnp.asarray(v), best, since, patience, True
+        )
+        best = jnp.where(improved, v, best)
+        improvements.append(bool(improved))
+        if bool(stop):
+            stops.append(i)
+            active = active & ~stop
+    # By hand: new minima at 0, 1, 3, 7 (three checks without one after 3, fewer than four);
+    # the fourth check without one after 7 is 11: stop there.
+    assert improvements[:8] == [True, True, False, True, False, False, False, True]
+    assert stops == [11] == [_expected_stop(val, patience)]
+    # After stopping nothing counts any more.
+    improved, since2, stop = step.early_stopping_rule(
+        active, jnp.array(True), jnp.asarray(0.0), best, since, patience, True
+    )
+    assert not bool(improved) and int(since2) == int(since) and not bool(stop)
+    # A check that diverged never improves; disabled early stopping never stops.
+    improved, _, _ = step.early_stopping_rule(
+        jnp.array(True), jnp.array(False), jnp.asarray(0.0), jnp.asarray(1.0), 0, 3, True
+    )
+    assert not bool(improved)
+    _, since3, stop = step.early_stopping_rule(
+        jnp.array(True), jnp.array(True), jnp.asarray(2.0), jnp.asarray(1.0), 5, 3, False
+    )
+    assert int(since3) == 6 and not bool(stop)
+
+
+def _tiny_state(cfg, params):
+    model = model_for(cfg, 3, jnp.float64)
+    state = step.init_state(cfg, model, make_hparams(0.1), 10)
+    return state._replace(params=params)
+
+
+def test_chunk_end_rule_alone():
+    cfg = TrainConfig(model="softmax", num_classes=2)
+    good = {"w": jnp.ones((3, 2))}
+    state = step.chunk_end_rule(_tiny_state(cfg, good), jnp.asarray(41, jnp.int32))
+    assert bool(state.active) and not bool(state.diverged) and int(state.diverge_step) == -1
+    assert int(state.diverge_reason) == step.DIVERGE_NONE
+    bad = {"w": jnp.ones((3, 2)).at[1, 0].set(jnp.inf)}
+    state = step.chunk_end_rule(_tiny_state(cfg, bad), jnp.asarray(41, jnp.int32))
+    assert not bool(state.active) and bool(state.diverged) and int(state.diverge_step) == 41
+    assert int(state.diverge_reason) == step.DIVERGE_PARAMS and np.isnan(state.diverge_value)
+    # A run that had already stopped is not flagged again.
+    stopped = _tiny_state(cfg, bad)._replace(active=jnp.array(False))
+    state = step.chunk_end_rule(stopped, jnp.asarray(41, jnp.int32))
+    assert not bool(state.diverged) and int(state.diverge_step) == -1
+
+
+def test_train_step_alone_applies_sgd_and_refuses_a_step_above_the_factor():
+    data = Data(*map(jnp.asarray, synthetic(k=3)))
+    cfg = dataclasses.replace(BASE, model="softmax", num_classes=3, eval_every=5)
+    model = model_for(cfg, data.x_train.shape[1], jnp.float64)
+    sched = step.schedule_numbers(cfg, 240)
+    hp = make_hparams(0.1, l2=0.01)
+    state0 = step.init_state(cfg, model, hp, sched.total_steps)
+    assert np.isnan(state0.initial_objective)
+    idx = jnp.arange(16, 32, dtype=jnp.int32)
+    batch = step.Batch(idx, jnp.ones(16, bool), jnp.asarray(1, jnp.int32))  # no check at 1
+    state, out = step.train_step(state0, hp, data, batch, config=cfg, model=model, schedule=sched)
+    # By hand: w - lr * grad on examples 16..31; the logged loss is the cross-entropy.
+    x, y = data.x_train[16:32], data.y_train[16:32]
+    obj, ce = model.loss(state0.params, x, y, 0.01)
+    g = model.grad(state0.params, x, y, 0.01)
+    np.testing.assert_allclose(state.params["w"], state0.params["w"] - 0.1 * g["w"], rtol=1e-14)
+    assert float(out.train_loss) == pytest.approx(float(ce), rel=1e-14)
+    assert bool(out.ran) and not bool(out.is_check) and np.isnan(out.val_loss)
+    assert float(state.initial_objective) == pytest.approx(float(obj), rel=1e-14)
+    # The same step against an initial objective 1e4 times smaller: above the factor, the
+    # update is refused and the run frozen where the objective was computed.
+    low = state0._replace(initial_objective=jnp.asarray(float(obj) * 1e-4))
+    state, out = step.train_step(low, hp, data, batch, config=cfg, model=model, schedule=sched)
+    assert bool(out.ran) and not bool(state.active) and bool(state.diverged)
+    assert int(state.diverge_step) == 1 and int(state.diverge_reason) == step.DIVERGE_FACTOR
+    assert float(state.diverge_value) == pytest.approx(float(obj), rel=1e-14)
+    np.testing.assert_array_equal(state.params["w"], state0.params["w"])
+    # A frozen run stays frozen: nothing changes, nothing is logged.
+    again, out = step.train_step(state, hp, data, batch, config=cfg, model=model, schedule=sched)
+    assert not bool(out.ran) and np.isnan(out.train_loss)
+    for a, b in zip(jax.tree.leaves(again), jax.tree.leaves(state), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_validation_check_alone():
+    data = Data(*map(jnp.asarray, synthetic(k=3)))
+    cfg = dataclasses.replace(
+        BASE, model="softmax", num_classes=3, early_stopping=True, train_eval_size=100
+    )
+    model = model_for(cfg, data.x_train.shape[1], jnp.float64)
+    hp = make_hparams(0.1, l2=0.01)
+    rng = np.random.default_rng(1)
+    state0 = step.init_state(cfg, model, hp, 10)
+    state0 = state0._replace(
+        params={"w": jnp.asarray(rng.normal(size=(10, 3)))},
+        initial_objective=jnp.asarray(np.log(3.0)),
+    )
+    t = jnp.asarray(6, jnp.int32)
+    state, (val_loss, val_acc, train_acc) = step.validation_check(
+        state0, hp, data, t, config=cfg, model=model
+    )
+    obj, ce = model.loss(state0.params, data.x_val, data.y_val, 0.01)
+    assert float(val_loss) == pytest.approx(float(ce), rel=1e-14)
+    acc = model.accuracy(model.apply(state0.params, data.x_val), data.y_val)
+    assert float(val_acc) == pytest.approx(float(acc), rel=1e-14)
+    acc_t = model.accuracy(model.apply(state0.params, data.x_train[:100]), data.y_train[:100])
+    assert float(train_acc) == pytest.approx(float(acc_t), rel=1e-14)
+    # The first check improves on inf: best numbers and weights recorded.
+    assert int(state.best_step) == 6 and float(state.best_loss) == float(val_loss)
+    np.testing.assert_array_equal(state.best_params["w"], state0.params["w"])
+    assert bool(state.active) and not bool(state.diverged)
+    # The same check with a tiny initial objective: the validation factor rule fires.
+    tiny = state0._replace(initial_objective=jnp.asarray(float(obj) / 2e3))
+    state, _ = step.validation_check(tiny, hp, data, t, config=cfg, model=model)
+    assert bool(state.diverged) and not bool(state.active) and int(state.diverge_step) == 6
+    assert int(state.diverge_reason) == step.DIVERGE_VAL_FACTOR
+    assert float(state.diverge_value) == pytest.approx(float(obj), rel=1e-14)
+    assert int(state.best_step) == -1  # a diverged check is never the best
+
+
+# ---------------------------------------------------------------------------------------------
+# fit: divergence by the factor, input guards, epoch timing.
+
+
+def test_a_finite_blow_up_is_divergence_with_step_rate_and_rule():
+    """Like `tdt4265_task2 --lr=1e6`: the loss stays finite but is 1e5 x the initial one."""
+    data = synthetic()
+    cfg = dataclasses.replace(BASE, num_epochs=2)
+    with pytest.raises(TrainingDiverged) as err:
+        fit(cfg, make_hparams(1e6), data)
+    e = err.value
+    assert e.reason in (step.DIVERGE_FACTOR, step.DIVERGE_VAL_FACTOR)
+    assert e.initial_objective == pytest.approx(np.log(2), rel=1e-12)  # zero weights
+    assert e.value > 1e3 * np.log(2) and np.isfinite(e.value)
+    assert e.learning_rate == 1e6 and e.epoch == e.step // 15 and e.step >= 0
+    msg = str(e)
+    assert "\n" not in msg
+    assert f"step {e.step} " in msg and "learning rate 1e+06" in msg
+    assert "exceeded diverge_factor 1000" in msg and f"rule {e.reason}" in msg
+    # The exception carries the frozen state and the history up to the divergence.
+    assert bool(e.state.diverged) and int(e.state.diverge_step) == e.step
+    assert e.history["step"][-1] == e.step
+    # Without the factor rule the same run goes on to the end with a huge finite loss.
+    r = fit(dataclasses.replace(cfg, diverge_factor=np.inf), make_hparams(1e6), data)
+    assert np.isfinite(r.metrics["val_loss"]) and r.metrics["val_loss"] > 1e3 * np.log(2)
+    # A sound rate never comes near the factor.
+    ok = fit(cfg, make_hparams(0.1), data)
+    assert np.max(ok.history["train_loss"]) <= np.log(2) * 1.0 + 1e-12
+
+
+def test_diverge_factor_is_validated():
+    for bad in (1.0, 0.5, -3.0, float("nan")):
+        with pytest.raises(ValueError, match="diverge_factor must be > 1"):
+            TrainConfig(diverge_factor=bad)
+    assert TrainConfig(diverge_factor=np.inf).diverge_factor == np.inf
+
+
+def _with(data, **changes):
+    return data._replace(**changes)
+
+
+@pytest.mark.parametrize(
+    "change, pattern",
+    [
+        (
+            lambda d: _with(d, y_train=d.y_train[:-1]),
+            r"data\.x_train has 240 examples but data\.y_train has 239 labels",
+        ),
+        (
+            lambda d: _with(d, y_val=d.y_val[:100]),
+            r"data\.x_val has 120 examples but data\.y_val has 100 labels",
+        ),
+        (
+            lambda d: _with(d, y_train=d.y_train[:, None]),
+            r"data\.y_train must be integer labels \[examples\], got shape \(240, 1\)",
+        ),
+        (
+            lambda d: _with(d, x_val=d.x_val[:, :5]),
+            r"data\.x_train has 10 features but data\.x_val has 5",
+        ),
+        (
+            lambda d: _with(d, x_train=d.x_train[:, 0]),
+            r"data\.x_train must be \[examples, features\], got shape \(240,\)",
+        ),
+        (
+            lambda d: _with(d, x_val=d.x_val[:0], y_val=d.y_val[:0]),
+            r"data\.x_val has no examples",
+        ),
+        (
+            lambda d: _with(d, x_train=(d.x_train * 100).astype(np.uint8)),
+            r"data\.x_train must be floating point .* got uint8",
+        ),
+    ],
+)
+def test_fit_reports_malformed_data_in_words(change, pattern):
+    with pytest.raises(ValueError, match=pattern) as err:
+        fit(BASE, make_hparams(0.1), change(synthetic()))
+    assert "\n" not in str(err.value)
+
+
+def test_fit_refuses_a_grid_of_hparams():
+    with pytest.raises(ValueError, match=r"hparams\.learning_rate must be a scalar .*run_sweep"):
+        fit(BASE, make_hparams([0.1, 0.2]), synthetic())
+
+
+def test_time_epochs_times_each_epoch_and_changes_no_number():
+    data = synthetic(k=3)
+    cfg = dataclasses.replace(
+        BASE, model="softmax", num_classes=3, shuffle=True, num_epochs=4, epochs_per_call=2
+    )
+    hp = make_hparams(0.1, seed=2)
+    plain = fit(cfg, hp, data)
+    timed = fit(cfg, hp, data, time_epochs=True)
+    assert plain.timing is None
+    for a, b in zip(jax.tree.leaves(plain.params), jax.tree.leaves(timed.params), strict=True):
+        np.testing.assert_array_equal(a, b)
+    for k in plain.history:
+        np.testing.assert_array_equal(plain.history[k], timed.history[k])
+    t = timed.timing
+    assert t["epoch"] == [0, 1, 2, 3] and t["steps"] == [15] * 4
+    assert t["compile_seconds"] > 0 and all(s > 0 for s in t["epoch_seconds"])
+    assert t["run_seconds"] == pytest.approx(sum(t["epoch_seconds"]))
+    assert t["steps_per_second"] == pytest.approx(60 / t["run_seconds"])
+    # The timed loop and compilation both sit inside the loop's wall time.
+    assert timed.wall_seconds >= t["compile_seconds"] + t["run_seconds"]
+
+
+def test_measure_step_rate():
+    data = synthetic(k=3)
+    cfg = dataclasses.replace(BASE, model="softmax", num_classes=3)
+    rate = measure_step_rate(cfg, make_hparams(0.1), data, repeats=2)
+    assert np.isfinite(rate) and rate > 0
+    with pytest.raises(ValueError, match="repeats must be >= 1"):
+        measure_step_rate(cfg, make_hparams(0.1), data, repeats=0)
