@@ -84,7 +84,9 @@ def num_params(model_or_num_params: Model | int) -> int:
         if p < 0:
             raise ValueError(f"num_params: the parameter count must be >= 0, got {p}")
         return p
-    shapes = jax.eval_shape(model_or_num_params.init, jax.random.PRNGKey(0))
+    init = model_or_num_params.init
+    # The key is made inside the abstract evaluation too: not even it is allocated.
+    shapes = jax.eval_shape(lambda: init(jax.random.PRNGKey(0)))
     return int(sum(math.prod(s.shape) for s in jax.tree.leaves(shapes)))
 
 
