@@ -50,8 +50,7 @@ from jaxlr.sections import (
 )
 from jaxlr.splits import float_dtype, load_splits, test_subset
 from jaxlr.sweep import make_grid, run_sweep
-from jaxlr.timing import steps_per_second
-from jaxlr.train import fit, model_for, schedule_numbers
+from jaxlr.train import fit, measure_step_rate, model_for, schedule_numbers
 
 log = logging.getLogger("jaxlr.experiments.hw3")
 
@@ -327,15 +326,15 @@ def hw3_online_vs_minibatch(cfg: BatchSizes, run: RunDir) -> dict:
         model = model_for(tcfg, d, np.asarray(data.x_train).dtype)
         _, test_ce = model.loss(result.params, x_test, y_test, 0.0)
         test_acc = float(model.accuracy(model.apply(result.params, x_test), y_test))
-        sps = steps_per_second(tcfg, hparams, data)
+        sps = measure_step_rate(tcfg, hparams, data)
         h = result.history
         runs[key] = {
             "batch_size": b,
             "test_accuracy": test_acc,
             "test_loss": float(test_ce),
-            "wall_seconds": float(sum(result.epoch_seconds)),
-            "compile_seconds": float(result.compile_seconds),
-            "epoch_seconds": [float(s) for s in result.epoch_seconds],
+            "wall_seconds": result.timing["run_seconds"],
+            "compile_seconds": float(result.timing["compile_seconds"]),
+            "epoch_seconds": [float(s) for s in result.timing["epoch_seconds"]],
             "steps": int(len(h["step"])),
             "steps_per_epoch": m,
             "steps_per_second": sps,
