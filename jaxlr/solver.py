@@ -1,0 +1,672 @@
+"""The exact optimum of the convex linear models: full-batch Newton-CG (or L-BFGS) in float64.
+
+Logistic and softmax regression minimise a convex objective, ``mean cross-entropy +
+lambda * R(w)``, so every training run has a true optimum to measure it against. ``solve``
+finds it for the model's own objective (``model.loss``: either L2 convention, bias
+penalised or not, the same function training minimises) and ``solve_path`` solves a whole
+regularization path in one compiled call.
+
+Method ("newton_cg", the default): truncated Newton. Each iteration linearises the
+gradient at the current point (``jax.linearize`` of ``jax.grad``: the Hessian-vector
+product ``jvp(grad f)``, one forward and one backward pass per product), solves
+``H d = -g`` by conjugate gradients to the residual ``min(0.5, sqrt(||g||)) ||g||`` (the
+forcing sequence of Nocedal & Wright, Algorithm 7.1, which gives superlinear convergence;
+at most ``max_cg_iter`` products), then backtracks from the full step ``t = 1`` by halving
+until the Armijo condition ``f(p + t d) <= f(p) + 1e-4 t g.d`` holds. Close to the optimum
+the decrease falls below the rounding of ``f``, so a step is also accepted when ``f`` rises
+by no more than ``100 eps |f|`` while the gradient norm falls (Hager & Zhang's approximate
+Armijo test). "lbfgs": optax's L-BFGS (memory 10) with its zoom line search; it needs many
+more iterations and is kept as an independent cross-check.
+
+Stopping: the Euclidean norm of the gradient of the objective (all parameters flattened),
+``||grad f||_2 <= tol``, absolute; the objective is a mean over examples, so the scale does
+not grow with N. Defaults (``DEFAULT_TOL``): 1e-10 in float64, 1e-5 in float32 (float32
+gradients carry rounding noise of ~1e-7 to 1e-6 on MNIST). ``iterations`` counts Newton
+(or L-BFGS) iterations, ``hvps`` the Hessian-vector products. With strong convexity ``mu``
+(``mu >= 2 lambda`` for ``R = sum w^2`` with the bias penalised, ``>= lambda`` for
+``"half"``) a gradient norm ``g`` bounds the distance to the optimum by ``g / mu`` and the
+objective gap by ``g^2 / (2 mu)``; the tests use exactly these bounds.
+
+No finite optimum: with ``lambda = 0`` on linearly separable data the infimum 0 of the
+cross-entropy is approached only as ``||w|| -> inf``. The solver checks at every iterate
+whether every (unmasked) example is strictly correctly classified (``separated``); with
+``lambda = 0`` that certifies that no finite optimum exists (scaling ``w`` up lowers every
+loss), so it stops there and reports ``converged=False``. Quasi-separated data (separable
+up to ties) is not detected: the gradient vanishes only as ``||w|| -> inf`` and the solve
+ends at ``max_iter`` with ``converged=False``, or meets ``tol`` with a very large
+``||w||``. With ``lambda > 0`` and the bias unpenalised, data with a single class also has
+no finite optimum (not detected).
+
+``solve`` is a pure function of arrays (model and options static) built on
+``lax.while_loop``: ``jit`` and ``vmap`` apply; ``solve_path`` is ``jit(vmap(solve))`` over
+``l2`` (and over ``params0`` for warm starts, e.g. from trained runs or a previous path).
+Under ``vmap`` every lane runs until the slowest has stopped; stopped lanes do not change.
+
+Dimension legend:
+  N  examples
+  D  input features (785 for MNIST with the bias trick)
+  K  classes
+  P  scalar parameters (all leaves flattened)
+  L  points of a regularization path (distinct lambdas)
+  S  sweep points (rows of ``optimum_report``)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.flatten_util import ravel_pytree
+
+from jaxlr import curvature, losses
+
+__all__ = [
+    "CONVEX_KINDS",
+    "DEFAULT_TOL",
+    "METHODS",
+    "OptimumReport",
+    "SolveResult",
+    "optimum_report",
+    "solve",
+    "solve_path",
+]
+
+METHODS = ("newton_cg", "lbfgs")
+CONVEX_KINDS = ("logistic", "softmax")
+DEFAULT_TOL: dict[str, float] = {"float64": 1e-10, "float32": 1e-5}
+DEFAULT_MAX_ITER = 100
+DEFAULT_MAX_CG_ITER = 250
+ARMIJO_C1 = 1e-4
+MAX_BACKTRACKS = 40
+# Relative rise of f tolerated by the approximate Armijo test, in units of the dtype's eps.
+APPROX_RISE_EPS = 100.0
+LBFGS_MEMORY = 10
+
+
+class SolveResult(NamedTuple):
+    """Result of ``solve`` (scalars) or ``solve_path`` (every field with a leading L axis).
+
+    Attributes:
+      params: the solution, a pytree like the model's params, in the solve dtype.
+      objective: ``f(params)`` = mean cross-entropy + lambda R(w).
+      cross_entropy: the mean cross-entropy part of ``objective``.
+      grad_norm: ``||grad f(params)||_2``.
+      iterations: Newton (or L-BFGS) iterations taken (int32).
+      hvps: Hessian-vector products taken (int32; 0 for L-BFGS).
+      converged: ``grad_norm <= tol`` and not (``separated`` with lambda = 0).
+      separated: every (unmasked) example is strictly correctly classified at ``params``;
+        with lambda = 0 this certifies that no finite optimum exists.
+      stalled: the line search found no acceptable step (rounding floor reached before
+        ``tol``: raise ``tol`` or use float64).
+    """
+
+    params: Any
+    objective: jax.Array
+    cross_entropy: jax.Array
+    grad_norm: jax.Array
+    iterations: jax.Array
+    hvps: jax.Array
+    converged: jax.Array
+    separated: jax.Array
+    stalled: jax.Array
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation (host side; traced values are not checked).
+
+
+def _is_concrete(x) -> bool:
+    return not isinstance(x, jax.core.Tracer)
+
+
+def _check_model(model, where: str) -> None:
+    kind = getattr(model, "kind", None)
+    if kind not in CONVEX_KINDS:
+        raise ValueError(
+            f"{where}: model.kind={kind!r} is not a convex model; valid: "
+            + ", ".join(map(repr, CONVEX_KINDS))
+        )
+
+
+def _check_options(where: str, method: str, max_iter, max_cg_iter) -> None:
+    if method not in METHODS:
+        raise ValueError(
+            f"{where}: unknown method {method!r}; valid: {', '.join(map(repr, METHODS))}"
+        )
+    for name, value in (("max_iter", max_iter), ("max_cg_iter", max_cg_iter)):
+        if not isinstance(value, (int, np.integer)) or int(value) < 1:
+            raise ValueError(f"{where}: {name} must be an int >= 1, got {value!r}")
+
+
+def _resolve_dtype(where: str, dtype):
+    dtype = jnp.dtype(dtype)
+    if dtype.name not in DEFAULT_TOL:
+        raise ValueError(f"{where}: dtype must be float32 or float64, got {dtype.name!r}")
+    if dtype == jnp.float64 and not jax.config.jax_enable_x64:
+        raise ValueError(
+            f"{where}: dtype=float64 needs 64-bit JAX; call "
+            "jax.config.update('jax_enable_x64', True) first, run inside "
+            "`with jax.enable_x64(True):`, or pass dtype=jnp.float32"
+        )
+    return dtype
+
+
+def _resolve_tol(where: str, tol, dtype):
+    if tol is None:
+        return DEFAULT_TOL[dtype.name]
+    if _is_concrete(tol):
+        t = np.asarray(tol)
+        if t.ndim != 0 or not np.isfinite(t) or t <= 0:
+            raise ValueError(f"{where}: tol must be a finite scalar > 0, got {tol!r}")
+    return tol
+
+
+def _check_l2(where: str, l2, ndim: int) -> None:
+    if not _is_concrete(l2):
+        return
+    a = np.asarray(l2, dtype=np.float64)
+    if a.ndim != ndim or (ndim == 1 and a.size == 0):
+        what = "a scalar" if ndim == 0 else "a non-empty 1-D array"
+        raise ValueError(f"{where}: l2 must be {what}, got shape {a.shape}")
+    if not np.all(np.isfinite(a)) or np.any(a < 0):
+        raise ValueError(f"{where}: l2 must be finite and >= 0, got {a.tolist()}")
+
+
+def _check_data(where: str, x_ND, y_N, mask_N) -> None:
+    xs, ys = np.shape(x_ND), np.shape(y_N)
+    if len(xs) != 2:
+        raise ValueError(f"{where}: x_ND must have rank 2 [N, D], got shape {xs}")
+    if len(ys) < 1 or ys[0] != xs[0]:
+        raise ValueError(f"{where}: y_N has shape {ys}, expected {xs[0]} labels for x_ND {xs}")
+    if mask_N is not None and np.shape(mask_N) != (xs[0],):
+        raise ValueError(f"{where}: mask_N has shape {np.shape(mask_N)}, expected ({xs[0]},)")
+
+
+def _zeros_like_model(model, dtype):
+    shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0))
+    return jax.tree.map(lambda s: jnp.zeros(s.shape, dtype), shapes)
+
+
+def _cast(tree, dtype):
+    return jax.tree.map(lambda a: jnp.asarray(a).astype(dtype), tree)
+
+
+# ---------------------------------------------------------------------------------------------
+# The algorithms, on flat parameter vectors p_P.
+
+
+def _separated(model, params, x_ND, y_N, mask_N) -> jax.Array:
+    """Every unmasked example strictly correctly classified (a positive margin)."""
+    logits = model.apply(params, x_ND)
+    if logits.ndim == 1:
+        sign_N = 2.0 * jnp.asarray(y_N).astype(logits.dtype) - 1.0
+        margin_N = sign_N * logits
+    else:
+        y = jnp.argmax(y_N, axis=-1) if jnp.ndim(y_N) == 2 else y_N
+        true_N = jnp.take_along_axis(logits, y[:, None].astype(jnp.int32), axis=1)[:, 0]
+        others_NK = jnp.where(jax.nn.one_hot(y, logits.shape[1], dtype=bool), -jnp.inf, logits)
+        margin_N = true_N - jnp.max(others_NK, axis=1)
+    ok_N = margin_N > 0
+    if mask_N is not None:
+        ok_N = ok_N | (jnp.asarray(mask_N) == 0)
+    return jnp.all(ok_N)
+
+
+def _cg(matvec, g_P, gnorm, max_cg_iter):
+    """Truncated CG for ``H d = -g`` to ``||H d + g|| <= min(0.5, sqrt(||g||)) ||g||``.
+
+    Stops early on non-positive curvature (then ``d = -g`` if it happens at once).
+    Returns ``(d_P, products)``.
+    """
+    target = jnp.minimum(0.5, jnp.sqrt(gnorm)) * gnorm
+    r_P = -g_P
+    rr = jnp.vdot(r_P, r_P)
+
+    def cond(c):
+        _, _, _, rr, k, done = c
+        return (k < max_cg_iter) & ~done & (jnp.sqrt(rr) > target)
+
+    def body(c):
+        d_P, r_P, s_P, rr, k, _ = c
+        hs_P = matvec(s_P)
+        shs = jnp.vdot(s_P, hs_P)
+        flat = shs <= 0
+        alpha = rr / jnp.where(flat, 1, shs)
+        d_new = d_P + alpha * s_P
+        r_new = r_P - alpha * hs_P
+        rr_new = jnp.vdot(r_new, r_new)
+        s_new = r_new + (rr_new / rr) * s_P
+        d_flat = jnp.where(k == 0, -g_P, d_P)
+        return (
+            jnp.where(flat, d_flat, d_new),
+            jnp.where(flat, r_P, r_new),
+            jnp.where(flat, s_P, s_new),
+            jnp.where(flat, rr, rr_new),
+            k + 1,
+            flat,
+        )
+
+    init = (jnp.zeros_like(g_P), r_P, r_P, rr, jnp.asarray(0, jnp.int32), jnp.asarray(False))
+    d_P, _, _, _, k, _ = jax.lax.while_loop(cond, body, init)
+    return d_P, k
+
+
+def _newton_cg(fun, sep_fun, p_P, tol, stop_if_separated, max_iter, max_cg_iter):
+    dtype = p_P.dtype
+    eps_rise = APPROX_RISE_EPS * jnp.finfo(dtype).eps
+    value_and_grad = jax.value_and_grad(fun)
+    f, g_P = value_and_grad(p_P)
+    gnorm = jnp.linalg.norm(g_P)
+    zero = jnp.asarray(0, jnp.int32)
+    false = jnp.asarray(False)
+
+    def cond(c):
+        _, f, _, gnorm, it, _, stalled, sep = c
+        stop_sep = stop_if_separated & sep
+        return (gnorm > tol) & (it < max_iter) & ~stalled & ~stop_sep & jnp.isfinite(f)
+
+    def body(c):
+        p_P, f, g_P, gnorm, it, hvps, _, _ = c
+        _, matvec = jax.linearize(jax.grad(fun), p_P)
+        d_P, k = _cg(matvec, g_P, gnorm, max_cg_iter)
+        slope = jnp.vdot(g_P, d_P)
+
+        def trial(t):
+            q_P = p_P + t * d_P
+            fq, gq_P = value_and_grad(q_P)
+            gq = jnp.linalg.norm(gq_P)
+            armijo = fq <= f + ARMIJO_C1 * t * slope
+            approx = (fq <= f + eps_rise * jnp.abs(f)) & (gq < gnorm)
+            ok = jnp.isfinite(fq) & (armijo | approx)
+            return q_P, fq, gq_P, gq, ok
+
+        def ls_cond(ls):
+            *_, ok, n = ls
+            return ~ok & (n < MAX_BACKTRACKS)
+
+        def ls_body(ls):
+            t, *_, n = ls
+            t = 0.5 * t
+            return (t, *trial(t), n + 1)
+
+        one = jnp.asarray(1, dtype)
+        _, q_P, fq, gq_P, gq, ok, _ = jax.lax.while_loop(
+            ls_cond, ls_body, (one, *trial(one), jnp.asarray(1, jnp.int32))
+        )
+        p_P = jnp.where(ok, q_P, p_P)
+        f = jnp.where(ok, fq, f)
+        g_P = jnp.where(ok, gq_P, g_P)
+        gnorm = jnp.where(ok, gq, gnorm)
+        return p_P, f, g_P, gnorm, it + 1, hvps + k, ~ok, sep_fun(p_P)
+
+    init = (p_P, f, g_P, gnorm, zero, zero, false, sep_fun(p_P))
+    p_P, f, g_P, gnorm, it, hvps, stalled, _ = jax.lax.while_loop(cond, body, init)
+    return p_P, it, hvps, stalled
+
+
+def _lbfgs(fun, sep_fun, p_P, tol, stop_if_separated, max_iter):
+    opt = optax.lbfgs(memory_size=LBFGS_MEMORY)
+    value_and_grad = optax.value_and_grad_from_state(fun)
+    zero = jnp.asarray(0, jnp.int32)
+
+    def gnorm_of(state):
+        return jnp.linalg.norm(optax.tree.get(state, "grad"))
+
+    def cond(c):
+        _, state, it, sep = c
+        stop_sep = stop_if_separated & sep
+        return (it == 0) | ((it < max_iter) & (gnorm_of(state) > tol) & ~stop_sep)
+
+    def body(c):
+        p_P, state, it, _ = c
+        f, g_P = value_and_grad(p_P, state=state)
+        updates, state = opt.update(g_P, state, p_P, value=f, grad=g_P, value_fn=fun)
+        p_P = optax.apply_updates(p_P, updates)
+        return p_P, state, it + 1, sep_fun(p_P)
+
+    f0, g0 = jax.value_and_grad(fun)(p_P)
+    # Iteration 0 is forced by `cond`; skip it when the start already meets the tolerance.
+    done0 = (jnp.linalg.norm(g0) <= tol) | (stop_if_separated & sep_fun(p_P))
+    state = opt.init(p_P)
+    p_out, _, it, _ = jax.lax.cond(
+        done0,
+        lambda: (p_P, state, zero, jnp.asarray(False)),
+        lambda: jax.lax.while_loop(cond, body, (p_P, state, zero, jnp.asarray(False))),
+    )
+    del f0
+    return p_out, it, zero, jnp.asarray(False)
+
+
+def _solve_impl(model, method, max_iter, max_cg_iter, params0, x_ND, y_N, l2, mask_N, tol):
+    """``solve`` on arrays already cast to one dtype (traceable; no validation)."""
+    p0_P, unravel = ravel_pytree(params0)
+    dtype = p0_P.dtype
+    tol = jnp.asarray(tol, dtype)
+    l2 = jnp.asarray(l2, dtype)
+
+    def objective(params):
+        return model.loss(params, x_ND, y_N, l2, mask_N)
+
+    def fun(p_P):
+        return objective(unravel(p_P))[0]
+
+    def sep_fun(p_P):
+        return _separated(model, unravel(p_P), x_ND, y_N, mask_N)
+
+    stop_if_separated = l2 == 0
+    if method == "newton_cg":
+        p_P, it, hvps, stalled = _newton_cg(
+            fun, sep_fun, p0_P, tol, stop_if_separated, max_iter, max_cg_iter
+        )
+    else:
+        p_P, it, hvps, stalled = _lbfgs(fun, sep_fun, p0_P, tol, stop_if_separated, max_iter)
+    params = unravel(p_P)
+    (f, ce), g = jax.value_and_grad(objective, has_aux=True)(params)
+    gnorm = jnp.linalg.norm(ravel_pytree(g)[0])
+    separated = sep_fun(p_P)
+    converged = (gnorm <= tol) & ~(stop_if_separated & separated)
+    return SolveResult(params, f, ce, gnorm, it, hvps, converged, separated, stalled)
+
+
+_STATIC = ("model", "method", "max_iter", "max_cg_iter")
+_solve_jit = jax.jit(_solve_impl, static_argnames=_STATIC)
+
+
+@functools.partial(jax.jit, static_argnames=(*_STATIC, "batched_params"))
+def _solve_path_jit(
+    model, method, max_iter, max_cg_iter, params0, x_ND, y_N, l2_L, mask_N, tol, batched_params
+):
+    one = functools.partial(_solve_impl, model, method, max_iter, max_cg_iter)
+    in_axes = (0 if batched_params else None, None, None, 0, None, None)
+    return jax.vmap(one, in_axes=in_axes)(params0, x_ND, y_N, l2_L, mask_N, tol)
+
+
+# ---------------------------------------------------------------------------------------------
+# Public API.
+
+
+def solve(
+    model,
+    params0: Any,
+    x_ND: jax.Array,
+    y_N: jax.Array,
+    l2,
+    *,
+    mask_N: jax.Array | None = None,
+    tol: float | None = None,
+    max_iter: int = DEFAULT_MAX_ITER,
+    method: str = "newton_cg",
+    max_cg_iter: int = DEFAULT_MAX_CG_ITER,
+    dtype=jnp.float64,
+) -> SolveResult:
+    """Minimises the model's objective ``model.loss(params, x_ND, y_N, l2, mask_N)[0]``.
+
+    Pure and traceable (options static): ``jax.vmap(lambda l: solve(m, p0, x, y, l).objective)``
+    works; ``solve_path`` does this for a whole path.
+
+    Args:
+      model: a ``Model`` of kind "logistic" or "softmax" (``jaxlr.objective.make_model`` or
+        ``jaxlr.train.model_for(config, D, dtype)``; its own dtype does not matter).
+      params0: start (warm start), a pytree like ``model.init(key)``; None for zeros.
+      x_ND, y_N: the full training set (``y_N`` integer labels; binary: 0/1).
+      l2: lambda >= 0 (scalar; traced under ``vmap``).
+      mask_N: optional 0/1 example weights (padding).
+      tol: stop when ``||grad f||_2 <= tol`` (absolute); default ``DEFAULT_TOL[dtype]``.
+      max_iter: the most Newton (or L-BFGS) iterations.
+      method: "newton_cg" (default) or "lbfgs".
+      max_cg_iter: the most Hessian-vector products per Newton iteration.
+      dtype: float64 (default; needs ``jax_enable_x64``) or float32; data and parameters
+        are cast to it.
+
+    Returns:
+      ``SolveResult`` of scalars.
+
+    Raises:
+      ValueError: a model that is not convex (MLP), an unknown method, a bad tol,
+        max_iter, l2 or data shape, or float64 without 64-bit JAX.
+    """
+    where = "solve"
+    _check_model(model, where)
+    _check_options(where, method, max_iter, max_cg_iter)
+    dtype = _resolve_dtype(where, dtype)
+    tol = _resolve_tol(where, tol, dtype)
+    _check_l2(where, l2, 0)
+    _check_data(where, x_ND, y_N, mask_N)
+    params0 = _zeros_like_model(model, dtype) if params0 is None else _cast(params0, dtype)
+    return _solve_jit(
+        model=model,
+        method=method,
+        max_iter=int(max_iter),
+        max_cg_iter=int(max_cg_iter),
+        params0=params0,
+        x_ND=jnp.asarray(x_ND).astype(dtype),
+        y_N=jnp.asarray(y_N),
+        l2=jnp.asarray(l2).astype(dtype),
+        mask_N=None if mask_N is None else jnp.asarray(mask_N).astype(dtype),
+        tol=jnp.asarray(tol).astype(dtype),
+    )
+
+
+def solve_path(
+    model,
+    x_ND: jax.Array,
+    y_N: jax.Array,
+    l2_L,
+    *,
+    params0: Any = None,
+    mask_N: jax.Array | None = None,
+    tol: float | None = None,
+    max_iter: int = DEFAULT_MAX_ITER,
+    method: str = "newton_cg",
+    max_cg_iter: int = DEFAULT_MAX_CG_ITER,
+    dtype=jnp.float64,
+) -> SolveResult:
+    """Solves a whole regularization path in one compiled call (``jit(vmap(solve))`` over l2).
+
+    A path of a new set of lambdas of the same length (same shapes and options) reuses the
+    compiled function.
+
+    Args:
+      model, x_ND, y_N, mask_N, tol, max_iter, method, max_cg_iter, dtype: as in ``solve``.
+      l2_L: the L lambdas (1-D, each >= 0).
+      params0: None (zeros for every lambda), one pytree shared by every lambda, or a
+        pytree whose leaves carry a leading L axis (a warm start per lambda, e.g. the
+        ``params`` of an earlier ``solve_path`` or of trained runs).
+
+    Returns:
+      ``SolveResult`` whose fields all have a leading axis L.
+
+    Raises:
+      ValueError: as ``solve``; also when ``params0`` fits neither layout.
+    """
+    where = "solve_path"
+    _check_model(model, where)
+    _check_options(where, method, max_iter, max_cg_iter)
+    dtype = _resolve_dtype(where, dtype)
+    tol = _resolve_tol(where, tol, dtype)
+    _check_l2(where, l2_L, 1)
+    _check_data(where, x_ND, y_N, mask_N)
+    num = int(np.shape(l2_L)[0])
+    template = _zeros_like_model(model, dtype)
+    if params0 is None:
+        params0, batched = template, False
+    else:
+        params0 = _cast(params0, dtype)
+        shapes = [np.shape(a) for a in jax.tree.leaves(params0)]
+        want = [np.shape(a) for a in jax.tree.leaves(template)]
+        if jax.tree.structure(params0) != jax.tree.structure(template):
+            raise ValueError(
+                f"{where}: params0 has structure {jax.tree.structure(params0)}, expected "
+                f"{jax.tree.structure(template)}"
+            )
+        if shapes == want:
+            batched = False
+        elif shapes == [(num, *s) for s in want]:
+            batched = True
+        else:
+            raise ValueError(
+                f"{where}: params0 leaf shapes {shapes} are neither {want} (shared) nor "
+                f"with a leading axis of {num} (one per lambda)"
+            )
+    return _solve_path_jit(
+        model=model,
+        method=method,
+        max_iter=int(max_iter),
+        max_cg_iter=int(max_cg_iter),
+        params0=params0,
+        x_ND=jnp.asarray(x_ND).astype(dtype),
+        y_N=jnp.asarray(y_N),
+        l2_L=jnp.asarray(l2_L).astype(dtype),
+        mask_N=None if mask_N is None else jnp.asarray(mask_N).astype(dtype),
+        tol=jnp.asarray(tol).astype(dtype),
+        batched_params=batched,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Host-side report for experiments.
+
+
+class OptimumReport(NamedTuple):
+    """Result of ``optimum_report``.
+
+    Attributes:
+      rows: one JSON-ready dict per input point (see ``optimum_report``).
+      l2_L: the distinct lambdas, sorted ascending (numpy float64 [L]).
+      path: the ``SolveResult`` of ``solve_path`` over ``l2_L`` (fields [L]); ``path.params``
+        are the optima, e.g. for the test accuracy at the optimum.
+    """
+
+    rows: list
+    l2_L: np.ndarray
+    path: SolveResult
+
+
+def _optional(values, num: int, name: str):
+    if values is None:
+        return [None] * num
+    values = [None if v is None else float(v) for v in values]
+    if len(values) != num:
+        raise ValueError(f"optimum_report: {name} has {len(values)} values, expected {num}")
+    return values
+
+
+def optimum_report(
+    model,
+    x_ND,
+    y_N,
+    l2_S: Sequence[float],
+    *,
+    learning_rates: Sequence[float] | None = None,
+    final_objectives: Sequence[float] | None = None,
+    mask_N=None,
+    include_bias: bool = True,
+    tol: float | None = None,
+    max_iter: int = DEFAULT_MAX_ITER,
+    method: str = "newton_cg",
+    dtype=jnp.float64,
+    key: jax.Array | None = None,
+) -> OptimumReport:
+    """Optimum, gap and gradient-descent limit for each point of a sweep (host side).
+
+    Each distinct lambda is solved once (one ``solve_path`` call) and its curvature computed
+    once; points that share a lambda (a lambda x learning-rate grid) share them. In float64
+    the computation runs inside ``jax.enable_x64(True)``, so the caller's process may stay
+    in 32-bit mode (the engine's float32 model works as is).
+
+    Args:
+      model: the engine's model (``jaxlr.train.model_for(config, D, dtype)``), logistic or
+        softmax.
+      x_ND, y_N: the full training set the runs minimised the mean over.
+      l2_S: lambda of each of the S points (duplicates allowed).
+      learning_rates: the S learning rates of the runs (optional).
+      final_objectives: the S objectives (cross-entropy + lambda R, on the full training set)
+        the runs ended at (optional).
+      mask_N: optional 0/1 example weights.
+      include_bias: whether ``weight_norm`` counts the bias (pass ``TrainConfig.l2_bias`` to
+        match the penalty).
+      tol, max_iter, method, dtype: as in ``solve``.
+      key: PRNG key of the power iteration (default ``PRNGKey(0)``).
+
+    Returns:
+      ``OptimumReport``; ``rows[s]`` has the keys "l2", "optimum_objective",
+      "optimum_cross_entropy", "gap" (final objective - optimum, None without
+      ``final_objectives``), "lr" (None without ``learning_rates``), "lr_limit" (2 / h_max at
+      the optimum), "lr_limit_init" (at zero parameters), "lr_over_limit" (lr / lr_limit),
+      "grad_norm", "iterations", "converged", "separated", "weight_norm" (L2 norm of the
+      optimum's weights).
+    """
+    _check_model(model, "optimum_report")
+    l2_S = np.asarray(l2_S, dtype=np.float64).reshape(-1)
+    num = int(l2_S.size)
+    _check_l2("optimum_report", l2_S, 1)
+    lrs = _optional(learning_rates, num, "learning_rates")
+    finals = _optional(final_objectives, num, "final_objectives")
+    l2_L, index_S = np.unique(l2_S, return_inverse=True)
+    x64 = jnp.dtype(dtype) == jnp.float64
+    with jax.enable_x64(True) if x64 else contextlib.nullcontext():
+        path = solve_path(
+            model,
+            x_ND,
+            y_N,
+            l2_L,
+            mask_N=mask_N,
+            tol=tol,
+            max_iter=max_iter,
+            method=method,
+            dtype=dtype,
+        )
+        x = jnp.asarray(x_ND).astype(dtype)
+        mask = None if mask_N is None else jnp.asarray(mask_N).astype(dtype)
+        y = jnp.asarray(y_N)
+        lam_L = jnp.asarray(l2_L).astype(dtype)
+        limits = _limits(model, path.params, x, y, lam_L, mask, key)
+        zeros = _zeros_like_model(model, jnp.dtype(dtype))
+        limits_init = _limits(model, zeros, x, y, lam_L, mask, key, batched_params=False)
+        path_np = jax.tree.map(np.asarray, path)
+        limits = np.asarray(limits, np.float64)
+        limits_init = np.asarray(limits_init, np.float64)
+    norms = [
+        float(np.sqrt(sum(np.sum(np.square(np.asarray(a, np.float64))) for a in ws)))
+        for ws in (
+            losses.l2_weights(jax.tree.map(lambda a, i=i: a[i], path_np.params), include_bias)
+            for i in range(len(l2_L))
+        )
+    ]
+    rows = []
+    for s in range(num):
+        i = int(index_S[s])
+        opt = float(path_np.objective[i])
+        lr = lrs[s]
+        rows.append(
+            {
+                "l2": float(l2_S[s]),
+                "optimum_objective": opt,
+                "optimum_cross_entropy": float(path_np.cross_entropy[i]),
+                "gap": None if finals[s] is None else finals[s] - opt,
+                "lr": lr,
+                "lr_limit": float(limits[i]),
+                "lr_limit_init": float(limits_init[i]),
+                "lr_over_limit": None if lr is None else lr / float(limits[i]),
+                "grad_norm": float(path_np.grad_norm[i]),
+                "iterations": int(path_np.iterations[i]),
+                "converged": bool(path_np.converged[i]),
+                "separated": bool(path_np.separated[i]),
+                "weight_norm": norms[i],
+            }
+        )
+    return OptimumReport(rows, l2_L, path)
+
+
+@functools.partial(jax.jit, static_argnames=("model", "batched_params"))
+def _limits(model, params, x_ND, y_N, l2_L, mask_N, key, batched_params=True):
+    def one(p, l2):
+        return curvature.lr_limit(model, p, x_ND, y_N, l2, mask_N, key=key)
+
+    return jax.vmap(one, in_axes=(0 if batched_params else None, 0))(params, l2_L)
