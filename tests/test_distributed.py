@@ -1,0 +1,134 @@
+"""Tests of multi-process sweeps (`jaxlr.distributed`, `experiments/launch.py`).
+
+Two processes on localhost with two forced CPU devices each run a small sweep through
+`tests/dist_worker.py`, started by the local launcher; the results must equal those of one
+process with four devices and of one process with one device, and a process that dies must
+make the run fail within a bounded time.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from jaxlr import distributed
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _env(devices: int) -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env["JAX_PLATFORMS"] = "cpu"
+    flags = [f for f in env.get("XLA_FLAGS", "").split() if "device_count" not in f]
+    env["XLA_FLAGS"] = " ".join(flags + [f"--xla_force_host_platform_device_count={devices}"])
+    return env
+
+
+def _launch(out: Path, num_processes: int, devices: int, *extra, timeout=240):
+    cmd = [
+        sys.executable,
+        "-m",
+        "experiments.launch",
+        f"--num_processes={num_processes}",
+        f"--devices_per_process={devices}",
+        "--module=tests.dist_worker",
+        "--timeout=200",
+        "--grace=5",
+        "--",
+        f"--out={out}",
+        *extra,
+    ]
+    t0 = time.monotonic()
+    proc = subprocess.run(
+        cmd, cwd=REPO, env=_env(devices), capture_output=True, text=True, timeout=timeout
+    )
+    return proc, time.monotonic() - t0
+
+
+def _single(out: Path, devices: int):
+    proc = subprocess.run(
+        [sys.executable, "-m", "tests.dist_worker", f"--out={out}"],
+        cwd=REPO,
+        env=_env(devices),
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads((out / "result_0.json").read_text())
+
+
+def test_two_processes_equal_one_process_with_four_devices_and_one_device(tmp_path):
+    proc, _ = _launch(tmp_path / "two", 2, 2)
+    assert proc.returncode == 0, proc.stdout[-4000:]
+    lines = proc.stdout.splitlines()
+    assert any(ln.startswith("[p0] ") for ln in lines) and any(
+        ln.startswith("[p1] ") for ln in lines
+    )
+    r0 = json.loads((tmp_path / "two" / "result_0.json").read_text())
+    r1 = json.loads((tmp_path / "two" / "result_1.json").read_text())
+    assert (r0["num_processes"], r0["devices"], r0["main"], r1["main"]) == (2, 4, True, False)
+    # Every process holds the whole result (gathered), so process 0 alone can write it.
+    assert r0["table"] == r1["table"] and r0["params"] == r1["params"]
+    four = _single(tmp_path / "four", 4)
+    one = _single(tmp_path / "one", 1)
+    assert (four["num_processes"], four["devices"], one["devices"]) == (1, 4, 1)
+    stopped = sum(s >= 0 for s in r0["stop_step"])
+    assert stopped >= 4, "the test grid should stop points early (compaction across processes)"
+    assert r0["computed_point_steps"] < 16 * 12 * 8
+    for other in (four, one):
+        # Per-point seeds: parameters, steps and stopping bit for bit; numbers of the
+        # shared-data evaluations up to rounding.
+        assert r0["params"] == other["params"]
+        assert r0["steps"] == other["steps"] and r0["stop_step"] == other["stop_step"]
+        assert r0["train_loss"] == other["train_loss"]
+        assert r0["point_steps"] == other["point_steps"]
+        a = [ln.split(",") for ln in r0["table"].splitlines()]
+        b = [ln.split(",") for ln in other["table"].splitlines()]
+        assert a[0] == b[0] and len(a) == len(b) == 17
+        for ra, rb in zip(a[1:], b[1:], strict=True):
+            for x, y in zip(ra, rb, strict=True):
+                try:
+                    np.testing.assert_allclose(float(x), float(y), rtol=1e-12)
+                except ValueError:
+                    assert x == y
+
+
+@pytest.mark.parametrize("dying", [1])
+def test_a_dead_process_makes_the_run_fail_within_bounded_time(tmp_path, dying):
+    # Process 1 exits abruptly after two chunks; process 0 is then in a collective with
+    # it: the collective fails at once (gloo: connection closed), and the coordination
+    # service's heartbeat timeout (10 s here) bounds the exit. The launcher stops the rest.
+    proc, seconds = _launch(tmp_path / "dead", 2, 2, "--die_after_chunks=2", "--heartbeat=10")
+    assert proc.returncode != 0, proc.stdout[-3000:]
+    assert "[p1] process 1: dying on purpose" in proc.stdout
+    assert "[launch] process" in proc.stdout and "failed with status" in proc.stdout
+    assert not (tmp_path / "dead" / "result_0.json").exists()
+    assert seconds < 150, seconds
+
+
+def test_initialize_arguments():
+    with pytest.raises(ValueError, match="missing num_processes, process_id"):
+        distributed.initialize("127.0.0.1:1234")
+    with pytest.raises(ValueError, match=r"process_id must be in \[0, 2\), got 2"):
+        distributed.initialize("127.0.0.1:1234", 2, 2)
+    with pytest.raises(ValueError, match="coordinator_address must be host:port"):
+        distributed.initialize("localhost", 2, 0)
+    # No arguments and no cluster manager: one process, nothing to do.
+    if distributed.cluster_detected() is None:
+        assert distributed.initialize() is False
+    assert distributed.is_main_process()
+    assert distributed.process_mesh().devices.size == len(__import__("jax").devices())
+
+
+def test_launcher_rejects_bad_arguments():
+    from experiments import launch
+
+    with pytest.raises(ValueError, match="num_processes must be >= 1, got 0"):
+        launch.launch([], 0)
