@@ -8,8 +8,8 @@ Used by `tests/test_distributed.py`, directly or through `experiments/launch.py 
 Every process trains the same grid (softmax, several seeds, early stopping, compaction) on
 the same synthetic data, sharded over every device of every process; each process writes
 what it holds after the sweep to DIR/result_<process>.json (process 0's copy is the one the
-project would write). With `--die_after_chunks`, process 1 exits abruptly (os._exit) after
-that many chunks: the others must fail, not hang.
+project would write). With `--die_after_chunks`, process `--dying_process` (default 1) exits
+abruptly (os._exit) after that many chunks: the others must fail, not hang.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ def main(argv=None) -> int:
     parser.add_argument("--num_processes", type=int, default=None)
     parser.add_argument("--process_id", type=int, default=None)
     parser.add_argument("--die_after_chunks", type=int, default=0)
+    parser.add_argument("--dying_process", type=int, default=1)
     parser.add_argument("--heartbeat", type=int, default=10)
     parser.add_argument("--epochs", type=int, default=12)
     args = parser.parse_args(argv)
@@ -74,8 +75,9 @@ def main(argv=None) -> int:
         print(f"{msg}", flush=True)
         if msg.startswith("epoch "):
             chunks[0] += 1
-            if args.die_after_chunks and me == 1 and chunks[0] >= args.die_after_chunks:
-                print("process 1: dying on purpose", flush=True)
+            dies = args.die_after_chunks and me == args.dying_process
+            if dies and chunks[0] >= args.die_after_chunks:
+                print(f"process {me}: dying on purpose", flush=True)
                 os._exit(3)
 
     t0 = time.perf_counter()

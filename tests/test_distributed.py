@@ -100,17 +100,58 @@ def test_two_processes_equal_one_process_with_four_devices_and_one_device(tmp_pa
                     assert x == y
 
 
-@pytest.mark.parametrize("dying", [1])
-def test_a_dead_process_makes_the_run_fail_within_bounded_time(tmp_path, dying):
-    # Process 1 exits abruptly after two chunks; process 0 is then in a collective with
-    # it: the collective fails at once (gloo: connection closed), and the coordination
-    # service's heartbeat timeout (10 s here) bounds the exit. The launcher stops the rest.
-    proc, seconds = _launch(tmp_path / "dead", 2, 2, "--die_after_chunks=2", "--heartbeat=10")
-    assert proc.returncode != 0, proc.stdout[-3000:]
+def test_the_launcher_stops_everything_when_one_process_fails(tmp_path):
+    proc, seconds = _launch(tmp_path / "dead", 2, 2, "--die_after_chunks=2", "--heartbeat=60")
+    assert proc.returncode == 3, proc.stdout[-3000:]
     assert "[p1] process 1: dying on purpose" in proc.stdout
-    assert "[launch] process" in proc.stdout and "failed with status" in proc.stdout
+    assert "[launch] process 1 failed with status 3; stopping the others" in proc.stdout
     assert not (tmp_path / "dead" / "result_0.json").exists()
-    assert seconds < 150, seconds
+    assert seconds < 100, seconds
+
+
+@pytest.mark.parametrize("dying", [0, 1])
+def test_a_dead_process_makes_the_others_fail_within_bounded_time(tmp_path, dying):
+    # No launcher: the survivor alone must notice. It is then in a collective with the
+    # dead process, which fails at once (gloo: connection closed); the coordination
+    # service's heartbeat timeout (10 s here) bounds the exit.
+    from experiments.launch import free_port
+
+    addr = f"127.0.0.1:{free_port()}"
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "tests.dist_worker",
+                f"--out={tmp_path}",
+                f"--coordinator_address={addr}",
+                "--num_processes=2",
+                f"--process_id={i}",
+                "--die_after_chunks=2",
+                f"--dying_process={dying}",
+                "--heartbeat=10",
+            ],
+            cwd=REPO,
+            env=_env(2),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    t0 = time.monotonic()
+    try:
+        outs = [p.communicate(timeout=150)[0] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    seconds = time.monotonic() - t0
+    assert procs[dying].returncode == 3, outs[dying][-2000:]
+    survivor = procs[1 - dying]
+    assert survivor.returncode != 0, outs[1 - dying][-2000:]
+    assert not (tmp_path / f"result_{1 - dying}.json").exists()
+    assert seconds < 120, seconds
 
 
 def test_initialize_arguments():
