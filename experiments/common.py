@@ -26,6 +26,10 @@ from jaxlr.train import Data, TrainResult, fit, schedule_numbers
 log = logging.getLogger("jaxlr.experiments")
 
 
+class RunFailed(RuntimeError):
+    """A run that failed in an expected way (every grid point diverged): one line, exit 1."""
+
+
 class RunDir(NamedTuple):
     """Where a run writes: `out` (its outputs) and `workdir` (the folder the user named)."""
 

@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments.common import RunDir, train_one
+from experiments.common import RunDir, RunFailed, train_one
 from experiments.config import ExperimentConfig, register
 from jaxlr import checkpoint as ckpt
 from jaxlr import metrics as jmetrics
@@ -478,7 +478,10 @@ def hw3_logreg_grid(cfg: LogregGrid, run: RunDir) -> dict:
     res = run_sweep(tcfg, grid, data, block_size=cfg.block_size, log_fn=log.info)
     best = _best_point(res)
     if bool(res.diverged[best]):
-        raise RuntimeError("every grid point diverged; lower the learning rates")
+        raise RunFailed(
+            f"every one of the {grid.size} grid points diverged; lower the learning rates "
+            "(or raise --diverge_factor)"
+        )
     point = grid.point(best)
     val_acc = np.asarray(res.metrics["val_accuracy"], np.float64)
     val_ce = np.asarray(res.metrics["val_cross_entropy"], np.float64)

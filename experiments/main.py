@@ -167,8 +167,21 @@ def _setup_jax(cfg, compilation_cache: bool) -> None:
         jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
+class _LastProgress(logging.Filter):
+    """Remembers the last progress line (for the message of an interrupt)."""
+
+    text = ""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        if "epoch " in msg or "chunk " in msg:
+            _LastProgress.text = msg.split("  ")[0].strip()
+        return True
+
+
 def _setup_logging() -> None:
     handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(_LastProgress())
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
     root = logging.getLogger("jaxlr")
     root.handlers[:] = [handler]
@@ -232,6 +245,9 @@ def parse(argv: list[str]) -> Parsed | str:
     return Parsed(exp, fv.workdir, overrides, cfg, fv.compilation_cache)
 
 
+_RUNNING: dict = {}
+
+
 def main(argv: list[str]) -> int:
     """Parses argv, runs the experiment, prints its summary; returns the exit code."""
     parsed = parse(argv)
@@ -242,6 +258,7 @@ def main(argv: list[str]) -> int:
     from jaxlr.report import summary_table
 
     exp = parsed.experiment
+    _RUNNING.update(parsed=parsed)
     _setup_logging()
     _setup_jax(parsed.config, parsed.compilation_cache)
     try:
@@ -254,11 +271,26 @@ def main(argv: list[str]) -> int:
     return 0
 
 
+def _interrupt_message() -> str:
+    parsed = _RUNNING.get("parsed")
+    if parsed is None:
+        return "interrupted before the run started; nothing was written"
+    where = f" at {_LastProgress.text}" if _LastProgress.text else " before the first epoch ended"
+    ckpt = getattr(parsed.config, "checkpoint", "")
+    resume = (
+        f"the checkpoint in {ckpt} is kept: the same command resumes"
+        if ckpt and parsed.experiment.name != "hw3_misclassified"
+        else "add --checkpoint=DIR to make a run resumable"
+    )
+    return f"interrupted{where}; {parsed.workdir} keeps its earlier outputs unchanged; {resume}"
+
+
 def _expected_errors() -> tuple[type, ...]:
+    from experiments.common import RunFailed
     from jaxlr import checkpoint, data
     from jaxlr.train import TrainingDiverged
 
-    errors = [OSError, data.DataError, checkpoint.CheckpointError, TrainingDiverged]
+    errors = [OSError, data.DataError, checkpoint.CheckpointError, TrainingDiverged, RunFailed]
     for module, name in (("jaxlr.resources", "ResourceError"), ("jaxlr.sweep", "AllDiverged")):
         try:
             errors.append(getattr(__import__(module, fromlist=[name]), name))
@@ -275,10 +307,7 @@ def run_main() -> None:
         sys.stderr.write(f"error: {err}\n")
         code = 2
     except KeyboardInterrupt:
-        sys.stderr.write(
-            "interrupted: the workdir keeps its earlier outputs; with --checkpoint the same "
-            "command resumes\n"
-        )
+        sys.stderr.write(_interrupt_message() + "\n")
         code = 130
     except _expected_errors() as err:
         sys.stderr.write(f"error: {err}\n")

@@ -16,7 +16,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from experiments.common import RunDir, protocol_text
+from experiments.common import RunDir, RunFailed, protocol_text
 from experiments.config import ExperimentConfig, register
 from jaxlr import plots, report
 from jaxlr import sweep as jsweep
@@ -112,6 +112,11 @@ def sweep(cfg: Sweep, run: RunDir) -> dict:
     tcfg = cfg.train
     grid = grid_of(cfg, np.asarray(data.x_train).dtype)
     result = jsweep.run_sweep(tcfg, grid, data, block_size=cfg.block_size, log_fn=log.info)
+    if bool(np.all(result.diverged)):
+        raise RunFailed(
+            f"every one of the {grid.size} sweep points diverged; lower the learning rates "
+            "(or raise --diverge_factor)"
+        )
     histories = {}
     for i, h in enumerate(result.histories):
         name = f"history_{i:03d}_{report.slug(plots.sweep_point_label(grid.point(i), grid))}.jsonl"

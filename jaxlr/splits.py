@@ -105,11 +105,11 @@ def load_splits(cfg: DataConfig) -> Splits:
         xte = yte = None
     if cfg.binary:
         xtr, ytr, _ = _digit_subset(xtr, ytr, cfg)
-        xva, yva, val_idx = _digit_subset(xva, yva, cfg, test_idx)
         if xte is not None:
+            xva, yva, _ = _digit_subset(xva, yva, cfg)
             xte, yte, test_idx = _digit_subset(xte, yte, cfg, test_idx)
-        else:
-            test_idx = val_idx
+        else:  # the validation set is the test set
+            xva, yva, test_idx = _digit_subset(xva, yva, cfg, test_idx)
         if len(ytr) == 0 or len(yva) == 0:
             raise ConfigError("digits", cfg.digits, "no image of these digits in the split")
     else:

@@ -1,0 +1,173 @@
+"""Runs that fail, as whole processes: exit codes, one-line messages, the workdir unchanged.
+
+Every case runs `python -m experiments.main` on small fake IDX data written by the test (so it
+runs without the real files) and checks the behaviour a user sees: the exit code, a single
+line on stderr without a traceback, and a finished workdir whose files are byte for byte what
+they were before.
+"""
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from jaxlr import data as jdata
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def fake(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("fake")
+    return jdata.write_fake_dataset(folder, num_train=3000, num_test=500, seed=0)
+
+
+def _cmd(fake, workdir, *flags, experiment="tdt4265_task2"):
+    return [
+        sys.executable, "-m", "experiments.main", f"--experiment={experiment}",
+        f"--workdir={workdir}", "--dataset=fake", f"--data_dir={fake}", "--num_train=all",
+        "--nocompilation_cache", *flags,
+    ]  # fmt: skip
+
+
+def _env():
+    return dict(os.environ, MPLBACKEND="Agg")
+
+
+def _run(cmd, timeout=300):
+    return subprocess.run(
+        cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout, env=_env()
+    )
+
+
+def _snapshot(workdir: Path) -> dict:
+    """Every visible entry of the workdir: link targets and file contents (sha256)."""
+    out = {}
+    for p in sorted(workdir.rglob("*")):
+        rel = str(p.relative_to(workdir))
+        if rel == ".lock":
+            continue
+        if p.is_symlink():
+            out[rel] = "link:" + os.readlink(p)
+        elif p.is_file():
+            out[rel] = hashlib.sha256(p.read_bytes()).hexdigest()
+    return out
+
+
+def _one_line(stderr: str) -> str:
+    """The last line of stderr, after checking it is the only non-log line and no traceback."""
+    assert "Traceback" not in stderr, stderr
+    lines = [ln for ln in stderr.strip().splitlines() if not ln[:2].isdigit()]
+    assert len(lines) == 1, stderr
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def finished(fake, tmp_path_factory):
+    """A workdir holding one finished run, and its snapshot."""
+    workdir = tmp_path_factory.mktemp("finished") / "wd"
+    r = _run(_cmd(fake, workdir, "--num_epochs=2"))
+    assert r.returncode == 0, r.stderr
+    return workdir, _snapshot(workdir)
+
+
+def test_divergence_is_one_line_exit_1_and_leaves_the_workdir(fake, finished):
+    workdir, before = finished
+    r = _run(_cmd(fake, workdir, "--lr=1e6", "--num_epochs=2"))
+    assert r.returncode == 1
+    line = _one_line(r.stderr)
+    assert line.startswith("error: training diverged at step") and "learning rate 1e+06" in line
+    assert "diverge_factor" in line
+    assert _snapshot(workdir) == before
+
+
+def test_every_grid_point_diverged_is_one_line(fake, tmp_path):
+    flags = ["--smoke", "--num_train=2000", "--num_val=1000", "--lr=1e6,1e7"]
+    r = _run(_cmd(fake, tmp_path / "wd", *flags, experiment="hw3_logreg_grid"))
+    assert r.returncode == 1
+    assert "every one of the 6 grid points diverged" in _one_line(r.stderr)
+    assert not (tmp_path / "wd" / "metrics.json").exists()
+
+
+def test_bad_value_over_a_finished_workdir_changes_nothing(fake, finished):
+    workdir, before = finished
+    r = _run(_cmd(fake, workdir, "--lr=nan"))
+    assert r.returncode == 2 and _one_line(r.stderr).startswith("error: --lr=nan")
+    assert _snapshot(workdir) == before
+
+
+@pytest.mark.parametrize("what", ["workdir", "data_dir"])
+def test_a_file_where_a_folder_belongs(fake, tmp_path, what):
+    path = tmp_path / "a_file"
+    path.write_text("not a folder")
+    if what == "workdir":
+        cmd = _cmd(fake, path)
+    else:
+        cmd = _cmd(fake, tmp_path / "wd")
+        cmd[cmd.index(f"--data_dir={fake}")] = f"--data_dir={path}"
+    r = _run(cmd)
+    assert r.returncode == 1
+    line = _one_line(r.stderr)
+    assert line.startswith("error:") and str(path) in line
+    assert path.read_text() == "not a folder"
+
+
+def _wait_for(proc, stderr_path: Path, text: str, timeout: float = 120.0) -> None:
+    t0 = time.time()
+    while text not in stderr_path.read_text():
+        assert proc.poll() is None, stderr_path.read_text()
+        assert time.time() - t0 < timeout, f"{text!r} did not appear"
+        time.sleep(0.1)
+
+
+def test_busy_workdir_refused_and_sigint_keeps_the_finished_run(fake, finished, tmp_path):
+    workdir, before = finished
+    log = tmp_path / "first.err"
+    with log.open("w") as err:
+        first = subprocess.Popen(
+            _cmd(fake, workdir, "--num_epochs=5000"),
+            cwd=REPO,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            env=_env(),
+        )
+    try:
+        _wait_for(first, log, "epoch 3/5000")
+        # A second run into the busy workdir: refused at once, naming the holder.
+        t0 = time.time()
+        second = _run(_cmd(fake, workdir, "--num_epochs=2"))
+        assert second.returncode == 1
+        line = _one_line(second.stderr)
+        assert f"in use by process {first.pid}" in line and str(workdir) in line
+        assert time.time() - t0 < 60
+        # Ctrl-C: exit 130, one line saying where it stopped; the finished run is untouched.
+        first.send_signal(signal.SIGINT)
+        assert first.wait(timeout=60) == 130
+    finally:
+        if first.poll() is None:
+            first.kill()
+    text = log.read_text()
+    assert "Traceback" not in text and "KeyboardInterrupt" not in text
+    last = text.strip().splitlines()[-1]
+    assert last.startswith("interrupted at") and "epoch" in last and "unchanged" in last
+    assert _snapshot(workdir) == before
+
+
+def test_interrupted_checkpointed_run_resumes_with_the_same_command(fake, tmp_path):
+    workdir = tmp_path / "wd"
+    cmd = _cmd(fake, workdir, "--num_epochs=3000", "--checkpoint=ckpt")
+    log = tmp_path / "err"
+    with log.open("w") as err:
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=err, env=_env())
+    _wait_for(proc, log, "epoch 3/3000")
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=60) == 130
+    last = log.read_text().strip().splitlines()[-1]
+    assert "the same command resumes" in last, last
+    assert (workdir / "ckpt" / "run.npz").exists()
+    assert not (workdir / "metrics.json").exists()
