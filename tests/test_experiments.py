@@ -1,0 +1,694 @@
+"""End-to-end tests of every registered experiment on tiny fake MNIST-like data.
+
+No real MNIST files are needed: a module fixture writes a fake data set
+(`jaxlr.data.write_fake_dataset`, 2,000 training and 600 test images, labels cycling through
+the ten digits: 200 training and 60 test images of each) and every experiment runs once on it
+through `experiments.common.run_experiment`, with its registered smoke overrides plus
+`dataset=fake` and the counts that fit the fake sizes. 2,000 training images because the
+binary smoke runs take 256 examples of two digits (400 here). Each test checks the files the
+run published (config.json holds the overrides, metrics.json equals the returned metrics,
+PNGs are PNGs, report.md is titled with the run's digits or data set, and so are the
+figures: every `jaxlr.plots.plot_*` call is recorded), the workdir layout (top-level names
+are links into `latest/`), and numbers recomputed by hand from the fake arrays
+(`jaxlr.data.fake_arrays`, the same arrays as the files) and from the weights the run
+saved.
+
+Dimension legend: N examples, D features, K classes, P pixels (784).
+"""
+
+import inspect
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from realdata import PNG_MAGIC
+
+from experiments import (
+    hw3,
+    registry,  # noqa: F401  (registers the experiments)
+)
+from experiments.common import run_experiment
+from experiments.config import EXPERIMENTS, make_config
+from jaxlr import checkpoint as ckpt
+from jaxlr import plots
+from jaxlr.data import fake_arrays, write_fake_dataset
+
+REPO = Path(__file__).resolve().parents[1]
+FAKE = dict(num_train=2000, num_test=600, seed=0)
+ARRAYS = fake_arrays(**FAKE)  # what write_fake_dataset writes (same arguments, same arrays)
+
+BINARY_DIGITS = (4, 9)  # not the default 2 vs 3, so titles must come from the config
+GRID_DIGITS = (3, 8)  # not the default 9 vs 4
+# What each experiment needs besides its smoke overrides to fit the fake set. The tdt4265
+# split takes the first num_train=20000 training images by default: 'all' (None) here.
+FIT = {
+    "tdt4265_task2": dict(num_train=None, digits=BINARY_DIGITS, checkpoint="ckpt"),
+    "tdt4265_task2d": dict(num_train=None, digits=BINARY_DIGITS),
+    "tdt4265_task2e": dict(num_train=None, digits=BINARY_DIGITS),
+    "tdt4265_task3": dict(num_train=None),
+    "tdt4265_task4": dict(num_train=None),
+    "lr_annealing": dict(num_train=None, digits=BINARY_DIGITS),
+    "mean_images": dict(num_train=None, checkpoint="ckpt"),
+    "sweep": dict(num_train=None),
+    "hw3_mlp": dict(),
+    "hw3_online_vs_minibatch": dict(num_train=None),
+    # num_val <= the 600 test images: see test_hw3_logreg_grid_validation_beyond_the_test_size.
+    "hw3_logreg_grid": dict(num_train=1200, num_val=600, digits=GRID_DIGITS),
+    "hw3_misclassified": dict(),  # + checkpoint= the grid's, set by the runner
+}
+
+
+def overrides_for(name: str, data_dir: Path) -> dict:
+    return {**EXPERIMENTS[name].smoke, "dataset": "fake", "data_dir": str(data_dir), **FIT[name]}
+
+
+@pytest.fixture(scope="module")
+def fake_dir(tmp_path_factory) -> Path:
+    return write_fake_dataset(tmp_path_factory.mktemp("fake_mnist"), **FAKE)
+
+
+class Run:
+    """One finished experiment run: workdir, overrides, returned metrics, plot calls."""
+
+    def __init__(self, workdir, overrides, metrics, plot_calls):
+        self.workdir, self.overrides, self.metrics = workdir, overrides, metrics
+        self.plot_calls = plot_calls
+
+    def texts(self, plot_fn: str) -> list[str]:
+        """The titles and suptitles given to `plots.<plot_fn>`, in call order."""
+        return [t for fn, texts in self.plot_calls if fn == plot_fn for t in texts]
+
+
+def _spy_on_plots(mp: pytest.MonkeyPatch, calls: list) -> None:
+    for name in dir(plots):
+        fn = getattr(plots, name)
+        if not (name.startswith("plot_") and callable(fn)):
+            continue
+        sig = inspect.signature(fn)
+
+        def spy(*args, _fn=fn, _name=name, _sig=sig, **kwargs):
+            bound = _sig.bind(*args, **kwargs).arguments
+            calls.append((_name, [bound[k] for k in ("title", "suptitle") if bound.get(k)]))
+            return _fn(*args, **kwargs)
+
+        mp.setattr(plots, name, spy)
+
+
+def snapshot(folder: Path) -> dict:
+    """Every entry under `folder` (hidden ones too): link targets and file bytes."""
+    out = {}
+    for root, dirs, files in os.walk(folder):
+        for name in dirs + files:
+            p = Path(root) / name
+            rel = str(p.relative_to(folder))
+            if p.is_symlink():
+                out[rel] = ("link", os.readlink(p))
+            elif p.is_dir():
+                out[rel] = ("dir",)
+            else:
+                out[rel] = ("file", p.read_bytes())
+    return out
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, fake_dir):
+    root = tmp_path_factory.mktemp("experiments")
+    cache: dict[str, Run] = {}
+
+    def get(name: str) -> Run:
+        if name not in cache:
+            overrides = overrides_for(name, fake_dir)
+            grid_before = None
+            if name == "hw3_misclassified":
+                grid = get("hw3_logreg_grid")
+                overrides["checkpoint"] = str(grid.workdir / hw3.CHECKPOINT_NAME)
+                grid_before = snapshot(grid.workdir)
+            calls: list = []
+            with pytest.MonkeyPatch.context() as mp:
+                _spy_on_plots(mp, calls)
+                metrics = run_experiment(name, root / name, overrides)
+            cache[name] = Run(root / name, overrides, metrics, calls)
+            if grid_before is not None:
+                cache[name].grid_before = grid_before
+                cache[name].grid_after = snapshot(get("hw3_logreg_grid").workdir)
+        return cache[name]
+
+    return get
+
+
+# ---------------------------------------------------------------------------------------------
+# Checks shared by every experiment.
+
+
+def _json(value):
+    return json.loads(json.dumps(value))
+
+
+def read_history(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def check_png(path: Path) -> None:
+    data = path.read_bytes()
+    assert data[:8] == PNG_MAGIC, f"{path.name} is not a PNG"
+    assert len(data) > 2000, f"{path.name} is suspiciously small"
+
+
+def check_outputs(r: Run, name: str, files: set[str], title: str) -> str:
+    """The published files of run `r`: exactly `files` plus config/metrics/report; returns
+    the report text (titled `title`)."""
+    w = r.workdir
+    published = {p.name for p in (w / "latest").iterdir()} - {".run.json"}
+    assert published == files | {"config.json", "metrics.json", "report.md"}
+    for entry in w.iterdir():
+        if entry.name in (".lock", ".runs", "latest", "ckpt"):
+            continue
+        assert entry.is_symlink(), f"{entry.name} is not a link into latest/"
+        assert os.readlink(entry) == f"latest/{entry.name}"
+        assert entry.name in published
+    assert not [p.name for p in w.iterdir() if p.name.startswith(".staging")]
+
+    config = json.loads((w / "config.json").read_text())
+    assert config == _json({"experiment": name, **make_config(name, r.overrides).flat()})
+    for key, value in r.overrides.items():
+        assert config[key] == _json(value), f"override {key} not in config.json"
+    assert json.loads((w / "metrics.json").read_text()) == _json(r.metrics)
+    report = (w / "report.md").read_text()
+    assert report.splitlines()[0] == f"# {title}"
+    for png in sorted(f for f in files if f.endswith(".png")):
+        check_png(w / png)
+        assert f"]({png})" in report, f"report does not show {png}"
+    return report
+
+
+def check_history(m: dict, history: list[dict], report: str, early_stopping: bool) -> None:
+    """The numbers of one run against each other and against its history."""
+    for key in ("train_loss", "val_loss", "train_accuracy", "val_accuracy"):
+        assert np.isfinite(m[key]), key
+        assert f"{m[key]:.4f}" in report, f"report does not mention {key} {m[key]:.4f}"
+    mb, e = m["steps_per_epoch"], m["eval_every"]
+    assert e == max(1, mb // 5)
+    steps = [r["step"] for r in history]
+    assert steps == list(range(m["steps"]))
+    assert [r["epoch"] for r in history] == [s // mb for s in steps]
+    checks = [r for r in history if "val_loss" in r]
+    assert [r["step"] for r in checks] == [s for s in steps if s % e == 0]
+    by_step = {r["step"]: r for r in checks}
+    if early_stopping:
+        es = m["early_stopping"]
+        assert es["stopped"], "the smoke early-stopping config is meant to stop"
+        assert es["epoch"] == es["step"] // mb and es["best_epoch"] == es["best_step"] // mb
+        assert m["steps"] == es["step"] + 1  # nothing ran after the stopping check
+        val = [r["val_loss"] for r in checks]
+        assert es["best_val_loss"] == pytest.approx(min(val), rel=1e-6)
+        assert by_step[es["best_step"]]["val_loss"] == pytest.approx(min(val), rel=1e-6)
+        assert es["step"] - es["best_step"] == 3 * e  # patience 3 checks
+        ref = by_step[es["best_step"]]  # the returned weights are the best check's
+    else:
+        assert "early_stopping" not in m
+        ref = by_step[steps[-1]]  # the last step was a check
+    assert m["val_accuracy"] == pytest.approx(ref["val_accuracy"], abs=1e-6)
+    assert m["train_accuracy"] == pytest.approx(ref["train_accuracy"], abs=1e-6)
+    assert m["val_loss"] == pytest.approx(ref["val_loss"], rel=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------
+# Hand-made data: the fake arrays, selected and preprocessed with numpy.
+
+
+def pixels(images, scale: str, bias: bool) -> np.ndarray:
+    x = np.asarray(images, np.float64).reshape(len(images), -1)
+    x = x / 255.0 if scale == "unit" else (x - 127.5) / 127.5
+    return np.concatenate([x, np.ones((len(x), 1))], axis=1) if bias else x
+
+
+def two_digits(images, labels, digits, limit=None):
+    """The images of two digits in order (first `limit`), labels 1 for digits[0]."""
+    labels = np.asarray(labels)
+    keep = np.flatnonzero((labels == digits[0]) | (labels == digits[1]))[:limit]
+    return images[keep], (labels[keep] == digits[0]).astype(np.int64), keep
+
+
+def logistic_numbers(w_D, x_ND, y_N) -> tuple[float, float]:
+    """(accuracy with threshold p >= 0.5, mean cross-entropy) of a logistic regression."""
+    z = x_ND @ w_D
+    acc = float(np.mean((z >= 0).astype(np.int64) == y_N))
+    return acc, float(np.mean(np.logaddexp(0.0, z) - y_N * z))
+
+
+def tdt_binary_sets(max_examples: int):
+    """Training and validation sets of the binary tdt4265 smoke runs on the fake data."""
+    x_tr, y_tr, _ = two_digits(ARRAYS["train_images"], ARRAYS["train_labels"], BINARY_DIGITS)
+    x_va, y_va, _ = two_digits(ARRAYS["test_images"], ARRAYS["test_labels"], BINARY_DIGITS)
+    k = max_examples
+    return x_tr[:k], y_tr[:k], x_va[:k], y_va[:k]
+
+
+def test_every_registered_experiment_has_an_end_to_end_test():
+    assert set(FIT) == set(EXPERIMENTS)
+    for name in EXPERIMENTS:
+        assert EXPERIMENTS[name].smoke, f"{name} has no smoke overrides"
+
+
+# ---------------------------------------------------------------------------------------------
+# TDT4265.
+
+
+def test_tdt4265_task2(run):
+    r = run("tdt4265_task2")
+    m = r.metrics
+    title = "TDT4265 task 2, logistic regression 4 vs 9"
+    report = check_outputs(r, "tdt4265_task2", {"history.jsonl", "loss.png", "accuracy.png"}, title)
+    assert r.texts("plot_history") == [title]
+    history = read_history(r.workdir / "history.jsonl")
+    check_history(m, history, report, early_stopping=False)
+
+    x_tr, y_tr, x_va, y_va = tdt_binary_sets(256)
+    n, v = len(y_tr), len(y_va)
+    assert (n, v) == (256, 120)  # 200 fours and 200 nines in training, 60 + 60 in test
+    mb = n // 128
+    assert m["steps_per_epoch"] == mb and m["steps"] == 2 * mb and m["eval_every"] == 1
+    assert f"digits 4 (label 1) vs 9 (label 0), {n} training / {v} validation" in report
+    # Zero weights: the first batch's loss is ln 2 exactly (up to float32 rounding).
+    assert history[0]["train_loss"] == pytest.approx(math.log(2.0), rel=1e-6)
+
+    # The final numbers recomputed from the saved weights (no early stopping: the last ones).
+    flat, meta = ckpt.load_flat(r.workdir / "ckpt" / "run.npz")
+    assert meta["epoch"] == 2 and len(flat["history/step"]) == m["steps"]
+    w = np.asarray(flat["state/params/w"], np.float64).reshape(-1)
+    for split, x, y in (("val", x_va, y_va), ("train", x_tr, y_tr)):
+        acc, ce = logistic_numbers(w, pixels(x, "symmetric", True), y)
+        assert m[f"{split}_accuracy"] == pytest.approx(acc, abs=1e-6)
+        assert m[f"{split}_loss"] == pytest.approx(ce, rel=1e-4)
+
+
+def test_tdt4265_task2d_early_stopping(run):
+    r = run("tdt4265_task2d")
+    m = r.metrics
+    title = "TDT4265 task 2d, early stopping, 4 vs 9"
+    report = check_outputs(
+        r, "tdt4265_task2d", {"history.jsonl", "loss.png", "accuracy.png"}, title
+    )
+    assert r.texts("plot_history") == [title]
+    check_history(m, read_history(r.workdir / "history.jsonl"), report, early_stopping=True)
+    assert m["steps_per_epoch"] == 2 and m["steps"] < 40 * 2  # it stopped before the end
+    es = m["early_stopping"]
+    assert f"step {es['step']} (epoch {es['epoch']}" in report
+    assert f"step {es['best_step']} (epoch {es['best_epoch']})" in report
+
+
+def test_tdt4265_task2e_shuffle_or_not(run):
+    r = run("tdt4265_task2e")
+    m = r.metrics
+    files = {"history_shuffle_false.jsonl", "history_shuffle_true.jsonl", "validation.png"}
+    report = check_outputs(r, "tdt4265_task2e", files, "TDT4265 task 2e: shuffling, 4 vs 9")
+    [suptitle] = r.texts("plot_validation_comparison")
+    assert "4 vs 9" in suptitle
+    histories = {}
+    for key in ("shuffle=false", "shuffle=true"):
+        histories[key] = read_history(r.workdir / f"history_{key.replace('=', '_')}.jsonl")
+        check_history(m[key], histories[key], report, early_stopping=True)
+    losses = {k: [x["train_loss"] for x in h] for k, h in histories.items()}
+    # Zero weights: both first losses are ln 2 whatever the batch; then the batches differ.
+    assert losses["shuffle=false"][0] == pytest.approx(math.log(2.0), rel=1e-6)
+    assert losses["shuffle=true"][0] == pytest.approx(math.log(2.0), rel=1e-6)
+    k = min(len(v) for v in losses.values())
+    assert losses["shuffle=false"][:k] != losses["shuffle=true"][:k]
+    # The unshuffled run is task 2d's run, step by step.
+    ref = [x["train_loss"] for x in read_history(run("tdt4265_task2d").workdir / "history.jsonl")]
+    assert losses["shuffle=false"] == ref
+    # The period of the spikes the report explains: lcm(M, E).
+    assert f"lcm = {math.lcm(2, 1)} steps" in report
+
+
+def test_tdt4265_task3_softmax(run):
+    r = run("tdt4265_task3")
+    m = r.metrics
+    title = "TDT4265 task 3, softmax regression, fake"
+    files = {"history.jsonl", "loss.png", "accuracy.png", "gap.png"}
+    report = check_outputs(r, "tdt4265_task3", files, title)
+    assert r.texts("plot_history") == [title]
+    assert r.texts("plot_curves")[-1] == f"{title}: generalisation gap"
+    history = read_history(r.workdir / "history.jsonl")
+    check_history(m, history, report, early_stopping=False)
+    # 512 of the 2,000 training images and 512 of the 600 test images; M = 4 batches of 128.
+    assert "all ten digits, 512 training / 512 validation examples" in report
+    assert m["steps_per_epoch"] == 4 and m["steps"] == 2 * 4
+    assert history[0]["train_loss"] == pytest.approx(math.log(10.0), rel=1e-6)
+    assert m["accuracy_gap"] == pytest.approx(m["train_accuracy"] - m["val_accuracy"])
+    assert m["loss_gap"] == pytest.approx(m["val_loss"] - m["train_loss"])
+    assert f"{m['accuracy_gap']:+.4f}" in report
+    assert "7,850 weights" in report  # 785 features x 10 classes
+
+
+def test_tdt4265_task4_l2(run):
+    r = run("tdt4265_task4")
+    m = r.metrics
+    files = {
+        "history_lambda_0.jsonl",
+        "history_lambda_1.jsonl",
+        "history_lambda_0.1.jsonl",
+        "weights.png",
+        "val_accuracy.png",
+        "weight_norm.png",
+    }
+    report = check_outputs(r, "tdt4265_task4", files, "TDT4265 task 4: L2 regularisation, fake")
+    keys = ["lambda=0", "lambda=1", "lambda=0.1"]  # 0 first, then l2s=(1.0, 0.1) descending
+    assert [k for k in m if k.startswith("lambda=")] == keys
+    for key in keys:
+        run_m = m[key]
+        history = read_history(r.workdir / f"history_{key.replace('=', '_')}.jsonl")
+        check_history(run_m, history, report, early_stopping=False)
+        lam = float(key.split("=")[1])
+        assert run_m["l2"] == lam and run_m["steps"] == 2 * 4
+        # objective = cross-entropy + lambda * sum w^2 (bias included): ties the norm to the loss.
+        penalty = run_m["train_objective"] - run_m["train_cross_entropy"]
+        assert penalty == pytest.approx(lam * run_m["weight_norm_squared"], rel=1e-3, abs=1e-6)
+        assert run_m["weight_norm_squared"] == pytest.approx(run_m["weight_norm"] ** 2)
+        assert m["weight_norm_by_lambda"][key.split("=")[1]] == run_m["weight_norm"]
+        assert f"{run_m['weight_norm']:.4f}" in report
+    norms = [m[k]["weight_norm"] for k in keys]
+    assert norms[1] < norms[2] < norms[0]  # a stronger penalty, smaller weights
+    # The weight images show lambda 0 and the largest lambda.
+    assert "weight images, lambda 0 and 1" in report
+
+
+def test_lr_annealing(run):
+    r = run("lr_annealing")
+    m = r.metrics
+    files = {
+        "history_schedule_constant.jsonl",
+        "history_schedule_anneal.jsonl",
+        "loss.png",
+        "accuracy.png",
+        "learning_rate.png",
+    }
+    report = check_outputs(r, "lr_annealing", files, "Learning-rate annealing, 4 vs 9")
+    [suptitle] = r.texts("plot_history_side_by_side")
+    assert suptitle == "Learning-rate annealing, 4 vs 9"
+    hist = {}
+    for key in ("schedule=constant", "schedule=anneal"):
+        hist[key] = read_history(r.workdir / f"history_{key.replace('=', '_')}.jsonl")
+        check_history(m[key], hist[key], report, early_stopping=False)
+        assert m[key]["steps"] == 2 * 2
+        val = np.array([x["val_loss"] for x in hist[key] if "val_loss" in x])
+        late = val[len(val) // 2 :]
+        assert m[key]["late_val_loss_jitter"] == pytest.approx(np.mean(np.abs(np.diff(late))))
+    lr, t_anneal = 0.05, 2.0  # the default rate; the smoke run's anneal_steps
+    last = m["schedule=anneal"]["steps"] - 1
+    assert m["schedule=constant"]["final_learning_rate"] == pytest.approx(lr)
+    assert m["schedule=anneal"]["final_learning_rate"] == pytest.approx(lr / (1 + last / t_anneal))
+    loss = {k: [x["train_loss"] for x in h] for k, h in hist.items()}
+    # Step 0 uses alpha_0 in both; the different rates show from the second batch on.
+    assert loss["schedule=constant"][:2] == loss["schedule=anneal"][:2]
+    assert loss["schedule=constant"][2:] != loss["schedule=anneal"][2:]
+
+
+def test_mean_images(run):
+    r = run("mean_images")
+    m = r.metrics
+    title = "Mean images and softmax weights, fake"
+    report = check_outputs(r, "mean_images", {"history.jsonl", "mean_images.png"}, title)
+    check_history(m, read_history(r.workdir / "history.jsonl"), report, early_stopping=False)
+    corr = m["mean_weight_correlation"]
+    assert sorted(corr, key=int) == [str(k) for k in range(10)]
+    for c in corr.values():
+        assert f"{c:.3f}" in report
+
+    # By hand: the mean of each digit's first-512 training images against its weight image.
+    flat, _ = ckpt.load_flat(r.workdir / "ckpt" / "run.npz")
+    w_PK = np.asarray(flat["state/params/w"], np.float64)[:-1]  # bias row dropped
+    x_NP = pixels(ARRAYS["train_images"][:512], "symmetric", False)
+    y_N = ARRAYS["train_labels"][:512]
+    for k in range(10):
+        mean_P = x_NP[y_N == k].mean(axis=0)
+        expected = np.corrcoef(mean_P, w_PK[:, k])[0, 1]
+        assert corr[str(k)] == pytest.approx(expected, abs=1e-5), k
+    # The fake digits are a fixed pattern plus noise: the weights look like the pattern.
+    assert all(c > 0.3 for c in corr.values())
+
+
+def test_sweep(run):
+    r = run("sweep")
+    m = r.metrics
+    hist_files = {p["history"] for p in m["points"]}
+    files = hist_files | {
+        "table.csv",
+        "table.md",
+        "heatmap_val_accuracy.png",
+        "curves_val_accuracy.png",
+    }
+    report = check_outputs(r, "sweep", files, "Hyper-parameter sweep (logistic, fake)")
+    # The logistic protocol's defaults: digits 2 vs 3, no shuffling.
+    assert "digits 2 (label 1) vs 3 (label 0), 256 training / 120 validation" in report
+    lrs, l2s = r.overrides["lr"], r.overrides["l2"]
+    assert m["num_points"] == len(lrs) * len(l2s) == len(m["points"]) == len(hist_files)
+    assert m["values"]["learning_rate"] == list(lrs) and m["values"]["l2"] == list(l2s)
+    pairs = {(p["learning_rate"], p["l2"]) for p in m["points"]}
+    assert pairs == {(a, b) for a in lrs for b in l2s}
+    for p in m["points"]:
+        assert p["steps"] == 2 * 2 and not p["diverged"]
+        history = read_history(r.workdir / p["history"])
+        assert [x["step"] for x in history] == list(range(4))
+        assert history[-1]["val_loss"] == pytest.approx(p["val_loss"], rel=1e-5)
+    best = min(m["points"], key=lambda p: p["val_loss"])
+    assert m["best_by_val_loss"]["index"] == best["index"]
+    rows = (r.workdir / "table.csv").read_text().splitlines()
+    assert len(rows) == 1 + m["num_points"] and rows[0].startswith("index,")
+    assert m["num_diverged"] == 0
+
+
+# ---------------------------------------------------------------------------------------------
+# hw3.
+
+
+def test_hw3_mlp(run):
+    r = run("hw3_mlp")
+    m = r.metrics
+    files = {
+        "history.jsonl",
+        "loss.png",
+        "accuracy.png",
+        "per_class_accuracy.png",
+        "confusion_matrix.png",
+    }
+    title = "784-24-12-10 relu (analytic), fake"
+    report = check_outputs(r, "hw3_mlp", files, f"hw3_mlp: {title}")
+    [bar_title] = r.texts("plot_bar")
+    assert bar_title.startswith(f"{title}: per-class test accuracy")
+    assert r.texts("plot_confusion") == [f"{title}: test confusion matrix (600 images)"]
+    # Split full: 1,000 of the 2,000 training images (max_examples), tested on all 600 test
+    # images; 31 steps of 32 per epoch.
+    assert m["num_train"] == 1000 and m["steps_per_epoch"] == 1000 // 32
+    assert m["steps"] == 2 * (1000 // 32) and m["epochs"] == 2
+    y_test = np.asarray(ARRAYS["test_labels"], np.int64)
+    cm_KK = np.asarray(m["confusion_matrix"])
+    assert cm_KK.shape == (10, 10) and cm_KK.sum() == 600
+    np.testing.assert_array_equal(cm_KK.sum(axis=1), np.bincount(y_test, minlength=10))
+    assert m["test_total"] == 600 and m["test_correct"] == np.trace(cm_KK)
+    assert m["test_accuracy"] == pytest.approx(np.trace(cm_KK) / 600)
+    np.testing.assert_allclose(m["per_class_accuracy"], np.diag(cm_KK) / cm_KK.sum(axis=1))
+    assert m["test_accuracy"] > 0.5, "the tiny network did not learn the fake digits"
+    records = read_history(r.workdir / "history.jsonl")
+    assert [x["step"] for x in records] == list(range(62))
+    assert [x["step"] for x in records if "val_accuracy" in x] == list(range(0, 62, 10))
+    assert f"{m['test_accuracy']:.4f}" in report
+    assert f"{m['test_correct']} / 600" in report
+
+
+def test_hw3_online_vs_minibatch(run):
+    r = run("hw3_online_vs_minibatch")
+    m = r.metrics
+    files = {
+        "history_batch_size_1.jsonl",
+        "history_batch_size_32.jsonl",
+        "test_accuracy.png",
+        "steps_per_second.png",
+    }
+    report = check_outputs(r, "hw3_online_vs_minibatch", files, "hw3: online versus mini-batch SGD")
+    [suptitle] = r.texts("plot_batch_size_comparison")
+    assert "784-16-10 relu" in suptitle and "600 training images" in suptitle
+    n = 600  # max_examples
+    assert m["batch_sizes"] == [1, 32] and m["num_train"] == n
+    for b in (1, 32):
+        x = m[f"batch_size={b}"]
+        steps = n // b  # one epoch, the last partial batch dropped
+        every = max(1, steps // 4)  # checks_per_epoch = 4
+        assert x["batch_size"] == b and x["steps"] == steps and x["steps_per_epoch"] == steps
+        assert x["eval_every"] == every
+        assert 0.0 <= x["test_accuracy"] <= 1.0
+        assert x["examples_per_second"] == pytest.approx(x["steps_per_second"] * b)
+        assert x["train_seconds_per_epoch"] == pytest.approx(steps / x["steps_per_second"])
+        assert len(x["epoch_seconds"]) == 1 and x["compile_seconds"] > 0
+        records = read_history(r.workdir / f"history_batch_size_{b}.jsonl")
+        assert [y["step"] for y in records] == list(range(steps))
+        assert [y["step"] for y in records if "val_accuracy" in y] == list(range(0, steps, every))
+        assert f"{x['test_accuracy']:.4f}" in report
+
+
+def _grid_sets(m_num_test: int):
+    """Training, validation and test sets of the hw3_logreg_grid run, by hand."""
+    xs, ys = ARRAYS["train_images"], ARRAYS["train_labels"]
+    x_tr, y_tr, _ = two_digits(xs[:1200], ys[:1200], GRID_DIGITS)
+    x_va, y_va, _ = two_digits(xs[-600:], ys[-600:], GRID_DIGITS)
+    x_te, y_te, idx = two_digits(
+        ARRAYS["test_images"], ARRAYS["test_labels"], GRID_DIGITS, m_num_test
+    )
+    return (x_tr, y_tr), (x_va, y_va), (x_te, y_te, idx)
+
+
+def _grid_weights(path: Path) -> tuple[np.ndarray, dict]:
+    params, meta = ckpt.load_params(
+        path, {"w": np.zeros((785, 1), np.float32)}, kind=hw3.CHECKPOINT_KIND
+    )
+    return np.asarray(params["w"], np.float64)[:, 0], meta
+
+
+def test_hw3_logreg_grid(run):
+    r = run("hw3_logreg_grid")
+    m = r.metrics
+    files = {f"history_{i:02d}.jsonl" for i in range(9)} | {
+        hw3.CHECKPOINT_NAME,
+        "grid_val_accuracy.png",
+        "grid_objective.png",
+        "grid_curves.png",
+    }
+    report = check_outputs(
+        r, "hw3_logreg_grid", files, "hw3: regularized logistic regression 3 vs 8"
+    )
+    assert len(m["grid"]) == 9 and m["num_diverged"] == sum(p["diverged"] for p in m["grid"])
+    pairs = sorted((p["l2"], p["learning_rate"]) for p in m["grid"])
+    assert pairs == sorted((a, b) for a in (0.01, 0.5, 1.0) for b in (0.1, 0.5, 1.0))
+    # The best point: highest validation accuracy, ties to the lower cross-entropy.
+    ok = [p for p in m["grid"] if not p["diverged"]]
+    ranked = sorted(ok, key=lambda p: (-p["val_accuracy"], p["val_cross_entropy"]))
+    assert (m["l2"], m["learning_rate"]) == (ranked[0]["l2"], ranked[0]["learning_rate"])
+    assert m["grid"][m["best_index"]] == ranked[0]
+    for i, p in enumerate(m["grid"]):  # one full-batch step per epoch, 20 epochs
+        steps = [x["step"] for x in read_history(r.workdir / f"history_{i:02d}.jsonl")]
+        # A diverged point stops at the step whose objective was not finite.
+        assert steps == list(range(len(steps))) and (len(steps) < 20) == p["diverged"]
+
+    (x_tr, y_tr), (x_va, y_va), (x_te, y_te, _) = _grid_sets(100)
+    assert m["num_train"] == len(y_tr) and m["num_val"] == len(y_va)
+    assert f"the {len(y_va)} 3s and 8s among the last 600 training images" in report
+
+    # The checkpoint: the best point's weights after 20 full-batch steps.
+    assert m["checkpoint"] == hw3.CHECKPOINT_NAME and m["checkpoint_step"] == 20
+    w, meta = _grid_weights(r.workdir / hw3.CHECKPOINT_NAME)
+    assert meta["step"] == 20 and meta["digits"] == list(GRID_DIGITS)
+    assert meta["config"]["model"] == "logistic" and meta["config"]["l2_bias"] is False
+    assert meta["config"]["batch_size"] == len(y_tr)
+
+    # Recount by hand: the first 100 test images of 3s and 8s, unit scale, threshold 0.5.
+    acc, test_ce = logistic_numbers(w, pixels(x_te, "unit", True), y_te)
+    assert m["test_total"] == 100 and m["test_correct"] == round(acc * 100)
+    assert m["test_cross_entropy"] == pytest.approx(test_ce, rel=1e-4)
+    assert f"**{m['test_correct']} of 100**" in report
+    val_acc, _ = logistic_numbers(w, pixels(x_va, "unit", True), y_va)
+    assert m["val_accuracy"] == pytest.approx(val_acc, abs=1e-6)
+    # Final objective: mean cross-entropy + lambda * sum of squared weights, w0 excluded.
+    _, ce = logistic_numbers(w, pixels(x_tr, "unit", True), y_tr)
+    assert m["final_train_cross_entropy"] == pytest.approx(ce, rel=1e-4)
+    assert m["final_objective"] == pytest.approx(ce + m["l2"] * np.sum(w[:-1] ** 2), rel=1e-4)
+
+
+def test_hw3_misclassified_from_the_grid_checkpoint(run):
+    grid = run("hw3_logreg_grid")
+    r = run("hw3_misclassified")
+    m = r.metrics
+    assert r.workdir != grid.workdir
+    report = check_outputs(
+        r,
+        "hw3_misclassified",
+        {"misclassified.png"},
+        "hw3: most confidently misclassified test images, 3 vs 8",
+    )
+    [suptitle] = r.texts("plot_image_grid")
+    assert "of 100 test images (3 vs 8;" in suptitle
+    assert m["checkpoint"] == r.overrides["checkpoint"]
+    assert m["test_total"] == 100
+    assert m["test_correct"] == grid.metrics["test_correct"]
+    assert m["num_misclassified"] == 100 - grid.metrics["test_correct"] > 0
+    assert m["shown"] == min(20, m["num_misclassified"]) == len(m["misclassified"])
+    assert f"{m['test_correct']} correct, {m['num_misclassified']} misclassified" in report
+
+    # The ranking by hand, from the checkpoint's weights.
+    w, _ = _grid_weights(grid.workdir / hw3.CHECKPOINT_NAME)
+    _, _, (x_te, y_te, idx) = _grid_sets(100)
+    p = 1.0 / (1.0 + np.exp(-(pixels(x_te, "unit", True) @ w)))
+    pred = (p >= 0.5).astype(np.int64)
+    conf = np.abs(p - 0.5) + 0.5
+    wrong = np.flatnonzero(pred != y_te)
+    assert len(wrong) == m["num_misclassified"]
+    expected = wrong[np.argsort(-conf[wrong], kind="stable")][:20]
+    assert [it["test_index"] for it in m["misclassified"]] == [int(idx[i]) for i in expected]
+    names = {1: GRID_DIGITS[0], 0: GRID_DIGITS[1]}
+    for it, i in zip(m["misclassified"], expected, strict=True):
+        assert it["true_digit"] == names[int(y_te[i])]
+        assert it["predicted_digit"] == names[int(pred[i])] != it["true_digit"]
+        assert ARRAYS["test_labels"][it["test_index"]] == it["true_digit"]
+        assert it["confidence"] == pytest.approx(conf[i], rel=1e-4)
+        assert f"| {it['rank']} | {it['test_index']} |" in report
+
+
+def test_hw3_misclassified_leaves_the_grid_workdir_untouched(run):
+    r = run("hw3_misclassified")
+    assert r.grid_after == r.grid_before
+    assert any(k.endswith(hw3.CHECKPOINT_NAME) for k in r.grid_before)
+
+
+def test_hw3_logreg_grid_validation_beyond_the_test_size(tmp_path, fake_dir):
+    # 700 held-out training images, more than the 600 test images (load_splits once indexed
+    # the held-out digits with the test set's index array: IndexError).
+    overrides = {**overrides_for("hw3_logreg_grid", fake_dir), "num_train": 1200, "num_val": 700}
+    overrides.update(lr=(0.5,), l2=(0.01,), num_epochs=2, epochs_per_call=2)
+    m = run_experiment("hw3_logreg_grid", tmp_path, overrides)
+    _, (_, y_va), _ = _grid_sets(100)
+    xs, ys = ARRAYS["train_images"], ARRAYS["train_labels"]
+    assert m["num_val"] == len(two_digits(xs[-700:], ys[-700:], GRID_DIGITS)[1])
+    assert m["num_val"] > len(y_va)
+
+
+# ---------------------------------------------------------------------------------------------
+# The launcher on fake data (a subprocess: flags, --smoke, exit code).
+
+
+def test_main_runs_a_smoke_experiment_on_fake_data(tmp_path, fake_dir):
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    args = [
+        "--experiment=tdt4265_task2",
+        f"--workdir={tmp_path}",
+        "--smoke",
+        "--nocompilation_cache",
+        "--dataset=fake",
+        f"--data_dir={fake_dir}",
+        "--num_train=all",
+        "--digits=4,9",
+        "--num_epochs=1",  # given flags win over the smoke overrides
+    ]
+    out = subprocess.run(
+        [sys.executable, "-m", "experiments.main", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    m = json.loads((tmp_path / "metrics.json").read_text())
+    assert cfg["max_examples"] == 256 and cfg["num_epochs"] == 1 and cfg["digits"] == [4, 9]
+    assert cfg["num_train"] is None and cfg["dataset"] == "fake"
+    assert m["steps"] == 1 * (256 // 128)
+    assert (
+        (tmp_path / "report.md")
+        .read_text()
+        .startswith("# TDT4265 task 2, logistic regression 4 vs 9\n")
+    )
+    check_png(tmp_path / "loss.png")
