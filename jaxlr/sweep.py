@@ -611,16 +611,21 @@ def _pad_indices(indices: np.ndarray, size: int) -> np.ndarray:
     return np.concatenate([indices, np.resize(indices, size - len(indices))])
 
 
-def block_ladder(cap: int, num_devices: int = 1) -> tuple[int, ...]:
-    """The block sizes a compacting sweep may use: num_devices * 2^j below `cap`, and `cap`.
+def block_ladder(cap: int, num_devices: int = 1, steps_per_octave: int = 2) -> tuple[int, ...]:
+    """The block sizes a compacting sweep may use: a fixed geometric ladder up to `cap`.
 
-    The smallest size is 2 * num_devices (when `cap` allows): with a single point per device
-    XLA drops the batch dimension and picks other kernels, whose rounding differs; with two
-    or more a point's numbers are the same bits in blocks of any size (per-point seeds).
+    With `steps_per_octave=2` (default) the sizes are num_devices * (2, 3, 4, 6, 8, 12, 16,
+    24, ...) below `cap`, then `cap`: a block holds its active points with at most a third
+    of padding, and the number of compiled programs stays at about 2 log2(cap). With 1:
+    num_devices * 2^j. The smallest size is 2 * num_devices (when `cap` allows): with a
+    single point per device XLA drops the batch dimension and picks other kernels, whose
+    rounding differs; with two or more a point's numbers are the same bits in blocks of any
+    size (per-point seeds).
 
     Args:
       cap: the largest block (a multiple of `num_devices`).
       num_devices: devices the sweep axis is sharded over.
+      steps_per_octave: 1 (powers of two) or 2 (powers of two and 1.5 times them).
     Returns:
       Increasing sizes, each a multiple of `num_devices`; one compiled program each.
     """
@@ -628,9 +633,13 @@ def block_ladder(cap: int, num_devices: int = 1) -> tuple[int, ...]:
         raise ValueError(
             f"block_ladder: cap must be a positive multiple of num_devices={num_devices}, got {cap}"
         )
-    sizes, g = [], 2 * num_devices
-    while g < cap:
-        sizes.append(g)
+    if steps_per_octave not in (1, 2):
+        raise ValueError(f"block_ladder: steps_per_octave must be 1 or 2, got {steps_per_octave}")
+    sizes, g = [], 2
+    while g * num_devices < cap:
+        sizes.append(g * num_devices)
+        if steps_per_octave == 2 and 3 * g // 2 * num_devices < cap:
+            sizes.append(3 * g // 2 * num_devices)
         g *= 2
     return tuple(sizes) + (cap,)
 
