@@ -12,8 +12,10 @@ import dataclasses
 import logging
 import time
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from experiments.config import EXPERIMENTS, make_config, resolve_path
@@ -21,7 +23,7 @@ from jaxlr import report
 from jaxlr.config import TrainConfig, make_hparams
 from jaxlr.io import atomic_write_json
 from jaxlr.sections import DataConfig
-from jaxlr.train import Data, TrainResult, fit, schedule_numbers
+from jaxlr.train import Data, TrainResult, fit, model_for, schedule_numbers
 
 log = logging.getLogger("jaxlr.experiments")
 
@@ -134,4 +136,78 @@ def protocol_text(cfg, data: Data, tcfg: TrainConfig | None = None) -> str:
         f"schedule `{tcfg.schedule}`, learning rate {lr_text}, batch {tcfg.batch_size}, up to "
         f"{tcfg.num_epochs} epochs ({sched.batches_per_epoch} steps each), shuffle "
         f"{tcfg.shuffle}, validation every {sched.eval_every} steps, dtype {cfg.data.dtype}."
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# The exact optimum beside trained runs of the convex linear models.
+
+
+class Optimum(NamedTuple):
+    """Per-point optimum numbers (`jaxlr.solver.optimum_report` rows) and the bound model."""
+
+    rows: list
+    report: Any
+    model: Any
+
+
+def optimum_for(tcfg: TrainConfig, data: Data, l2_S, learning_rates=None, finals=None):
+    """Solves each distinct lambda of `l2_S` to its optimum (float64) on the training set.
+
+    Every row gains "unstable": the learning rate exceeds the gradient-descent limit
+    2 / lambda_max of the Hessian at the optimum (lr / lr_limit > 1), so gradient descent
+    at that rate cannot settle at the optimum.
+
+    Returns:
+      `Optimum`, or None for models without a convex objective (the MLP).
+    """
+    from jaxlr import solver
+
+    if tcfg.model not in ("logistic", "softmax"):
+        return None
+    x, y = np.asarray(data.x_train), np.asarray(data.y_train)
+    model = model_for(tcfg, x.shape[1], x.dtype)
+    rep = solver.optimum_report(
+        model,
+        x,
+        y,
+        [float(v) for v in l2_S],
+        learning_rates=None if learning_rates is None else [float(v) for v in learning_rates],
+        final_objectives=None if finals is None else [float(v) for v in finals],
+        include_bias=tcfg.l2_bias,
+    )
+    for row in rep.rows:
+        ratio = row.get("lr_over_limit")
+        row["unstable"] = bool(ratio is not None and ratio > 1.0)
+    return Optimum(rep.rows, rep, model)
+
+
+def optimum_params(opt: Optimum, l2: float):
+    """The optimum's parameters (float64 numpy) at lambda `l2` (one of the solved ones)."""
+    i = int(np.flatnonzero(np.asarray(opt.report.l2_L) == float(l2))[0])
+    return jax.tree.map(lambda a: np.asarray(a[i]), opt.report.path.params)
+
+
+def predict_binary_correct(model, params, x, y) -> int:
+    """How many of the examples a binary model's params (any float dtype) classify right."""
+    w = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
+    with jax.enable_x64(True):
+        z = np.asarray(model.apply(w, jnp.asarray(np.asarray(x, np.float64))))
+    return int(np.sum((z >= 0).astype(np.int32) == np.asarray(y)))
+
+
+def stability_text(rows: list, label) -> str:
+    """Report sentence on the points above the gradient-descent limit (or that none are)."""
+    bad = [label(i) for i, r in enumerate(rows) if r.get("unstable")]
+    limits = sorted({(r["l2"], r["lr_limit"]) for r in rows})
+    lim = ", ".join(f"{lr_lim:.3g} at lambda {lam:g}" for lam, lr_lim in limits)
+    head = (
+        f"Gradient descent can settle at the optimum only with lr < 2 / lambda_max(H), H the "
+        f"Hessian of the objective at the optimum: the limit is {lim}. "
+    )
+    if not bad:
+        return head + "Every point's learning rate is below its limit."
+    return head + (
+        f"**Unstable** (learning rate above the limit, so the iterates cannot converge to the "
+        f"optimum; marked in the table): {', '.join(bad)}."
     )

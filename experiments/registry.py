@@ -2,6 +2,7 @@
 
 from experiments import (
     hw3,  # noqa: F401
+    regpath,  # noqa: F401
     sweep,  # noqa: F401
     tdt4265,  # noqa: F401
 )

@@ -23,7 +23,15 @@ from typing import ClassVar
 
 import numpy as np
 
-from experiments.common import RunDir, protocol_text, run_metrics, task_name, train_one
+from experiments.common import (
+    RunDir,
+    optimum_for,
+    protocol_text,
+    run_metrics,
+    stability_text,
+    task_name,
+    train_one,
+)
 from experiments.config import ExperimentConfig, register
 from jaxlr import metrics as jmetrics
 from jaxlr import plots, report
@@ -119,6 +127,8 @@ class L2Path(Softmax):
       block_size: grid points per compiled block of the sweep ('all': from a memory estimate).
       checkpoint: folder (relative to the workdir) for resumable checkpoints, one per lambda;
         with it the lambdas train one after another instead of as one sweep.
+      optimum: solve each lambda to its exact optimum (float64 Newton-CG) and report the gap
+        of every run and its learning rate over the gradient-descent limit.
     """
 
     train: TrainConfig = TrainConfig(
@@ -126,6 +136,7 @@ class L2Path(Softmax):
     )
     l2s: tuple[float, ...] = (1.0, 0.1, 0.01, 0.001)
     block_size: int | None = None
+    optimum: bool = True
     FIXED: ClassVar = (*_SOFTMAX_FIXED, "l2")
 
     def __post_init__(self):
@@ -371,7 +382,7 @@ def train_l2_runs(cfg: L2Path, data, run: RunDir, lambdas) -> dict:
 @register(
     "tdt4265_task4",
     L2Path,
-    headline=("l2", "val_accuracy", "val_loss", "weight_norm", "steps", "wall_seconds"),
+    headline=("l2", "val_accuracy", "val_loss", "weight_norm", "gap", "lr_over_limit", "steps"),
     smoke=dict(_SMOKE_SOFTMAX, l2s=(1.0, 0.1)),
 )
 def task4(cfg: L2Path, run: RunDir) -> dict:
@@ -412,6 +423,33 @@ def task4(cfg: L2Path, run: RunDir) -> dict:
         {lam: runs[lam][1] for lam in grid},
         {lam: metrics[f"lambda={lam:g}"]["weight_norm"] for lam in grid},
     )
+    opt_text = ""
+    if cfg.optimum:
+        keys = [f"lambda={lam:g}" for lam in grid]
+        opt = optimum_for(
+            cfg.train,
+            data,
+            grid,
+            [cfg.hparams.lr] * len(grid),
+            [metrics[k]["train_objective"] for k in keys],
+        )
+        for k, row in zip(keys, opt.rows):
+            metrics[k].update(
+                optimum_objective=row["optimum_objective"],
+                gap=row["gap"],
+                lr_limit=row["lr_limit"],
+                lr_over_limit=row["lr_over_limit"],
+                unstable=row["unstable"],
+                optimum_converged=row["converged"],
+                optimum_separated=row["separated"],
+            )
+            if not row["converged"]:
+                metrics[k]["gap"] = None
+        opt_text = "## Distance to the optimum\n\n" + _optimum_table(metrics, keys) + "\n\n"
+        opt_text += stability_text(opt.rows, lambda i: keys[i]) + (
+            " The gap is the final training objective minus the exact optimum of the same "
+            "objective (Newton-CG in float64); mini-batch SGD at a constant rate ends above it."
+        )
     metrics["weight_norm_by_lambda"] = {
         f"{lam:g}": metrics[f"lambda={lam:g}"]["weight_norm"] for lam in grid
     }
@@ -434,6 +472,7 @@ def task4(cfg: L2Path, run: RunDir) -> dict:
         f"regularised: {l2_bias}.",
         "## Final numbers (returned weights)\n\n" + report.runs_table(runs_only),
         "## Weight norm against lambda\n\n" + norm_table,
+        opt_text,
         "## Figures\n\n"
         + report.image_link("weights.png", f"weight images, lambda 0 and {big:g}")
         + "\n\n"
@@ -450,6 +489,25 @@ def task4(cfg: L2Path, run: RunDir) -> dict:
         run.out / "report.md", f"TDT4265 task 4: L2 regularisation, {cfg.data.dataset}", sections
     )
     return metrics
+
+
+def _optimum_table(metrics: dict, keys: list) -> str:
+    rows = []
+    for k in keys:
+        m = metrics[k]
+        status = "unstable" if m["unstable"] else "ok"
+        if m["optimum_converged"]:
+            opt, gap = f"{m['optimum_objective']:.5f}", f"{m['gap']:.3g}"
+        elif m["optimum_separated"]:  # lambda 0: the infimum is approached as ||w|| -> inf
+            opt, gap, status = "none (separable)", "-", "no optimum"
+        else:
+            opt, gap = f"{m['optimum_objective']:.5f} (not converged)", "-"
+        rows.append(
+            [k, f"{m['train_objective']:.5f}", opt, gap, f"{m['lr_limit']:.3g}",
+             f"{m['lr_over_limit']:.2f}", status]
+        )  # fmt: skip
+    headers = ["run", "train objective", "optimum", "gap", "lr limit", "lr / limit", "status"]
+    return report.markdown_table(headers, rows, align="lrrrrrl")
 
 
 # ---------------------------------------------------------------------------------------------
