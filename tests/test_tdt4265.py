@@ -1,9 +1,11 @@
-"""End-to-end tests of the TDT4265 experiments on tiny configurations, and of the launcher.
+"""End-to-end tests of the TDT4265 experiments on the real MNIST files, and of the launcher.
 
-Every experiment runs once (module cache) through `experiments.common.run_experiment` on a
-small subset of the real MNIST files: a few epochs of two or four batches, so that every
-step is a validation check (M <= 4 batches -> E = max(1, M // 5) = 1) and the final numbers
-of the returned weights can be compared with the last (or best) check of the history.
+Every experiment runs once (module cache) through `experiments.common.run_experiment` with
+its registered smoke overrides (`EXPERIMENTS[name].smoke`) on the real files: a few epochs
+of two or four batches, so that every step is a validation check (M <= 4 batches -> E =
+max(1, M // 5) = 1) and the final numbers of the returned weights can be compared with the
+last (or best) check of the history. The same experiments on fake data, which need no real
+files: `tests/test_experiments.py`.
 """
 
 import functools
@@ -21,34 +23,35 @@ from realdata import DATA_DIR, PNG_MAGIC, needs_data
 
 from benchmarks import numpy_baseline as nb
 from experiments import registry  # noqa: F401  (registers the experiments)
-from experiments.common import EXPERIMENTS, load_data, make_config, run_experiment, train_config
+from experiments.common import run_experiment
+from experiments.config import EXPERIMENTS, make_config
 from jaxlr.config import TrainConfig, make_hparams
 from jaxlr.data import epoch_batches
+from jaxlr.sections import ConfigError
+from jaxlr.splits import load_splits
 from jaxlr.train import Data, fit, keys_for
 
 REPO = Path(__file__).resolve().parents[1]
-# Tiny configurations. Binary subsets of 256 examples make M = 2 batches of 128, the
-# ten-class ones 512 examples, M = 4; both give a check after every step.
-TINY_BINARY = dict(num_epochs=2, max_examples=256)
-# On 256 examples a rate of 0.025 makes the validation loss oscillate, so patience 3 stops
-# both early-stopping runs within a few steps (checked: task 2d stops at step 5, best 2).
-TINY_EARLY = dict(num_epochs=40, max_examples=256, patience=3, lr=(0.025,))
-TINY_SOFTMAX = dict(num_epochs=2, max_examples=512)
-TINY = {
-    "tdt4265_task2": TINY_BINARY,
-    "tdt4265_task2d": TINY_EARLY,
-    "tdt4265_task2e": TINY_EARLY,
-    "tdt4265_task3": TINY_SOFTMAX,
-    "tdt4265_task4": dict(TINY_SOFTMAX, l2=(1.0, 0.1)),
-    "lr_annealing": dict(TINY_BINARY, anneal_steps=2.0),
-    "mean_images": TINY_SOFTMAX,
-}
+NAMES = (
+    "tdt4265_task2",
+    "tdt4265_task2d",
+    "tdt4265_task2e",
+    "tdt4265_task3",
+    "tdt4265_task4",
+    "lr_annealing",
+    "mean_images",
+)
+
+
+def overrides_for(name: str, **more) -> dict:
+    """The experiment's smoke overrides on the real files (data_dir '' = the usual lookup)."""
+    return {**EXPERIMENTS[name].smoke, "data_dir": DATA_DIR or "", **more}
 
 
 @functools.cache
 def _run(name: str, root: str):
     workdir = Path(root) / name
-    metrics = run_experiment(name, workdir, dict(TINY[name], data_dir=DATA_DIR))
+    metrics = run_experiment(name, workdir, overrides_for(name))
     return workdir, metrics
 
 
@@ -73,7 +76,7 @@ def check_common_files(workdir: Path, name: str, metrics: dict, pngs: list[str])
     """config.json, metrics.json, the PNGs and report.md; returns the report text."""
     cfg = json.loads((workdir / "config.json").read_text())
     assert cfg["experiment"] == name
-    for key, value in TINY[name].items():
+    for key, value in overrides_for(name).items():
         expected = list(value) if isinstance(value, tuple) else value
         assert cfg[key] == expected, f"override {key} not in config.json"
     on_disk = json.loads((workdir / "metrics.json").read_text())
@@ -109,7 +112,7 @@ def check_run(m: dict, history: list[dict], report: str, early_stopping: bool) -
     if early_stopping:
         es = m["early_stopping"]
         assert set(es) == {"stopped", "step", "epoch", "best_step", "best_epoch", "best_val_loss"}
-        assert es["stopped"], "the tiny early-stopping config is meant to stop"
+        assert es["stopped"], "the smoke early-stopping config is meant to stop"
         assert 0 <= es["best_step"] <= es["step"]
         assert es["epoch"] == es["step"] // mb and es["best_epoch"] == es["best_step"] // mb
         assert m["steps"] == es["step"] + 1  # nothing ran after the stopping check
@@ -204,12 +207,13 @@ def test_task4_l2(run):
 
 @needs_data
 def test_checkpointed_experiment_resumes_to_the_same_numbers(tmp_path, run):
-    overrides = dict(TINY_BINARY, data_dir=DATA_DIR, checkpoint="ckpt")
+    overrides = overrides_for("tdt4265_task2", checkpoint="ckpt")
     # An interrupted run: one of the two epochs, checkpointed where the experiment looks.
     cfg = make_config("tdt4265_task2", overrides)
-    hp = make_hparams(cfg["lr"][0], cfg["l2"][0], cfg["momentum"][0], cfg["seed"], np.float32)
+    h = cfg.hparams
+    hp = make_hparams(h.lr, h.l2, h.momentum, h.seed, np.float32)
     ckpt = tmp_path / "a" / "ckpt" / "run.npz"
-    fit(train_config(cfg), hp, load_data(cfg).data, checkpoint_path=ckpt, stop_after_epochs=1)
+    fit(cfg.train, hp, load_splits(cfg.data).data, checkpoint_path=ckpt, stop_after_epochs=1)
     assert ckpt.exists()
     resumed = run_experiment("tdt4265_task2", tmp_path / "a", overrides)
     fresh_dir, fresh = run("tdt4265_task2")  # the same config without checkpoints
@@ -223,9 +227,11 @@ def test_checkpointed_experiment_resumes_to_the_same_numbers(tmp_path, run):
     assert again["val_loss"] == fresh["val_loss"] and again["steps"] == fresh["steps"]
 
 
-def test_task4_refuses_lambda_zero_in_l2(tmp_path):
-    with pytest.raises(ValueError, match="lambda 0 is always run"):
-        run_experiment("tdt4265_task4", tmp_path, {"l2": (0.0, 1.0), "data_dir": DATA_DIR})
+def test_task4_refuses_lambda_zero_in_l2s(tmp_path):
+    with pytest.raises(ConfigError, match="lambda 0 is always run") as err:
+        run_experiment("tdt4265_task4", tmp_path, {"l2s": (0.0, 1.0)})
+    assert err.value.field == "l2s" and "\n" not in str(err.value)
+    assert not list(tmp_path.iterdir())  # refused before anything was written
 
 
 @needs_data
@@ -310,10 +316,10 @@ def test_numpy_baseline_matches_the_engine(model, shuffle):
 
 
 def test_every_experiment_documents_its_launch():
-    for name in TINY:
+    for name in EXPERIMENTS:
         doc = EXPERIMENTS[name].doc
         assert f"--experiment={name}" in doc and "Runtime:" in doc and "Result:" in doc
-    assert set(TINY) <= set(EXPERIMENTS)
+    assert set(NAMES) <= set(EXPERIMENTS)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -335,6 +341,7 @@ def launch(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
 @needs_data
 def test_main_runs_an_experiment(tmp_path):
     args = ["--experiment=tdt4265_task2", f"--workdir={tmp_path}", "--num_epochs=1"]
+    args.append("--nocompilation_cache")
     args += ["--max_examples=256", "--lr=0.02"]
     if DATA_DIR:
         args.append(f"--data_dir={DATA_DIR}")
@@ -342,23 +349,28 @@ def test_main_runs_an_experiment(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     m = json.loads((tmp_path / "metrics.json").read_text())
     cfg = json.loads((tmp_path / "config.json").read_text())
-    assert m["steps"] == 2 and cfg["lr"] == [0.02] and cfg["num_epochs"] == 1
+    assert m["steps"] == 2 and cfg["lr"] == 0.02 and cfg["num_epochs"] == 1
     assert (tmp_path / "loss.png").stat().st_size > 0
 
 
 def test_main_unknown_experiment_or_flag_lists_the_valid_ones(tmp_path):
     out = launch("--experiment=tdt4265_task9", f"--workdir={tmp_path}")
     assert out.returncode != 0
-    for name in TINY:
+    for name in EXPERIMENTS:
         assert name in out.stderr
     out = launch("--experiment=tdt4265_task2", f"--workdir={tmp_path}", "--num_epoch=3")
     assert out.returncode != 0
-    assert "num_epoch" in out.stderr and "--num_epochs" in out.stderr
+    assert "num_epoch" in out.stderr and "num_epochs" in out.stderr
+    assert not (tmp_path / "metrics.json").exists()
+    # A bad value: exit code 2 and one line naming the flag, the value and what is allowed.
+    out = launch("--experiment=tdt4265_task2", f"--workdir={tmp_path}", "--lr=-1")
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines()[-1].endswith("--lr=-1: must be a finite number > 0")
     assert not (tmp_path / "metrics.json").exists()
 
 
 def test_main_list():
     out = launch("--list")
     assert out.returncode == 0, out.stderr[-2000:]
-    for name in TINY:
+    for name in EXPERIMENTS:
         assert f"python -m experiments.main --experiment={name}" in out.stdout
