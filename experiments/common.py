@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -51,6 +52,10 @@ def run_experiment(name: str, workdir: str | Path, overrides: dict | None = None
 
     cfg = make_config(name, overrides)
     workdir = Path(workdir)
+    if jax.process_count() > 1 and jax.process_index() != 0:
+        # A multi-process run: every process computes, process 0 alone writes (and locks).
+        with tempfile.TemporaryDirectory(prefix="jaxlr-process") as tmp:
+            return EXPERIMENTS[name].fn(cfg, RunDir(Path(tmp), workdir))
     with jworkdir.Staging(workdir) as stage:
         out = stage.dir
         atomic_write_json(out / "config.json", report.jsonable({"experiment": name, **cfg.flat()}))

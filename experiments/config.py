@@ -47,7 +47,17 @@ SECTION_TYPES = (DataConfig, TrainConfig, RunHParams, GridHParams)
 # Flags that only some settings read: given on the command line with other settings, they are
 # an error (the value would be ignored). name -> (field it depends on, values that read it).
 CONDITIONAL = {
-    "momentum": ("optimizer", ("momentum",)),
+    "momentum": [("optimizer", ("momentum",)), ("search", ("grid",))],
+    "lr": ("search", ("grid",)),
+    "l2": ("search", ("grid",)),
+    "seeds": ("search", ("grid",)),
+    "num_samples": ("search", ("random",)),
+    "lr_range": ("search", ("random",)),
+    "l2_range": ("search", ("random",)),
+    "momentum_range": [("search", ("random",)), ("optimizer", ("momentum",))],
+    "search_seed": ("search", ("random",)),
+    "rung_epochs": ("prune", ("halving",)),
+    "keep_fraction": ("prune", ("halving",)),
     "patience": ("early_stopping", (True,)),
     "anneal_steps": ("schedule", ("anneal", "exponential")),
     "decay_rate": ("schedule", ("exponential",)),
@@ -355,13 +365,14 @@ def _check_conditional(cfg, given: set, exp: Experiment) -> None:
     for name in sorted(given):
         if name not in CONDITIONAL or name in cfg.ALWAYS_READ:
             continue
-        dep, values = CONDITIONAL[name]
-        if dep in flat and flat[dep] not in values:
-            want = " or ".join(f"--{dep}={format_value(v)}" for v in values)
-            raise UsageError(
-                f"--{name}: experiment {exp.name} ignores it with --{dep}="
-                f"{format_value(flat[dep])}; it is read only with {want}"
-            )
+        rules = CONDITIONAL[name]
+        for dep, values in [rules] if isinstance(rules, tuple) else rules:
+            if dep in flat and flat[dep] not in values:
+                want = " or ".join(f"--{dep}={format_value(v)}" for v in values)
+                raise UsageError(
+                    f"--{name}: experiment {exp.name} ignores it with --{dep}="
+                    f"{format_value(flat[dep])}; it is read only with {want}"
+                )
 
 
 def launch_command(exp: Experiment, workdir: str | None = None) -> str:

@@ -261,13 +261,21 @@ def main(argv: list[str]) -> int:
     _RUNNING.update(parsed=parsed)
     _setup_logging()
     _setup_jax(parsed.config, parsed.compilation_cache)
+    if hasattr(parsed.config, "coordinator_address"):
+        from jaxlr import distributed
+
+        cfg = parsed.config
+        distributed.initialize(cfg.coordinator_address or None, cfg.num_processes, cfg.process_id)
     try:
         metrics = run_experiment(exp.name, parsed.workdir, parsed.overrides)
     except (ConfigError, UsageError) as err:
         # Checks that need the loaded data (e.g. --max_examples beyond the images there are).
         raise _Usage(str(err)) from None
-    print(f"{exp.name}: {parsed.workdir}")
-    print(summary_table(metrics, exp.headline or None))
+    import jax
+
+    if jax.process_index() == 0:  # the process that wrote the workdir
+        print(f"{exp.name}: {parsed.workdir}")
+        print(summary_table(metrics, exp.headline or None))
     return 0
 
 

@@ -10,19 +10,30 @@ Dimension legend: S grid points, T steps.
 
 from __future__ import annotations
 
+import csv
 import dataclasses
+import io
 import logging
+import math
 from typing import ClassVar
 
 import numpy as np
 
-from experiments.common import RunDir, RunFailed, protocol_text
-from experiments.config import ExperimentConfig, register
+from experiments.common import RunDir, RunFailed, optimum_for, protocol_text, stability_text
+from experiments.config import ExperimentConfig, register, resolve_path
 from jaxlr import plots, report
 from jaxlr import sweep as jsweep
 from jaxlr.config import TrainConfig
 from jaxlr.io import atomic_write_text
-from jaxlr.sections import ConfigError, DataConfig, GridHParams
+from jaxlr.search import Halving, random_points
+from jaxlr.sections import (
+    ConfigError,
+    DataConfig,
+    GridHParams,
+    check_choice,
+    check_count,
+    check_nonneg_int,
+)
 from jaxlr.splits import load_splits
 
 log = logging.getLogger("jaxlr.experiments.sweep")
@@ -36,22 +47,91 @@ PROTOCOLS = {
 
 @dataclasses.dataclass(frozen=True)
 class Sweep(ExperimentConfig):
-    """A grid of hyper-parameters trained as one vmapped program.
+    """A grid (or a random search) of hyper-parameters trained as one vmapped program.
 
     Attributes:
-      block_size: grid points per compiled block ('all': from a memory estimate).
+      search: grid (every combination of --lr, --l2, --momentum, seeds) or random
+        (--num_samples points drawn log-uniformly from --lr_range, --l2_range,
+        --momentum_range).
+      num_samples: points of a random search.
+      lr_range: LO,HI of the learning rate (random search; 0 < LO <= HI).
+      l2_range: LO,HI of lambda (random search; empty: lambda 0 everywhere).
+      momentum_range: LO,HI of the momentum (random search; empty: 0).
+      search_seed: seed of the random draws (the training seed is --seed).
+      prune: none, or halving: successive halving, every --rung_epochs epochs all but the
+        best --keep_fraction of the points still training (by best validation loss) stop.
+      rung_epochs: epochs per rung of successive halving.
+      keep_fraction: fraction of the points kept at each rung, in (0, 1).
+      block_size: most points per compiled block ('all': from a memory estimate).
+      checkpoint: folder (relative to the workdir) where the sweep's state is saved after
+        every chunk; the same command resumes a killed sweep.
+      optimum: for the linear models, solve each lambda to its exact optimum and report every
+        point's gap and its learning rate over the gradient-descent limit.
+      coordinator_address: host:port of process 0, to run one sweep over several processes
+        or hosts (with --num_processes and --process_id; none of them under SLURM / Open MPI,
+        which JAX detects).
+      num_processes: number of processes of a multi-process sweep.
+      process_id: this process's index in [0, num_processes).
     """
 
     data: DataConfig = DataConfig(digits=(2, 3))
     train: TrainConfig = TrainConfig(model="logistic", num_epochs=50, batch_size=128)
     hparams: GridHParams = GridHParams(lr=(0.05,))
+    search: str = "grid"
+    num_samples: int = 64
+    lr_range: tuple[float, ...] = (1e-3, 1.0)
+    l2_range: tuple[float, ...] = ()
+    momentum_range: tuple[float, ...] = ()
+    search_seed: int = 0
+    prune: str = "none"
+    rung_epochs: int = 5
+    keep_fraction: float = 1 / 3
     block_size: int | None = None
+    checkpoint: str = ""
+    optimum: bool = True
+    coordinator_address: str = ""
+    num_processes: int | None = None
+    process_id: int | None = None
     FIXED: ClassVar = ()
 
     def __post_init__(self):
         super().__post_init__()
         if self.block_size is not None and self.block_size < 1:
             raise ConfigError("block_size", self.block_size, "must be a whole number >= 1 or 'all'")
+        check_choice("search", self.search, ("grid", "random"))
+        check_choice("prune", self.prune, ("none", "halving"))
+        check_count("num_samples", self.num_samples, upper=1 << 20)
+        for name in ("lr_range", "l2_range", "momentum_range"):
+            _check_range(name, getattr(self, name), optional=name != "lr_range")
+        if self.momentum_range and not self.momentum_range[1] < 1:
+            raise ConfigError("momentum_range", self.momentum_range, "must lie in (0, 1)")
+        check_nonneg_int("search_seed", self.search_seed)
+        check_count("rung_epochs", self.rung_epochs)
+        if not 0 < self.keep_fraction < 1:
+            raise ConfigError("keep_fraction", self.keep_fraction, "must be in (0, 1)")
+        dist = (self.coordinator_address, self.num_processes, self.process_id)
+        if any(v not in ("", None) for v in dist) and any(v in ("", None) for v in dist):
+            raise ConfigError(
+                "coordinator_address",
+                self.coordinator_address,
+                "give --coordinator_address, --num_processes and --process_id together",
+            )
+        if self.num_processes is not None:
+            check_count("num_processes", self.num_processes, upper=1 << 16)
+            if not 0 <= (self.process_id or 0) < self.num_processes:
+                raise ConfigError(
+                    "process_id", self.process_id, f"must be in [0, {self.num_processes})"
+                )
+        if self.coordinator_address and ":" not in self.coordinator_address:
+            raise ConfigError("coordinator_address", self.coordinator_address, "must be host:port")
+
+
+def _check_range(name: str, values: tuple, optional: bool) -> None:
+    if optional and not values:
+        return
+    ok = len(values) == 2 and all(math.isfinite(v) for v in values)
+    if not ok or not 0 < values[0] <= values[1]:
+        raise ConfigError(name, values, "must be LO,HI with 0 < LO <= HI (log-uniform)")
 
     @classmethod
     def protocol_defaults(cls, overrides: dict) -> dict:
@@ -60,8 +140,18 @@ class Sweep(ExperimentConfig):
 
 
 def grid_of(cfg: Sweep, dtype) -> jsweep.Grid:
-    """The grid of a config: lr x l2 x momentum x (seed .. seed + seeds - 1)."""
+    """The points of a config: lr x l2 x momentum x seeds, or a seeded random search."""
     hp = cfg.hparams
+    if cfg.search == "random":
+        return random_points(
+            cfg.num_samples,
+            cfg.lr_range,
+            cfg.l2_range or None,
+            cfg.momentum_range or None,
+            seed=cfg.search_seed,
+            train_seed=hp.seed,
+            dtype=dtype,
+        )
     return jsweep.make_grid(
         learning_rate=hp.lr,
         l2=hp.l2,
@@ -69,6 +159,26 @@ def grid_of(cfg: Sweep, dtype) -> jsweep.Grid:
         seed=hp.seed_values,
         dtype=dtype,
     )
+
+
+def _cell(key: str, value) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else ""
+    if isinstance(value, float) and key in ("learning_rate", "l2", "momentum", "lr_limit"):
+        return f"{value:.4g}"
+    if isinstance(value, float) and key in ("gap",):
+        return f"{value:.3g}"
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return str(value)
+
+
+def _csv(rows: list[dict]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
 
 
 def _best(result: jsweep.SweepResult, by: str) -> dict | None:
@@ -85,6 +195,8 @@ def _best(result: jsweep.SweepResult, by: str) -> dict | None:
     headline=(
         "num_points",
         "num_diverged",
+        "num_unstable",
+        "point_steps",
         "best_by_val_loss.index",
         "best_by_val_loss.val_loss",
         "best_by_val_accuracy.index",
@@ -111,7 +223,16 @@ def sweep(cfg: Sweep, run: RunDir) -> dict:
     data = load_splits(cfg.data).data
     tcfg = cfg.train
     grid = grid_of(cfg, np.asarray(data.x_train).dtype)
-    result = jsweep.run_sweep(tcfg, grid, data, block_size=cfg.block_size, log_fn=log.info)
+    prune = Halving(cfg.rung_epochs, cfg.keep_fraction) if cfg.prune == "halving" else None
+    result = jsweep.run_sweep(
+        tcfg,
+        grid,
+        data,
+        block_size=cfg.block_size,
+        log_fn=log.info,
+        prune=prune,
+        checkpoint_dir=resolve_path(cfg.checkpoint, run.workdir) if cfg.checkpoint else None,
+    )
     if bool(np.all(result.diverged)):
         raise RunFailed(
             f"every one of the {grid.size} sweep points diverged; lower the learning rates "
@@ -122,15 +243,40 @@ def sweep(cfg: Sweep, run: RunDir) -> dict:
         name = f"history_{i:03d}_{report.slug(plots.sweep_point_label(grid.point(i), grid))}.jsonl"
         report.write_history(run.out / name, h)
         histories[i] = name
-    atomic_write_text(run.out / "table.csv", jsweep.table_csv(result))
-    table = jsweep.table_markdown(result)
-    atomic_write_text(run.out / "table.md", table)
-    heatmaps = plots.plot_sweep_heatmaps(result, run.out)
-    curves = plots.plot_sweep_curves(result, run.out)
-
+    rows = jsweep.table_rows(result)
     records = result.records()
+    opt = None
+    if cfg.optimum and tcfg.model != "mlp":
+        opt = optimum_for(
+            tcfg,
+            data,
+            [r["l2"] for r in rows],
+            [r["learning_rate"] for r in rows],
+            np.asarray(result.metrics["train_objective"], np.float64),
+        )
+        for row, rec, o in zip(rows, records, opt.rows):
+            extra = {
+                "optimum_objective": o["optimum_objective"] if o["converged"] else "",
+                "gap": o["gap"] if o["converged"] and not row["diverged"] else "",
+                "lr_limit": o["lr_limit"],
+                "lr_over_limit": o["lr_over_limit"],
+                "unstable": o["unstable"],
+            }
+            row.update(extra)
+            rec.update({k: (None if v == "" else v) for k, v in extra.items()})
     for rec in records:
         rec["history"] = histories[rec["index"]]
+    atomic_write_text(run.out / "table.csv", _csv(rows))
+    best_row = result.best_index("val_loss") if not np.all(result.diverged) else -1
+    table = report.markdown_table(
+        list(rows[0]), [[_cell(k, v) for k, v in r.items()] for r in rows], bold=(best_row,)
+    )
+    atomic_write_text(run.out / "table.md", table + "\n")
+    if cfg.search == "grid":
+        figures = plots.plot_sweep_heatmaps(result, run.out)
+    else:
+        figures = [plots.plot_search_scatter(result, run.out)]
+    curves = plots.plot_sweep_curves(result, run.out)
     best_loss, best_acc = _best(result, "val_loss"), _best(result, "val_accuracy")
     label = plots.sweep_point_label
     best_text = "Every point diverged."
@@ -145,7 +291,7 @@ def sweep(cfg: Sweep, run: RunDir) -> dict:
         )
     # The seed only draws the data order and a random initialisation.
     zero_init = tcfg.init == "zeros" or (tcfg.init == "auto" and tcfg.model != "mlp")
-    if len(grid.values["seed"]) > 1 and not tcfg.shuffle and zero_init:
+    if len(grid.values.get("seed", ())) > 1 and not tcfg.shuffle and zero_init:
         best_text += (
             " (Without shuffling and with zero initialisation the seeds change nothing: "
             "their rows are identical.)"
@@ -153,6 +299,24 @@ def sweep(cfg: Sweep, run: RunDir) -> dict:
     ndiv = int(result.diverged.sum())
     if ndiv:
         best_text += f" {ndiv} point(s) diverged (flagged in the table, never chosen)."
+    cost = result.work()
+    if cost:
+        best_text += (
+            f" The points ran {cost['point_steps']:,} steps in all; the compiled blocks "
+            f"computed {cost['computed_point_steps']:,} point-steps (stopped points are "
+            "compacted away between chunks)."
+        )
+    if prune is not None:
+        n_pruned = int((np.asarray(result.pruned_rung) >= 0).sum())
+        best_text += (
+            f" Successive halving every {cfg.rung_epochs} epochs kept {cfg.keep_fraction:.3g} "
+            f"of the points at each rung and stopped {n_pruned} (column pruned_rung)."
+        )
+    if opt is not None:
+        label = plots.sweep_point_label
+        best_text += "\n\n" + stability_text(
+            opt.rows, lambda i: f"point {i} ({label(grid.point(i), grid)})"
+        )
     proto = (
         protocol_text(cfg, data)
         + f" Early stopping {tcfg.early_stopping}. Grid axes "
@@ -164,13 +328,15 @@ def sweep(cfg: Sweep, run: RunDir) -> dict:
         "## Best point\n\n" + best_text,
         "## All points\n\n" + table + "\n(`table.csv` holds the same rows.)",
         "## Figures\n\n"
-        + "\n\n".join(f"![validation accuracy heatmap]({h})" for h in heatmaps)
+        + "\n\n".join(f"![sweep figure]({h})" for h in figures)
         + f"\n\n![validation accuracy of every point]({curves})",
     ]
     what = f"{cfg.train.model}, {cfg.data.dataset}"
     report.write_report(run.out / "report.md", f"Hyper-parameter sweep ({what})", sections)
     return {
+        **cost,
         "num_points": grid.size,
+        "num_unstable": sum(bool(r.get("unstable")) for r in records),
         "axes": list(grid.axes),
         "shape": list(grid.shape),
         "values": {k: list(v) for k, v in grid.values.items()},

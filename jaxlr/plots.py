@@ -1245,3 +1245,53 @@ def plot_grid_figures(
         panel_size=(4.8, 3.8),
     )
     return ["grid_val_accuracy.png", "grid_objective.png", "grid_curves.png"]
+
+
+def plot_search_scatter(result: Any, folder: str | os.PathLike, by: str = "val_loss") -> str:
+    """Random search: `by` of every point against its learning rate, colour = log10 lambda.
+
+    Points stopped by successive halving are hollow, diverged ones left out. Returns the
+    file name.
+    """
+    import matplotlib
+
+    name = f"search_{by}.png"
+    hp = result.grid.hparams
+    lr = np.asarray(hp.learning_rate, np.float64)
+    l2 = np.asarray(hp.l2, np.float64)
+    y = np.asarray(result.metrics[by], np.float64)
+    ok = ~np.asarray(result.diverged) & np.isfinite(y)
+    pruned = np.zeros(lr.shape, bool)
+    if getattr(result, "pruned_rung", None) is not None:
+        pruned = np.asarray(result.pruned_rung) >= 0
+    c = np.log10(np.where(l2 > 0, l2, np.nan))
+    fig = new_figure((7.5, 4.8))
+    ax = fig.subplots()
+    cmap = matplotlib.colormaps["viridis"]
+    finite_c = c[np.isfinite(c)]
+    lo, hi = (finite_c.min(), finite_c.max()) if finite_c.size else (0.0, 1.0)
+    norm = matplotlib.colors.Normalize(vmin=lo, vmax=hi if hi > lo else lo + 1)
+    colors = [cmap(norm(v)) if np.isfinite(v) else "black" for v in c]
+    for sel, face, label in ((ok & ~pruned, None, "trained to the end"),
+                             (ok & pruned, "none", "stopped by halving")):  # fmt: skip
+        idx = np.flatnonzero(sel)
+        if idx.size:
+            ax.scatter(
+                lr[idx],
+                y[idx],
+                facecolors=[colors[i] for i in idx] if face is None else face,
+                edgecolors=[colors[i] for i in idx],
+                label=label,
+                s=28,
+            )
+    ax.set_xscale("log")
+    if np.all(y[ok] > 0):
+        ax.set_yscale("log")
+    fig.colorbar(matplotlib.cm.ScalarMappable(cmap=cmap, norm=norm), ax=ax, label="log10 lambda")
+    ax.set_xlabel("learning rate (log scale)")
+    ax.set_ylabel(by.replace("_", " "))
+    ax.set_title(f"{by.replace('_', ' ')} of {int(ok.sum())} points (diverged left out)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    save_figure(fig, Path(folder) / name)
+    return name
