@@ -36,8 +36,13 @@ that no JAX thread pool competes with NumPy), so that the memory high-water mark
 compilation caches are their own. A sanity check compares the sweep's first point with the
 NumPy baseline's run of the same hyper-parameters (same batch order).
 
-    python -m benchmarks.bench_sweep --data_dir=/work/shared/data [--ks=1,4,16,64,256]
+    python -m benchmarks.bench_sweep --data_dir=../shared/data [--ks=1,4,16,64,256]
         [--tasks=task2,task3] [--task3_epochs=3] [--repeats=3] [--out=sweep_bench.json]
+
+The rows of sweeps that scale (early stopping with compaction vs early stopping off, the
+256-point grid, successive halving vs unpruned random search; whole processes side by side):
+
+    python -m benchmarks.bench_sweep --data_dir=../shared/data --scale=grid64,grid256,halving
 
 Dimension legend: K (= S) grid points, N training and V validation examples, D features,
 C classes (1 output for logistic regression), T steps.
@@ -420,7 +425,21 @@ def main() -> int:
     parser.add_argument("--out", default="")
     parser.add_argument("--worker", default="", help=argparse.SUPPRESS)
     parser.add_argument("--orders_file", default="", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--scale",
+        default="",
+        help="instead: the early-stopping / halving rows of benchmarks/bench_sweep_scale.py "
+        "for these pairs (grid64,grid256,halving)",
+    )
     args = parser.parse_args()
+    if args.scale:
+        from benchmarks import bench_sweep_scale
+
+        extra = [f"--out={args.out}"] if args.out else []
+        return bench_sweep_scale.main(
+            [f"--data_dir={args.data_dir}", f"--pairs={args.scale}", f"--repeats={args.repeats}"]
+            + extra
+        )
     if args.worker:
         kind, task, k = args.worker.split(":")
         if kind == "steady":

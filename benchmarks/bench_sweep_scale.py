@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -106,6 +107,8 @@ def worker(case: str, args) -> dict:
 
     from jaxlr import sweep
 
+    if args.ladder:
+        sweep.LADDER_STEPS_PER_OCTAVE = args.ladder
     data = load_task2(args.data_dir)
     cfg, grid, prune = case_setup(case, args)
     t0 = time.perf_counter()
@@ -141,15 +144,21 @@ def run_case(case: str, args) -> dict:
         f"--data_dir={args.data_dir}",
         f"--rung_epochs={args.rung_epochs}",
         f"--keep_fraction={args.keep_fraction}",
+        f"--ladder={args.ladder}",
     ]
     load = os.getloadavg()[0]
+    ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     wall = time.perf_counter() - t0
+    ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
     if proc.returncode != 0:
         raise RuntimeError(f"case {case} failed:\n{proc.stderr[-3000:]}")
     out = json.loads(proc.stdout.strip().splitlines()[-1])
-    out.update(process_seconds=wall, load_before=load, load_after=os.getloadavg()[0])
+    out.update(
+        process_seconds=wall, cpu_seconds=cpu, load_before=load, load_after=os.getloadavg()[0]
+    )
     return out
 
 
@@ -160,6 +169,7 @@ def main(argv=None) -> int:
     parser.add_argument("--pairs", default="grid64,grid256,halving")
     parser.add_argument("--rung_epochs", type=int, default=5)
     parser.add_argument("--keep_fraction", type=float, default=1 / 3)
+    parser.add_argument("--ladder", type=int, default=0, help="block sizes per octave (1, 2)")
     parser.add_argument("--out", default=None)
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -180,9 +190,11 @@ def main(argv=None) -> int:
             ra, rb = res[a], res[b]
             print(
                 f"{p} round {r + 1}: {a} {ra['process_seconds']:.2f} s "
-                f"(sweep {ra['sweep_seconds']:.2f}, {ra['point_steps']:,} point-steps, "
+                f"(cpu {ra['cpu_seconds']:.1f}, sweep {ra['sweep_seconds']:.2f}, "
+                f"{ra['point_steps']:,} point-steps, "
                 f"computed {ra['computed_point_steps']:,}, load {ra['load_before']:.1f}) | "
-                f"{b} {rb['process_seconds']:.2f} s (sweep {rb['sweep_seconds']:.2f}, "
+                f"{b} {rb['process_seconds']:.2f} s (cpu {rb['cpu_seconds']:.1f}, "
+                f"sweep {rb['sweep_seconds']:.2f}, "
                 f"{rb['point_steps']:,} point-steps, load {rb['load_before']:.1f}) | "
                 f"ratio {ra['process_seconds'] / rb['process_seconds']:.3f} "
                 f"(sweeps {ra['sweep_seconds'] / rb['sweep_seconds']:.3f}); best val loss "
@@ -194,11 +206,14 @@ def main(argv=None) -> int:
         a, b = PAIRS[p]
         ratios = [x[a]["process_seconds"] / x[b]["process_seconds"] for x in runs[p]]
         sweeps = [x[a]["sweep_seconds"] / x[b]["sweep_seconds"] for x in runs[p]]
+        cpus = [x[a]["cpu_seconds"] / x[b]["cpu_seconds"] for x in runs[p]]
         first = runs[p][0]
         summary[p] = {
             "process_ratio_median": statistics.median(ratios),
             "process_ratios": ratios,
             "sweep_ratio_median": statistics.median(sweeps),
+            "cpu_ratio_median": statistics.median(cpus),
+            "cpu_ratios": cpus,
             "point_steps": first[a]["point_steps"],
             "reference_point_steps": first[b]["point_steps"],
             "point_step_ratio": first[a]["point_steps"] / first[b]["point_steps"],

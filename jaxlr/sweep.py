@@ -67,6 +67,11 @@ HPARAM_NAMES = ("learning_rate", "l2", "momentum", "seed")
 # Memory a block may use when the caller gives no budget: a quarter of the host's memory
 # (at most 4 GiB) on CPU, half of an accelerator's memory.
 _CPU_BUDGET_CAP = 4 << 30
+# Block sizes per octave of the compaction ladder (see `block_ladder`): 2 wastes less on
+# padding, 1 compiles half as many programs. Each program costs about 1.2 CPU-seconds to
+# compile for tdt4265_task2, more than the padding it saves: on the 64-point early-stopping
+# grid 1 took 21.5 CPU-s and 2 took 29.1 CPU-s (benchmarks/bench_sweep_scale.py --ladder).
+LADDER_STEPS_PER_OCTAVE = 1
 
 
 # ---------------------------------------------------------------------------------------------
@@ -940,7 +945,7 @@ def run_sweep(
     # Balanced blocks: as few as the cap allows, of equal size (padding < one point per
     # device and block); the cap itself is the top of the ladder.
     g_full = nd * _ceil_div(_ceil_div(s, _ceil_div(s, cap)), nd)
-    ladder = block_ladder(g_full, nd)
+    ladder = block_ladder(g_full, nd, LADDER_STEPS_PER_OCTAVE)
     shared_seed = bool(np.all(hp_all.seed == hp_all.seed[0]))
     fns = sweep_functions(config, model, n, devices, shared_seed)
     m = fns.engine.num_batches
