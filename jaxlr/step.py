@@ -22,9 +22,12 @@ computes anyway: no step makes an extra pass over the parameters. A finite objec
 certifies that the parameters it was computed at are finite (lambda * sum w^2 covers every
 penalised weight, 0 * inf is NaN at lambda = 0 too, and a non-finite weight or bias makes the
 logits non-finite); only the parameters after a chunk's last step, which no objective
-certifies, are checked once by `chunk_end_rule`. The step that diverges is not applied: the
-run is frozen with the parameters its objective was computed at. `TrainState.diverge_reason`
-says which rule fired (`DIVERGE_REASONS`).
+certifies, are checked once by `chunk_end_rule`. A step whose objective diverges is not
+applied: the run is frozen with the parameters that objective was computed at; a check that
+diverges freezes the run with the parameters it checked. `TrainState.diverge_reason` says
+which rule fired (`DIVERGE_REASONS`). With small batches the factor rule compares one
+batch's objective with the first batch's: measured on the default experiments, sound runs
+stay below 10x (online SGD, batch 1: 9.0x), far below the default factor 1e3.
 """
 
 from __future__ import annotations
@@ -62,6 +65,7 @@ __all__ = [
     "init_state",
     "is_check_step",
     "keys_for",
+    "logged_loss",
     "loss_and_grad",
     "schedule_numbers",
     "train_step",
