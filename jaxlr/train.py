@@ -222,9 +222,8 @@ def divergence_error(
     epoch = step // num_batches_per_epoch if step >= 0 else -1
     msg = (
         f"training diverged at step {step} (epoch {epoch}) with learning rate "
-        f"{float(learning_rate):g}: {text} (rule {reason}, "
-        f"{DIVERGE_REASONS.get(reason, '?')}); lower the learning rate or the L2 strength; "
-        "no weights were returned"
+        f"{float(learning_rate):g}: {text} (rule {reason}); lower the learning rate or the "
+        "L2 strength; no weights were returned"
     )
     return TrainingDiverged(
         msg,
