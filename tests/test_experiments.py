@@ -57,9 +57,11 @@ FIT = {
     "sweep": dict(num_train=None),
     "hw3_mlp": dict(),
     "hw3_online_vs_minibatch": dict(num_train=None),
-    # num_val <= the 600 test images: see test_hw3_logreg_grid_validation_beyond_the_test_size.
-    "hw3_logreg_grid": dict(num_train=1200, num_val=600, digits=GRID_DIGITS),
+    # 700 held-out training images, more than the 600 test images (load_splits once indexed
+    # the held-out digits with the test set's index array: IndexError).
+    "hw3_logreg_grid": dict(num_train=1200, num_val=700, digits=GRID_DIGITS),
     "hw3_misclassified": dict(),  # + checkpoint= the grid's, set by the runner
+    "regularization_path": dict(num_train=1200, num_val=700, num_test=100, digits=GRID_DIGITS),
 }
 
 
@@ -535,7 +537,7 @@ def _grid_sets(m_num_test: int):
     """Training, validation and test sets of the hw3_logreg_grid run, by hand."""
     xs, ys = ARRAYS["train_images"], ARRAYS["train_labels"]
     x_tr, y_tr, _ = two_digits(xs[:1200], ys[:1200], GRID_DIGITS)
-    x_va, y_va, _ = two_digits(xs[-600:], ys[-600:], GRID_DIGITS)
+    x_va, y_va, _ = two_digits(xs[-700:], ys[-700:], GRID_DIGITS)
     x_te, y_te, idx = two_digits(
         ARRAYS["test_images"], ARRAYS["test_labels"], GRID_DIGITS, m_num_test
     )
@@ -576,7 +578,10 @@ def test_hw3_logreg_grid(run):
 
     (x_tr, y_tr), (x_va, y_va), (x_te, y_te, _) = _grid_sets(100)
     assert m["num_train"] == len(y_tr) and m["num_val"] == len(y_va)
-    assert f"the {len(y_va)} 3s and 8s among the last 600 training images" in report
+    assert f"the {len(y_va)} 3s and 8s among the last 700 training images" in report
+    # Held-out 3s and 8s at positions >= 600, the test set's size: the case that once failed.
+    held = two_digits(ARRAYS["train_images"][-700:], ARRAYS["train_labels"][-700:], GRID_DIGITS)
+    assert held[2].max() >= FAKE["num_test"]
 
     # The checkpoint: the best point's weights after 20 full-batch steps.
     assert m["checkpoint"] == hw3.CHECKPOINT_NAME and m["checkpoint_step"] == 20
@@ -643,16 +648,102 @@ def test_hw3_misclassified_leaves_the_grid_workdir_untouched(run):
     assert any(k.endswith(hw3.CHECKPOINT_NAME) for k in r.grid_before)
 
 
-def test_hw3_logreg_grid_validation_beyond_the_test_size(tmp_path, fake_dir):
-    # 700 held-out training images, more than the 600 test images (load_splits once indexed
-    # the held-out digits with the test set's index array: IndexError).
-    overrides = {**overrides_for("hw3_logreg_grid", fake_dir), "num_train": 1200, "num_val": 700}
-    overrides.update(lr=(0.5,), l2=(0.01,), num_epochs=2, epochs_per_call=2)
-    m = run_experiment("hw3_logreg_grid", tmp_path, overrides)
-    _, (_, y_va), _ = _grid_sets(100)
-    xs, ys = ARRAYS["train_images"], ARRAYS["train_labels"]
-    assert m["num_val"] == len(two_digits(xs[-700:], ys[-700:], GRID_DIGITS)[1])
-    assert m["num_val"] > len(y_va)
+# ---------------------------------------------------------------------------------------------
+# regularization_path.
+
+
+def _optimum_by_hand(x_ND, y_N, lam: float, iters: int = 60) -> np.ndarray:
+    """Minimum of mean cross-entropy + lam * sum(w[:-1]^2) (bias w[-1] not penalised).
+
+    At the optimum the penalised weights are v = X_v^T a (the gradient condition X_v^T r / N
+    + 2 lam v = 0, r = p - y), so numpy Newton runs on (a, b): N + 1 unknowns instead of D
+    (small linear solves; LAPACK on a D x D matrix is very slow on a loaded 2-core machine).
+    """
+    n = len(y_N)
+    x_v = x_ND[:, :-1]
+    k_NN = x_v @ x_v.T
+    a, b = np.zeros(n), 0.0
+
+    def objective(a, b):
+        z = k_NN @ a + b
+        return np.mean(np.logaddexp(0.0, z) - y_N * z) + lam * a @ k_NN @ a
+
+    for _ in range(iters):
+        z = k_NN @ a + b
+        p = 1.0 / (1.0 + np.exp(-z))
+        s = p * (1 - p)
+        g = np.r_[k_NN @ (p - y_N) / n + 2 * lam * k_NN @ a, np.sum(p - y_N) / n]
+        j = np.c_[k_NN, np.ones(n)]  # dz / d(a, b)
+        h = (j.T * s) @ j / n
+        h[:n, :n] += 2 * lam * k_NN
+        step = np.linalg.solve(h, g)
+        if g @ step < 1e-26:
+            break
+        t, f0 = 1.0, objective(a, b)
+        # Backtrack while the objective rises by more than its rounding (1e-14).
+        while objective(a - t * step[:n], b - t * step[n]) > f0 - 0.25 * t * (g @ step) + 1e-14:
+            t /= 2
+        a, b = a - t * step[:n], b - t * step[n]
+    return np.r_[x_v.T @ a, b]
+
+
+def _lr_limit_by_hand(x_ND, p_N, lam: float, iters: int = 500) -> float:
+    """2 / the largest eigenvalue of X^T diag(p(1-p)) X / N + 2 lam diag(1, .., 1, 0), by
+    power iteration (matrix-vector products only)."""
+    s_N = p_N * (1 - p_N) / len(p_N)
+    m_D = np.r_[np.ones(x_ND.shape[1] - 1), 0.0]
+    v = np.ones(x_ND.shape[1])
+    for _ in range(iters):
+        hv = x_ND.T @ (s_N * (x_ND @ v)) + 2 * lam * m_D * v
+        v = hv / np.linalg.norm(hv)
+    hv = x_ND.T @ (s_N * (x_ND @ v)) + 2 * lam * m_D * v
+    return 2.0 / float(v @ hv)
+
+
+def test_regularization_path(run):
+    r = run("regularization_path")
+    m = r.metrics
+    title = "Regularization path, logistic 3 vs 8"
+    report = check_outputs(r, "regularization_path", {"table.md", "path.png"}, title)
+    assert r.texts("plot_side_by_side") == ["Regularization path of logistic regression, 3 vs 8"]
+    lambdas = np.geomspace(1e-4, 1.0, r.overrides["num_l2"])  # the default l2_range
+    keys = [f"lambda={lam:g}" for lam in lambdas]
+    assert m["num_l2"] == len(lambdas) and [k for k in m if k.startswith("lambda=")] == keys
+    table = (r.workdir / "table.md").read_text()
+    assert table.strip() in report and len(table.strip().splitlines()) == 2 + len(lambdas)
+
+    # Each optimum by hand (float64 Newton in numpy) on the same examples: float32 pixels
+    # x / 255 (scale unit) plus the bias feature, as the experiment reads them.
+    def features(images):
+        return pixels(images, "unit", True).astype(np.float32).astype(np.float64)
+
+    (x_tr, y_tr), (x_va, y_va), (x_te, y_te, _) = _grid_sets(100)
+    x_tr, x_va, x_te = features(x_tr), features(x_va), features(x_te)
+    assert f"{len(y_tr)} training / {len(y_va)} validation examples" in report
+    for key, lam in zip(keys, lambdas, strict=True):
+        e = m[key]
+        assert e["l2"] == pytest.approx(lam) and e["converged"]
+        assert e["grad_norm"] <= 1e-10  # the default tol
+        w = _optimum_by_hand(x_tr, y_tr, float(lam))
+        p = 1.0 / (1.0 + np.exp(-(x_tr @ w)))
+        grad = x_tr.T @ (p - y_tr) / len(y_tr) + 2 * lam * np.r_[w[:-1], 0.0]
+        assert np.linalg.norm(grad) < 1e-9, "the hand solution is not the optimum"
+        acc, ce = logistic_numbers(w, x_tr, y_tr)
+        assert e["cross_entropy"] == pytest.approx(ce, rel=1e-7), key
+        assert e["objective"] == pytest.approx(ce + lam * np.sum(w[:-1] ** 2), rel=1e-7), key
+        assert e["weight_norm"] == pytest.approx(np.linalg.norm(w[:-1]), rel=1e-6), key
+        assert e["train_accuracy"] == pytest.approx(acc, abs=1e-12)
+        # "separated": every training example right at the optimum (finite for lambda > 0).
+        assert e["separated"] == bool(np.all((x_tr @ w > 0) == (y_tr == 1)))
+        assert e["val_accuracy"] == pytest.approx(logistic_numbers(w, x_va, y_va)[0], abs=1e-12)
+        assert e["test_accuracy"] == pytest.approx(logistic_numbers(w, x_te, y_te)[0], abs=1e-12)
+        # Gradient descent's limit 2 / lambda_max(H) at the optimum and at zero weights.
+        assert e["lr_limit"] == pytest.approx(_lr_limit_by_hand(x_tr, p, lam), rel=1e-6), key
+        half = np.full(len(y_tr), 0.5)
+        assert e["lr_limit_init"] == pytest.approx(_lr_limit_by_hand(x_tr, half, lam), rel=1e-6)
+    # More penalty, smaller weights.
+    norms = [m[k]["weight_norm"] for k in keys]
+    assert norms == sorted(norms, reverse=True)
 
 
 # ---------------------------------------------------------------------------------------------
