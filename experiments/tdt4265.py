@@ -40,6 +40,7 @@ from jaxlr.config import TrainConfig
 from jaxlr.optim import make_schedule
 from jaxlr.sections import ConfigError, DataConfig, RunHParams, check_values
 from jaxlr.splits import load_splits
+from jaxlr.train import schedule_numbers
 
 log = logging.getLogger("jaxlr.experiments.tdt4265")
 
@@ -369,11 +370,11 @@ def train_l2_runs(cfg: L2Path, data, run: RunDir, lambdas) -> dict:
         block_size=cfg.block_size,
         log_fn=lambda msg: log.info("[lambda sweep] %s", msg),
     )
-    sched_m = int(res.num_batches)
+    sched = schedule_numbers(cfg.train, len(data.y_train))
     for i, lam in enumerate(lambdas):
         m = res.point_metrics(i)
-        m["steps_per_epoch"] = sched_m
-        m["eval_every"] = int(cfg.train.eval_every or max(1, sched_m // 5))
+        m["steps_per_epoch"] = int(sched.batches_per_epoch)
+        m["eval_every"] = int(sched.eval_every)
         m["wall_seconds"] = float(res.wall_seconds)
         out[float(lam)] = (res.point_params(i), res.histories[i], m)
     return out
