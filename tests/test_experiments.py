@@ -374,6 +374,17 @@ def test_tdt4265_task4_l2(run):
         assert run_m["weight_norm_squared"] == pytest.approx(run_m["weight_norm"] ** 2)
         assert m["weight_norm_by_lambda"][key.split("=")[1]] == run_m["weight_norm"]
         assert f"{run_m['weight_norm']:.4f}" in report
+        # The exact optimum of the same objective: what 8 steps have left to go. At lambda 0
+        # 512 examples in 785 dimensions are separable: no finite optimum.
+        converged = run_m["optimum_converged"]
+        assert converged == (lam > 0) and run_m["optimum_separated"] == (lam == 0)
+        if converged:
+            gap = run_m["train_objective"] - run_m["optimum_objective"]
+            assert run_m["gap"] == pytest.approx(gap) and gap > 0
+        else:
+            assert run_m["gap"] is None
+        assert run_m["lr_over_limit"] == pytest.approx(0.01 / run_m["lr_limit"])  # lr 0.01
+        assert run_m["unstable"] == (run_m["lr_over_limit"] > 1)
     norms = [m[k]["weight_norm"] for k in keys]
     assert norms[1] < norms[2] < norms[0]  # a stronger penalty, smaller weights
     # The weight images show lambda 0 and the largest lambda.
@@ -601,6 +612,31 @@ def test_hw3_logreg_grid(run):
     _, ce = logistic_numbers(w, pixels(x_tr, "unit", True), y_tr)
     assert m["final_train_cross_entropy"] == pytest.approx(ce, rel=1e-4)
     assert m["final_objective"] == pytest.approx(ce + m["l2"] * np.sum(w[:-1] ** 2), rel=1e-4)
+
+    # Each lambda's exact optimum by hand: the gap of every point, its GD limit and the
+    # optimum's test count.
+    x_tr64 = pixels(x_tr, "unit", True).astype(np.float32).astype(np.float64)
+    x_te64 = pixels(x_te, "unit", True).astype(np.float32).astype(np.float64)
+    by_hand = {}
+    for lam in sorted({p["l2"] for p in m["grid"]}):
+        w_opt = _optimum_by_hand(x_tr64, y_tr, lam)
+        _, ce_opt = logistic_numbers(w_opt, x_tr64, y_tr)
+        p_opt = 1.0 / (1.0 + np.exp(-(x_tr64 @ w_opt)))
+        by_hand[lam] = (
+            ce_opt + lam * np.sum(w_opt[:-1] ** 2),
+            _lr_limit_by_hand(x_tr64, p_opt, lam),
+        )
+        correct_opt = round(logistic_numbers(w_opt, x_te64, y_te)[0] * len(y_te))
+        assert m["optimum_test_correct"][f"{lam:g}"] == correct_opt
+    for p in m["grid"]:
+        optimum, limit = by_hand[p["l2"]]
+        assert p["optimum_objective"] == pytest.approx(optimum, rel=1e-7)
+        assert p["gap"] == pytest.approx(p["train_objective"] - p["optimum_objective"])
+        assert p["diverged"] or p["gap"] > -1e-6  # nothing beats the optimum
+        assert p["lr_limit"] == pytest.approx(limit, rel=1e-6)
+        assert p["lr_over_limit"] == pytest.approx(p["learning_rate"] / limit, rel=1e-6)
+        assert p["unstable"] == (p["learning_rate"] > p["lr_limit"])
+    assert m["num_unstable"] == sum(p["unstable"] for p in m["grid"])
 
 
 def test_hw3_misclassified_from_the_grid_checkpoint(run):
