@@ -252,7 +252,9 @@ def tdt_binary_sets(max_examples: int):
 
 
 def test_every_registered_experiment_has_an_end_to_end_test():
-    assert set(FIT) == set(EXPERIMENTS)
+    missing, gone = set(EXPERIMENTS) - set(FIT), set(FIT) - set(EXPERIMENTS)
+    assert not missing, f"no end-to-end test on fake data (add to FIT and test it): {missing}"
+    assert not gone, f"FIT names experiments that are not registered: {gone}"
     for name in EXPERIMENTS:
         assert EXPERIMENTS[name].smoke, f"{name} has no smoke overrides"
 
