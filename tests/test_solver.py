@@ -153,9 +153,12 @@ def test_closed_form_unpenalised_bias_only(kind):
     _, y_N = _data(kind, n=90)
     x_N1 = np.ones((90, 1))
     model = make_model(
-        kind, num_features=1, num_classes=None if kind == "logistic" else 3, l2_bias=False,
+        kind,
+        num_features=1,
+        num_classes=None if kind == "logistic" else 3,
+        l2_bias=False,
         dtype=F64,
-    )  # fmt: skip
+    )
     res = solver.solve(model, None, x_N1, y_N, 0.7)
     assert bool(res.converged)
     freq_K = np.bincount(y_N, minlength=2 if kind == "logistic" else 3) / len(y_N)
@@ -332,9 +335,14 @@ def test_optimum_report_with_the_engine_model():
     finals = [0.9, 0.8, 0.7, 0.75]
     with jax.enable_x64(False):
         report = solver.optimum_report(
-            model, x_ND.astype(np.float32), y_N, l2_S, learning_rates=lr_S,
-            final_objectives=finals, include_bias=False,
-        )  # fmt: skip
+            model,
+            x_ND.astype(np.float32),
+            y_N,
+            l2_S,
+            learning_rates=lr_S,
+            final_objectives=finals,
+            include_bias=False,
+        )
     assert list(report.l2_L) == [0.01, 0.1] and report.path.objective.shape == (2,)
     assert report.path.objective.dtype == F64  # solved in float64 all the same
     model64 = model_for(config, x_ND.shape[1], F64)
