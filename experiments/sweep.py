@@ -125,6 +125,11 @@ class Sweep(ExperimentConfig):
         if self.coordinator_address and ":" not in self.coordinator_address:
             raise ConfigError("coordinator_address", self.coordinator_address, "must be host:port")
 
+    @classmethod
+    def protocol_defaults(cls, overrides: dict) -> dict:
+        model = overrides.get("model", "logistic")
+        return dict(PROTOCOLS["logistic" if model == "logistic" else "softmax"])
+
 
 def _check_range(name: str, values: tuple, optional: bool) -> None:
     if optional and not values:
@@ -132,11 +137,6 @@ def _check_range(name: str, values: tuple, optional: bool) -> None:
     ok = len(values) == 2 and all(math.isfinite(v) for v in values)
     if not ok or not 0 < values[0] <= values[1]:
         raise ConfigError(name, values, "must be LO,HI with 0 < LO <= HI (log-uniform)")
-
-    @classmethod
-    def protocol_defaults(cls, overrides: dict) -> dict:
-        model = overrides.get("model", "logistic")
-        return dict(PROTOCOLS["logistic" if model == "logistic" else "softmax"])
 
 
 def grid_of(cfg: Sweep, dtype) -> jsweep.Grid:

@@ -362,16 +362,18 @@ def test_tdt4265_lambdas_in_one_sweep_equal_separate_runs(tmp_path):
         registry,  # noqa: F401  (registers the experiments)
         tdt4265,
     )
-    from experiments.common import make_config, train_config
+    from experiments.common import RunDir, run_metrics, train_one
+    from experiments.config import make_config
 
     data = synthetic(k=3)
     cfg = make_config("tdt4265_task4", dict(num_epochs=2, batch_size=16))
+    run = RunDir(tmp_path, tmp_path)
     lambdas = [0.0, 0.1, 0.01]
-    swept = tdt4265.train_l2_runs(cfg, data, tmp_path, lambdas)
+    swept = tdt4265.train_l2_runs(cfg, data, run, lambdas)
     assert list(swept) == lambdas
     for lam in lambdas:
-        single = tdt4265.train_run(cfg, data, tmp_path, f"lambda={lam:g}", l2=lam)
-        expected = tdt4265.run_metrics(single, train_config(cfg), 240)
+        single = train_one(cfg, data, run, f"lambda={lam:g}", l2=lam)
+        expected = run_metrics(single, cfg.train, 240)
         params, history, m = swept[lam]
         assert_tree_allclose(params, single.params, **TOL, err_msg=f"lambda {lam}")
         assert set(m) == set(expected)
@@ -385,20 +387,20 @@ def test_tdt4265_lambdas_in_one_sweep_equal_separate_runs(tmp_path):
 def test_sweep_experiment_protocol_defaults():
     from experiments import registry  # noqa: F401
     from experiments import sweep as sweep_exp
-    from experiments.common import make_config
+    from experiments.config import make_config
 
-    logistic = sweep_exp.resolve_protocol(make_config("sweep"))
-    assert logistic["model"] == "logistic" and logistic["digits"] == (2, 3)
-    assert logistic["lr"] == (0.05,) and logistic["shuffle"] is False
-    assert logistic["num_epochs"] == 50 and logistic["batch_size"] == 128
-    softmax = sweep_exp.resolve_protocol(make_config("sweep", {"model": "softmax"}))
-    assert softmax["digits"] == () and softmax["lr"] == (0.01,) and softmax["shuffle"] is True
+    logistic = make_config("sweep")
+    assert logistic.train.model == "logistic" and logistic.data.digits == (2, 3)
+    assert logistic.hparams.lr == (0.05,) and logistic.train.shuffle is False
+    assert logistic.train.num_epochs == 50 and logistic.train.batch_size == 128
+    softmax = make_config("sweep", {"model": "softmax"})
+    assert softmax.data.digits == () and softmax.hparams.lr == (0.01,)
+    assert softmax.train.shuffle is True
     # Values given by the user win, even when they equal the other protocol's.
-    mine = sweep_exp.resolve_protocol(
-        make_config("sweep", {"model": "softmax", "lr": (0.05,), "shuffle": False})
-    )
-    assert mine["lr"] == (0.05,) and mine["shuffle"] is False and mine["digits"] == ()
-    grid = sweep_exp.grid_of(dict(softmax, l2=(0.0, 0.1), seed=3, seeds=2), np.float32)
+    mine = make_config("sweep", {"model": "softmax", "lr": (0.05,), "shuffle": False})
+    assert mine.hparams.lr == (0.05,) and mine.train.shuffle is False and mine.data.digits == ()
+    cfg = make_config("sweep", {"model": "softmax", "l2": (0.0, 0.1), "seed": 3, "seeds": 2})
+    grid = sweep_exp.grid_of(cfg, np.float32)
     assert grid.axes == ("l2", "learning_rate", "seed") and grid.values["seed"] == (3, 4)
 
 
@@ -411,7 +413,7 @@ def _mnist_missing():
     try:
         jdata.find_dataset_files("mnist", DATA_DIR, download=False)
     except jdata.DataError:
-        return "real MNIST files not found: set JAXLR_DATA_DIR (e.g. /work/shared/data)"
+        return "real MNIST files not found: set JAXLR_DATA_DIR (e.g. ../shared/data)"
     return None
 
 
