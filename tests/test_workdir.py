@@ -541,31 +541,47 @@ def test_workdir_that_is_a_file(tmp_path):
     assert issubclass(workdir.WorkdirError, OSError)
 
 
-def _error_as_nobody(wd: Path) -> str:
-    """Enters Staging(wd) in a forked child running as user `nobody`; returns its error line."""
-    read_fd, write_fd = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: no exec, so nothing has to be readable by nobody
-        code = 1
+_AS_NOBODY = """
+import os, sys
+from jaxlr import workdir
+pid = os.fork()
+if pid == 0:  # no exec: nothing has to be readable by nobody
+    code = 1
+    try:
+        os.setgid(65534)
+        os.setuid(65534)
         try:
-            os.close(read_fd)
-            os.setgid(65534)
-            os.setuid(65534)
-            try:
-                with workdir.Staging(wd):
-                    pass
-                msg, code = "no error", 2
-            except workdir.WorkdirError as e:
-                msg, code = str(e), 3
-            os.write(write_fd, msg.encode())
-        finally:
-            os._exit(code)
-    os.close(write_fd)
-    with os.fdopen(read_fd, "rb") as f:
-        out = f.read().decode()
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 3, out
-    return out
+            with workdir.Staging(sys.argv[1]):
+                pass
+            print("no error", flush=True)
+            code = 2
+        except workdir.WorkdirError as e:
+            print(e, flush=True)
+            code = 3
+    finally:
+        os._exit(code)
+_, status = os.waitpid(pid, 0)
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
+def _error_as_nobody(wd: Path) -> str:
+    """Enters Staging(wd) as user `nobody`; returns its error line.
+
+    The fork happens in a fresh single-threaded Python that imports only `jaxlr.workdir`:
+    forking the test process itself (JAX's threads) could deadlock the child.
+    """
+    repo = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=str(repo))
+    r = subprocess.run(
+        [sys.executable, "-c", _AS_NOBODY, str(wd)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert r.returncode == 3, r.stdout + r.stderr
+    return r.stdout.strip()
 
 
 @pytest.mark.parametrize("sub", ["", "x"])
