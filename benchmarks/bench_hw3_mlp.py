@@ -21,7 +21,7 @@ other processes on a shared machine):
     or a contraction over 32), jitted and timed by itself; their sum times the steps of an
     epoch is what an epoch would cost if nothing but the products took time.
 
-    python -m benchmarks.bench_hw3_mlp --data_dir=/work/shared/data [--repeats=2]
+    python -m benchmarks.bench_hw3_mlp --data_dir=../shared/data [--repeats=2]
         [--torch_python=/tmp/torchenv/bin/python] [--num_train=60000] [--out=FILE.json]
 
 Set up the PyTorch side once (not a jaxlr dependency):

@@ -14,7 +14,7 @@ NumPy (tight tolerance), float32 against float32 (float32 tolerance), final vali
 and accuracy and the whole validation-loss history. It prints Markdown tables and exits
 non-zero if any agreement check fails.
 
-    python -m benchmarks.bench_tdt4265 --data_dir=/work/shared/data [--repeats=3]
+    python -m benchmarks.bench_tdt4265 --data_dir=../shared/data [--repeats=3]
 
 Dimension legend: N examples, D features, T steps.
 """

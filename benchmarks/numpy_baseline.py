@@ -8,7 +8,7 @@ update, counting steps from 0 (so the first check follows the first update). Thi
 Dimension legend: N examples, D features (785 with the bias feature), K classes, B batch
 size, M batches per epoch.
 
-    python -m benchmarks.numpy_baseline --data_dir=/work/shared/data --task=task2
+    python -m benchmarks.numpy_baseline --data_dir=../shared/data --task=task2
 """
 
 from __future__ import annotations

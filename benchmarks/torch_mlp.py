@@ -3,7 +3,7 @@
 Runs in its own environment (PyTorch is not a dependency of jaxlr), so it imports neither
 jax nor jaxlr: it reads the MNIST IDX files itself, with numpy.
 
-    /tmp/torchenv/bin/python benchmarks/torch_mlp.py --data_dir=/work/shared/data
+    /tmp/torchenv/bin/python benchmarks/torch_mlp.py --data_dir=../shared/data
         [--num_train=60000] [--repeats=1] [--threads=0]
 
 Protocol (the same as `jaxlr`'s `hw3_mlp`): pixels / 255 (784 inputs), a 784-3136-1568-10

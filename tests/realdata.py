@@ -16,7 +16,7 @@ def _mnist_missing() -> str | None:
     except jdata.DataError:
         return (
             "real MNIST files not found: set JAXLR_DATA_DIR to the folder holding mnist/ "
-            "(e.g. JAXLR_DATA_DIR=/work/shared/data)"
+            "(e.g. JAXLR_DATA_DIR=../shared/data)"
         )
     return None
 
