@@ -44,6 +44,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jaxlr import checkpoint as ckpt
+from jaxlr import resources
 from jaxlr.config import HParams, TrainConfig
 from jaxlr.objective import Model
 from jaxlr.search import prune_rung
@@ -947,6 +948,13 @@ def run_sweep(
     g_full = nd * _ceil_div(_ceil_div(s, _ceil_div(s, cap)), nd)
     ladder = block_ladder(g_full, nd, LADDER_STEPS_PER_OCTAVE)
     shared_seed = bool(np.all(hp_all.seed == hp_all.seed[0]))
+    # Refuse, in one line and before anything is allocated, a block that cannot fit.
+    per_device = max(1, g_full // nd)
+    resources.check_fits(
+        resources.estimate_run_bytes(config, model, shape, dtype.itemsize, points=per_device),
+        what=f"sweep block of {g_full} points ({per_device} per device)",
+        device=devices[0],
+    )
     fns = sweep_functions(config, model, n, devices, shared_seed)
     m = fns.engine.num_batches
     repl = NamedSharding(fns.mesh, P())
