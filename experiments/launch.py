@@ -8,7 +8,9 @@ starts `python -m experiments.main <everything after -->` N times, each with
 and forwards every line they print with a prefix `[p0] `, `[p1] `, ... . If one process fails,
 the others are terminated (SIGTERM, then SIGKILL after `--grace` seconds) and the launcher
 exits with the failed process's status; past `--timeout` seconds of wall clock every process
-is killed and the launcher exits with 124. `--devices_per_process` forces that many CPU
+is killed and the launcher exits with 124 (no limit by default: a dead process is noticed
+by the others through JAX's heartbeats, see `jaxlr.distributed`); SIGTERM or Ctrl-C to the
+launcher stops every process (exit 130). `--devices_per_process` forces that many CPU
 devices per process (`XLA_FLAGS=--xla_force_host_platform_device_count`), to try a
 multi-device, multi-process sweep on one CPU. `--module` runs another module than
 `experiments.main` (the tests use `tests.dist_worker`).
@@ -117,6 +119,12 @@ def launch(
         threads.append(t)
     start = time.monotonic()
     status = 0
+
+    def on_term(signum, frame):  # the launcher itself told to stop: stop the children too
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, on_term)
     try:
         while True:
             codes = [p.poll() for p in procs]
@@ -140,6 +148,9 @@ def launch(
     except KeyboardInterrupt:
         _stop(procs, grace)
         status = 130
+    finally:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, previous)
     for t in threads:
         t.join(timeout=5)
     return status
