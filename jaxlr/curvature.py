@@ -26,6 +26,7 @@ Dimension legend:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -206,6 +207,15 @@ def lr_limit(
     Returns:
       Scalar ``2 / h_max`` (``inf`` if the Hessian is zero).
     """
+    dtype = jax.tree.leaves(params)[0].dtype
+    rtol = _default(DEFAULT_RTOL, dtype) if rtol is None else rtol
+    key = jax.random.PRNGKey(0) if key is None else key
+    return _lr_limit_jit(model, int(num_iter), params, x_ND, y_N, l2, mask_N, key, rtol)
+
+
+@functools.partial(jax.jit, static_argnames=("model", "num_iter"))
+def _lr_limit_jit(model, num_iter, params, x_ND, y_N, l2, mask_N, key, rtol):
+    # Jitted with the model static: repeated calls (and a vmap of them) compile once.
     dtype = jax.tree.leaves(params)[0].dtype
     x_ND = jnp.asarray(x_ND).astype(dtype)
     l2 = jnp.asarray(l2).astype(dtype)

@@ -9,6 +9,8 @@ within the residual ||Hv - rho v|| of rho) plus the float64 rounding allowance o
 Dimension legend: N examples, D features, K classes, P parameters, T steps.
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -35,9 +37,18 @@ def _data(kind, n=80, d=5, k=3, seed=0):
     return x_ND, y_N
 
 
-def _model(kind, **kw):
+@functools.cache
+def _model(kind, l2_convention="sum", l2_bias=True):
+    # One Model object per configuration, so compiled functions keyed on it are shared.
     num_classes = None if kind == "logistic" else 3
-    return make_model(kind, num_features=5, num_classes=num_classes, dtype=jnp.float64, **kw)
+    return make_model(
+        kind,
+        num_features=5,
+        num_classes=num_classes,
+        l2_convention=l2_convention,
+        l2_bias=l2_bias,
+        dtype=jnp.float64,
+    )
 
 
 def _dense_eigvalsh(f, params):
@@ -122,10 +133,15 @@ def test_lr_limit_vmaps_over_l2_and_params():
 
 
 def _gd(grad_fn, p0, lr, steps):
-    def step(p, _):
-        return jax.tree.map(lambda a, g: a - lr * g, p, grad_fn(p)), None
+    """`steps` gradient-descent steps at each of the learning rates `lr` (vmapped)."""
 
-    return jax.lax.scan(step, p0, None, length=steps)[0]
+    def one(lr):
+        def step(p, _):
+            return jax.tree.map(lambda a, g: a - lr * g, p, grad_fn(p)), None
+
+        return jax.lax.scan(step, p0, None, length=steps)[0]
+
+    return jax.jit(jax.vmap(one))(jnp.asarray(lr))
 
 
 def test_gradient_descent_on_quadratic_at_0_9_and_1_1_of_the_limit():
@@ -133,8 +149,7 @@ def test_gradient_descent_on_quadratic_at_0_9_and_1_1_of_the_limit():
     x0 = jnp.ones(5)
     h_max, _ = curvature.hessian_max_eigenvalue(f, x0)
     limit = 2 / h_max
-    below = _gd(jax.grad(f), x0, 0.9 * limit, 500)
-    above = _gd(jax.grad(f), x0, 1.1 * limit, 500)
+    below, above = _gd(jax.grad(f), x0, jnp.array([0.9, 1.1]) * limit, 500)
     # The slowest mode contracts by 1 - 0.9 * 2 * 0.1 / 4 = 0.955 a step: 0.955^500 ~ 1e-10.
     assert float(jnp.linalg.norm(below)) < 1e-6 * float(jnp.linalg.norm(x0))
     # The top mode grows by |1 - 2.2| = 1.2 a step.
@@ -158,8 +173,8 @@ def test_gradient_descent_on_logistic_regression_at_0_9_and_1_1_of_the_limit():
     def dist(p):
         return float(jnp.linalg.norm(p["w"] - opt.params["w"]))
 
-    below = _gd(jax.grad(f), start, 0.9 * limit, 2000)
-    above = _gd(jax.grad(f), start, 1.1 * limit, 2000)
+    both = _gd(jax.grad(f), start, jnp.array([0.9, 1.1]) * limit, 2000)
+    below, above = (jax.tree.map(lambda a, i=i: a[i], both) for i in range(2))
     assert dist(below) < 1e-3 * dist(start)
     assert float(f(below)) - float(opt.objective) < 1e-3 * (float(f(start)) - float(opt.objective))
     # Above the limit gradient descent leaves the optimum (here into an oscillation).

@@ -10,6 +10,8 @@ allowance added to exact bounds evaluated in floating point.
 Dimension legend: N examples, D features, K classes, G groups, L lambdas of a path.
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -43,14 +45,22 @@ def _data(kind, n=120, d=5, k=3, seed=0, bias="trick"):
     return x_ND, y_N
 
 
-def _model(kind, x_ND, bias="trick", **kw):
+def _model(kind, x_ND, bias="trick", l2_convention="sum", l2_bias=True):
+    return _cached_model(kind, x_ND.shape[1], bias, l2_convention, l2_bias)
+
+
+@functools.cache
+def _cached_model(kind, num_features, bias, l2_convention, l2_bias):
+    # One Model object per configuration: the solver's compiled functions are keyed on it,
+    # so tests of the same configuration and shapes share one compilation.
     return make_model(
         kind,
-        num_features=x_ND.shape[1],
+        num_features=num_features,
         num_classes=None if kind == "logistic" else 3,
         bias=bias,
+        l2_convention=l2_convention,
+        l2_bias=l2_bias,
         dtype=F64,
-        **kw,
     )
 
 
@@ -374,15 +384,19 @@ def test_trained_runs_end_at_or_above_the_optimum():
     opt = solver.solve(model, None, x_ND, y_N, lam)
     limit = float(curvature.lr_limit(model, opt.params, x_ND, y_N, lam))
 
-    def run(lr, steps):
-        def step(p, _):
-            return jax.tree.map(lambda a, g: a - lr * g, p, jax.grad(f)(p)), None
+    @functools.partial(jax.jit, static_argnums=1)
+    def run(lr_R, steps):
+        def one(lr):
+            def step(p, _):
+                return jax.tree.map(lambda a, g: a - lr * g, p, jax.grad(f)(p)), None
 
-        zeros = jax.tree.map(jnp.zeros_like, opt.params)
-        return float(f(jax.lax.scan(step, zeros, None, length=steps)[0]))
+            zeros = jax.tree.map(jnp.zeros_like, opt.params)
+            return f(jax.lax.scan(step, zeros, None, length=steps)[0])
 
-    ratios = (0.3, 0.9, 1.1)
-    finals = [run(r * limit, 20) for r in ratios] + [run(r * limit, 300) for r in ratios]
+        return jax.vmap(one)(lr_R)
+
+    lr_R = jnp.array([0.3, 0.9, 1.1]) * limit
+    finals = [float(v) for steps in (20, 300) for v in run(lr_R, steps)]
     rep = solver.optimum_report(model, x_ND, y_N, [lam] * 6, final_objectives=finals)
     gaps = [row["gap"] for row in rep.rows]
     assert all(g >= -LOSS64["atol"] for g in gaps)
