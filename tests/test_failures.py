@@ -171,3 +171,16 @@ def test_interrupted_checkpointed_run_resumes_with_the_same_command(fake, tmp_pa
     assert "the same command resumes" in last, last
     assert (workdir / "ckpt" / "run.npz").exists()
     assert not (workdir / "metrics.json").exists()
+
+
+@pytest.mark.parametrize("experiment", ["sweep", "hw3_mlp"])
+def test_a_model_that_cannot_fit_is_refused_before_allocating(fake, tmp_path, experiment):
+    flags = ["--smoke", "--hidden=100000000"] + (["--model=mlp"] if experiment == "sweep" else [])
+    cmd = _cmd(fake, tmp_path / "wd", *flags, experiment=experiment)
+    if experiment == "hw3_mlp":  # split full takes every training image: no --num_train
+        cmd.remove("--num_train=all")
+    r = _run(cmd, timeout=120)
+    assert r.returncode == 1
+    line = _one_line(r.stderr)
+    assert "needs about" in line and "is available" in line and "TiB" in line
+    assert not (tmp_path / "wd" / "metrics.json").exists()
