@@ -9,6 +9,8 @@ one seed; up to 500 epochs):
     1e-2), early stopping (patience 10 checks) on / off;
   * grid256_es / grid256_off: lr 16 values x L2 16 values (0 and 15 log-spaced over
     [1e-4, 1e-2]);
+  * grid64_es_fixed: grid64_es without compaction (today's fixed blocks; pair "compaction"
+    checks that the numbers are the same);
   * random64 / random64_halving: 64 points drawn log-uniformly (lr [1e-3, 1], L2 [1e-4,
     1e-2], sampling seed 0), early stopping on; without pruning / with successive halving
     (`--rung_epochs`, `--keep_fraction`).
@@ -44,6 +46,8 @@ PAIRS = {
     "grid64": ("grid64_es", "grid64_off"),
     "grid256": ("grid256_es", "grid256_off"),
     "halving": ("random64_halving", "random64"),
+    # Compaction against fixed blocks (stopped points computed, frozen): same numbers?
+    "compaction": ("grid64_es", "grid64_es_fixed"),
 }
 
 
@@ -76,6 +80,7 @@ def case_setup(case: str, args):
     from jaxlr.config import TrainConfig
 
     es = not case.endswith("_off")
+    case = case.removesuffix("_fixed")
     cfg = TrainConfig(
         model="logistic",
         batch_size=128,
@@ -112,7 +117,8 @@ def worker(case: str, args) -> dict:
     data = load_task2(args.data_dir)
     cfg, grid, prune = case_setup(case, args)
     t0 = time.perf_counter()
-    res = sweep.run_sweep(cfg, grid, data, prune=prune, log_fn=lambda m: None)
+    compact = not case.endswith("_fixed")
+    res = sweep.run_sweep(cfg, grid, data, prune=prune, compact=compact, log_fn=lambda m: None)
     best = res.best_index("val_loss")
     return {
         "case": case,
@@ -129,8 +135,30 @@ def worker(case: str, args) -> dict:
         "best_point": grid.point(best),
         "num_stopped": int(res.early_stopping["stopped"].sum()),
         "num_pruned": int((res.pruned_rung >= 0).sum()) if res.pruned_rung is not None else 0,
-        "table_sha": __import__("hashlib").sha256(sweep.table_csv(res).encode()).hexdigest(),
+        "table_csv": sweep.table_csv(res),
         "mean_steps": float(np.mean(res.metrics["steps"])),
+    }
+
+
+def compare_tables(csv_a: str, csv_b: str) -> dict:
+    """How two result tables of one grid differ: identical text, identical stopping and
+    best steps, the largest relative difference of the metric columns."""
+    import csv
+    import io
+
+    rows_a = list(csv.DictReader(io.StringIO(csv_a)))
+    rows_b = list(csv.DictReader(io.StringIO(csv_b)))
+    steps_equal, worst = len(rows_a) == len(rows_b), 0.0
+    for ra, rb in zip(rows_a, rows_b, strict=False):
+        for k in ("steps", "stop_step", "best_step", "diverged"):
+            steps_equal &= ra[k] == rb[k]
+        for k in ("train_loss", "val_loss", "train_accuracy", "val_accuracy"):
+            x, y = float(ra[k]), float(rb[k])
+            worst = max(worst, abs(x - y) / max(abs(y), 1e-30))
+    return {
+        "tables_identical": csv_a == csv_b,
+        "steps_and_stopping_identical": bool(steps_equal),
+        "max_metric_rel_diff": worst,
     }
 
 
@@ -221,6 +249,8 @@ def main(argv=None) -> int:
             "reference_best_val_loss": first[b]["best_val_loss"],
             "best_val_loss_rel_gap": first[a]["best_val_loss"] / first[b]["best_val_loss"] - 1,
         }
+        if p == "compaction":
+            summary[p].update(compare_tables(first[a]["table_csv"], first[b]["table_csv"]))
         print(f"{p}: " + json.dumps(summary[p]), flush=True)
     if args.out:
         from jaxlr.io import atomic_write_json

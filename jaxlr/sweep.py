@@ -617,16 +617,16 @@ def _pad_indices(indices: np.ndarray, size: int) -> np.ndarray:
     return np.concatenate([indices, np.resize(indices, size - len(indices))])
 
 
-def block_ladder(cap: int, num_devices: int = 1, steps_per_octave: int = 2) -> tuple[int, ...]:
+def block_ladder(cap: int, num_devices: int = 1, steps_per_octave: int = 1) -> tuple[int, ...]:
     """The block sizes a compacting sweep may use: a fixed geometric ladder up to `cap`.
 
-    With `steps_per_octave=2` (default) the sizes are num_devices * (2, 3, 4, 6, 8, 12, 16,
-    24, ...) below `cap`, then `cap`: a block holds its active points with at most a third
-    of padding, and the number of compiled programs stays at about 2 log2(cap). With 1:
-    num_devices * 2^j. The smallest size is 2 * num_devices (when `cap` allows): with a
-    single point per device XLA drops the batch dimension and picks other kernels, whose
-    rounding differs; with two or more a point's numbers are the same bits in blocks of any
-    size (per-point seeds).
+    With `steps_per_octave=1` (default) the sizes are num_devices * 2^j below `cap`, then
+    `cap`: a block is at most half padding, and there are about log2(cap) compiled programs.
+    With 2: num_devices * (2, 3, 4, 6, 8, 12, 16, 24, ...), at most a third of padding and
+    twice the programs (`run_sweep` uses `LADDER_STEPS_PER_OCTAVE`). The smallest size is
+    2 * num_devices (when `cap` allows): with a single point per device XLA drops the batch
+    dimension and picks other kernels, whose rounding differs; with two or more a point's
+    numbers are the same bits in blocks of any size (per-point seeds).
 
     Args:
       cap: the largest block (a multiple of `num_devices`).

@@ -457,9 +457,10 @@ def test_sweep_experiment_end_to_end(tmp_path):
 
 
 def test_block_ladder_and_plan_blocks():
-    assert sweep.block_ladder(64) == (2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
-    assert sweep.block_ladder(64, steps_per_octave=1) == (2, 4, 8, 16, 32, 64)
-    assert sweep.block_ladder(48, 4) == (8, 12, 16, 24, 32, 48)
+    assert sweep.block_ladder(64, steps_per_octave=2) == (2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
+    assert sweep.block_ladder(64) == (2, 4, 8, 16, 32, 64)
+    assert sweep.block_ladder(48, 4, 2) == (8, 12, 16, 24, 32, 48)
+    assert sweep.block_ladder(48, 4) == (8, 16, 32, 48)
     assert sweep.block_ladder(4, 4) == (4,) and sweep.block_ladder(1) == (1,)
     with pytest.raises(ValueError, match="steps_per_octave must be 1 or 2, got 3"):
         sweep.block_ladder(8, 1, 3)
@@ -470,7 +471,7 @@ def test_block_ladder_and_plan_blocks():
     # copies of its own points.
     (b,) = sweep.plan_blocks([3, 5, 6, 9, 12], 16, ladder)
     assert list(b) == [3, 5, 6, 9, 12, 3, 5, 6]
-    (b,) = sweep.plan_blocks([3, 5, 6, 9, 12], 16, sweep.block_ladder(16))
+    (b,) = sweep.plan_blocks([3, 5, 6, 9, 12], 16, sweep.block_ladder(16, 1, 2))
     assert list(b) == [3, 5, 6, 9, 12, 3]
     # 20 points over a cap of 16: two blocks of 10 points, each padded to 16.
     blocks = sweep.plan_blocks(np.arange(20), 16, ladder)
