@@ -183,6 +183,17 @@ def hw3_mlp(cfg: Mlp, run: RunDir) -> dict:
     test_name = "validation" if holdout else "test"
     report.write_history(run.out / "history.jsonl", result.history)
     title = f"{_net_name(d, tcfg)} {tcfg.activation} ({tcfg.grad}), {cfg.data.dataset}"
+    _mlp_figures(run, tcfg, result, m, n, title, test_name, metrics, cm_KK)
+    sections = _mlp_sections(cfg, d, n, m, len(data.y_val), test_name, metrics, cm_KK)
+    report.write_report(run.out / "report.md", f"hw3_mlp: {title}", sections)
+    return metrics
+
+
+def _mlp_figures(
+    run: RunDir, tcfg, result, m: int, n: int, title: str, test_name: str, metrics: dict, cm_KK
+) -> None:
+    """hw3_mlp's figures: loss and accuracy curves, per-class accuracy, confusion matrix."""
+    per_class = jmetrics.per_class_accuracy(cm_KK)
     final_curve = {
         "test_loss": result.metrics["val_loss"],
         "test_accuracy": result.metrics["val_accuracy"],
@@ -203,22 +214,29 @@ def hw3_mlp(cfg: Mlp, run: RunDir) -> dict:
         per_class,
         xlabel="class",
         ylabel="test accuracy",
-        title=f"{title}: per-class test accuracy (overall {test_acc:.4f})",
+        title=f"{title}: per-class test accuracy (overall {metrics['test_accuracy']:.4f})",
         fmt="{:.3f}",
         ylim=(max(0.0, float(per_class.min()) - 0.03), 1.0),
     )
     plots.plot_confusion(
         run.out / "confusion_matrix.png",
         cm_KK,
-        f"{title}: test confusion matrix ({len(y_test)} images)",
+        f"{title}: test confusion matrix ({metrics['test_total']} images)",
     )
+
+
+def _mlp_sections(
+    cfg: Mlp, d: int, n: int, m: int, num_val: int, test_name: str, metrics: dict, cm_KK
+) -> list[str]:
+    """hw3_mlp's report sections: the protocol, the result table, the figures."""
+    tcfg = cfg.train
     confusions = ", ".join(f"{t} as {p} ({c})" for t, p, c in jmetrics.top_confusions(cm_KK, 3))
     result_table = report.markdown_table(
         ["test accuracy", "test loss", "correct", "train accuracy (all)", "wall (s)", "steps/s"],
         [
             [
-                f"{test_acc:.4f}",
-                f"{float(test_ce):.4f}",
+                f"{metrics['test_accuracy']:.4f}",
+                f"{metrics['test_loss']:.4f}",
                 f"{metrics['test_correct']} / {metrics['test_total']}",
                 f"{metrics['train_accuracy']:.4f}",
                 f"{metrics['wall_seconds']:.1f}",
@@ -227,14 +245,14 @@ def hw3_mlp(cfg: Mlp, run: RunDir) -> dict:
         ],
         align="rrrrrr",
     )
-    sections = [
+    return [
         f"Network {_net_name(d, tcfg)}, {tcfg.activation} hidden units, softmax output, "
         f"{tcfg.init} initialisation (Glorot for `auto`), explicit biases; inputs scaled "
         f"`{cfg.data.scale}`. Plain SGD, learning rate {cfg.hparams.lr:g}, batch "
         f"{tcfg.batch_size}, {tcfg.num_epochs} epochs of {m} steps on {n} training images of "
         f"{cfg.data.dataset} (split `{cfg.data.split}`, shuffled every epoch: {tcfg.shuffle}), "
         f"gradients `{tcfg.grad}`, dtype {cfg.data.dtype}. Checks every {tcfg.eval_every} "
-        f"steps on the {len(data.y_val)} {test_name} images and the first "
+        f"steps on the {num_val} {test_name} images and the first "
         f"{tcfg.train_eval_size or n} training images.",
         "## Result\n\n" + result_table + "\n\nWall time includes compilation and the checks. "
         f"Most frequent confusions: {confusions or 'none'}.",
@@ -244,8 +262,6 @@ def hw3_mlp(cfg: Mlp, run: RunDir) -> dict:
         "![confusion matrix](confusion_matrix.png)\n\n"
         "History: `history.jsonl` (training loss per step, checks merged into their step).",
     ]
-    report.write_report(run.out / "report.md", f"hw3_mlp: {title}", sections)
-    return metrics
 
 
 # ---------------------------------------------------------------------------------------------
@@ -320,38 +336,8 @@ def hw3_online_vs_minibatch(cfg: BatchSizes, run: RunDir) -> dict:
                 "batch_sizes", cfg.batch_sizes, f"{b} exceeds the {n} training images"
             )
         key = f"batch_size={b}"
-        m = schedule_numbers(dataclasses.replace(cfg.train, batch_size=b), n).batches_per_epoch
-        every = max(1, m // cfg.checks_per_epoch)
-        tcfg = dataclasses.replace(cfg.train, batch_size=b, eval_every=every)
-        log.info("[%s] %d steps per epoch, %d epochs, lr %g", key, m, tcfg.num_epochs, hp.lr)
-        result = fit(
-            tcfg,
-            hparams,
-            data,
-            time_epochs=True,
-            log_fn=lambda msg, key=key: log.info("[%s] %s", key, msg),
-        )
-        model = model_for(tcfg, d, np.asarray(data.x_train).dtype)
-        _, test_ce = model.loss(result.params, x_test, y_test, 0.0)
-        test_acc = float(model.accuracy(model.apply(result.params, x_test), y_test))
-        sps = measure_step_rate(tcfg, hparams, data)
-        h = result.history
-        runs[key] = {
-            "batch_size": b,
-            "test_accuracy": test_acc,
-            "test_loss": float(test_ce),
-            "wall_seconds": result.timing["run_seconds"],
-            "compile_seconds": float(result.timing["compile_seconds"]),
-            "epoch_seconds": [float(s) for s in result.timing["epoch_seconds"]],
-            "steps": int(len(h["step"])),
-            "steps_per_epoch": m,
-            "steps_per_second": sps,
-            "train_seconds_per_epoch": m / sps,
-            "examples_per_second": sps * b,
-            "eval_every": every,
-        }
-        histories[key] = h
-        report.write_history(run.out / f"history_{report.slug(key)}.jsonl", h)
+        runs[key], histories[key] = _online_run(cfg, b, hparams, data, x_test, y_test)
+        report.write_history(run.out / f"history_{report.slug(key)}.jsonl", histories[key])
     plots.plot_batch_size_comparison(
         run.out / "test_accuracy.png",
         run.out / "steps_per_second.png",
@@ -360,7 +346,70 @@ def hw3_online_vs_minibatch(cfg: BatchSizes, run: RunDir) -> dict:
         suptitle=f"{_net_name(d, cfg.train)} {cfg.train.activation}, SGD lr {hp.lr:g}, "
         f"{n} training images",
     )
-    table = report.markdown_table(
+    table = _online_table(runs)
+    sections = [
+        f"Network {_net_name(d, cfg.train)} ({cfg.train.activation}), plain SGD with learning "
+        f"rate {hp.lr:g} for every batch size, {cfg.train.num_epochs} epochs over the first {n} "
+        f"training images of {cfg.data.dataset} (shuffled every epoch), tested on "
+        f"{int(y_test.shape[0])} test images at {cfg.checks_per_epoch} checks per epoch. "
+        "Throughput (steps/s) is measured on one extra epoch of a program compiled beforehand "
+        "and without checks; the wall time is the training loop with its checks, compilation "
+        "excluded.",
+        "## Result\n\n" + table,
+        "## Figures\n\n![test accuracy](test_accuracy.png)\n\n"
+        "![steps per second](steps_per_second.png)\n\n"
+        "Histories: `history_batch_size_<B>.jsonl`.",
+    ]
+    report.write_report(run.out / "report.md", "hw3: online versus mini-batch SGD", sections)
+    return {
+        **runs,
+        "batch_sizes": list(cfg.batch_sizes),
+        "num_train": int(n),
+        "learning_rate": hp.lr,
+    }
+
+
+def _online_run(cfg: BatchSizes, b: int, hparams, data, x_test, y_test) -> tuple[dict, dict]:
+    """Trains and measures the network with batch size `b`: (its numbers, its history)."""
+    n, d = np.shape(data.x_train)
+    hp = cfg.hparams
+    key = f"batch_size={b}"
+    m = schedule_numbers(dataclasses.replace(cfg.train, batch_size=b), n).batches_per_epoch
+    every = max(1, m // cfg.checks_per_epoch)
+    tcfg = dataclasses.replace(cfg.train, batch_size=b, eval_every=every)
+    log.info("[%s] %d steps per epoch, %d epochs, lr %g", key, m, tcfg.num_epochs, hp.lr)
+    result = fit(
+        tcfg,
+        hparams,
+        data,
+        time_epochs=True,
+        log_fn=lambda msg, key=key: log.info("[%s] %s", key, msg),
+    )
+    model = model_for(tcfg, d, np.asarray(data.x_train).dtype)
+    _, test_ce = model.loss(result.params, x_test, y_test, 0.0)
+    test_acc = float(model.accuracy(model.apply(result.params, x_test), y_test))
+    sps = measure_step_rate(tcfg, hparams, data)
+    h = result.history
+    numbers = {
+        "batch_size": b,
+        "test_accuracy": test_acc,
+        "test_loss": float(test_ce),
+        "wall_seconds": result.timing["run_seconds"],
+        "compile_seconds": float(result.timing["compile_seconds"]),
+        "epoch_seconds": [float(s) for s in result.timing["epoch_seconds"]],
+        "steps": int(len(h["step"])),
+        "steps_per_epoch": m,
+        "steps_per_second": sps,
+        "train_seconds_per_epoch": m / sps,
+        "examples_per_second": sps * b,
+        "eval_every": every,
+    }
+    return numbers, h
+
+
+def _online_table(runs: dict) -> str:
+    """The result table of hw3_online_vs_minibatch: one row per batch size."""
+    return report.markdown_table(
         [
             "run",
             "test accuracy",
@@ -386,26 +435,6 @@ def hw3_online_vs_minibatch(cfg: BatchSizes, run: RunDir) -> dict:
         ],
         align="lrrrrrrr",
     )
-    sections = [
-        f"Network {_net_name(d, cfg.train)} ({cfg.train.activation}), plain SGD with learning "
-        f"rate {hp.lr:g} for every batch size, {cfg.train.num_epochs} epochs over the first {n} "
-        f"training images of {cfg.data.dataset} (shuffled every epoch), tested on "
-        f"{int(y_test.shape[0])} test images at {cfg.checks_per_epoch} checks per epoch. "
-        "Throughput (steps/s) is measured on one extra epoch of a program compiled beforehand "
-        "and without checks; the wall time is the training loop with its checks, compilation "
-        "excluded.",
-        "## Result\n\n" + table,
-        "## Figures\n\n![test accuracy](test_accuracy.png)\n\n"
-        "![steps per second](steps_per_second.png)\n\n"
-        "Histories: `history_batch_size_<B>.jsonl`.",
-    ]
-    report.write_report(run.out / "report.md", "hw3: online versus mini-batch SGD", sections)
-    return {
-        **runs,
-        "batch_sizes": list(cfg.batch_sizes),
-        "num_train": int(n),
-        "learning_rate": hp.lr,
-    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -495,11 +524,60 @@ def hw3_logreg_grid(cfg: LogregGrid, run: RunDir) -> dict:
             "(or raise --diverge_factor)"
         )
     point = grid.point(best)
-    val_acc = np.asarray(res.metrics["val_accuracy"], np.float64)
-    val_ce = np.asarray(res.metrics["val_cross_entropy"], np.float64)
 
     # Save the best point's weights, then read them back from disk for the test.
     path = run.out / CHECKPOINT_NAME
+    _save_best(path, cfg, tcfg, res, best, point)
+    model = model_for(tcfg, d, dtype)
+    params, meta = ckpt.load_params(path, model.init(jax.random.PRNGKey(0)), kind=CHECKPOINT_KIND)
+    images, x_test, y_test, _ = test_subset(cfg.data)
+    z_test = np.asarray(model.apply(params, jnp.asarray(x_test)))
+    correct = int(np.sum((z_test >= 0).astype(np.int32) == y_test))
+    obj, ce = model.loss(params, jnp.asarray(data.x_train), jnp.asarray(data.y_train), point["l2"])
+    test_obj, test_ce = model.loss(params, jnp.asarray(x_test), jnp.asarray(y_test), point["l2"])
+
+    points = _grid_points(res, grid)
+    for i in range(grid.size):
+        report.write_history(run.out / f"history_{i:02d}.jsonl", res.histories[i])
+    opt_text = ""
+    if cfg.optimum:
+        optimum_test = _grid_optimum(tcfg, data, points, hp.l2, x_test, y_test)
+        opt_text = _optimum_text(cfg, points, optimum_test, len(y_test))
+    plots.plot_grid_figures(run.out, res, grid, num_val=len(data.y_val), num_epochs=tcfg.num_epochs)
+    metrics = {
+        "l2": point["l2"],
+        "learning_rate": point["learning_rate"],
+        "val_accuracy": points[best]["val_accuracy"],
+        "test_correct": correct,
+        "test_total": int(len(y_test)),
+        "test_accuracy": correct / max(len(y_test), 1),
+        "final_objective": float(obj),
+        "final_train_cross_entropy": float(ce),
+        "test_objective": float(test_obj),
+        "test_cross_entropy": float(test_ce),
+        "checkpoint": CHECKPOINT_NAME,
+        "checkpoint_step": int(meta["step"]),
+        "best_index": best,
+        "num_train": int(n),
+        "num_val": int(len(data.y_val)),
+        "num_diverged": int(np.sum(res.diverged)),
+        "num_unstable": int(sum(bool(p.get("unstable")) for p in points)),
+        "wall_seconds": float(res.wall_seconds),
+        "grid": points,
+    }
+    if cfg.optimum:
+        metrics["optimum_test_correct"] = {f"{k:g}": v for k, v in optimum_test.items()}
+    table = report.markdown_table(*_grid_table(points), align="rrrrrrrrl", bold=(best,))
+    sections = _grid_sections(cfg, tcfg, metrics, splits.num_train_images, table, opt_text)
+    pos, neg = cfg.data.digits
+    report.write_report(
+        run.out / "report.md", f"hw3: regularized logistic regression {pos} vs {neg}", sections
+    )
+    return metrics
+
+
+def _save_best(path, cfg: LogregGrid, tcfg: TrainConfig, res, best: int, point: dict) -> None:
+    """Saves the weights of grid point `best` to `path`, with its config and hyper-parameters."""
     ckpt.save_params(
         path,
         res.point_params(best),
@@ -514,108 +592,82 @@ def hw3_logreg_grid(cfg: LogregGrid, run: RunDir) -> dict:
             "bias_feature": cfg.data.bias_feature,
             "dtype": cfg.data.dtype,
             "hparams": point,
-            "val_accuracy": float(val_acc[best]),
+            "val_accuracy": float(np.asarray(res.metrics["val_accuracy"], np.float64)[best]),
         },
     )
-    model = model_for(tcfg, d, dtype)
-    params, meta = ckpt.load_params(path, model.init(jax.random.PRNGKey(0)), kind=CHECKPOINT_KIND)
-    images, x_test, y_test, _ = test_subset(cfg.data)
-    z_test = np.asarray(model.apply(params, jnp.asarray(x_test)))
-    correct = int(np.sum((z_test >= 0).astype(np.int32) == y_test))
-    obj, ce = model.loss(params, jnp.asarray(data.x_train), jnp.asarray(data.y_train), point["l2"])
-    test_obj, test_ce = model.loss(params, jnp.asarray(x_test), jnp.asarray(y_test), point["l2"])
 
-    points = []
-    for i in range(grid.size):
-        points.append(
-            {
-                **grid.point(i),
-                "val_accuracy": float(val_acc[i]),
-                "val_cross_entropy": float(val_ce[i]),
-                "train_accuracy": float(res.metrics["train_accuracy"][i]),
-                "train_objective": float(res.metrics["train_objective"][i]),
-                "diverged": bool(res.diverged[i]),
-            }
-        )
-        report.write_history(run.out / f"history_{i:02d}.jsonl", res.histories[i])
-    opt_text = ""
-    if cfg.optimum:
-        opt = optimum_for(
-            tcfg,
-            data,
-            [p["l2"] for p in points],
-            [p["learning_rate"] for p in points],
-            [p["train_objective"] for p in points],
-        )
-        for p, row in zip(points, opt.rows):
-            p.update(
-                optimum_objective=row["optimum_objective"],
-                gap=row["gap"],
-                lr_limit=row["lr_limit"],
-                lr_over_limit=row["lr_over_limit"],
-                unstable=row["unstable"],
-            )
-        optimum_test = {
-            lam: predict_binary_correct(opt.model, optimum_params(opt, lam), x_test, y_test)
-            for lam in hp.l2
+
+def _grid_points(res, grid) -> list[dict]:
+    """One entry per grid point: its hyper-parameters and final numbers."""
+    val_acc_S = np.asarray(res.metrics["val_accuracy"], np.float64)
+    val_ce_S = np.asarray(res.metrics["val_cross_entropy"], np.float64)
+    return [
+        {
+            **grid.point(i),
+            "val_accuracy": float(val_acc_S[i]),
+            "val_cross_entropy": float(val_ce_S[i]),
+            "train_accuracy": float(res.metrics["train_accuracy"][i]),
+            "train_objective": float(res.metrics["train_objective"][i]),
+            "diverged": bool(res.diverged[i]),
         }
-        opt_text = _optimum_text(cfg, points, optimum_test, len(y_test))
-    plots.plot_grid_figures(run.out, res, grid, num_val=len(data.y_val), num_epochs=tcfg.num_epochs)
-    pos, neg = cfg.data.digits
-    ndiv = int(np.sum(res.diverged))
-    metrics = {
-        "l2": point["l2"],
-        "learning_rate": point["learning_rate"],
-        "val_accuracy": float(val_acc[best]),
-        "test_correct": correct,
-        "test_total": int(len(y_test)),
-        "test_accuracy": correct / max(len(y_test), 1),
-        "final_objective": float(obj),
-        "final_train_cross_entropy": float(ce),
-        "test_objective": float(test_obj),
-        "test_cross_entropy": float(test_ce),
-        "checkpoint": CHECKPOINT_NAME,
-        "checkpoint_step": int(meta["step"]),
-        "best_index": best,
-        "num_train": int(n),
-        "num_val": int(len(data.y_val)),
-        "num_diverged": ndiv,
-        "num_unstable": int(sum(bool(p.get("unstable")) for p in points)),
-        "wall_seconds": float(res.wall_seconds),
-        "grid": points,
+        for i in range(grid.size)
+    ]
+
+
+def _grid_optimum(tcfg: TrainConfig, data, points: list, lambdas, x_test, y_test) -> dict:
+    """Adds the exact optimum's numbers to every point; returns lambda -> its test count."""
+    opt = optimum_for(
+        tcfg,
+        data,
+        [p["l2"] for p in points],
+        [p["learning_rate"] for p in points],
+        [p["train_objective"] for p in points],
+    )
+    for p, row in zip(points, opt.rows):
+        p.update(
+            optimum_objective=row["optimum_objective"],
+            gap=row["gap"],
+            lr_limit=row["lr_limit"],
+            lr_over_limit=row["lr_over_limit"],
+            unstable=row["unstable"],
+        )
+    return {
+        lam: predict_binary_correct(opt.model, optimum_params(opt, lam), x_test, y_test)
+        for lam in lambdas
     }
-    if cfg.optimum:
-        metrics["optimum_test_correct"] = {f"{k:g}": v for k, v in optimum_test.items()}
-    table = report.markdown_table(*_grid_table(points), align="rrrrrrrrl", bold=(best,))
-    sections = [
+
+
+def _grid_sections(
+    cfg: LogregGrid, tcfg: TrainConfig, m: dict, num_train_images: int, table: str, opt_text: str
+) -> list[str]:
+    """hw3_logreg_grid's report sections from its metrics `m`."""
+    pos, neg = cfg.data.digits
+    n, num_val, total = m["num_train"], m["num_val"], m["test_total"]
+    return [
         f"Logistic regression, digit {pos} (label 1) vs digit {neg} (label 0) of "
         f"{cfg.data.dataset}, inputs scaled `{cfg.data.scale}` plus the constant-1 feature (the "
         f"bias w0). Objective: mean binary cross-entropy + lambda * sum of squared weights, w0 "
         f"not penalised. Full-batch gradient descent (batch = all {n} training examples) for "
         f"{tcfg.num_epochs} epochs from zero weights; threshold 0.5. Training images: the "
-        f"{n} {pos}s and {neg}s among the first {splits.num_train_images} training images; "
+        f"{n} {pos}s and {neg}s among the first {num_train_images} training images; "
         f"validation: the "
-        f"{len(data.y_val)} {pos}s and {neg}s among the last {cfg.data.num_val} training images. "
-        f"The {grid.size} grid points trained in one vmapped sweep ({res.wall_seconds:.1f} s, "
-        f"compilation included); {ndiv} diverged.",
+        f"{num_val} {pos}s and {neg}s among the last {cfg.data.num_val} training images. "
+        f"The {len(m['grid'])} grid points trained in one vmapped sweep "
+        f"({m['wall_seconds']:.1f} s, compilation included); {m['num_diverged']} diverged.",
         "## Grid\n\n" + table + "\n\n" + opt_text,
-        f"## Best point\n\nlambda = {point['l2']:g}, learning rate = "
-        f"{point['learning_rate']:g} (highest validation accuracy, ties to the lower "
-        f"validation cross-entropy): validation accuracy {val_acc[best]:.4f}. Its weights "
-        f"were saved to `{CHECKPOINT_NAME}` (step {meta['step']}) and read back from disk: "
-        f"**{correct} of {len(y_test)}** of the first {len(y_test)} test images of {neg}s and "
-        f"{pos}s are classified correctly. Final training objective {float(obj):.5f} "
-        f"(cross-entropy {float(ce):.5f}); on those test images the cross-entropy is "
-        f"{float(test_ce):.5f}.",
+        f"## Best point\n\nlambda = {m['l2']:g}, learning rate = "
+        f"{m['learning_rate']:g} (highest validation accuracy, ties to the lower "
+        f"validation cross-entropy): validation accuracy {m['val_accuracy']:.4f}. Its weights "
+        f"were saved to `{CHECKPOINT_NAME}` (step {m['checkpoint_step']}) and read back from "
+        f"disk: **{m['test_correct']} of {total}** of the first {total} test images of {neg}s "
+        f"and {pos}s are classified correctly. Final training objective "
+        f"{m['final_objective']:.5f} (cross-entropy {m['final_train_cross_entropy']:.5f}); on "
+        f"those test images the cross-entropy is {m['test_cross_entropy']:.5f}.",
         "## Figures\n\n![validation accuracy of the grid](grid_val_accuracy.png)\n\n"
         "![final objective of the grid](grid_objective.png)\n\n"
         "![validation accuracy curves](grid_curves.png)\n\n"
         "Histories: `history_<point>.jsonl` (point index in metrics.json `grid`).",
     ]
-    report.write_report(
-        run.out / "report.md", f"hw3: regularized logistic regression {pos} vs {neg}", sections
-    )
-    return metrics
 
 
 def _grid_table(points: list) -> tuple[list, list]:
@@ -708,21 +760,7 @@ def hw3_misclassified(cfg: Misclassified, run: RunDir) -> dict:
              the confidence |p - 0.5| + 0.5; with the default grid 60 of the 1000 images are
              wrong, the most confident mistake at about 91%.
     """
-    from pathlib import Path
-
-    path = Path(cfg.checkpoint).expanduser()
-    tcfg, meta = _checkpoint_config(path)
-    data_cfg = dataclasses.replace(
-        cfg.data,
-        digits=tuple(meta["digits"]),
-        scale=meta["scale"],
-        bias_feature=bool(meta["bias_feature"]),
-    )
-    d = 784 + (1 if data_cfg.bias_feature else 0)
-    model = model_for(tcfg, d, float_dtype(data_cfg))
-    params, meta = ckpt.load_params(
-        path, model.init(jax.random.PRNGKey(0)), kind=CHECKPOINT_KIND, hint=f"run `{GRID_COMMAND}`"
-    )
+    data_cfg, model, params, meta = _load_grid_checkpoint(cfg)
     pos, neg = data_cfg.digits
     names = {1: pos, 0: neg}
     images, x_test, y_test, test_idx = test_subset(data_cfg)
@@ -759,20 +797,7 @@ def hw3_misclassified(cfg: Misclassified, run: RunDir) -> dict:
         }
         for r, i in enumerate(top)
     ]
-    table = report.markdown_table(
-        ["rank", "test index", "true", "predicted", "confidence"],
-        [
-            [
-                str(it["rank"]),
-                str(it["test_index"]),
-                str(it["true_digit"]),
-                str(it["predicted_digit"]),
-                f"{100 * it['confidence']:.1f}%",
-            ]
-            for it in items
-        ],
-        align="rrrrr",
-    )
+    table = _misclassified_table(items)
     hp = meta.get("hparams", {})
     body = (
         f"Checkpoint `{cfg.checkpoint}` (step {meta['step']}; lambda "
@@ -799,6 +824,44 @@ def hw3_misclassified(cfg: Misclassified, run: RunDir) -> dict:
         "shown": len(items),
         "misclassified": items,
     }
+
+
+def _load_grid_checkpoint(cfg: Misclassified):
+    """(data config, model, params, meta) of the checkpoint `cfg.checkpoint` names."""
+    from pathlib import Path
+
+    path = Path(cfg.checkpoint).expanduser()
+    tcfg, meta = _checkpoint_config(path)
+    data_cfg = dataclasses.replace(
+        cfg.data,
+        digits=tuple(meta["digits"]),
+        scale=meta["scale"],
+        bias_feature=bool(meta["bias_feature"]),
+    )
+    d = 784 + (1 if data_cfg.bias_feature else 0)
+    model = model_for(tcfg, d, float_dtype(data_cfg))
+    params, meta = ckpt.load_params(
+        path, model.init(jax.random.PRNGKey(0)), kind=CHECKPOINT_KIND, hint=f"run `{GRID_COMMAND}`"
+    )
+    return data_cfg, model, params, meta
+
+
+def _misclassified_table(items: list[dict]) -> str:
+    """One row per shown mistake: rank, test index, true and predicted digit, confidence."""
+    return report.markdown_table(
+        ["rank", "test index", "true", "predicted", "confidence"],
+        [
+            [
+                str(it["rank"]),
+                str(it["test_index"]),
+                str(it["true_digit"]),
+                str(it["predicted_digit"]),
+                f"{100 * it['confidence']:.1f}%",
+            ]
+            for it in items
+        ],
+        align="rrrrr",
+    )
 
 
 def _checkpoint_config(path):

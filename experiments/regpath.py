@@ -138,65 +138,14 @@ def regularization_path(cfg: RegPath, run: RunDir) -> dict:
         "val": _accuracy(model, path.params, data.x_val, data.y_val, num),
         "test": _accuracy(model, path.params, splits.x_test, splits.y_test, num),
     }
-    metrics, rows = {}, []
-    for i, (lam, row) in enumerate(zip(lambdas, rep.rows)):
-        entry = {
-            "l2": lam,
-            "objective": row["optimum_objective"],
-            "cross_entropy": row["optimum_cross_entropy"],
-            "grad_norm": row["grad_norm"],
-            "iterations": row["iterations"],
-            "converged": row["converged"],
-            "separated": row["separated"],
-            "lr_limit": row["lr_limit"],
-            "lr_limit_init": row["lr_limit_init"],
-            "weight_norm": row["weight_norm"],
-            "train_accuracy": acc["train"][i],
-            "val_accuracy": acc["val"][i],
-            "test_accuracy": acc["test"][i],
-        }
-        metrics[f"lambda={lam:g}"] = entry
-        rows.append(
-            [f"{lam:g}", f"{entry['objective']:.6f}", f"{entry['weight_norm']:.4g}",
-             f"{entry['train_accuracy']:.4f}", f"{entry['val_accuracy']:.4f}",
-             f"{entry['test_accuracy']:.4f}", f"{entry['grad_norm']:.1e}",
-             str(entry["iterations"]), f"{entry['lr_limit']:.4g}",
-             "yes" if entry["converged"] else ("no finite optimum" if entry["separated"] else "no")]
-        )  # fmt: skip
-    table = report.markdown_table(
-        ["lambda", "objective", "norm of w", "train acc", "val acc", "test acc", "grad norm",
-         "iterations", "lr limit", "converged"],
-        rows,
-        align="rrrrrrrrrl",
-    )  # fmt: skip
+    per_lambda = _path_entries(lambdas, rep.rows, acc)
+    metrics = {f"lambda={e['l2']:g}": e for e in per_lambda}
+    entries = list(metrics.values())
+    table = _path_table(per_lambda)
     from jaxlr.io import atomic_write_text
 
     atomic_write_text(run.out / "table.md", table + "\n")
-    lam = np.asarray(lambdas, np.float64)
-    pos = lam > 0
-    entries = list(metrics.values())
-
-    def series(key):
-        return (lam[pos], np.asarray([e[key] for e in entries], np.float64)[pos])
-
-    plots.plot_side_by_side(
-        run.out / "path.png",
-        [
-            {"series": {"optimum objective": series("objective"),
-                        "its cross-entropy": series("cross_entropy")},
-             "xlabel": "lambda (log scale)", "ylabel": "objective", "logx": True,
-             "title": "objective at the optimum", "marker": "o"},
-            {"series": {"train": series("train_accuracy"), "validation": series("val_accuracy"),
-                        "test": series("test_accuracy")},
-             "xlabel": "lambda (log scale)", "ylabel": "accuracy", "logx": True,
-             "title": "accuracy of the optimum", "marker": "o"},
-            {"series": {"at the optimum": series("lr_limit"),
-                        "at zero weights": series("lr_limit_init")},
-             "xlabel": "lambda (log scale)", "ylabel": "2 / lambda_max(H)", "logx": True,
-             "logy": True, "title": "largest stable GD learning rate", "marker": "o"},
-        ],
-        suptitle=f"Regularization path of {cfg.train.model} regression, {_what(cfg)}",
-    )  # fmt: skip
+    _path_figure(run.out / "path.png", cfg, lambdas, entries)
     n_conv = sum(e["converged"] for e in entries)
     sections = [
         f"{data_text(cfg.data, data)} Objective: mean cross-entropy + lambda R(w), R = "
@@ -216,6 +165,74 @@ def regularization_path(cfg: RegPath, run: RunDir) -> dict:
     metrics["num_l2"] = num
     metrics["solve_seconds"] = seconds
     return metrics
+
+
+def _path_entries(lambdas, rows: list[dict], acc: dict) -> list[dict]:
+    """The optimum's numbers for each lambda, from the solver's rows and the accuracies."""
+    return [
+        {
+            "l2": lam,
+            "objective": row["optimum_objective"],
+            "cross_entropy": row["optimum_cross_entropy"],
+            "grad_norm": row["grad_norm"],
+            "iterations": row["iterations"],
+            "converged": row["converged"],
+            "separated": row["separated"],
+            "lr_limit": row["lr_limit"],
+            "lr_limit_init": row["lr_limit_init"],
+            "weight_norm": row["weight_norm"],
+            "train_accuracy": acc["train"][i],
+            "val_accuracy": acc["val"][i],
+            "test_accuracy": acc["test"][i],
+        }
+        for i, (lam, row) in enumerate(zip(lambdas, rows))
+    ]
+
+
+def _path_table(entries: list[dict]) -> str:
+    """The path as a markdown table, one row per lambda."""
+    rows = [
+        [f"{e['l2']:g}", f"{e['objective']:.6f}", f"{e['weight_norm']:.4g}",
+         f"{e['train_accuracy']:.4f}", f"{e['val_accuracy']:.4f}",
+         f"{e['test_accuracy']:.4f}", f"{e['grad_norm']:.1e}",
+         str(e["iterations"]), f"{e['lr_limit']:.4g}",
+         "yes" if e["converged"] else ("no finite optimum" if e["separated"] else "no")]
+        for e in entries
+    ]  # fmt: skip
+    return report.markdown_table(
+        ["lambda", "objective", "norm of w", "train acc", "val acc", "test acc", "grad norm",
+         "iterations", "lr limit", "converged"],
+        rows,
+        align="rrrrrrrrrl",
+    )  # fmt: skip
+
+
+def _path_figure(path, cfg: RegPath, lambdas, entries: list[dict]) -> None:
+    """Objective, accuracies and GD learning-rate limit against lambda (log scale, lambda > 0)."""
+    lam = np.asarray(lambdas, np.float64)
+    pos = lam > 0
+
+    def series(key):
+        return (lam[pos], np.asarray([e[key] for e in entries], np.float64)[pos])
+
+    plots.plot_side_by_side(
+        path,
+        [
+            {"series": {"optimum objective": series("objective"),
+                        "its cross-entropy": series("cross_entropy")},
+             "xlabel": "lambda (log scale)", "ylabel": "objective", "logx": True,
+             "title": "objective at the optimum", "marker": "o"},
+            {"series": {"train": series("train_accuracy"), "validation": series("val_accuracy"),
+                        "test": series("test_accuracy")},
+             "xlabel": "lambda (log scale)", "ylabel": "accuracy", "logx": True,
+             "title": "accuracy of the optimum", "marker": "o"},
+            {"series": {"at the optimum": series("lr_limit"),
+                        "at zero weights": series("lr_limit_init")},
+             "xlabel": "lambda (log scale)", "ylabel": "2 / lambda_max(H)", "logx": True,
+             "logy": True, "title": "largest stable GD learning rate", "marker": "o"},
+        ],
+        suptitle=f"Regularization path of {cfg.train.model} regression, {_what(cfg)}",
+    )  # fmt: skip
 
 
 def _what(cfg: RegPath) -> str:

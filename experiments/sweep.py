@@ -188,6 +188,92 @@ def _best(result: jsweep.SweepResult, by: str) -> dict | None:
     return {"index": i, **result.records()[i]}
 
 
+def _write_histories(run: RunDir, result: jsweep.SweepResult, grid: jsweep.Grid) -> dict:
+    """Writes every point's history; returns point index -> its file name."""
+    histories = {}
+    for i, h in enumerate(result.histories):
+        name = f"history_{i:03d}_{report.slug(plots.sweep_point_label(grid.point(i), grid))}.jsonl"
+        report.write_history(run.out / name, h)
+        histories[i] = name
+    return histories
+
+
+def _add_optimum(tcfg: TrainConfig, data, result: jsweep.SweepResult, rows, records):
+    """Adds each point's exact optimum, gap and learning-rate limit to its row and record."""
+    opt = optimum_for(
+        tcfg,
+        data,
+        [r["l2"] for r in rows],
+        [r["learning_rate"] for r in rows],
+        np.asarray(result.metrics["train_objective"], np.float64),
+    )
+    for row, rec, o in zip(rows, records, opt.rows):
+        extra = {
+            "optimum_objective": o["optimum_objective"] if o["converged"] else "",
+            "gap": o["gap"] if o["converged"] and not row["diverged"] else "",
+            "lr_limit": o["lr_limit"],
+            "lr_over_limit": o["lr_over_limit"],
+            "unstable": o["unstable"],
+        }
+        row.update(extra)
+        rec.update({k: (None if v == "" else v) for k, v in extra.items()})
+    return opt
+
+
+def _sweep_tables(run: RunDir, result: jsweep.SweepResult, rows: list[dict]) -> str:
+    """Writes table.csv and table.md (best by validation loss in bold); returns the markdown."""
+    atomic_write_text(run.out / "table.csv", _csv(rows))
+    best_row = result.best_index("val_loss") if not np.all(result.diverged) else -1
+    table = report.markdown_table(
+        list(rows[0]), [[_cell(k, v) for k, v in r.items()] for r in rows], bold=(best_row,)
+    )
+    atomic_write_text(run.out / "table.md", table + "\n")
+    return table
+
+
+def _best_text(cfg: Sweep, grid, result, best_loss, best_acc, cost: dict, opt) -> str:
+    """The report's best-point section: the best points, divergence, work, pruning, stability."""
+    tcfg = cfg.train
+    label = plots.sweep_point_label
+    best_text = "Every point diverged."
+    if best_loss is not None:
+        best_text = (
+            f"Best by validation loss: point {best_loss['index']} "
+            f"({label(grid.point(best_loss['index']), grid)}), val loss "
+            f"{best_loss['val_loss']:.4f}, val accuracy {best_loss['val_accuracy']:.4f}. "
+            f"Best by validation accuracy: point {best_acc['index']} "
+            f"({label(grid.point(best_acc['index']), grid)}), val accuracy "
+            f"{best_acc['val_accuracy']:.4f}."
+        )
+    # The seed only draws the data order and a random initialisation.
+    zero_init = tcfg.init == "zeros" or (tcfg.init == "auto" and tcfg.model != "mlp")
+    if len(grid.values.get("seed", ())) > 1 and not tcfg.shuffle and zero_init:
+        best_text += (
+            " (Without shuffling and with zero initialisation the seeds change nothing: "
+            "their rows are identical.)"
+        )
+    ndiv = int(result.diverged.sum())
+    if ndiv:
+        best_text += f" {ndiv} point(s) diverged (flagged in the table, never chosen)."
+    if cost:
+        best_text += (
+            f" The points ran {cost['point_steps']:,} steps in all; the compiled blocks "
+            f"computed {cost['computed_point_steps']:,} point-steps (stopped points are "
+            "compacted away between chunks)."
+        )
+    if cfg.prune == "halving":
+        n_pruned = int((np.asarray(result.pruned_rung) >= 0).sum())
+        best_text += (
+            f" Successive halving every {cfg.rung_epochs} epochs kept {cfg.keep_fraction:.3g} "
+            f"of the points at each rung and stopped {n_pruned} (column pruned_rung)."
+        )
+    if opt is not None:
+        best_text += "\n\n" + stability_text(
+            opt.rows, lambda i: f"point {i} ({label(grid.point(i), grid)})"
+        )
+    return best_text
+
+
 @register(
     "sweep",
     Sweep,
@@ -238,85 +324,23 @@ def sweep(cfg: Sweep, run: RunDir) -> dict:
             f"every one of the {grid.size} sweep points diverged; lower the learning rates "
             "(or raise --diverge_factor)"
         )
-    histories = {}
-    for i, h in enumerate(result.histories):
-        name = f"history_{i:03d}_{report.slug(plots.sweep_point_label(grid.point(i), grid))}.jsonl"
-        report.write_history(run.out / name, h)
-        histories[i] = name
+    histories = _write_histories(run, result, grid)
     rows = jsweep.table_rows(result)
     records = result.records()
     opt = None
     if cfg.optimum and tcfg.model != "mlp":
-        opt = optimum_for(
-            tcfg,
-            data,
-            [r["l2"] for r in rows],
-            [r["learning_rate"] for r in rows],
-            np.asarray(result.metrics["train_objective"], np.float64),
-        )
-        for row, rec, o in zip(rows, records, opt.rows):
-            extra = {
-                "optimum_objective": o["optimum_objective"] if o["converged"] else "",
-                "gap": o["gap"] if o["converged"] and not row["diverged"] else "",
-                "lr_limit": o["lr_limit"],
-                "lr_over_limit": o["lr_over_limit"],
-                "unstable": o["unstable"],
-            }
-            row.update(extra)
-            rec.update({k: (None if v == "" else v) for k, v in extra.items()})
+        opt = _add_optimum(tcfg, data, result, rows, records)
     for rec in records:
         rec["history"] = histories[rec["index"]]
-    atomic_write_text(run.out / "table.csv", _csv(rows))
-    best_row = result.best_index("val_loss") if not np.all(result.diverged) else -1
-    table = report.markdown_table(
-        list(rows[0]), [[_cell(k, v) for k, v in r.items()] for r in rows], bold=(best_row,)
-    )
-    atomic_write_text(run.out / "table.md", table + "\n")
+    table = _sweep_tables(run, result, rows)
     if cfg.search == "grid":
         figures = plots.plot_sweep_heatmaps(result, run.out)
     else:
         figures = [plots.plot_search_scatter(result, run.out)]
     curves = plots.plot_sweep_curves(result, run.out)
     best_loss, best_acc = _best(result, "val_loss"), _best(result, "val_accuracy")
-    label = plots.sweep_point_label
-    best_text = "Every point diverged."
-    if best_loss is not None:
-        best_text = (
-            f"Best by validation loss: point {best_loss['index']} "
-            f"({label(grid.point(best_loss['index']), grid)}), val loss "
-            f"{best_loss['val_loss']:.4f}, val accuracy {best_loss['val_accuracy']:.4f}. "
-            f"Best by validation accuracy: point {best_acc['index']} "
-            f"({label(grid.point(best_acc['index']), grid)}), val accuracy "
-            f"{best_acc['val_accuracy']:.4f}."
-        )
-    # The seed only draws the data order and a random initialisation.
-    zero_init = tcfg.init == "zeros" or (tcfg.init == "auto" and tcfg.model != "mlp")
-    if len(grid.values.get("seed", ())) > 1 and not tcfg.shuffle and zero_init:
-        best_text += (
-            " (Without shuffling and with zero initialisation the seeds change nothing: "
-            "their rows are identical.)"
-        )
-    ndiv = int(result.diverged.sum())
-    if ndiv:
-        best_text += f" {ndiv} point(s) diverged (flagged in the table, never chosen)."
     cost = result.work()
-    if cost:
-        best_text += (
-            f" The points ran {cost['point_steps']:,} steps in all; the compiled blocks "
-            f"computed {cost['computed_point_steps']:,} point-steps (stopped points are "
-            "compacted away between chunks)."
-        )
-    if prune is not None:
-        n_pruned = int((np.asarray(result.pruned_rung) >= 0).sum())
-        best_text += (
-            f" Successive halving every {cfg.rung_epochs} epochs kept {cfg.keep_fraction:.3g} "
-            f"of the points at each rung and stopped {n_pruned} (column pruned_rung)."
-        )
-    if opt is not None:
-        label = plots.sweep_point_label
-        best_text += "\n\n" + stability_text(
-            opt.rows, lambda i: f"point {i} ({label(grid.point(i), grid)})"
-        )
+    best_text = _best_text(cfg, grid, result, best_loss, best_acc, cost, opt)
     proto = (
         protocol_text(cfg, data)
         + f" Early stopping {tcfg.early_stopping}. Grid axes "
@@ -340,7 +364,7 @@ def sweep(cfg: Sweep, run: RunDir) -> dict:
         "axes": list(grid.axes),
         "shape": list(grid.shape),
         "values": {k: list(v) for k, v in grid.values.items()},
-        "num_diverged": ndiv,
+        "num_diverged": int(result.diverged.sum()),
         "best_by_val_loss": best_loss,
         "best_by_val_accuracy": best_acc,
         "points": records,

@@ -424,49 +424,12 @@ def task4(cfg: L2Path, run: RunDir) -> dict:
         {lam: runs[lam][1] for lam in grid},
         {lam: metrics[f"lambda={lam:g}"]["weight_norm"] for lam in grid},
     )
-    opt_text = ""
-    if cfg.optimum:
-        keys = [f"lambda={lam:g}" for lam in grid]
-        opt = optimum_for(
-            cfg.train,
-            data,
-            grid,
-            [cfg.hparams.lr] * len(grid),
-            [metrics[k]["train_objective"] for k in keys],
-        )
-        for k, row in zip(keys, opt.rows):
-            metrics[k].update(
-                optimum_objective=row["optimum_objective"],
-                gap=row["gap"],
-                lr_limit=row["lr_limit"],
-                lr_over_limit=row["lr_over_limit"],
-                unstable=row["unstable"],
-                optimum_converged=row["converged"],
-                optimum_separated=row["separated"],
-            )
-            if not row["converged"]:
-                metrics[k]["gap"] = None
-        opt_text = "## Distance to the optimum\n\n" + _optimum_table(metrics, keys) + "\n\n"
-        opt_text += stability_text(opt.rows, lambda i: keys[i]) + (
-            " The gap is the final training objective minus the exact optimum of the same "
-            "objective (Newton-CG in float64); mini-batch SGD at a constant rate ends above it."
-        )
+    opt_text = _l2_optimum(cfg, data, grid, metrics) if cfg.optimum else ""
     metrics["weight_norm_by_lambda"] = {
         f"{lam:g}": metrics[f"lambda={lam:g}"]["weight_norm"] for lam in grid
     }
     runs_only = {k: v for k, v in metrics.items() if k.startswith("lambda=")}
-    norm_table = report.markdown_table(
-        ["lambda", "val acc", "L2 norm of w"],
-        [
-            [
-                f"{lam:g}",
-                f"{metrics[f'lambda={lam:g}']['val_accuracy']:.4f}",
-                f"{metrics[f'lambda={lam:g}']['weight_norm']:.4f}",
-            ]
-            for lam in grid
-        ],
-        align="rrr",
-    )
+    norm_table = _norm_table(metrics, grid)
     sections = [
         protocol_text(cfg, data)
         + f" L2 convention `{cfg.train.l2_convention}` (R(w) = sum w^2 for `sum`), bias "
@@ -490,6 +453,55 @@ def task4(cfg: L2Path, run: RunDir) -> dict:
         run.out / "report.md", f"TDT4265 task 4: L2 regularisation, {cfg.data.dataset}", sections
     )
     return metrics
+
+
+def _l2_optimum(cfg: L2Path, data, grid: list, metrics: dict) -> str:
+    """Adds each lambda's exact optimum and gap to its metrics; returns the report section."""
+    keys = [f"lambda={lam:g}" for lam in grid]
+    opt = optimum_for(
+        cfg.train,
+        data,
+        grid,
+        [cfg.hparams.lr] * len(grid),
+        [metrics[k]["train_objective"] for k in keys],
+    )
+    for k, row in zip(keys, opt.rows):
+        metrics[k].update(
+            optimum_objective=row["optimum_objective"],
+            gap=row["gap"],
+            lr_limit=row["lr_limit"],
+            lr_over_limit=row["lr_over_limit"],
+            unstable=row["unstable"],
+            optimum_converged=row["converged"],
+            optimum_separated=row["separated"],
+        )
+        if not row["converged"]:
+            metrics[k]["gap"] = None
+    opt_text = "## Distance to the optimum\n\n" + _optimum_table(metrics, keys) + "\n\n"
+    return (
+        opt_text
+        + stability_text(opt.rows, lambda i: keys[i])
+        + (
+            " The gap is the final training objective minus the exact optimum of the same "
+            "objective (Newton-CG in float64); mini-batch SGD at a constant rate ends above it."
+        )
+    )
+
+
+def _norm_table(metrics: dict, grid: list) -> str:
+    """Validation accuracy and weight norm of each lambda of `grid`."""
+    return report.markdown_table(
+        ["lambda", "val acc", "L2 norm of w"],
+        [
+            [
+                f"{lam:g}",
+                f"{metrics[f'lambda={lam:g}']['val_accuracy']:.4f}",
+                f"{metrics[f'lambda={lam:g}']['weight_norm']:.4f}",
+            ]
+            for lam in grid
+        ],
+        align="rrr",
+    )
 
 
 def _optimum_table(metrics: dict, keys: list) -> str:
