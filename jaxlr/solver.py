@@ -14,9 +14,10 @@ forcing sequence of Nocedal & Wright, Algorithm 7.1, which gives superlinear con
 at most ``max_cg_iter`` products), then backtracks from the full step ``t = 1`` by halving
 until the Armijo condition ``f(p + t d) <= f(p) + 1e-4 t g.d`` holds. Close to the optimum
 the decrease falls below the rounding of ``f``, so a step is also accepted when ``f`` rises
-by no more than ``100 eps |f|`` while the gradient norm falls (Hager & Zhang's approximate
-Armijo test). "lbfgs": optax's L-BFGS (memory 10) with its zoom line search; it needs many
-more iterations and is kept as an independent cross-check.
+by no more than ``100 eps |f|`` while the gradient norm falls (a relaxation in the spirit of
+Hager & Zhang's approximate Wolfe conditions). "lbfgs": optax's L-BFGS (memory 10) with
+its zoom line search; it needs many more iterations and is kept as an independent
+cross-check.
 
 Stopping: the Euclidean norm of the gradient of the objective (all parameters flattened),
 ``||grad f||_2 <= tol``, absolute; the objective is a mean over examples, so the scale does
@@ -103,7 +104,8 @@ class SolveResult(NamedTuple):
       separated: every (unmasked) example is strictly correctly classified at ``params``;
         with lambda = 0 this certifies that no finite optimum exists.
       stalled: the line search found no acceptable step (rounding floor reached before
-        ``tol``: raise ``tol`` or use float64).
+        ``tol``: raise ``tol`` or use float64); always False for "lbfgs", whose line search
+        does not report failure (it then runs to ``max_iter``).
     """
 
     params: Any
@@ -595,12 +597,14 @@ def optimum_report(
       key: PRNG key of the power iteration (default ``PRNGKey(0)``).
 
     Returns:
-      ``OptimumReport``; ``rows[s]`` has the keys "l2", "optimum_objective",
-      "optimum_cross_entropy", "gap" (final objective - optimum, None without
-      ``final_objectives``), "lr" (None without ``learning_rates``), "lr_limit" (2 / h_max at
+      ``OptimumReport``; ``rows[s]`` has the keys "l2", "optimum_objective" (the solver's
+      last objective: not an optimum when "converged" is False), "optimum_cross_entropy",
+      "gap" (final objective - optimum; None without ``final_objectives`` or when the solve
+      did not converge), "lr" (None without ``learning_rates``), "lr_limit" (2 / h_max at
       the optimum), "lr_limit_init" (at zero parameters), "lr_over_limit" (lr / lr_limit),
-      "grad_norm", "iterations", "converged", "separated", "weight_norm" (L2 norm of the
-      optimum's weights).
+      "grad_norm", "iterations", "converged", "separated", "no_finite_optimum" (lambda = 0
+      and every example strictly correctly classified: certified), "weight_norm" (L2 norm
+      of the optimum's weights).
     """
     _check_model(model, "optimum_report")
     l2_S = np.asarray(l2_S, dtype=np.float64).reshape(-1)
@@ -643,21 +647,23 @@ def optimum_report(
     for s in range(num):
         i = int(index_S[s])
         opt = float(path_np.objective[i])
+        converged = bool(path_np.converged[i])
         lr = lrs[s]
         rows.append(
             {
                 "l2": float(l2_S[s]),
                 "optimum_objective": opt,
                 "optimum_cross_entropy": float(path_np.cross_entropy[i]),
-                "gap": None if finals[s] is None else finals[s] - opt,
+                "gap": None if finals[s] is None or not converged else finals[s] - opt,
                 "lr": lr,
                 "lr_limit": float(limits[i]),
                 "lr_limit_init": float(limits_init[i]),
                 "lr_over_limit": None if lr is None else lr / float(limits[i]),
                 "grad_norm": float(path_np.grad_norm[i]),
                 "iterations": int(path_np.iterations[i]),
-                "converged": bool(path_np.converged[i]),
+                "converged": converged,
                 "separated": bool(path_np.separated[i]),
+                "no_finite_optimum": bool(path_np.separated[i]) and float(l2_S[s]) == 0.0,
                 "weight_norm": norms[i],
             }
         )

@@ -271,6 +271,10 @@ def test_separable_data_without_penalty_has_no_finite_optimum(method):
     # Any penalty makes the optimum finite again.
     reg = solver.solve(model, None, x_ND, y_N, 1e-3, method=method, max_iter=500)
     assert bool(reg.converged)
+    if method == "newton_cg":
+        rows = solver.optimum_report(model, x_ND, y_N, [0.0, 1e-3], final_objectives=[1, 1]).rows
+        assert rows[0]["no_finite_optimum"] and rows[0]["gap"] is None
+        assert not rows[1]["no_finite_optimum"] and rows[1]["gap"] > 0
 
 
 def test_mask_equals_dropping_the_examples():
