@@ -22,7 +22,7 @@ relative between jaxlr and each scikit-learn solver (objectives recomputed in fl
 each side from its own solution, with the same formula). Prints a Markdown table and
 (with --out) writes JSON.
 
-    python -m benchmarks.bench_regpath --data_dir=/work/shared/data [--repeats=3]
+    python -m benchmarks.bench_regpath --data_dir=../shared/data [--repeats=3]
         [--solvers=newton-cg,lbfgs,newton-cholesky] [--tol=1e-10] [--out=FILE.json]
 
 Set up the scikit-learn side once (not a jaxlr dependency):

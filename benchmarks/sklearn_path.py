@@ -3,7 +3,7 @@
 Runs in its own environment (scikit-learn is not a dependency of jaxlr), so it imports
 neither jax nor jaxlr: it reads the MNIST IDX files itself, with numpy.
 
-    /tmp/sklenv/bin/python benchmarks/sklearn_path.py --data_dir=/work/shared/data
+    /tmp/sklenv/bin/python benchmarks/sklearn_path.py --data_dir=../shared/data
         --l2=1,0.5,... [--solver=newton-cg] [--tol=1e-10] [--repeats=1]
 
 Protocol (jaxlr's hw3_logreg_grid): digits 9 (label 1) vs 4 (label 0) among the first 50,000
