@@ -106,12 +106,10 @@ def sustained_matmul_flops(seconds: float = 2.0, n: int = 2048) -> float:
 
 def sweep_flops(tcfg, num_train: int, num_val: int, num_features: int) -> float:
     """Matrix-product FLOPs of one point of a linear model's full run (see module doc)."""
-    from jaxlr.data import num_batches
+    from jaxlr.train import schedule_numbers
 
     k = 1 if tcfg.model == "logistic" else tcfg.num_classes
-    m = num_batches(num_train, tcfg.batch_size, tcfg.drop_last)
-    e = tcfg.eval_every or max(1, m // 5)
-    steps = tcfg.num_epochs * m
+    m, e, steps = schedule_numbers(tcfg, num_train)
     checks = -(-steps // e)
     n_eval = min(tcfg.train_eval_size or num_train, num_train)
     per_step = 2 * 2 * tcfg.batch_size * num_features * k
