@@ -314,6 +314,9 @@ def run_main() -> None:
     except _Usage as err:
         sys.stderr.write(f"error: {err}\n")
         code = 2
+    except BrokenPipeError:  # output piped into `head` and the like: not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = 0
     except KeyboardInterrupt:
         sys.stderr.write(_interrupt_message() + "\n")
         code = 130
