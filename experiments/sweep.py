@@ -10,9 +10,7 @@ Dimension legend: S grid points, T steps.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
 import logging
 import math
 from typing import ClassVar
@@ -161,26 +159,6 @@ def grid_of(cfg: Sweep, dtype) -> jsweep.Grid:
     )
 
 
-def _cell(key: str, value) -> str:
-    if isinstance(value, bool):
-        return "yes" if value else ""
-    if isinstance(value, float) and key in ("learning_rate", "l2", "momentum", "lr_limit"):
-        return f"{value:.4g}"
-    if isinstance(value, float) and key in ("gap",):
-        return f"{value:.3g}"
-    if isinstance(value, float):
-        return f"{value:.4f}"
-    return str(value)
-
-
-def _csv(rows: list[dict]) -> str:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buf.getvalue()
-
-
 def _best(result: jsweep.SweepResult, by: str) -> dict | None:
     if result.diverged.all():
         return None
@@ -222,13 +200,10 @@ def _add_optimum(tcfg: TrainConfig, data, result: jsweep.SweepResult, rows, reco
 
 def _sweep_tables(run: RunDir, result: jsweep.SweepResult, rows: list[dict]) -> str:
     """Writes table.csv and table.md (best by validation loss in bold); returns the markdown."""
-    atomic_write_text(run.out / "table.csv", _csv(rows))
-    best_row = result.best_index("val_loss") if not np.all(result.diverged) else -1
-    table = report.markdown_table(
-        list(rows[0]), [[_cell(k, v) for k, v in r.items()] for r in rows], bold=(best_row,)
-    )
-    atomic_write_text(run.out / "table.md", table + "\n")
-    return table
+    atomic_write_text(run.out / "table.csv", jsweep.table_csv(result, rows=rows))
+    table = jsweep.table_markdown(result, rows=rows)
+    atomic_write_text(run.out / "table.md", table)
+    return table.rstrip("\n")
 
 
 def _best_text(cfg: Sweep, grid, result, best_loss, best_acc, cost: dict, opt) -> str:

@@ -10,6 +10,8 @@ Dimension legend: none of the functions here takes arrays of rank >= 2.
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import math
 import os
@@ -195,6 +197,15 @@ def slug(text: str) -> str:
     leading and trailing "_" are dropped.
     """
     return re.sub(r"[^A-Za-z0-9.+-]+", "_", str(text)).strip("_") or "run"
+
+
+def csv_text(rows: Sequence[Mapping[str, Any]]) -> str:
+    """Rows of dicts (the first one's keys are the columns) as CSV text, one line per row."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
 
 
 def jsonable(obj: Any) -> Any:

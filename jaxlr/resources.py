@@ -99,7 +99,7 @@ def estimate_run_bytes(
 ) -> RunBytes:
     """Estimates the memory of a run (points=1) or of a block of sweep points.
 
-    `per_point` equals `jaxlr.sweep.bytes_per_point` for the same arguments.
+    `per_point` is what `jaxlr.sweep.bytes_per_point` sizes sweep blocks with.
 
     Args:
       config: static config (model widths, batch size, optimizer, early stopping, ...).

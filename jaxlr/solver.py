@@ -433,23 +433,30 @@ def solve(
       ValueError: a model that is not convex (MLP), an unknown method, a bad tol,
         max_iter, l2 or data shape, or float64 without 64-bit JAX.
     """
-    where = "solve"
+    dtype, common = _checked_inputs(
+        "solve", model, x_ND, y_N, mask_N, l2, 0, tol, max_iter, method, max_cg_iter, dtype
+    )
+    params0 = _zeros_like_model(model, dtype) if params0 is None else _cast(params0, dtype)
+    return _solve_jit(params0=params0, l2=jnp.asarray(l2).astype(dtype), **common)
+
+
+def _checked_inputs(where, model, x_ND, y_N, mask_N, l2, l2_ndim, tol, max_iter, method,
+                    max_cg_iter, dtype):  # fmt: skip
+    """Checks the arguments shared by `solve` and `solve_path`; returns (dtype, the
+    keyword arguments of the compiled solvers other than params0 and lambda)."""
     _check_model(model, where)
     _check_options(where, method, max_iter, max_cg_iter)
     dtype = _resolve_dtype(where, dtype)
     tol = _resolve_tol(where, tol, dtype)
-    _check_l2(where, l2, 0)
+    _check_l2(where, l2, l2_ndim)
     _check_data(where, x_ND, y_N, mask_N)
-    params0 = _zeros_like_model(model, dtype) if params0 is None else _cast(params0, dtype)
-    return _solve_jit(
+    return dtype, dict(
         model=model,
         method=method,
         max_iter=int(max_iter),
         max_cg_iter=int(max_cg_iter),
-        params0=params0,
         x_ND=jnp.asarray(x_ND).astype(dtype),
         y_N=jnp.asarray(y_N),
-        l2=jnp.asarray(l2).astype(dtype),
         mask_N=None if mask_N is None else jnp.asarray(mask_N).astype(dtype),
         tol=jnp.asarray(tol).astype(dtype),
     )
@@ -488,12 +495,9 @@ def solve_path(
       ValueError: as ``solve``; also when ``params0`` fits neither layout.
     """
     where = "solve_path"
-    _check_model(model, where)
-    _check_options(where, method, max_iter, max_cg_iter)
-    dtype = _resolve_dtype(where, dtype)
-    tol = _resolve_tol(where, tol, dtype)
-    _check_l2(where, l2_L, 1)
-    _check_data(where, x_ND, y_N, mask_N)
+    dtype, common = _checked_inputs(
+        where, model, x_ND, y_N, mask_N, l2_L, 1, tol, max_iter, method, max_cg_iter, dtype
+    )
     num = int(np.shape(l2_L)[0])
     template = _zeros_like_model(model, dtype)
     if params0 is None:
@@ -517,17 +521,10 @@ def solve_path(
                 f"with a leading axis of {num} (one per lambda)"
             )
     return _solve_path_jit(
-        model=model,
-        method=method,
-        max_iter=int(max_iter),
-        max_cg_iter=int(max_cg_iter),
         params0=params0,
-        x_ND=jnp.asarray(x_ND).astype(dtype),
-        y_N=jnp.asarray(y_N),
         l2_L=jnp.asarray(l2_L).astype(dtype),
-        mask_N=None if mask_N is None else jnp.asarray(mask_N).astype(dtype),
-        tol=jnp.asarray(tol).astype(dtype),
         batched_params=batched,
+        **common,
     )
 
 

@@ -21,14 +21,11 @@ examples, V validation examples, D features, K outputs.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import functools
 import hashlib
-import io
 import itertools
 import logging
-import math
 import os
 import threading
 import time
@@ -44,7 +41,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jaxlr import checkpoint as ckpt
-from jaxlr import resources
+from jaxlr import report, resources
 from jaxlr.config import HParams, TrainConfig
 from jaxlr.objective import Model
 from jaxlr.search import prune_rung
@@ -379,38 +376,43 @@ def table_rows(result: SweepResult, columns: Sequence[str] = TABLE_COLUMNS) -> l
     return rows
 
 
-def table_csv(result: SweepResult, columns: Sequence[str] = TABLE_COLUMNS) -> str:
-    """The result table as CSV text (one row per point)."""
-    rows = table_rows(result, columns)
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buf.getvalue()
+def table_csv(
+    result: SweepResult, columns: Sequence[str] = TABLE_COLUMNS, rows: list[dict] | None = None
+) -> str:
+    """The result table as CSV text (one row per point; `rows`: `table_rows`, maybe extended)."""
+    return report.csv_text(table_rows(result, columns) if rows is None else rows)
+
+
+def _table_cell(key: str, value) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else ""
+    if isinstance(value, float) and key in ("learning_rate", "l2", "momentum", "lr_limit"):
+        return f"{value:.4g}"
+    if isinstance(value, float) and key == "gap":
+        return f"{value:.3g}"
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return str(value)
 
 
 def table_markdown(
-    result: SweepResult, columns: Sequence[str] = TABLE_COLUMNS, best_by: str = "val_loss"
+    result: SweepResult,
+    columns: Sequence[str] = TABLE_COLUMNS,
+    best_by: str = "val_loss",
+    rows: list[dict] | None = None,
 ) -> str:
-    """The result table as Markdown, the best point (by `best_by`) in bold."""
-    rows = table_rows(result, columns)
-    best = result.best_index(best_by) if not np.all(result.diverged) else -1
-    names = list(rows[0])
-    lines = ["| " + " | ".join(names) + " |", "|" + "---|" * len(names)]
-    for row in rows:
-        cells = []
-        for k in names:
-            v = row[k]
-            if isinstance(v, float) and k in ("learning_rate", "l2", "momentum"):
-                cells.append(f"{v:g}")
-            elif isinstance(v, float):
-                cells.append(f"{v:.4f}")
-            else:
-                cells.append(str(v))
-        if row["index"] == best:
-            cells = [f"**{c}**" if c else c for c in cells]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    """The result table as Markdown, the best point (by `best_by`) in bold.
+
+    Args:
+      result: the sweep.
+      columns: metric columns of `table_rows` (when `rows` is not given).
+      best_by: the metric that picks the bold row.
+      rows: `table_rows(result)`, possibly with columns added (e.g. the optimum's).
+    """
+    rows = table_rows(result, columns) if rows is None else rows
+    bold = () if np.all(result.diverged) else (result.best_index(best_by),)
+    cells = [[_table_cell(k, v) for k, v in r.items()] for r in rows]
+    return report.markdown_table(list(rows[0]), cells, bold=bold) + "\n"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -519,16 +521,15 @@ def _to_host(tree):
 
 def param_count(model: Model) -> int:
     """Number of scalar parameters of `model` (from shapes only, nothing is computed)."""
-    shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0))
-    return int(sum(math.prod(s.shape) for s in jax.tree.leaves(shapes)))
+    return resources.num_params(model)
 
 
 def bytes_per_point(config: TrainConfig, model: Model, data_shape: tuple, itemsize: int) -> int:
     """A rough upper estimate of the device memory one sweep point needs.
 
-    Counts the state (parameters, new parameters, gradients, optimizer slots, best
-    parameters), one step's activations, a validation check's activations and one chunk of
-    step logs.
+    The `per_point` part of `jaxlr.resources.estimate_run_bytes`: the state (parameters, new
+    parameters, gradients, optimizer slots, best parameters), one step's activations, a
+    validation check's activations and one chunk of step logs.
 
     Args:
       config: static config.
@@ -538,17 +539,7 @@ def bytes_per_point(config: TrainConfig, model: Model, data_shape: tuple, itemsi
     Returns:
       Bytes.
     """
-    n, v, d = data_shape
-    p = param_count(model)
-    slots = {"sgd": 0, "momentum": 1, "adam": 2}[config.optimizer]
-    state = p * (3 + slots + (1 if config.early_stopping else 0))
-    widths = sum(config.hidden) + (1 if config.model == "logistic" else config.num_classes)
-    n_eval = min(config.train_eval_size or n, n)
-    step = config.batch_size * (d + 3 * widths)
-    check = 2 * max(v, n_eval) * widths
-    m = max(1, n // config.batch_size)
-    logs = 6 * config.epochs_per_call * m
-    return int(itemsize * (state + step + check + logs))
+    return int(resources.estimate_run_bytes(config, model, data_shape, itemsize).per_point)
 
 
 def memory_budget(device=None) -> int:

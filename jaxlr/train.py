@@ -459,16 +459,8 @@ def fit(
     )
     resources.check_fits(estimate, what=f"fit of a {config.model} model")
 
-    x_train = jnp.asarray(data.x_train)
-    data = Data(
-        x_train,
-        jnp.asarray(data.y_train),
-        jnp.asarray(data.x_val, x_train.dtype),
-        jnp.asarray(data.y_val),
-    )
-    hparams = HParams(
-        *(jnp.asarray(v, x_train.dtype) for v in hparams[:3]), jnp.asarray(hparams.seed, jnp.int32)
-    )
+    data, hparams = _as_arrays(data, hparams)
+    x_train = data.x_train
     if model is None:
         engine, init_fn, run_fn, eval_fn = _compiled_engine(
             config, x_train.shape[1], np.dtype(x_train.dtype).name, x_train.shape[0]
@@ -548,6 +540,21 @@ def fit(
     )
 
 
+def _as_arrays(data: Data, hparams: HParams) -> tuple[Data, HParams]:
+    """JAX arrays of the data and the hyper-parameters in the training features' float dtype."""
+    x_train = jnp.asarray(data.x_train)
+    data = Data(
+        x_train,
+        jnp.asarray(data.y_train),
+        jnp.asarray(data.x_val, x_train.dtype),
+        jnp.asarray(data.y_val),
+    )
+    hparams = HParams(
+        *(jnp.asarray(v, x_train.dtype) for v in hparams[:3]), jnp.asarray(hparams.seed, jnp.int32)
+    )
+    return data, hparams
+
+
 def measure_step_rate(
     config: TrainConfig,
     hparams: HParams,
@@ -578,16 +585,8 @@ def measure_step_rate(
     m = schedule_numbers(config, n).batches_per_epoch
     # Checks follow steps 0, E, 2E, ...: with E = 2M, none falls in epoch 1 (steps M..2M-1).
     quiet = dataclasses.replace(config, eval_every=2 * m)
-    x_train = jnp.asarray(data.x_train)
-    data = Data(
-        x_train,
-        jnp.asarray(data.y_train),
-        jnp.asarray(data.x_val, x_train.dtype),
-        jnp.asarray(data.y_val),
-    )
-    hparams = HParams(
-        *(jnp.asarray(v, x_train.dtype) for v in hparams[:3]), jnp.asarray(hparams.seed, jnp.int32)
-    )
+    data, hparams = _as_arrays(data, hparams)
+    x_train = data.x_train
     model = model if model is not None else model_for(quiet, d, x_train.dtype)
     engine = make_engine(quiet, model, n)
     state = jax.jit(engine.init)(hparams)

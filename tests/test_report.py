@@ -285,3 +285,8 @@ def test_summary_table_refuses_bad_input():
         report.summary_table([("a", 1)])
     with pytest.raises(ValueError, match="headline"):
         report.summary_table({"a": 1}, headline="a")
+
+
+def test_csv_text_writes_the_first_rows_keys_as_columns():
+    rows = [{"index": 0, "lr": 0.1, "note": "a,b"}, {"index": 1, "lr": 1.0, "note": ""}]
+    assert report.csv_text(rows) == 'index,lr,note\n0,0.1,"a,b"\n1,1.0,\n'
