@@ -46,8 +46,6 @@ from jaxlr.sections import ConfigError, format_value
 
 log = logging.getLogger("jaxlr.experiments")
 
-_LAUNCHER_FLAGS = ("experiment", "workdir", "list", "compilation_cache", "smoke")
-
 
 def _listing() -> str:
     lines = ["experiments (each line below it is its launch command, with its defaults):"]
@@ -189,10 +187,6 @@ def _setup_logging() -> None:
     root.propagate = False
 
 
-class _Usage(Exception):
-    pass
-
-
 class Parsed(NamedTuple):
     """A parsed command line: the experiment, its workdir, overrides and validated config."""
 
@@ -207,41 +201,32 @@ def parse(argv: list[str]) -> Parsed | str:
     """Parses a command line; returns text to print and exit 0 (--help, --list) or `Parsed`.
 
     Raises:
-      _Usage: any problem of the command line (one line).
+      ConfigError, UsageError: any problem of the command line (one line).
     """
     args = argv[1:]
     name = _scan(args, "experiment")
     if any(a in ("--help", "-h", "--helpfull", "-?") for a in args):
-        try:
-            return _help(name)
-        except UsageError as err:
-            raise _Usage(str(err)) from None
+        return _help(name)
     exp = None
     if name is not None:
-        try:
-            exp = get_experiment(name)
-        except UsageError as err:
-            raise _Usage(str(err)) from None
+        exp = get_experiment(name)
     fv = _define_flags(exp)
     try:
         rest = fv(argv)
     except flags.Error as err:
-        raise _Usage(_flag_error(err, exp)) from None
+        raise UsageError(_flag_error(err, exp)) from None
     if len(rest) > 1:
-        raise _Usage(f"unexpected argument {rest[1]!r} (flags are --name=value)")
+        raise UsageError(f"unexpected argument {rest[1]!r} (flags are --name=value)")
     if fv.list:
         return _listing()
     if exp is None:
-        raise _Usage("--experiment is required (see --list)")
+        raise UsageError("--experiment is required (see --list)")
     if not fv.workdir:
-        raise _Usage("--workdir is required (the folder the outputs go to)")
-    try:
-        overrides = _overrides(fv, exp)
-        if fv.smoke:
-            overrides = {**exp.smoke, **overrides}
-        cfg = make_config(exp.name, overrides)
-    except (ConfigError, UsageError) as err:
-        raise _Usage(str(err)) from None
+        raise UsageError("--workdir is required (the folder the outputs go to)")
+    overrides = _overrides(fv, exp)
+    if fv.smoke:
+        overrides = {**exp.smoke, **overrides}
+    cfg = make_config(exp.name, overrides)
     return Parsed(exp, fv.workdir, overrides, cfg, fv.compilation_cache)
 
 
@@ -266,11 +251,9 @@ def main(argv: list[str]) -> int:
 
         cfg = parsed.config
         distributed.initialize(cfg.coordinator_address or None, cfg.num_processes, cfg.process_id)
-    try:
-        metrics = run_experiment(exp.name, parsed.workdir, parsed.overrides)
-    except (ConfigError, UsageError) as err:
-        # Checks that need the loaded data (e.g. --max_examples beyond the images there are).
-        raise _Usage(str(err)) from None
+    # ConfigError may still come from checks that need the loaded data (e.g. --max_examples
+    # beyond the images there are): a usage error like the others.
+    metrics = run_experiment(exp.name, parsed.workdir, parsed.overrides)
     import jax
 
     if jax.process_index() == 0:  # the process that wrote the workdir
@@ -296,22 +279,24 @@ def _interrupt_message() -> str:
 def _expected_errors() -> tuple[type, ...]:
     from experiments.common import RunFailed
     from jaxlr import checkpoint, data
+    from jaxlr.resources import ResourceError
     from jaxlr.train import TrainingDiverged
 
-    errors = [OSError, data.DataError, checkpoint.CheckpointError, TrainingDiverged, RunFailed]
-    for module, name in (("jaxlr.resources", "ResourceError"), ("jaxlr.sweep", "AllDiverged")):
-        try:
-            errors.append(getattr(__import__(module, fromlist=[name]), name))
-        except (ImportError, AttributeError):
-            pass
-    return tuple(errors)
+    return (
+        OSError,
+        data.DataError,
+        checkpoint.CheckpointError,
+        ResourceError,
+        TrainingDiverged,
+        RunFailed,
+    )
 
 
 def run_main() -> None:
     argv = list(sys.argv)
     try:
         code = main(argv)
-    except _Usage as err:
+    except (ConfigError, UsageError) as err:
         sys.stderr.write(f"error: {err}\n")
         code = 2
     except BrokenPipeError:  # output piped into `head` and the like: not an error
