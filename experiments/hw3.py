@@ -829,23 +829,38 @@ def hw3_misclassified(cfg: Misclassified, run: RunDir) -> dict:
 
 
 def _load_grid_checkpoint(cfg: Misclassified):
-    """(data config, model, params, meta) of the checkpoint `cfg.checkpoint` names."""
+    """(data config, model, params, meta) of the checkpoint `cfg.checkpoint` names.
+
+    One read: `load_params` refuses a missing, corrupt or foreign file; the template of the
+    weights is built from the checkpoint's own config and data settings.
+    """
     from pathlib import Path
 
     path = Path(cfg.checkpoint).expanduser()
-    tcfg, meta = _checkpoint_config(path)
-    data_cfg = dataclasses.replace(
-        cfg.data,
-        digits=tuple(meta["digits"]),
-        scale=meta["scale"],
-        bias_feature=bool(meta["bias_feature"]),
+    bound = {}
+
+    def template(meta: dict):
+        try:
+            tcfg = TrainConfig.from_dict(meta["config"])
+        except (KeyError, TypeError, ValueError):
+            tcfg = None
+        if tcfg is None or tcfg.model != "logistic":
+            raise ckpt.CheckpointError(f"checkpoint {path} holds no logistic-regression config")
+        bound["data"] = dataclasses.replace(
+            cfg.data,
+            digits=tuple(meta["digits"]),
+            scale=meta["scale"],
+            bias_feature=bool(meta["bias_feature"]),
+        )
+        d = 784 + (1 if bound["data"].bias_feature else 0)
+        bound["model"] = model_for(tcfg, d, float_dtype(bound["data"]))
+        return bound["model"].init(jax.random.PRNGKey(0))
+
+    hint = (
+        f"it is written by hw3_logreg_grid: run `{GRID_COMMAND}` first (or pass --checkpoint=PATH)"
     )
-    d = 784 + (1 if data_cfg.bias_feature else 0)
-    model = model_for(tcfg, d, float_dtype(data_cfg))
-    params, meta = ckpt.load_params(
-        path, model.init(jax.random.PRNGKey(0)), kind=CHECKPOINT_KIND, hint=f"run `{GRID_COMMAND}`"
-    )
-    return data_cfg, model, params, meta
+    params, meta = ckpt.load_params(path, template, kind=CHECKPOINT_KIND, hint=hint)
+    return bound["data"], bound["model"], params, meta
 
 
 def _misclassified_table(items: list[dict]) -> str:
@@ -864,25 +879,3 @@ def _misclassified_table(items: list[dict]) -> str:
         ],
         align="rrrrr",
     )
-
-
-def _checkpoint_config(path):
-    """(TrainConfig, meta) of a hw3_logreg_grid checkpoint, refusing anything else."""
-    if not path.exists():
-        raise ckpt.CheckpointError(
-            f"no checkpoint at {path}: it is written by hw3_logreg_grid; run `{GRID_COMMAND}` "
-            "first (or pass --checkpoint=PATH)"
-        )
-    _, meta = ckpt.load_flat(path)
-    if meta.get("kind") != CHECKPOINT_KIND:
-        raise ckpt.CheckpointError(
-            f"checkpoint {path} is of kind {meta.get('kind')!r}, not the logistic regression "
-            f"that hw3_logreg_grid saves ({CHECKPOINT_KIND!r}); run `{GRID_COMMAND}`"
-        )
-    try:
-        tcfg = TrainConfig.from_dict(meta["config"])
-    except (KeyError, TypeError, ValueError):
-        tcfg = None
-    if tcfg is None or tcfg.model != "logistic":
-        raise ckpt.CheckpointError(f"checkpoint {path} holds no logistic-regression config")
-    return tcfg, meta
