@@ -40,13 +40,20 @@ class RunDir(NamedTuple):
     workdir: Path
 
 
+# What every run publishes (run_experiment writes the first two, each experiment its report).
+RUN_OUTPUTS = ("config.json", "metrics.json", "report.md")
+
+
 def run_experiment(name: str, workdir: str | Path, overrides: dict | None = None) -> dict:
     """Runs experiment `name` into `workdir`; returns its metrics (also `metrics.json`).
 
     The config is built and checked first (`ConfigError` before anything is written). The
     run holds the workdir's lock, writes into a staging folder and publishes config.json,
     metrics.json, report, histories and figures together when it succeeds; a failed or
-    interrupted run leaves the workdir's earlier outputs as they were.
+    interrupted run leaves the workdir's earlier outputs as they were. Before the experiment
+    starts, a workdir it cannot take over is refused (`jaxlr.workdir.check_takeover`): the
+    published outputs of another experiment, or files no run wrote where config.json,
+    metrics.json or report.md go.
     """
     from jaxlr import workdir as jworkdir
 
@@ -56,7 +63,7 @@ def run_experiment(name: str, workdir: str | Path, overrides: dict | None = None
         # A multi-process run: every process computes, process 0 alone writes (and locks).
         with tempfile.TemporaryDirectory(prefix="jaxlr-process") as tmp:
             return EXPERIMENTS[name].fn(cfg, RunDir(Path(tmp), workdir))
-    with jworkdir.Staging(workdir) as stage:
+    with jworkdir.Staging(workdir, kind=name, outputs=RUN_OUTPUTS) as stage:
         out = stage.dir
         atomic_write_json(out / "config.json", report.jsonable({"experiment": name, **cfg.flat()}))
         t0 = time.perf_counter()

@@ -2,7 +2,7 @@
 
 Host side only. A run (one `python -m experiments.main ...` into `WORKDIR`) does
 
-    with workdir.Staging(WORKDIR) as out:       # lock, recover, make the staging folder
+    with workdir.Staging(WORKDIR, kind=NAME) as out:  # lock, check, recover, make staging
         write(out.path("config.json"))          # every output goes into out.dir
         ...                                     # checkpoints for resuming: WORKDIR itself
     # success: the staged set is now WORKDIR's outputs; an exception: nothing changed
@@ -13,8 +13,8 @@ On disk (`<id>` = `YYYYmmdd-HHMMSS-ffffff-<pid>`):
       .lock                 held with flock(LOCK_EX) by the running process; holds its pid,
                             host, start time and command (empty when released cleanly)
       .staging-<pid>/       the running process's outputs, not yet visible
-      .runs/<id>/           the published run: its files, and `.run.json` (id, pid, command,
-                            time, file list)
+      .runs/<id>/           the published run: its files, and `.run.json` (id, kind, pid,
+                            command, time, file list)
       latest -> .runs/<id>  THE commit point: switched atomically (`os.replace` of a link)
       config.json -> latest/config.json     one relative link per top-level name of the
       metrics.json -> latest/metrics.json   published run (files and subfolders), so
@@ -26,22 +26,32 @@ Publishing: the staged folder is fsynced and renamed to `.runs/<id>/`; links are
 the names the old run lacked (dangling, so invisible, until the switch); `latest` is
 switched (the commit: before it, every link resolves into the old run, after it into the new
 one); then links of names the new run lacks are removed and the older run folders deleted.
-A reader therefore sees either the whole old set or the whole new set, never a mix. A SIGINT
-that arrives during publishing takes effect right after it (the run is then published). A run
-that raises (fails, diverges, is interrupted) before the switch leaves the published files
-byte for byte as they were and removes its staging folder; a crash (SIGKILL, power loss)
-leaves garbage that the next run removes under the lock before it starts (staging folders,
-unpublished run folders, dangling links, temporary links).
+A reader therefore sees either the whole old set or the whole new set, never a mix. A signal
+that ends a run (SIGINT, SIGTERM, SIGHUP) arriving during publishing takes effect right after
+it (the run is then published). A run that raises (fails, diverges, is interrupted) before the
+switch leaves the published files byte for byte as they were and removes its staging folder;
+a crash (SIGKILL, power loss) leaves garbage that the next run removes under the lock before
+it starts (staging folders, run folders other than the one `latest` names, dangling output
+links, temporary links).
+
+Taking over: a run never deletes or overwrites what no run wrote. Before anything is written
+(so before training), under the lock, a `Staging` refuses with a one-line `WorkdirError`:
+- a `latest` that is not a link (a real file or folder), or a link that does not name an
+  existing run folder (nothing is deleted, not even the run folders in `.runs/`);
+- a published run of a different kind (the experiment, `Staging(kind=...)`, recorded in the
+  run's `.run.json`; older runs: the "experiment" of their config.json): one experiment's run
+  never replaces another's set; a run of the same kind replaces it as usual;
+- a top-level name of the published run, or one of the outputs the run announces
+  (`Staging(outputs=...)`), that is not the link this module keeps there (a real file or
+  folder, or a link elsewhere): it is the user's.
+`publish` checks every staged name the same way and refuses (nothing changed) rather than
+replace it. Other entries of the workdir are left alone: real subfolders such as the
+checkpoints a run writes in place for resuming, and real files no run publishes.
 
 Locking: `fcntl.flock` on `WORKDIR/.lock`. The kernel releases it when the process dies,
 so a lock file that still names a process but is not locked is stale: it is taken over with
 a one-line warning. A second run into a busy workdir (another process, or the same one) is
 refused at once with `WorkdirBusy`. flock is not reliable on every network file system.
-
-Migration: a workdir written before this module holds real files. A real file with the name
-of a published output is replaced by the link right after the switch (each file atomically,
-the set not); other real files are left alone (they are not this module's to delete). A
-real folder with the name of a published output is an error (it could be someone's data).
 """
 
 from __future__ import annotations
@@ -302,7 +312,9 @@ def _link_target(p: Path) -> str | None:
 def latest_run(path: str | os.PathLike) -> Path | None:
     """The folder of the published run of workdir `path` (`WORKDIR/.runs/<id>`), or None."""
     target = _link_target(Path(path) / LATEST_NAME)
-    if target is None:
+    if target is None or len(PurePosixPath(target).parts) != 2:
+        return None
+    if PurePosixPath(target).parts[0] != RUNS_NAME:  # a link this module did not make
         return None
     run = Path(path) / target
     return run if run.is_dir() else None
@@ -353,6 +365,12 @@ def recover(path: str | os.PathLike) -> list[str]:
             p.unlink()
             notes.append(f"removed the temporary link {p}")
     current = latest_run(workdir)
+    if os.path.lexists(workdir / LATEST_NAME) and current is None:
+        # Not a link to a run folder: which run folder is published is unknown, so none is
+        # garbage (`Staging` refuses such a workdir before calling this).
+        for note in notes:
+            log.warning("workdir recovery: %s", note)
+        return notes
     runs = workdir / RUNS_NAME
     if runs.is_dir():
         for entry in sorted(os.scandir(runs), key=lambda e: e.name):
@@ -370,6 +388,75 @@ def recover(path: str | os.PathLike) -> list[str]:
     return notes
 
 
+def _run_kind(run: Path) -> str | None:
+    """The kind of published run `run`: `.run.json` "kind", else config.json "experiment"."""
+    for name, key in ((RUN_INFO_NAME, "kind"), ("config.json", "experiment")):
+        try:
+            value = json.loads((run / name).read_text(encoding="utf-8")).get(key)
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(value, str) and value:
+            return value
+    return None
+
+
+def _not_ours(workdir: Path, name: str) -> str | None:
+    """What stands at top-level `name` if it is not this module's link (None: free or ours)."""
+    p = workdir / name
+    if not os.path.lexists(p):
+        return None
+    if p.is_symlink():
+        target = _link_target(p)
+        return None if target == f"{LATEST_NAME}/{name}" else f"a link to {target}"
+    return "a folder" if p.is_dir() else "a file"
+
+
+def check_takeover(
+    path: str | os.PathLike, kind: str | None = None, outputs: tuple[str, ...] = ()
+) -> None:
+    """Refuses a workdir that a run of `kind` announcing `outputs` cannot take over.
+
+    Call while holding the lock, before writing anything (see "Taking over" in the module
+    docstring). Changes nothing.
+
+    Raises:
+      WorkdirError: one line naming the path, what is there and what to do.
+    """
+    workdir = Path(path)
+    latest = workdir / LATEST_NAME
+    names: list[str] = []
+    if os.path.lexists(latest):
+        if not latest.is_symlink():
+            what = "folder" if latest.is_dir() else "file"
+            raise WorkdirError(
+                f"workdir {workdir}: {latest} exists and is not the link to the published run "
+                f"that runs keep there (a real {what}); nothing was changed: move it away or "
+                "choose another --workdir"
+            )
+        target = _link_target(latest) or ""
+        run = latest_run(workdir)
+        if run is None:
+            raise WorkdirError(
+                f"workdir {workdir}: its link {latest} points to {target}, which is not a run "
+                f"folder; nothing was changed (the folders in {workdir / RUNS_NAME} are kept): "
+                "restore the link or choose another --workdir"
+            )
+        published = _run_kind(run)
+        if kind and published and published != kind:
+            raise WorkdirError(
+                f"workdir {workdir} holds the published outputs of {published}; a run of "
+                f"{kind} would replace them: choose another --workdir"
+            )
+        names = published_names(workdir)
+    for name in sorted(set(names) | set(outputs)):
+        what = _not_ours(workdir, name)
+        if what is not None:
+            raise WorkdirError(
+                f"workdir {workdir}: {workdir / name} is {what} that no run published there; "
+                "a run would replace it: move it away or choose another --workdir"
+            )
+
+
 def _fsync_tree(root: Path) -> None:
     for folder, _, files in os.walk(root):
         for name in files:
@@ -384,24 +471,27 @@ def _fsync_tree(root: Path) -> None:
         io.fsync_dir(folder)
 
 
+_DEFERRED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # the signals that end a run
+
+
 @contextlib.contextmanager
 def _signals_deferred() -> Iterator[None]:
-    """Holds back SIGINT for the block; a SIGINT that came is re-sent right after it."""
+    """Holds back SIGINT, SIGTERM and SIGHUP for the block; each that came is re-sent after."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    received = []
-    previous = signal.getsignal(signal.SIGINT)
-    if previous is None:  # a handler installed outside Python: cannot be restored
-        yield
-        return
-    signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    received: list[int] = []
+    # A handler installed outside Python (None) cannot be restored: that signal is not held.
+    previous = {s: h for s in _DEFERRED if (h := signal.getsignal(s)) is not None}
+    for s in previous:
+        signal.signal(s, lambda signum, frame: received.append(signum))
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
-        if received:
-            os.kill(os.getpid(), signal.SIGINT)
+        for s, h in previous.items():
+            signal.signal(s, h)
+        for s in dict.fromkeys(received):
+            os.kill(os.getpid(), s)
 
 
 def _run_id(runs: Path) -> str:
@@ -437,10 +527,18 @@ class Staging:
     """One run's outputs: staged in `WORKDIR/.staging-<pid>/`, published as one set.
 
     Use as a context manager: entering takes the workdir's lock (`lock_workdir`; or uses the
-    one this thread holds through an enclosing `with lock_workdir(workdir)`), removes what a
-    crashed run left (`recover`) and creates the staging folder `dir`; leaving without an
-    exception publishes (unless `publish` or `discard` was called), leaving with one discards
-    the staged files and re-raises; a lock it took is released in every case.
+    one this thread holds through an enclosing `with lock_workdir(workdir)`), refuses what it
+    cannot take over (`check_takeover`), removes what a crashed run left (`recover`) and
+    creates the staging folder `dir`; leaving without an exception publishes (unless
+    `publish` or `discard` was called), leaving with one discards the staged files and
+    re-raises; a lock it took is released in every case.
+
+    Args:
+      workdir: the workdir.
+      kind: what kind of run this is (the experiment's name), recorded in `.run.json`; a
+        workdir whose published run is of another kind is refused on entering.
+      outputs: top-level names the run will publish, known in advance (checked on entering,
+        before the run's work, that nothing but this module's links stands there).
 
     Attributes:
       workdir: the workdir (Path). Files for resuming (checkpoints) go here, in place.
@@ -449,8 +547,12 @@ class Staging:
       run_dir: after `publish`, the published run's folder (`WORKDIR/.runs/<id>`).
     """
 
-    def __init__(self, workdir: str | os.PathLike):
+    def __init__(
+        self, workdir: str | os.PathLike, kind: str | None = None, outputs: tuple[str, ...] = ()
+    ):
         self.workdir = Path(workdir)
+        self.kind = kind
+        self.outputs = tuple(outputs)
         self.dir: Path | None = None
         self.lock: LockInfo | None = None
         self.run_dir: Path | None = None
@@ -468,6 +570,7 @@ class Staging:
             self.lock = cm.__enter__()
         self._lock_cm = cm
         try:
+            check_takeover(self.workdir, self.kind, self.outputs)
             recover(self.workdir)
             self.dir = self.workdir / f"{STAGING_PREFIX}{os.getpid()}"
             self.dir.mkdir()
@@ -530,28 +633,30 @@ class Staging:
           The published run's folder `WORKDIR/.runs/<id>`.
 
         Raises:
-          WorkdirError: a staged top-level name is reserved or collides with a real folder
-            of the workdir (nothing is changed, the staging stays open); or the staged set
-            could not be moved into place (nothing visible is changed).
+          WorkdirError: `latest` is not a link to a run folder, or a staged top-level name is
+            reserved or has something other than this module's link in the workdir (a real
+            file or folder, or a foreign link): nothing is changed, the staging stays open;
+            or the staged set could not be moved into place (nothing visible is changed).
         """
         self._require_open()
         workdir, staged = self.workdir, self.dir
         names = sorted(n for n in os.listdir(staged) if not n.startswith("."))
         latest = workdir / LATEST_NAME
-        if os.path.lexists(latest) and not latest.is_symlink():
+        if os.path.lexists(latest) and latest_run(workdir) is None:
             raise WorkdirError(
-                f"workdir {workdir}: cannot publish: {latest} exists and is not the link this "
-                "module keeps there; move it away"
+                f"workdir {workdir}: cannot publish: {latest} exists and is not the link to a "
+                "run folder that this module keeps there; move it away"
             )
         for name in names:
             check_output_name(name)  # e.g. a file written directly as dir / "latest"
-            p = workdir / name
-            if p.is_dir() and not p.is_symlink():
+            what = _not_ours(workdir, name)
+            if what is not None:
                 raise WorkdirError(
-                    f"workdir {workdir}: cannot publish {name!r}: a folder of that name exists "
+                    f"workdir {workdir}: cannot publish {name!r}: {what} of that name exists "
                     "in the workdir and was not published by a run; move it away"
                 )
         info = {
+            "kind": self.kind,
             "pid": self.lock.pid,
             "host": self.lock.host,
             "command": self.lock.command,
@@ -603,10 +708,6 @@ class Staging:
         # After the commit: failures here are logged; the next run's `recover` finishes.
         workdir = self.workdir
         try:
-            for name in names:
-                p = workdir / name
-                if _link_target(p) != f"{LATEST_NAME}/{name}":  # an older real file or link
-                    io.atomic_symlink(f"{LATEST_NAME}/{name}", p)
             keep = set(names)
             for name in _managed_links(workdir):
                 if name not in keep:

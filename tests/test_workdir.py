@@ -219,15 +219,106 @@ def test_real_latest_in_the_way_is_an_error(tmp_path):
     assert sorted(os.listdir(wd)) == [".lock", "latest"]
 
 
-def test_legacy_workdir_real_files_are_replaced_others_kept(tmp_path):
+def test_users_files_with_output_names_are_refused_before_the_run(tmp_path):
     wd = tmp_path / "wd"
     wd.mkdir()
-    (wd / "config.json").write_text("legacy config")
+    (wd / "report.md").write_text("my report")
+    (wd / "metrics.json").write_text("my metrics")
+    before = _snapshot(wd)
+    ran = []
+    with pytest.raises(workdir.WorkdirError, match=r"metrics.json is a file that no run"):
+        with workdir.Staging(wd, kind="x", outputs=("metrics.json", "report.md")):
+            ran.append(1)
+    assert not ran  # refused on entering: before the run's work
+    assert {k: v for k, v in _snapshot(wd).items() if k != ".lock"} == before
+
+
+@pytest.mark.parametrize("what", ["file", "folder", "foreign link"])
+def test_a_staged_name_over_what_no_run_wrote_is_refused_at_publish(tmp_path, what):
+    wd = tmp_path / "wd"
+    wd.mkdir()
     (wd / "notes.txt").write_text("mine")
+    if what == "file":
+        (wd / "config.json").write_text("legacy config")
+    elif what == "folder":
+        (wd / "config.json").mkdir()
+    else:
+        os.symlink("notes.txt", wd / "config.json")
+    before = _snapshot(wd)
+    with pytest.raises(workdir.WorkdirError, match=r"cannot publish 'config.json': a"):
+        _publish(wd, NEW)
+    after = _snapshot(wd)
+    assert {k: v for k, v in after.items() if k != ".lock"} == before
+
+
+def test_a_published_name_replaced_by_the_user_is_refused_on_entering(tmp_path):
+    wd = tmp_path / "wd"
+    _publish(wd, OLD)
+    (wd / "report.md").unlink()
+    (wd / "report.md").write_text("edited by hand")
+    before = _snapshot(wd)
+    with pytest.raises(workdir.WorkdirError, match=r"report.md is a file that no run"):
+        with workdir.Staging(wd):
+            pass
+    assert _snapshot(wd) == before
+
+
+@pytest.mark.parametrize("latest", ["regular file", "dangling link", "link elsewhere"])
+def test_a_broken_latest_is_refused_and_the_run_folder_kept(tmp_path, latest):
+    wd = tmp_path / "wd"
+    _publish(wd, OLD)
+    (wd / "latest").unlink()
+    if latest == "regular file":
+        (wd / "latest").write_text("oops")
+    elif latest == "dangling link":
+        os.symlink(".runs/20990101-000000-000000-1", wd / "latest")
+    else:
+        (wd / "elsewhere").mkdir()
+        os.symlink("elsewhere", wd / "latest")
+    before = _snapshot(wd)
+    ran = []
+    with pytest.raises(workdir.WorkdirError, match=r"nothing was changed") as err:
+        with workdir.Staging(wd):
+            ran.append(1)
+    assert not ran and "\n" not in str(err.value)
+    assert _snapshot(wd) == before  # the old run folder and every link are still there
+    assert workdir.recover(wd) == [] and _snapshot(wd) == before  # recover alone deletes none
+
+
+def test_a_run_of_another_kind_is_refused_the_same_kind_replaces(tmp_path):
+    wd = tmp_path / "wd"
+    with workdir.Staging(wd, kind="grid") as st:
+        io.atomic_write_text(st.path("report.md"), "grid")
+    info = (st.run_dir / workdir.RUN_INFO_NAME).read_text()
+    assert '"kind": "grid"' in info
+    before = _snapshot(wd)
+    with pytest.raises(workdir.WorkdirError, match=r"holds the published outputs of grid; a run"):
+        with workdir.Staging(wd, kind="mistakes"):
+            pass
+    assert _snapshot(wd) == before
+    with workdir.Staging(wd, kind="grid") as st:
+        io.atomic_write_text(st.path("report.md"), "grid again")
+    assert (wd / "report.md").read_text() == "grid again"
+
+
+def test_kind_of_an_older_run_is_its_config_experiment(tmp_path):
+    wd = tmp_path / "wd"
+    _publish(wd, {"config.json": '{"experiment": "grid"}\n'})
+    with pytest.raises(workdir.WorkdirError, match=r"published outputs of grid"):
+        with workdir.Staging(wd, kind="mistakes"):
+            pass
+
+
+def test_real_subfolders_for_resuming_stay_usable(tmp_path):
+    wd = tmp_path / "wd"
+    _publish(wd, OLD)
+    (wd / "ckpt").mkdir()
+    (wd / "ckpt" / "run.npz").write_bytes(b"state")
+    (wd / "run.npz").write_bytes(b"top-level state")
     _publish(wd, NEW)
-    assert (wd / "config.json").is_symlink()
-    assert (wd / "config.json").read_text() == NEW["config.json"]
-    assert (wd / "notes.txt").read_text() == "mine"
+    assert (wd / "ckpt" / "run.npz").read_bytes() == b"state"
+    assert (wd / "run.npz").read_bytes() == b"top-level state"
+    assert _visible(wd)["config.json"] == NEW["config.json"].encode()
 
 
 # ---------------------------------------------------------------------------------------------
