@@ -565,7 +565,9 @@ def hw3_logreg_grid(cfg: LogregGrid, run: RunDir) -> dict:
     }
     if cfg.optimum:
         metrics["optimum_test_correct"] = {f"{k:g}": v for k, v in optimum_test.items()}
-    table = report.markdown_table(*_grid_table(points), align="rrrrrrrrl", bold=(best,))
+    headers, rows = _grid_table(points)
+    align = "r" * (len(headers) - 1) + "l"  # the status column last
+    table = report.markdown_table(headers, rows, align=align, bold=(best,))
     sections = _grid_sections(cfg, tcfg, metrics, splits.num_train_images, table, opt_text)
     pos, neg = cfg.data.digits
     report.write_report(
@@ -585,6 +587,7 @@ def _save_best(path, cfg: LogregGrid, tcfg: TrainConfig, res, best: int, point: 
         meta={
             "experiment": "hw3_logreg_grid",
             "data": report.jsonable(dataclasses.asdict(cfg.data)),
+            "dataset": cfg.data.dataset,
             "digits": list(cfg.data.digits),
             "scale": cfg.data.scale,
             "bias_feature": cfg.data.bias_feature,
@@ -726,7 +729,8 @@ class Misclassified(ExperimentConfig):
     data: DataConfig = _LOGREG_DATA
     checkpoint: str = f"{GRID_WORKDIR}/{CHECKPOINT_NAME}"
     num_shown: int = 20
-    # Digits, scaling and the bias feature are the checkpoint's.
+    # Digits, scaling and the bias feature are the checkpoint's; its data set and dtype must
+    # be this run's (a mismatch is refused in one line naming the flag to add).
     FIXED: ClassVar = (
         "digits",
         "split",
@@ -760,7 +764,7 @@ def hw3_misclassified(cfg: Misclassified, run: RunDir) -> dict:
              the confidence |p - 0.5| + 0.5; with the default grid 60 of the 1000 images are
              wrong, the most confident mistake at about 91%.
     """
-    data_cfg, model, params, meta = _load_grid_checkpoint(cfg)
+    data_cfg, model, params, meta = _load_grid_checkpoint(cfg, run.workdir)
     pos, neg = data_cfg.digits
     names = {1: pos, 0: neg}
     images, x_test, y_test, test_idx = test_subset(data_cfg)
@@ -826,15 +830,24 @@ def hw3_misclassified(cfg: Misclassified, run: RunDir) -> dict:
     }
 
 
-def _load_grid_checkpoint(cfg: Misclassified):
+def _load_grid_checkpoint(cfg: Misclassified, workdir):
     """(data config, model, params, meta) of the checkpoint `cfg.checkpoint` names.
 
     One read: `load_params` refuses a missing, corrupt or foreign file; the template of the
-    weights is built from the checkpoint's own config and data settings.
+    weights is built from the checkpoint's own config and data settings. Refused too: a
+    checkpoint inside `workdir` (publishing this run could replace or remove it), and one
+    trained on another data set or dtype than this run's (the test images would not be the
+    ones it was trained for).
     """
     from pathlib import Path
 
     path = Path(cfg.checkpoint).expanduser()
+    inside = Path(workdir).resolve()
+    if path.resolve() == inside or inside in path.resolve().parents:
+        raise ckpt.CheckpointError(
+            f"--checkpoint={cfg.checkpoint} lies inside --workdir={workdir}, the folder this run "
+            "writes: give this run another --workdir (or copy the checkpoint out of it)"
+        )
     bound = {}
 
     def template(meta: dict):
@@ -844,6 +857,16 @@ def _load_grid_checkpoint(cfg: Misclassified):
             tcfg = None
         if tcfg is None or tcfg.model != "logistic":
             raise ckpt.CheckpointError(f"checkpoint {path} holds no logistic-regression config")
+        saved = meta.get("data") if isinstance(meta.get("data"), dict) else {}
+        for field in ("dataset", "dtype"):
+            # Every checkpoint hw3_logreg_grid writes says both; one that does not (made by
+            # hand) is taken as this run's (its weights' dtype is still checked on reading).
+            value = saved.get(field, meta.get(field))
+            if value is not None and value != getattr(cfg.data, field):
+                raise ckpt.CheckpointError(
+                    f"checkpoint {path} was trained with --{field}={value}, this run evaluates "
+                    f"with --{field}={getattr(cfg.data, field)}: add --{field}={value}"
+                )
         bound["data"] = dataclasses.replace(
             cfg.data,
             digits=tuple(meta["digits"]),

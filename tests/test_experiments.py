@@ -686,6 +686,15 @@ def test_hw3_misclassified_leaves_the_grid_workdir_untouched(run):
     assert any(k.endswith(hw3.CHECKPOINT_NAME) for k in r.grid_before)
 
 
+def test_hw3_grid_checkpoint_and_run_record_what_hw3_misclassified_checks(run):
+    r = run("hw3_logreg_grid")
+    _, meta = _grid_weights(r.workdir / hw3.CHECKPOINT_NAME)
+    assert meta["dataset"] == meta["data"]["dataset"] == "fake"
+    assert meta["dtype"] == meta["data"]["dtype"] == "float32"
+    info = json.loads((r.workdir / "latest" / ".run.json").read_text())
+    assert info["kind"] == "hw3_logreg_grid"
+
+
 # ---------------------------------------------------------------------------------------------
 # regularization_path.
 
