@@ -12,7 +12,8 @@ is one line on stderr naming the flag, the value and what is allowed, exit code 
 
 Exit codes: 0 done; 1 the run failed in an expected way (data files, workdir busy or not
 writable, divergence, a checkpoint of another kind), one line on stderr; 2 bad usage;
-130 interrupted (Ctrl-C). Anything else is a bug and keeps its traceback.
+130 interrupted (Ctrl-C; SIGTERM 143, SIGHUP 129: the same, one line). Anything else is
+a bug and keeps its traceback.
 
 JAX's persistent compilation cache is on (folder `$XDG_CACHE_HOME/jaxlr/xla`, or
 `~/.cache/jaxlr/xla`): a second run of the same experiment skips compilation. Turn it off
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 import textwrap
 from pathlib import Path
@@ -262,18 +264,23 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-def _interrupt_message() -> str:
+def _interrupt_message(signame: str = "") -> str:
+    how = f"interrupted by {signame}" if signame else "interrupted"
     parsed = _RUNNING.get("parsed")
     if parsed is None:
-        return "interrupted before the run started; nothing was written"
+        return f"{how} before the run started; nothing was written"
     where = f" at {_LastProgress.text}" if _LastProgress.text else " before the first epoch ended"
-    ckpt = getattr(parsed.config, "checkpoint", "")
-    resume = (
-        f"the checkpoint in {ckpt} is kept: the same command resumes"
-        if ckpt and parsed.experiment.name != "hw3_misclassified"
-        else "add --checkpoint=DIR to make a run resumable"
-    )
-    return f"interrupted{where}; {parsed.workdir} keeps its earlier outputs unchanged; {resume}"
+    exp = parsed.experiment
+    # hw3_misclassified's --checkpoint is its input, not a folder to resume from.
+    resumable = "checkpoint" in flag_fields(exp.config_cls) and exp.name != "hw3_misclassified"
+    ckpt = getattr(parsed.config, "checkpoint", "") if resumable else ""
+    if ckpt:
+        resume = f"the checkpoint in {ckpt} is kept: the same command resumes"
+    elif resumable:
+        resume = "add --checkpoint=DIR to make a run resumable"
+    else:
+        resume = f"{exp.name} does not resume: the same command runs it again from the start"
+    return f"{how}{where}; {parsed.workdir} keeps its earlier outputs unchanged; {resume}"
 
 
 def _expected_errors() -> tuple[type, ...]:
@@ -292,8 +299,19 @@ def _expected_errors() -> tuple[type, ...]:
     )
 
 
+_STOPPED_BY: list[int] = []
+
+
+def _stop(signum, frame):  # SIGTERM / SIGHUP end a run like Ctrl-C does
+    _STOPPED_BY.append(signum)
+    raise KeyboardInterrupt
+
+
 def run_main() -> None:
     argv = list(sys.argv)
+    for s in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(s) is signal.SIG_DFL:  # an ignored SIGHUP (nohup) stays ignored
+            signal.signal(s, _stop)
     try:
         code = main(argv)
     except (ConfigError, UsageError) as err:
@@ -303,8 +321,10 @@ def run_main() -> None:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         code = 0
     except KeyboardInterrupt:
-        sys.stderr.write(_interrupt_message() + "\n")
-        code = 130
+        signum = _STOPPED_BY[0] if _STOPPED_BY else signal.SIGINT
+        name = signal.Signals(signum).name if _STOPPED_BY else ""
+        sys.stderr.write(_interrupt_message(name) + "\n")
+        code = 128 + signum
     except _expected_errors() as err:
         sys.stderr.write(f"error: {err}\n")
         code = 1

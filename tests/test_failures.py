@@ -7,7 +7,9 @@ they were before.
 """
 
 import hashlib
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -184,3 +186,167 @@ def test_a_model_that_cannot_fit_is_refused_before_allocating(fake, tmp_path, ex
     line = _one_line(r.stderr)
     assert "needs about" in line and "is available" in line and "TiB" in line
     assert not (tmp_path / "wd" / "metrics.json").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# What a run may not take over, hw3_misclassified's checkpoint, signals that end a run.
+
+
+def _copy(workdir: Path, dest: Path) -> Path:
+    shutil.copytree(workdir, dest, symlinks=True)
+    return dest
+
+
+def test_users_own_files_in_the_workdir_are_refused_before_training(fake, tmp_path):
+    workdir = tmp_path / "mine"
+    workdir.mkdir()
+    (workdir / "report.md").write_text("my report")
+    (workdir / "metrics.json").write_text('{"mine": 1}')
+    r = _run(_cmd(fake, workdir, "--num_epochs=2"))
+    assert r.returncode == 1
+    line = _one_line(r.stderr)
+    assert "no run published there" in line and "move it away" in line, line
+    assert str(workdir / "metrics.json") in line
+    assert "epoch" not in r.stderr  # refused before training
+    assert (workdir / "report.md").read_text() == "my report"
+    assert (workdir / "metrics.json").read_text() == '{"mine": 1}'
+    assert sorted(os.listdir(workdir)) == [".lock", "metrics.json", "report.md"]
+
+
+@pytest.mark.parametrize("latest", ["regular file", "dangling link"])
+def test_a_broken_latest_link_is_refused_and_nothing_deleted(fake, finished, tmp_path, latest):
+    workdir = _copy(finished[0], tmp_path / "wd")
+    (workdir / "latest").unlink()
+    if latest == "regular file":
+        (workdir / "latest").write_text("not a link")
+    else:
+        os.symlink(".runs/20990101-000000-000000-1", workdir / "latest")
+    before = _snapshot(workdir)
+    r = _run(_cmd(fake, workdir, "--num_epochs=2"))
+    assert r.returncode == 1
+    line = _one_line(r.stderr)
+    assert str(workdir / "latest") in line and "nothing was changed" in line, line
+    assert "epoch" not in r.stderr
+    assert _snapshot(workdir) == before  # the published run folder is still there
+
+
+def test_sigterm_ends_a_run_like_ctrl_c(fake, finished, tmp_path):
+    workdir = _copy(finished[0], tmp_path / "wd")
+    before = _snapshot(workdir)
+    log = tmp_path / "err"
+    with log.open("w") as err:
+        proc = subprocess.Popen(
+            _cmd(fake, workdir, "--num_epochs=5000"),
+            cwd=REPO,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            env=_env(),
+        )
+    try:
+        _wait_for(proc, log, "epoch 3/5000")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    text = log.read_text()
+    assert "Traceback" not in text and "KeyboardInterrupt" not in text
+    last = text.strip().splitlines()[-1]
+    assert last.startswith("interrupted by SIGTERM at") and "unchanged" in last, last
+    assert _snapshot(workdir) == before  # staging folder removed, earlier outputs intact
+
+
+def test_interrupt_line_of_an_experiment_without_checkpoints():
+    from experiments import main as launcher
+
+    saved = dict(launcher._RUNNING)
+    try:
+        for name, expected in (
+            ("hw3_logreg_grid", "hw3_logreg_grid does not resume"),
+            ("hw3_misclassified", "hw3_misclassified does not resume"),
+            ("tdt4265_task2", "add --checkpoint=DIR"),
+        ):
+            parsed = launcher.parse(["main", f"--experiment={name}", "--workdir=w"])
+            launcher._RUNNING["parsed"] = parsed
+            line = launcher._interrupt_message()
+            assert expected in line, line
+            if name.startswith("hw3"):
+                assert "--checkpoint" not in line, line
+    finally:
+        launcher._RUNNING.clear()
+        launcher._RUNNING.update(saved)
+
+
+@pytest.fixture(scope="module")
+def grid(fake, tmp_path_factory):
+    """A finished hw3_logreg_grid workdir (without the optimum: its report table too)."""
+    workdir = tmp_path_factory.mktemp("grid") / "wd"
+    flags = ["--smoke", "--num_train=2000", "--num_val=1000", "--nooptimum"]
+    r = _run(_cmd(fake, workdir, *flags, experiment="hw3_logreg_grid"))
+    assert r.returncode == 0, r.stderr
+    return workdir
+
+
+def test_grid_without_the_optimum_publishes_its_report(grid):
+    text = (grid / "report.md").read_text()
+    assert "| lambda | lr | val accuracy |" in text and "| gap |" not in text
+    assert (grid / "logreg_best.npz").exists() and (grid / "metrics.json").exists()
+
+
+def _mis_cmd(fake, workdir, checkpoint, *flags):
+    return [
+        sys.executable, "-m", "experiments.main", "--experiment=hw3_misclassified",
+        f"--workdir={workdir}", f"--data_dir={fake}", f"--checkpoint={checkpoint}",
+        "--num_test=20", "--nocompilation_cache", *flags,
+    ]  # fmt: skip
+
+
+def test_misclassified_into_the_grids_workdir_is_refused(fake, grid):
+    before = _snapshot(grid)
+    r = _run(_mis_cmd(fake, grid, grid / "logreg_best.npz", "--dataset=fake"))
+    assert r.returncode == 1
+    line = _one_line(r.stderr)
+    assert "holds the published outputs of hw3_logreg_grid" in line, line
+    assert "hw3_misclassified" in line and "--workdir" in line
+    assert _snapshot(grid) == before
+
+
+def test_misclassified_checkpoint_inside_its_workdir_is_refused(fake, grid, tmp_path):
+    workdir = tmp_path / "mis"
+    (workdir / "in").mkdir(parents=True)
+    ckpt = workdir / "in" / "logreg_best.npz"
+    ckpt.write_bytes((grid / "logreg_best.npz").read_bytes())
+    r = _run(_mis_cmd(fake, workdir, ckpt, "--dataset=fake"))
+    assert r.returncode == 1
+    line = _one_line(r.stderr)
+    assert f"--checkpoint={ckpt} lies inside --workdir={workdir}" in line, line
+    assert ckpt.read_bytes() == (grid / "logreg_best.npz").read_bytes()
+    assert not (workdir / "metrics.json").exists()
+
+
+@pytest.mark.parametrize(
+    "flags, expected",
+    [
+        (
+            (),
+            "trained with --dataset=fake, this run evaluates with --dataset=mnist: "
+            "add --dataset=fake",
+        ),
+        (("--dataset=fake", "--dtype=float64"), "add --dtype=float32"),
+    ],
+)
+def test_misclassified_refuses_another_data_set_or_dtype(fake, grid, tmp_path, flags, expected):
+    workdir = tmp_path / "mis"
+    r = _run(_mis_cmd(fake, workdir, grid / "logreg_best.npz", *flags))
+    assert r.returncode == 1
+    assert expected in _one_line(r.stderr)
+    assert not (workdir / "metrics.json").exists()
+
+
+def test_misclassified_on_the_checkpoints_data_set(fake, grid, tmp_path):
+    workdir = tmp_path / "mis"
+    r = _run(_mis_cmd(fake, workdir, grid / "logreg_best.npz", "--dataset=fake"))
+    assert r.returncode == 0, r.stderr
+    m = json.loads((workdir / "metrics.json").read_text())
+    assert m["test_total"] == 20
+    assert json.loads((workdir / "config.json").read_text())["dataset"] == "fake"
