@@ -244,21 +244,104 @@ def test_lbfgs_and_newton_cg_agree():
 def test_warm_start_per_lambda_and_no_recompile(monkeypatch):
     x_ND, y_N = _data("logistic")
     model = _model("logistic", x_ND, l2_convention="sum", l2_bias=False)
-    counted = testing.count_traces(solver._solve_impl)
-    monkeypatch.setattr(solver, "_solve_impl", counted)
-    # Shapes unique to this test, so the compiled path is not shared with another test.
+    counted = testing.count_traces(solver._path_iteration)
+    monkeypatch.setattr(solver, "_path_iteration", counted)
+    # Shapes unique to this test, so the compiled iterations are not shared with another test.
     l2_L = np.array([0.01, 0.1, 1.0, 10.0, 100.0])
     cold = solver.solve_path(model, x_ND, y_N, l2_L)
     traces = counted.count
-    assert traces == 1 and bool(jnp.all(cold.converged))
+    # One program per block size the active lambdas were compacted into: 5, 4, 2, 1 at most.
+    assert 1 <= traces <= 4 and bool(jnp.all(cold.converged))
     warm = solver.solve_path(model, x_ND, y_N, l2_L, params0=cold.params)
-    assert counted.count == traces + 1  # a batched start is another compiled function
+    assert counted.count == traces  # nothing runs: every warm-started lambda is done
     assert np.all(np.asarray(warm.iterations) == 0)
     testing.assert_tree_allclose(warm.params, cold.params)  # untouched, bit for bit
-    # A new grid of the same size reuses both compiled functions.
-    solver.solve_path(model, x_ND, y_N, l2_L * 1.5)
+    # A new grid of the same size reuses the compiled iterations.
+    again = solver.solve_path(model, x_ND, y_N, l2_L * 1.5)
     solver.solve_path(model, x_ND, y_N, l2_L * 1.5, params0=cold.params)
-    assert counted.count == traces + 1
+    assert bool(jnp.all(again.converged)) and counted.count <= 4
+
+
+def test_path_lambdas_leave_the_batch_when_done(monkeypatch, caplog):
+    """Each lambda takes exactly its single-solve iterations; the blocks shrink as they stop."""
+    x_ND, y_N = _data("softmax", seed=3)
+    model = _model("softmax", x_ND, l2_convention="sum", l2_bias=True)
+    sizes = []
+    real = solver._path_iteration_jit
+
+    def spy(model, max_cg_iter, c_B, *args):
+        sizes.append(int(c_B.it.shape[0]))
+        return real(model, max_cg_iter, c_B, *args)
+
+    monkeypatch.setattr(solver, "_path_iteration_jit", spy)
+    monkeypatch.setattr(solver, "PROGRESS_SECONDS", 0.0)
+    l2_L = np.array([3.0, 0.3, 0.03, 0.003, 0.0003])
+    with caplog.at_level("INFO", logger="jaxlr.solver"):
+        path = solver.solve_path(model, x_ND, y_N, l2_L, max_iter=500)
+    iters = [
+        int(solver.solve(model, None, x_ND, y_N, lam, max_iter=500).iterations) for lam in l2_L
+    ]
+    assert [int(i) for i in path.iterations] == iters and bool(jnp.all(path.converged))
+    assert len(sizes) == max(iters) and sizes == sorted(sizes, reverse=True)
+    assert sizes[0] == 5 and sizes[-1] == 1  # the slowest lambda ran alone at the end
+    lines = [r.getMessage() for r in caplog.records]
+    assert any("lambdas left" in m for m in lines) and "5 lambdas in" in lines[-1]
+    # progress=False is silent.
+    caplog.clear()
+    with caplog.at_level("INFO", logger="jaxlr.solver"):
+        solver.solve_path(model, x_ND, y_N, l2_L[:2], progress=False)
+    assert not caplog.records
+
+
+def _certified(model, x_ND, y_N, mask_N=None):
+    params = model.init(jax.random.key(0))
+    return bool(solver._one_class_certificate(model, params, x_ND, y_N, mask_N))
+
+
+def _one_class_data(bias):
+    """Non-separable data in which feature 0 rises above its minimum only in class 2."""
+    x_ND, y_N = _data("softmax", n=90, bias=bias)
+    x_ND = x_ND.copy()
+    x_ND[:, 0] = np.where(y_N == 2, 1.0 + np.arange(90) % 3, 1.0)
+    return x_ND, y_N
+
+
+@pytest.mark.parametrize("bias", ["trick", "explicit"])
+def test_one_class_feature_certifies_no_finite_optimum_without_iterating(bias):
+    x_ND, y_N = _one_class_data(bias)
+    model = _model("softmax", x_ND, bias=bias)
+    # The certificate's direction: class 2's weight of feature 0 up, its bias down by 1.
+    assert bool(_certified(model, x_ND, y_N))
+    path = solver.solve_path(model, x_ND, y_N, np.array([0.0, 0.1]))
+    assert bool(path.no_finite_optimum[0]) and not bool(path.converged[0])
+    assert int(path.iterations[0]) == 0 and int(path.hvps[0]) == 0
+    assert bool(path.converged[1]) and not bool(path.no_finite_optimum[1])
+    one = solver.solve(model, None, x_ND, y_N, 0.0)
+    assert bool(one.no_finite_optimum) and int(one.iterations) == 0
+    # Along the direction the objective keeps falling: no finite point is optimal.
+    f = _objective(model, x_ND, y_N, 0.0)
+    d = jax.tree.map(jnp.zeros_like, path.params)
+    d = jax.tree.map(lambda a: a[0], d)
+    d["w"] = d["w"].at[0, 2].set(1.0)
+    if bias == "trick":
+        d["w"] = d["w"].at[-1, 2].set(-1.0)
+    else:
+        d["b"] = d["b"].at[2].set(-1.0)
+    vals = [float(f(jax.tree.map(lambda a, t=t: t * a, d))) for t in (0.0, 1.0, 10.0, 100.0)]
+    assert vals == sorted(vals, reverse=True) and vals[-1] < vals[0]
+
+
+def test_no_certificate_when_two_classes_share_every_feature():
+    x_ND, y_N = _data("softmax")
+    model = _model("softmax", x_ND)
+    assert not bool(_certified(model, x_ND, y_N))
+    # Masking out the other classes' examples of feature 0 does not count them.
+    x1, y1 = _one_class_data("trick")
+    x1[0, 0], y1[0] = 5.0, 0
+    assert not bool(_certified(model, x1, y1))
+    mask = np.ones(len(y1))
+    mask[0] = 0
+    assert _certified(model, x1, y1, mask)
 
 
 @pytest.mark.parametrize("method", solver.METHODS)
