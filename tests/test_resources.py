@@ -29,7 +29,7 @@ def _data(n=40, v=20, d=10, dtype=np.float32):
 @pytest.mark.parametrize(
     "config, d, expected",
     [
-        # Counted by hand from the layouts in jaxlr/models.py.
+        # Counted by hand from the layouts in jaxlr/core/models.py.
         (TrainConfig(model="logistic"), 785, 785),
         (TrainConfig(model="logistic", bias="explicit"), 784, 784 + 1),
         (TrainConfig(model="softmax"), 785, 785 * 10),
