@@ -1,7 +1,7 @@
 """Benchmark: the hand-derived gradient step against the jax.grad step, both jitted.
 
 One SGD step ``params - lr * grad`` of the objective (mean cross-entropy + lambda R(w)),
-with the gradient from ``jaxlr.gradients`` (analytic) or from ``jax.grad`` of the
+with the gradient from ``jaxlr.core.gradients`` (analytic) or from ``jax.grad`` of the
 model's loss (autodiff). Each step is compiled first (warm-up calls), then timed call
 by call with ``block_until_ready``; the table gives the median and the interquartile
 range in milliseconds, and the ratio of the medians (jax.grad / analytic: above 1
@@ -29,7 +29,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from jaxlr import objective, testing  # noqa: E402
+from jaxlr.core import objective, testing  # noqa: E402
 
 # name -> (make_model kwargs, batch size)
 CASES = {

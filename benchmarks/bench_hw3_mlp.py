@@ -7,7 +7,7 @@ dropped). Measured, each the best of `--repeats` interleaved rounds (the least d
 other processes on a shared machine):
 
   * jaxlr, `--grad=analytic` and `--grad=autodiff`: one epoch of the training engine
-    (`jaxlr.train.make_engine(...).run`, the compiled `lax.scan` over the epoch that
+    (`jaxlr.engine.train.make_engine(...).run`, the compiled `lax.scan` over the epoch that
     `hw3_mlp` runs), compiled beforehand; checks are scheduled outside the timed epoch, so
     this is the update alone;
   * PyTorch on the CPU (`benchmarks/torch_mlp.py`, run by the Python of its own environment,
@@ -47,9 +47,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks.bench_sweep import peak_matmul_flops
-from jaxlr import data as jdata
-from jaxlr.config import TrainConfig, make_hparams
-from jaxlr.train import Data, make_engine, model_for
+from jaxlr.data import images as jimages
+from jaxlr.data import registry as jregistry
+from jaxlr.engine import batches as jbatches
+from jaxlr.engine.config import TrainConfig, make_hparams
+from jaxlr.engine.step import Data
+from jaxlr.engine.train import make_engine, model_for
 
 HERE = Path(__file__).resolve().parent
 SIZES = (784, 3136, 1568, 10)
@@ -125,7 +128,7 @@ class JaxlrEpoch:
 
     def __init__(self, grad: str, data: Data):
         n = int(data.x_train.shape[0])
-        m = jdata.num_batches(n, 32)
+        m = jbatches.num_batches(n, 32)
         self.config = hw3_config(grad, m)
         self.model = model_for(self.config, SIZES[0], jnp.float32)
         self.engine = make_engine(self.config, self.model, n)
@@ -180,9 +183,9 @@ def main() -> None:
     parser.add_argument("--out", default="", help="write the results as JSON here")
     args = parser.parse_args()
 
-    ds = jdata.load_dataset("mnist", args.data_dir)
-    x_tr = jdata.preprocess(ds.x_train[: args.num_train], scale="unit", bias=False)
-    x_te = jdata.preprocess(ds.x_test, scale="unit", bias=False)
+    ds = jregistry.load_dataset("mnist", args.data_dir)
+    x_tr = jimages.preprocess(ds.x_train[: args.num_train], scale="unit", bias=False)
+    x_te = jimages.preprocess(ds.x_test, scale="unit", bias=False)
     y_tr = np.asarray(ds.y_train[: args.num_train], np.int32)
     y_te = np.asarray(ds.y_test, np.int32)
     data = Data(

@@ -49,10 +49,11 @@ jax.config.update("jax_enable_x64", True)
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from jaxlr import data as jdata  # noqa: E402
-from jaxlr import solver  # noqa: E402
-from jaxlr.io import atomic_write_json  # noqa: E402
-from jaxlr.objective import make_model  # noqa: E402
+from jaxlr.core import solver  # noqa: E402
+from jaxlr.core.objective import make_model  # noqa: E402
+from jaxlr.data import images as jimages  # noqa: E402
+from jaxlr.data import registry as jregistry  # noqa: E402
+from jaxlr.host.io import atomic_write_json  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 LAMBDAS_L = np.logspace(0, -4, 32)
@@ -60,9 +61,9 @@ LAMBDAS_L = np.logspace(0, -4, 32)
 
 def load_9_vs_4(data_dir):
     """(x_ND, y_N) in float64 with the bias feature: the hw3_logreg_grid training set."""
-    ds = jdata.load_dataset("mnist", data_dir, download=False)
-    x, y = jdata.binary_subset(ds.x_train[:50000], ds.y_train[:50000], positive=9, negative=4)
-    return jdata.preprocess(x, scale="unit", bias=True, dtype=np.float64), np.asarray(y, np.int32)
+    ds = jregistry.load_dataset("mnist", data_dir, download=False)
+    x, y = jimages.binary_subset(ds.x_train[:50000], ds.y_train[:50000], positive=9, negative=4)
+    return jimages.preprocess(x, scale="unit", bias=True, dtype=np.float64), np.asarray(y, np.int32)
 
 
 class JaxlrPath:

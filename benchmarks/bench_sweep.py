@@ -4,14 +4,14 @@ For K in {1, 4, 16, 64, 256} points of the `tdt4265_task2` protocol (logistic re
 2 vs 3, 50 epochs, no shuffling) and of `tdt4265_task3` (softmax, ten digits, shuffling; a few
 epochs, `--task3_epochs`), every point a different learning rate and L2 lambda, one seed:
 
-  * sweep first call: `jaxlr.sweep.run_sweep` with empty compilation caches (compilation,
+  * sweep first call: `jaxlr.engine.sweep.run_sweep` with empty compilation caches (compilation,
     training, evaluation and the per-point histories: what a user waits for);
   * sweep steady state: `run_sweep` on a new grid of the same size (no recompilation),
     every K of a task timed in interleaved rounds in one process (`steady_worker`: the same
     load from other processes for every K, so the time per point compares across K), the
     best of `--repeats` rounds; "train" is the training loop alone
     (`SweepResult.wall_seconds`);
-  * K sequential `jaxlr.train.fit` runs (each call compiles: `fit` builds its jitted
+  * K sequential `jaxlr.engine.train.fit` runs (each call compiles: `fit` builds its jitted
     functions per call) and K sequential runs of the engine compiled once
     (`jit(engine.run)` on the whole run, called once per point);
   * K sequential runs of the plain NumPy baseline (`benchmarks/numpy_baseline.py`, float32
@@ -106,7 +106,7 @@ def sustained_matmul_flops(seconds: float = 2.0, n: int = 2048) -> float:
 
 def sweep_flops(tcfg, num_train: int, num_val: int, num_features: int) -> float:
     """Matrix-product FLOPs of one point of a linear model's full run (see module doc)."""
-    from jaxlr.train import schedule_numbers
+    from jaxlr.engine.step import schedule_numbers
 
     k = 1 if tcfg.model == "logistic" else tcfg.num_classes
     m, e, steps = schedule_numbers(tcfg, num_train)
@@ -161,10 +161,12 @@ def worker(task: str, k: int, args) -> dict:
 
     from experiments import registry  # noqa: F401  (registers the experiments)
     from experiments.common import load_data, make_config, train_config
-    from jaxlr import sweep
-    from jaxlr.config import make_hparams
-    from jaxlr.data import epoch_batches
-    from jaxlr.train import fit, keys_for, make_engine
+    from jaxlr.engine import grid as jgrid
+    from jaxlr.engine import sweep as jsweep
+    from jaxlr.engine.batches import epoch_batches
+    from jaxlr.engine.config import make_hparams
+    from jaxlr.engine.step import keys_for
+    from jaxlr.engine.train import fit, make_engine
 
     overrides = {"data_dir": args.data_dir, "dtype": "float32"}
     if task == "task3":
@@ -181,17 +183,17 @@ def worker(task: str, k: int, args) -> dict:
 
     # Sweep: first call with empty caches, then new grids of the same size.
     jax.clear_caches()
-    sweep.sweep_functions.cache_clear()
-    sweep._default_model.cache_clear()
-    grid_a = sweep.grid_from_points(grid_points(k, task), dtype=np.float32)
+    jsweep.sweep_functions.cache_clear()
+    jsweep._default_model.cache_clear()
+    grid_a = jgrid.grid_from_points(grid_points(k, task), dtype=np.float32)
     t0 = time.perf_counter()
-    res = sweep.run_sweep(tcfg, grid_a, data, log_fn=quiet)
+    res = jsweep.run_sweep(tcfg, grid_a, data, log_fn=quiet)
     out["sweep_first_s"] = time.perf_counter() - t0
     steady, train = [], []
     for r in range(args.repeats):
-        grid_b = sweep.grid_from_points(grid_points(k, task, 0.01 * (r + 1)), dtype=np.float32)
+        grid_b = jgrid.grid_from_points(grid_points(k, task, 0.01 * (r + 1)), dtype=np.float32)
         t0 = time.perf_counter()
-        res_b = sweep.run_sweep(tcfg, grid_b, data, log_fn=quiet)
+        res_b = jsweep.run_sweep(tcfg, grid_b, data, log_fn=quiet)
         steady.append(time.perf_counter() - t0)
         train.append(res_b.wall_seconds)
     out["sweep_steady_s"] = min(steady)
@@ -225,7 +227,7 @@ def worker(task: str, k: int, args) -> dict:
     per, runs = _timed_loop(fit_run, k, args.max_seq_seconds)
     out.update(fit_per_run_s=per, fit_runs=runs, fit_loop_s=per * k)
 
-    model = sweep._default_model(tcfg, d, np.dtype(np.float32))
+    model = jsweep._default_model(tcfg, d, np.dtype(np.float32))
     engine = make_engine(tcfg, model, n)
     jdata = type(data)(*(jnp.asarray(a) for a in data))
     hp0 = make_hparams(0.01, 0.0, dtype=jnp.float32)
@@ -259,7 +261,8 @@ def steady_worker(task: str, ks: list[int], args) -> dict:
 
     from experiments import registry  # noqa: F401  (registers the experiments)
     from experiments.common import load_data, make_config, train_config
-    from jaxlr import sweep
+    from jaxlr.engine import grid as jgrid
+    from jaxlr.engine import sweep as jsweep
 
     overrides = {"data_dir": args.data_dir, "dtype": "float32"}
     if task == "task3":
@@ -270,16 +273,16 @@ def steady_worker(task: str, ks: list[int], args) -> dict:
     quiet = lambda msg: None  # noqa: E731
 
     def grid(k: int, offset: float):
-        return sweep.grid_from_points(grid_points(k, task, offset), dtype=np.float32)
+        return jgrid.grid_from_points(grid_points(k, task, offset), dtype=np.float32)
 
     for k in ks:
-        sweep.run_sweep(tcfg, grid(k, 0.0), data, log_fn=quiet)  # compile
+        jsweep.run_sweep(tcfg, grid(k, 0.0), data, log_fn=quiet)  # compile
     best = {k: (float("inf"), float("inf")) for k in ks}
     rates = []
     for r in range(args.repeats):
         for k in ks:
             t0 = time.perf_counter()
-            res = sweep.run_sweep(tcfg, grid(k, 0.01 * (r + 1)), data, log_fn=quiet)
+            res = jsweep.run_sweep(tcfg, grid(k, 0.01 * (r + 1)), data, log_fn=quiet)
             wall = time.perf_counter() - t0
             best[k] = min(best[k], (wall, res.wall_seconds))
         rates.append(sustained_matmul_flops(1.0))
@@ -519,7 +522,7 @@ def main() -> int:
     for line in targets(rows_by_task, peak):
         print("- " + line)
     if args.out:
-        from jaxlr.io import atomic_write_json
+        from jaxlr.host.io import atomic_write_json
 
         atomic_write_json(args.out, {"peak_flops": peak, "rows": rows_by_task})
     return 0

@@ -55,14 +55,16 @@ def load_task2(data_dir: str):
     """The tdt4265_task2 data (library calls only): Data of float32 arrays."""
     import numpy as np
 
-    from jaxlr import data as jd
-    from jaxlr.train import Data
+    from jaxlr.data import images as jimages
+    from jaxlr.data import registry as jregistry
+    from jaxlr.data import splits as jsplits
+    from jaxlr.engine.step import Data
 
-    ds = jd.load_dataset("mnist", data_dir, download=False)
-    sp = jd.tdt4265_split(ds, (2, 3))
+    ds = jregistry.load_dataset("mnist", data_dir, download=False)
+    sp = jsplits.tdt4265_split(ds, (2, 3))
 
     def prep(x):
-        return jd.preprocess(x, dtype=np.float32)
+        return jimages.preprocess(x, dtype=np.float32)
 
     return Data(
         prep(sp.x_train),
@@ -76,8 +78,9 @@ def case_setup(case: str, args):
     """(TrainConfig, Grid, prune rule) of a case."""
     import numpy as np
 
-    from jaxlr import search, sweep
-    from jaxlr.config import TrainConfig
+    from jaxlr.engine import grid as jgrid
+    from jaxlr.engine import halving as jhalving
+    from jaxlr.engine.config import TrainConfig
 
     es = not case.endswith("_off")
     case = case.removesuffix("_fixed")
@@ -92,14 +95,14 @@ def case_setup(case: str, args):
     lrs = tuple(np.geomspace(1e-3, 1.0, 16))
     prune = None
     if case.startswith("grid64"):
-        grid = sweep.make_grid(learning_rate=lrs, l2=(0.0, 1e-4, 1e-3, 1e-2), dtype=np.float32)
+        grid = jgrid.make_grid(learning_rate=lrs, l2=(0.0, 1e-4, 1e-3, 1e-2), dtype=np.float32)
     elif case.startswith("grid256"):
         l2s = (0.0,) + tuple(np.geomspace(1e-4, 1e-2, 15))
-        grid = sweep.make_grid(learning_rate=lrs, l2=l2s, dtype=np.float32)
+        grid = jgrid.make_grid(learning_rate=lrs, l2=l2s, dtype=np.float32)
     elif case.startswith("random64"):
-        grid = search.random_points(64, (1e-3, 1.0), (1e-4, 1e-2), seed=0, dtype=np.float32)
+        grid = jgrid.random_points(64, (1e-3, 1.0), (1e-4, 1e-2), seed=0, dtype=np.float32)
         if case.endswith("halving"):
-            prune = search.Halving(args.rung_epochs, args.keep_fraction)
+            prune = jhalving.Halving(args.rung_epochs, args.keep_fraction)
     else:
         raise ValueError(f"unknown case {case!r}")
     return cfg, grid, prune
@@ -110,15 +113,16 @@ def worker(case: str, args) -> dict:
     t_start = time.perf_counter()
     import numpy as np
 
-    from jaxlr import sweep
+    from jaxlr.engine import sweep as jsweep
+    from jaxlr.report import tables
 
     if args.ladder:
-        sweep.LADDER_STEPS_PER_OCTAVE = args.ladder
+        jsweep.LADDER_STEPS_PER_OCTAVE = args.ladder
     data = load_task2(args.data_dir)
     cfg, grid, prune = case_setup(case, args)
     t0 = time.perf_counter()
     compact = not case.endswith("_fixed")
-    res = sweep.run_sweep(cfg, grid, data, prune=prune, compact=compact, log_fn=lambda m: None)
+    res = jsweep.run_sweep(cfg, grid, data, prune=prune, compact=compact, log_fn=lambda m: None)
     best = res.best_index("val_loss")
     return {
         "case": case,
@@ -135,7 +139,7 @@ def worker(case: str, args) -> dict:
         "best_point": grid.point(best),
         "num_stopped": int(res.early_stopping["stopped"].sum()),
         "num_pruned": int((res.pruned_rung >= 0).sum()) if res.pruned_rung is not None else 0,
-        "table_csv": sweep.table_csv(res),
+        "table_csv": tables.sweep_csv(res),
         "mean_steps": float(np.mean(res.metrics["steps"])),
     }
 
@@ -253,7 +257,7 @@ def main(argv=None) -> int:
             summary[p].update(compare_tables(first[a]["table_csv"], first[b]["table_csv"]))
         print(f"{p}: " + json.dumps(summary[p]), flush=True)
     if args.out:
-        from jaxlr.io import atomic_write_json
+        from jaxlr.host.io import atomic_write_json
 
         atomic_write_json(args.out, {"summary": summary, "runs": runs, "args": vars(args)})
     return 0

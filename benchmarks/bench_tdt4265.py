@@ -39,9 +39,10 @@ import numpy as np  # noqa: E402
 from benchmarks import numpy_baseline as nb  # noqa: E402
 from experiments import registry  # noqa: E402, F401  (registers the experiments)
 from experiments.common import load_data, make_config, train_config  # noqa: E402
-from jaxlr.config import make_hparams  # noqa: E402
-from jaxlr.data import epoch_batches  # noqa: E402
-from jaxlr.train import Data, fit, keys_for, make_engine, model_for  # noqa: E402
+from jaxlr.engine.batches import epoch_batches  # noqa: E402
+from jaxlr.engine.config import make_hparams  # noqa: E402
+from jaxlr.engine.step import Data, keys_for  # noqa: E402
+from jaxlr.engine.train import fit, make_engine, model_for  # noqa: E402
 
 TASKS = {"task2": "tdt4265_task2", "task3": "tdt4265_task3"}
 # Agreement tolerances: (relative on losses, absolute on accuracies; 1e-3 is two of the

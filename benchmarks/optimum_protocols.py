@@ -1,6 +1,6 @@
 """The exact optima and gradient-descent limits of the course protocols (issue 13's numbers).
 
-For each convex protocol, solved in float64 with `jaxlr.solver` (Newton-CG, ||grad|| <= 1e-10):
+For each convex protocol, solved in float64 with `jaxlr.core.solver` (Newton-CG, ||grad|| <= 1e-10):
 
   * hw3_logreg_grid: logistic regression 9 (label 1) vs 4 (label 0), pixels / 255, bias
     feature, penalty lambda * sum w^2 without the bias, training images = the first 50,000
@@ -12,7 +12,7 @@ For each convex protocol, solved in float64 with `jaxlr.solver` (Newton-CG, ||gr
   * tdt4265_task2: logistic 2 (label 1) vs 3 among the first 20,000 training images, pixels
     scaled to [-1, 1], bias feature, lambda 0 (and 0.01; penalty sum w^2 with the bias):
     whether a finite optimum exists (lambda 0 on separable data has none); at lambda 0.01 the
-    gap of the engine's run (`jaxlr.train.fit`, the task's SGD protocol) to the optimum.
+    gap of the engine's run (`jaxlr.engine.train.fit`, the task's SGD protocol) to the optimum.
   * tdt4265_task4: softmax regression, 10 classes, first 20,000 training images, [-1, 1],
     bias feature, penalty lambda * sum w^2 with the bias, lambda 0, 0.001, 0.01, 0.1, 1.
 
@@ -37,33 +37,35 @@ jax.config.update("jax_enable_x64", True)
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from jaxlr import data as jdata  # noqa: E402
-from jaxlr import solver  # noqa: E402
-from jaxlr.config import TrainConfig, make_hparams  # noqa: E402
-from jaxlr.io import atomic_write_json  # noqa: E402
-from jaxlr.objective import make_model  # noqa: E402
-from jaxlr.train import Data, fit  # noqa: E402
+from jaxlr.core import solver  # noqa: E402
+from jaxlr.core.objective import make_model  # noqa: E402
+from jaxlr.data import images as jimages  # noqa: E402
+from jaxlr.data import registry as jregistry  # noqa: E402
+from jaxlr.engine.config import TrainConfig, make_hparams  # noqa: E402
+from jaxlr.engine.step import Data  # noqa: E402
+from jaxlr.engine.train import fit  # noqa: E402
+from jaxlr.host.io import atomic_write_json  # noqa: E402
 
 F64 = jnp.float64
 
 
 def hw3_data(data_dir):
     """(x_ND, y_N, x_test_ND, y_test_N) of the hw3_logreg_grid protocol, float64."""
-    ds = jdata.load_dataset("mnist", data_dir, download=False)
-    xtr, ytr = jdata.binary_subset(ds.x_train[:50000], ds.y_train[:50000], positive=9, negative=4)
-    xte, yte = jdata.binary_subset(ds.x_test, ds.y_test, positive=9, negative=4)
-    prep = lambda x: jdata.preprocess(x, scale="unit", bias=True, dtype=np.float64)  # noqa: E731
+    ds = jregistry.load_dataset("mnist", data_dir, download=False)
+    xtr, ytr = jimages.binary_subset(ds.x_train[:50000], ds.y_train[:50000], positive=9, negative=4)
+    xte, yte = jimages.binary_subset(ds.x_test, ds.y_test, positive=9, negative=4)
+    prep = lambda x: jimages.preprocess(x, scale="unit", bias=True, dtype=np.float64)  # noqa: E731
     return prep(xtr), np.asarray(ytr, np.int32), prep(xte[:1000]), np.asarray(yte[:1000], np.int32)
 
 
 def tdt4265_data(data_dir, digits):
     """First 20,000 training images ([-1, 1], bias feature); validation = the test set."""
-    ds = jdata.load_dataset("mnist", data_dir, download=False)
+    ds = jregistry.load_dataset("mnist", data_dir, download=False)
     xtr, ytr, xva, yva = ds.x_train[:20000], ds.y_train[:20000], ds.x_test, ds.y_test
     if digits:
-        xtr, ytr = jdata.binary_subset(xtr, ytr, positive=digits[0], negative=digits[1])
-        xva, yva = jdata.binary_subset(xva, yva, positive=digits[0], negative=digits[1])
-    prep = lambda x: jdata.preprocess(x, scale="symmetric", bias=True, dtype=np.float64)  # noqa: E731
+        xtr, ytr = jimages.binary_subset(xtr, ytr, positive=digits[0], negative=digits[1])
+        xva, yva = jimages.binary_subset(xva, yva, positive=digits[0], negative=digits[1])
+    prep = lambda x: jimages.preprocess(x, scale="symmetric", bias=True, dtype=np.float64)  # noqa: E731
     return prep(xtr), np.asarray(ytr, np.int32), prep(xva), np.asarray(yva, np.int32)
 
 

@@ -20,11 +20,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments.config import EXPERIMENTS, make_config, resolve_path
-from jaxlr import report
-from jaxlr.config import TrainConfig, make_hparams
-from jaxlr.io import atomic_write_json
-from jaxlr.sections import DataConfig
-from jaxlr.train import Data, TrainResult, fit, model_for, schedule_numbers
+from jaxlr.data.config import DataConfig
+from jaxlr.engine.config import TrainConfig, make_hparams
+from jaxlr.engine.step import Data, schedule_numbers
+from jaxlr.engine.train import TrainResult, fit, model_for
+from jaxlr.host.io import atomic_write_json
+from jaxlr.report import tables
 
 log = logging.getLogger("jaxlr.experiments")
 
@@ -51,11 +52,11 @@ def run_experiment(name: str, workdir: str | Path, overrides: dict | None = None
     run holds the workdir's lock, writes into a staging folder and publishes config.json,
     metrics.json, report, histories and figures together when it succeeds; a failed or
     interrupted run leaves the workdir's earlier outputs as they were. Before the experiment
-    starts, a workdir it cannot take over is refused (`jaxlr.workdir.check_takeover`): the
+    starts, a workdir it cannot take over is refused (`jaxlr.host.workdir.check_takeover`): the
     published outputs of another experiment, or files no run wrote where config.json,
     metrics.json or report.md go.
     """
-    from jaxlr import workdir as jworkdir
+    from jaxlr.host import workdir as jworkdir
 
     cfg = make_config(name, overrides)
     workdir = Path(workdir)
@@ -65,11 +66,11 @@ def run_experiment(name: str, workdir: str | Path, overrides: dict | None = None
             return EXPERIMENTS[name].fn(cfg, RunDir(Path(tmp), workdir))
     with jworkdir.Staging(workdir, kind=name, outputs=RUN_OUTPUTS) as stage:
         out = stage.dir
-        atomic_write_json(out / "config.json", report.jsonable({"experiment": name, **cfg.flat()}))
+        atomic_write_json(out / "config.json", tables.jsonable({"experiment": name, **cfg.flat()}))
         t0 = time.perf_counter()
         metrics = EXPERIMENTS[name].fn(cfg, RunDir(out, workdir))
         metrics.setdefault("wall_seconds_total", time.perf_counter() - t0)
-        atomic_write_json(out / "metrics.json", report.jsonable(metrics))
+        atomic_write_json(out / "metrics.json", tables.jsonable(metrics))
     log.info("wrote %s", workdir / "metrics.json")
     return metrics
 
@@ -78,11 +79,11 @@ def checkpoint_file(folder: str, run: RunDir, key: str | None) -> Path | None:
     """The resumable checkpoint of run `key` in `folder` (relative to the workdir); '' = none."""
     if not folder:
         return None
-    return resolve_path(folder, run.workdir) / f"{report.slug(key or 'run')}.npz"
+    return resolve_path(folder, run.workdir) / f"{tables.slug(key or 'run')}.npz"
 
 
 def train_one(cfg, data: Data, run: RunDir, key: str | None = None, **changes) -> TrainResult:
-    """Trains one run of `cfg` (its `train` and `hparams` sections) with `jaxlr.train.fit`.
+    """Trains one run of `cfg` (its `train` and `hparams` sections) with `jaxlr.engine.train.fit`.
 
     Args:
       cfg: an experiment config with `train`, `hparams` (`RunHParams`) and `checkpoint`.
@@ -156,7 +157,7 @@ def protocol_text(cfg, data: Data, tcfg: TrainConfig | None = None) -> str:
 
 
 class Optimum(NamedTuple):
-    """Per-point optimum numbers (`jaxlr.solver.optimum_report` rows) and the bound model."""
+    """Per-point optimum numbers (`jaxlr.core.solver.optimum_report` rows) and the bound model."""
 
     rows: list
     report: Any
@@ -173,7 +174,7 @@ def optimum_for(tcfg: TrainConfig, data: Data, l2_S, learning_rates=None, finals
     Returns:
       `Optimum`, or None for models without a convex objective (the MLP).
     """
-    from jaxlr import solver
+    from jaxlr.core import solver
 
     if tcfg.model not in ("logistic", "softmax"):
         return None

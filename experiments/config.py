@@ -31,12 +31,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar, NamedTuple
 
-from jaxlr.config import TrainConfig
-from jaxlr.sections import (
+from jaxlr.data.config import DataConfig
+from jaxlr.engine.config import (
     ConfigError,
-    DataConfig,
     GridHParams,
     RunHParams,
+    TrainConfig,
     check_digits,
     check_train_values,
     format_value,

@@ -43,22 +43,25 @@ from experiments.common import (
     train_one,
 )
 from experiments.config import ExperimentConfig, register
-from jaxlr import checkpoint as ckpt
-from jaxlr import metrics as jmetrics
-from jaxlr import plots, report
-from jaxlr.config import TrainConfig, make_hparams
-from jaxlr.losses import accuracy
-from jaxlr.sections import (
+from jaxlr.core.losses import accuracy
+from jaxlr.data.config import DataConfig
+from jaxlr.data.splits import float_dtype, load_splits, test_subset
+from jaxlr.engine.config import (
     ConfigError,
-    DataConfig,
     GridHParams,
     RunHParams,
+    TrainConfig,
     check_count,
     check_values,
+    make_hparams,
 )
-from jaxlr.splits import float_dtype, load_splits, test_subset
-from jaxlr.sweep import make_grid, run_sweep
-from jaxlr.train import fit, measure_step_rate, model_for, schedule_numbers
+from jaxlr.engine.grid import make_grid
+from jaxlr.engine.step import schedule_numbers
+from jaxlr.engine.sweep import run_sweep
+from jaxlr.engine.train import fit, measure_step_rate, model_for
+from jaxlr.host import checkpoint as ckpt
+from jaxlr.report import metrics as jmetrics
+from jaxlr.report import plots, tables
 
 log = logging.getLogger("jaxlr.experiments.hw3")
 
@@ -187,11 +190,11 @@ def hw3_mlp(cfg: Mlp, run: RunDir) -> dict:
         metrics["val_accuracy"] = result.metrics["val_accuracy"]
         metrics["val_loss"] = result.metrics["val_loss"]
     test_name = "validation" if holdout else "test"
-    report.write_history(run.out / "history.jsonl", result.history)
+    tables.write_history(run.out / "history.jsonl", result.history)
     title = f"{_net_name(d, tcfg)} {tcfg.activation} ({tcfg.grad}), {cfg.data.dataset}"
     _mlp_figures(run, tcfg, result, m, n, title, test_name, metrics, cm_KK)
     sections = _mlp_sections(cfg, d, n, m, len(data.y_val), test_name, metrics, cm_KK)
-    report.write_report(run.out / "report.md", f"hw3_mlp: {title}", sections)
+    tables.write_report(run.out / "report.md", f"hw3_mlp: {title}", sections)
     return metrics
 
 
@@ -237,7 +240,7 @@ def _mlp_sections(
     """hw3_mlp's report sections: the protocol, the result table, the figures."""
     tcfg = cfg.train
     confusions = ", ".join(f"{t} as {p} ({c})" for t, p, c in jmetrics.top_confusions(cm_KK, 3))
-    result_table = report.markdown_table(
+    result_table = tables.markdown_table(
         ["test accuracy", "test loss", "correct", "train accuracy (all)", "wall (s)", "steps/s"],
         [
             [
@@ -335,7 +338,7 @@ def hw3_online_vs_minibatch(cfg: BatchSizes, run: RunDir) -> dict:
             )
         key = f"batch_size={b}"
         runs[key], histories[key] = _online_run(cfg, b, hparams, data, x_test, y_test)
-        report.write_history(run.out / f"history_{report.slug(key)}.jsonl", histories[key])
+        tables.write_history(run.out / f"history_{tables.slug(key)}.jsonl", histories[key])
     plots.plot_batch_size_comparison(
         run.out / "test_accuracy.png",
         run.out / "steps_per_second.png",
@@ -358,7 +361,7 @@ def hw3_online_vs_minibatch(cfg: BatchSizes, run: RunDir) -> dict:
         "![steps per second](steps_per_second.png)\n\n"
         "Histories: `history_batch_size_<B>.jsonl`.",
     ]
-    report.write_report(run.out / "report.md", "hw3: online versus mini-batch SGD", sections)
+    tables.write_report(run.out / "report.md", "hw3: online versus mini-batch SGD", sections)
     return {
         **runs,
         "batch_sizes": list(cfg.batch_sizes),
@@ -407,7 +410,7 @@ def _online_run(cfg: BatchSizes, b: int, hparams, data, x_test, y_test) -> tuple
 
 def _online_table(runs: dict) -> str:
     """The result table of hw3_online_vs_minibatch: one row per batch size."""
-    return report.markdown_table(
+    return tables.markdown_table(
         [
             "run",
             "test accuracy",
@@ -536,7 +539,7 @@ def hw3_logreg_grid(cfg: LogregGrid, run: RunDir) -> dict:
 
     points = _grid_points(res, grid)
     for i in range(grid.size):
-        report.write_history(run.out / f"history_{i:02d}.jsonl", res.histories[i])
+        tables.write_history(run.out / f"history_{i:02d}.jsonl", res.histories[i])
     opt_text = ""
     if cfg.optimum:
         optimum_test = _grid_optimum(tcfg, data, points, hp.l2, x_test, y_test)
@@ -567,10 +570,10 @@ def hw3_logreg_grid(cfg: LogregGrid, run: RunDir) -> dict:
         metrics["optimum_test_correct"] = {f"{k:g}": v for k, v in optimum_test.items()}
     headers, rows = _grid_table(points)
     align = "r" * (len(headers) - 1) + "l"  # the status column last
-    table = report.markdown_table(headers, rows, align=align, bold=(best,))
+    table = tables.markdown_table(headers, rows, align=align, bold=(best,))
     sections = _grid_sections(cfg, tcfg, metrics, splits.num_train_images, table, opt_text)
     pos, neg = cfg.data.digits
-    report.write_report(
+    tables.write_report(
         run.out / "report.md", f"hw3: regularized logistic regression {pos} vs {neg}", sections
     )
     return metrics
@@ -586,7 +589,7 @@ def _save_best(path, cfg: LogregGrid, tcfg: TrainConfig, res, best: int, point: 
         config=tcfg.to_dict(),
         meta={
             "experiment": "hw3_logreg_grid",
-            "data": report.jsonable(dataclasses.asdict(cfg.data)),
+            "data": tables.jsonable(dataclasses.asdict(cfg.data)),
             "dataset": cfg.data.dataset,
             "digits": list(cfg.data.digits),
             "scale": cfg.data.scale,
@@ -814,7 +817,7 @@ def hw3_misclassified(cfg: Misclassified, run: RunDir) -> dict:
         + ("![most confident mistakes](misclassified.png)\n\n" if len(top) else "")
         + table
     )
-    report.write_report(
+    tables.write_report(
         run.out / "report.md",
         f"hw3: most confidently misclassified test images, {pos} vs {neg}",
         [body],
@@ -886,7 +889,7 @@ def _load_grid_checkpoint(cfg: Misclassified, workdir):
 
 def _misclassified_table(items: list[dict]) -> str:
     """One row per shown mistake: rank, test index, true and predicted digit, confidence."""
-    return report.markdown_table(
+    return tables.markdown_table(
         ["rank", "test index", "true", "predicted", "confidence"],
         [
             [

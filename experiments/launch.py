@@ -9,7 +9,7 @@ and forwards every line they print with a prefix `[p0] `, `[p1] `, ... . If one 
 the others are terminated (SIGTERM, then SIGKILL after `--grace` seconds) and the launcher
 exits with the failed process's status; past `--timeout` seconds of wall clock every process
 is killed and the launcher exits with 124 (no limit by default: a dead process is noticed
-by the others through JAX's heartbeats, see `jaxlr.distributed`); SIGTERM or Ctrl-C to the
+by the others through JAX's heartbeats, see `jaxlr.engine.distributed`); SIGTERM or Ctrl-C to the
 launcher stops every process (exit 130). `--devices_per_process` forces that many CPU
 devices per process (`XLA_FLAGS=--xla_force_host_platform_device_count`), to try a
 multi-device, multi-process sweep on one CPU. `--module` runs another module than

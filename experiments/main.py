@@ -44,7 +44,7 @@ from experiments.config import (
     make_config,
     parse_value,
 )
-from jaxlr.sections import ConfigError, format_value
+from jaxlr.engine.config import ConfigError, format_value
 
 log = logging.getLogger("jaxlr.experiments")
 
@@ -242,14 +242,14 @@ def main(argv: list[str]) -> int:
         print(parsed)
         return 0
     from experiments.common import run_experiment
-    from jaxlr.report import summary_table
+    from jaxlr.report.tables import summary_table
 
     exp = parsed.experiment
     _RUNNING.update(parsed=parsed)
     _setup_logging()
     _setup_jax(parsed.config, parsed.compilation_cache)
     if hasattr(parsed.config, "coordinator_address"):
-        from jaxlr import distributed
+        from jaxlr.engine import distributed
 
         cfg = parsed.config
         distributed.initialize(cfg.coordinator_address or None, cfg.num_processes, cfg.process_id)
@@ -285,13 +285,14 @@ def _interrupt_message(signame: str = "") -> str:
 
 def _expected_errors() -> tuple[type, ...]:
     from experiments.common import RunFailed
-    from jaxlr import checkpoint, data
-    from jaxlr.resources import ResourceError
-    from jaxlr.train import TrainingDiverged
+    from jaxlr.data import idx as jidx
+    from jaxlr.engine.resources import ResourceError
+    from jaxlr.engine.train import TrainingDiverged
+    from jaxlr.host import checkpoint
 
     return (
         OSError,
-        data.DataError,
+        jidx.DataError,
         checkpoint.CheckpointError,
         ResourceError,
         TrainingDiverged,

@@ -1,7 +1,7 @@
 """The `regularization_path` experiment: the exact optimum of a convex linear model per lambda.
 
 Every lambda of the path is solved to its optimum (float64 Newton-CG on Hessian-vector
-products, `jaxlr.solver`) in one compiled, vmapped call; beside each optimum: its weight norm,
+products, `jaxlr.core.solver`) in one compiled, vmapped call; beside each optimum: its weight norm,
 training / validation / test accuracy, gradient norm, iterations, and the largest learning
 rate at which gradient descent can settle there (2 / lambda_max of the Hessian).
 
@@ -22,11 +22,12 @@ import numpy as np
 
 from experiments.common import RunDir, data_text
 from experiments.config import ExperimentConfig, register
-from jaxlr import plots, report, solver
-from jaxlr.config import TrainConfig
-from jaxlr.sections import ConfigError, DataConfig, check_count, check_nonneg, check_values
-from jaxlr.splits import load_splits
-from jaxlr.train import model_for
+from jaxlr.core import solver
+from jaxlr.data.config import DataConfig
+from jaxlr.data.splits import load_splits
+from jaxlr.engine.config import ConfigError, TrainConfig, check_count, check_nonneg, check_values
+from jaxlr.engine.train import model_for
+from jaxlr.report import plots, tables
 
 log = logging.getLogger("jaxlr.experiments.regpath")
 
@@ -142,7 +143,7 @@ def regularization_path(cfg: RegPath, run: RunDir) -> dict:
     metrics = {f"lambda={e['l2']:g}": e for e in per_lambda}
     entries = list(metrics.values())
     table = _path_table(per_lambda)
-    from jaxlr.io import atomic_write_text
+    from jaxlr.host.io import atomic_write_text
 
     atomic_write_text(run.out / "table.md", table + "\n")
     _path_figure(run.out / "path.png", cfg, lambdas, entries)
@@ -159,7 +160,7 @@ def regularization_path(cfg: RegPath, run: RunDir) -> dict:
         "2 / lambda_max of the Hessian of the objective (power iteration on Hessian-vector "
         "products): gradient descent with a larger constant rate cannot settle at the optimum.",
     ]
-    report.write_report(
+    tables.write_report(
         run.out / "report.md", f"Regularization path, {cfg.train.model} {_what(cfg)}", sections
     )
     metrics["num_l2"] = num
@@ -199,7 +200,7 @@ def _path_table(entries: list[dict]) -> str:
          "yes" if e["converged"] else ("no finite optimum" if e["separated"] else "no")]
         for e in entries
     ]  # fmt: skip
-    return report.markdown_table(
+    return tables.markdown_table(
         ["lambda", "objective", "norm of w", "train acc", "val acc", "test acc", "grad norm",
          "iterations", "lr limit", "converged"],
         rows,

@@ -19,20 +19,22 @@ import numpy as np
 
 from experiments.common import RunDir, RunFailed, optimum_for, protocol_text, stability_text
 from experiments.config import ExperimentConfig, register, resolve_path
-from jaxlr import plots, report
-from jaxlr import sweep as jsweep
-from jaxlr.config import TrainConfig
-from jaxlr.io import atomic_write_text
-from jaxlr.search import Halving, random_points
-from jaxlr.sections import (
+from jaxlr.data.config import DataConfig
+from jaxlr.data.splits import load_splits
+from jaxlr.engine import grid as jgrid
+from jaxlr.engine import sweep as jsweep
+from jaxlr.engine.config import (
     ConfigError,
-    DataConfig,
     GridHParams,
+    TrainConfig,
     check_choice,
     check_count,
     check_nonneg_int,
 )
-from jaxlr.splits import load_splits
+from jaxlr.engine.grid import random_points
+from jaxlr.engine.halving import Halving
+from jaxlr.host.io import atomic_write_text
+from jaxlr.report import plots, tables
 
 log = logging.getLogger("jaxlr.experiments.sweep")
 
@@ -137,7 +139,7 @@ def _check_range(name: str, values: tuple, optional: bool) -> None:
         raise ConfigError(name, values, "must be LO,HI with 0 < LO <= HI (log-uniform)")
 
 
-def grid_of(cfg: Sweep, dtype) -> jsweep.Grid:
+def grid_of(cfg: Sweep, dtype) -> jgrid.Grid:
     """The points of a config: lr x l2 x momentum x seeds, or a seeded random search."""
     hp = cfg.hparams
     if cfg.search == "random":
@@ -150,7 +152,7 @@ def grid_of(cfg: Sweep, dtype) -> jsweep.Grid:
             train_seed=hp.seed,
             dtype=dtype,
         )
-    return jsweep.make_grid(
+    return jgrid.make_grid(
         learning_rate=hp.lr,
         l2=hp.l2,
         momentum=hp.momentum,
@@ -166,12 +168,12 @@ def _best(result: jsweep.SweepResult, by: str) -> dict | None:
     return {"index": i, **result.records()[i]}
 
 
-def _write_histories(run: RunDir, result: jsweep.SweepResult, grid: jsweep.Grid) -> dict:
+def _write_histories(run: RunDir, result: jsweep.SweepResult, grid: jgrid.Grid) -> dict:
     """Writes every point's history; returns point index -> its file name."""
     histories = {}
     for i, h in enumerate(result.histories):
-        name = f"history_{i:03d}_{report.slug(plots.sweep_point_label(grid.point(i), grid))}.jsonl"
-        report.write_history(run.out / name, h)
+        name = f"history_{i:03d}_{tables.slug(plots.sweep_point_label(grid.point(i), grid))}.jsonl"
+        tables.write_history(run.out / name, h)
         histories[i] = name
     return histories
 
@@ -200,8 +202,8 @@ def _add_optimum(tcfg: TrainConfig, data, result: jsweep.SweepResult, rows, reco
 
 def _sweep_tables(run: RunDir, result: jsweep.SweepResult, rows: list[dict]) -> str:
     """Writes table.csv and table.md (best by validation loss in bold); returns the markdown."""
-    atomic_write_text(run.out / "table.csv", jsweep.table_csv(result, rows=rows))
-    table = jsweep.table_markdown(result, rows=rows)
+    atomic_write_text(run.out / "table.csv", tables.sweep_csv(result, rows=rows))
+    table = tables.sweep_markdown(result, rows=rows)
     atomic_write_text(run.out / "table.md", table)
     return table.rstrip("\n")
 
@@ -266,7 +268,7 @@ def _best_text(cfg: Sweep, grid, result, best_loss, best_acc, cost: dict, opt) -
     ),
 )
 def sweep(cfg: Sweep, run: RunDir) -> dict:
-    """A grid of lr x l2 x momentum x seeds trained in one vmapped call (`jaxlr.sweep`).
+    """A grid of lr x l2 x momentum x seeds trained in one vmapped call (`jaxlr.engine.sweep`).
 
     Launch:  python -m experiments.main --experiment=sweep --workdir=runs/sweep \\
                --model=softmax --l2=0,0.001,0.01,0.1 --lr=0.001,0.01,0.1 --seeds=3
@@ -300,7 +302,7 @@ def sweep(cfg: Sweep, run: RunDir) -> dict:
             "(or raise --diverge_factor)"
         )
     histories = _write_histories(run, result, grid)
-    rows = jsweep.table_rows(result)
+    rows = tables.sweep_rows(result)
     records = result.records()
     opt = None
     if cfg.optimum and tcfg.model != "mlp":
@@ -331,7 +333,7 @@ def sweep(cfg: Sweep, run: RunDir) -> dict:
         + f"\n\n![validation accuracy of every point]({curves})",
     ]
     what = f"{cfg.train.model}, {cfg.data.dataset}"
-    report.write_report(run.out / "report.md", f"Hyper-parameter sweep ({what})", sections)
+    tables.write_report(run.out / "report.md", f"Hyper-parameter sweep ({what})", sections)
     return {
         **cost,
         "num_points": grid.size,

@@ -33,14 +33,15 @@ from experiments.common import (
     train_one,
 )
 from experiments.config import ExperimentConfig, register
-from jaxlr import metrics as jmetrics
-from jaxlr import plots, report
-from jaxlr import sweep as jsweep
-from jaxlr.config import TrainConfig
-from jaxlr.optim import make_schedule
-from jaxlr.sections import ConfigError, DataConfig, RunHParams, check_values
-from jaxlr.splits import load_splits
-from jaxlr.train import schedule_numbers
+from jaxlr.data.config import DataConfig
+from jaxlr.data.splits import load_splits
+from jaxlr.engine import grid as jgrid
+from jaxlr.engine import sweep as jsweep
+from jaxlr.engine.config import ConfigError, RunHParams, TrainConfig, check_values
+from jaxlr.engine.optim import make_schedule
+from jaxlr.engine.step import schedule_numbers
+from jaxlr.report import metrics as jmetrics
+from jaxlr.report import plots, tables
 
 log = logging.getLogger("jaxlr.experiments.tdt4265")
 
@@ -161,25 +162,25 @@ def _single_run(cfg, run: RunDir, key: str, title: str) -> dict:
     data = load_splits(cfg.data).data
     result = train_one(cfg, data, run)
     m = run_metrics(result, cfg.train, len(data.y_train))
-    report.write_history(run.out / "history.jsonl", result.history)
+    tables.write_history(run.out / "history.jsonl", result.history)
     es = m.get("early_stopping")
     plots.plot_history(
         run.out / "loss.png", run.out / "accuracy.png", result.history, title, early_stopping=es
     )
     sections = [
         protocol_text(cfg, data),
-        "## Final numbers (returned weights)\n\n" + report.runs_table({key: m}),
+        "## Final numbers (returned weights)\n\n" + tables.runs_table({key: m}),
     ]
     if es:
         sections.append("## Early stopping\n\n" + _es_text(es, m["steps_per_epoch"]))
     sections.append(
         "## Figures\n\n"
-        + report.image_link("loss.png", "training and validation loss")
+        + tables.image_link("loss.png", "training and validation loss")
         + "\n\n"
-        + report.image_link("accuracy.png", "training and validation accuracy")
+        + tables.image_link("accuracy.png", "training and validation accuracy")
         + "\n\nHistory: `history.jsonl` (training loss per step; validation at checks)."
     )
-    report.write_report(run.out / "report.md", title, sections)
+    tables.write_report(run.out / "report.md", title, sections)
     return m
 
 
@@ -257,8 +258,8 @@ def task2e(cfg: Shuffling, run: RunDir) -> dict:
         results[key] = train_one(cfg, data, run, key, shuffle=shuffle)
         tcfg = dataclasses.replace(cfg.train, shuffle=shuffle)
         metrics[key] = run_metrics(results[key], tcfg, len(data.y_train))
-        hists[key] = f"history_{report.slug(key)}.jsonl"
-        report.write_history(run.out / hists[key], results[key].history)
+        hists[key] = f"history_{tables.slug(key)}.jsonl"
+        tables.write_history(run.out / hists[key], results[key].history)
     what = task_name(cfg.data)
     plots.plot_validation_comparison(
         run.out / "validation.png",
@@ -268,21 +269,21 @@ def task2e(cfg: Shuffling, run: RunDir) -> dict:
     )
     sections = [
         protocol_text(cfg, data),
-        "## Final numbers (returned weights: best check)\n\n" + report.runs_table(metrics),
+        "## Final numbers (returned weights: best check)\n\n" + tables.runs_table(metrics),
         "## Early stopping\n\n"
         + "\n".join(
             f"- {k}: {_es_text(m['early_stopping'], m['steps_per_epoch'])}"
             for k, m in metrics.items()
         ),
         "## Figures\n\n"
-        + report.image_link("validation.png", "validation loss and accuracy, shuffled or not")
+        + tables.image_link("validation.png", "validation loss and accuracy, shuffled or not")
         + "\n\n"
         + _shuffle_text(metrics["shuffle=false"])
         + "\n\nHistory: "
         + ", ".join(f"`{n}`" for n in hists.values())
         + ".",
     ]
-    report.write_report(run.out / "report.md", f"TDT4265 task 2e: shuffling, {what}", sections)
+    tables.write_report(run.out / "report.md", f"TDT4265 task 2e: shuffling, {what}", sections)
     return metrics
 
 
@@ -302,7 +303,7 @@ def task3(cfg: Softmax, run: RunDir) -> dict:
     data = load_splits(cfg.data).data
     result = train_one(cfg, data, run)
     m = run_metrics(result, cfg.train, len(data.y_train))
-    report.write_history(run.out / "history.jsonl", result.history)
+    tables.write_history(run.out / "history.jsonl", result.history)
     h = result.history
     m["accuracy_gap"] = m["train_accuracy"] - m["val_accuracy"]
     m["loss_gap"] = m["val_loss"] - m["train_loss"]
@@ -319,7 +320,7 @@ def task3(cfg: Softmax, run: RunDir) -> dict:
     n_weights = int(np.shape(data.x_train)[1]) * cfg.train.num_classes
     sections = [
         protocol_text(cfg, data),
-        "## Final numbers (returned weights)\n\n" + report.runs_table({"softmax": m}),
+        "## Final numbers (returned weights)\n\n" + tables.runs_table({"softmax": m}),
         "## Training versus validation\n\n"
         f"Final training accuracy {m['train_accuracy']:.4f} against validation accuracy "
         f"{m['val_accuracy']:.4f}: a gap of {m['accuracy_gap']:+.4f}; the validation loss "
@@ -327,14 +328,14 @@ def task3(cfg: Softmax, run: RunDir) -> dict:
         f"weights overfits {len(data.y_train):,} images only a little: the gap grows slowly "
         "as training goes on while the validation accuracy flattens.",
         "## Figures\n\n"
-        + report.image_link("loss.png", "training and validation loss")
+        + tables.image_link("loss.png", "training and validation loss")
         + "\n\n"
-        + report.image_link("accuracy.png", "training and validation accuracy")
+        + tables.image_link("accuracy.png", "training and validation accuracy")
         + "\n\n"
-        + report.image_link("gap.png", "training minus validation accuracy")
+        + tables.image_link("gap.png", "training minus validation accuracy")
         + "\n\nHistory: `history.jsonl`.",
     ]
-    report.write_report(run.out / "report.md", title, sections)
+    tables.write_report(run.out / "report.md", title, sections)
     return m
 
 
@@ -356,7 +357,7 @@ def train_l2_runs(cfg: L2Path, data, run: RunDir, lambdas) -> dict:
             out[float(lam)] = (r.params, r.history, run_metrics(r, cfg.train, len(data.y_train)))
         return out
     hp = cfg.hparams
-    grid = jsweep.grid_from_points(
+    grid = jgrid.grid_from_points(
         [
             dict(learning_rate=hp.lr, momentum=hp.momentum, l2=float(lam), seed=hp.seed)
             for lam in lambdas
@@ -408,8 +409,8 @@ def task4(cfg: L2Path, run: RunDir) -> dict:
         m = dict(m, l2=lam, weight_norm=jmetrics.weight_norm(params, l2_bias))
         m["weight_norm_squared"] = m["weight_norm"] ** 2
         metrics[key] = m
-        hists[key] = f"history_{report.slug(key)}.jsonl"
-        report.write_history(run.out / hists[key], history)
+        hists[key] = f"history_{tables.slug(key)}.jsonl"
+        tables.write_history(run.out / hists[key], history)
     big = max(lambdas)
     plots.plot_weight_images(
         run.out / "weights.png",
@@ -435,22 +436,22 @@ def task4(cfg: L2Path, run: RunDir) -> dict:
         protocol_text(cfg, data)
         + f" L2 convention `{cfg.train.l2_convention}` (R(w) = sum w^2 for `sum`), bias "
         f"regularised: {l2_bias}.",
-        "## Final numbers (returned weights)\n\n" + report.runs_table(runs_only),
+        "## Final numbers (returned weights)\n\n" + tables.runs_table(runs_only),
         "## Weight norm against lambda\n\n" + norm_table,
         opt_text,
         "## Figures\n\n"
-        + report.image_link("weights.png", f"weight images, lambda 0 and {big:g}")
+        + tables.image_link("weights.png", f"weight images, lambda 0 and {big:g}")
         + "\n\n"
-        + report.image_link("val_accuracy.png", "validation accuracy for each lambda")
+        + tables.image_link("val_accuracy.png", "validation accuracy for each lambda")
         + "\n\n"
-        + report.image_link("weight_norm.png", "weight norm against lambda")
+        + tables.image_link("weight_norm.png", "weight norm against lambda")
         + "\n\nA strong penalty keeps only the weights that many images agree on, so the "
         "images turn smooth and digit-like, at the cost of validation accuracy: the linear "
         "model has little variance to remove.\n\nHistory: "
         + ", ".join(f"`{n}`" for n in hists.values())
         + ".",
     ]
-    report.write_report(
+    tables.write_report(
         run.out / "report.md", f"TDT4265 task 4: L2 regularisation, {cfg.data.dataset}", sections
     )
     return metrics
@@ -491,7 +492,7 @@ def _l2_optimum(cfg: L2Path, data, grid: list, metrics: dict) -> str:
 
 def _norm_table(metrics: dict, grid: list) -> str:
     """Validation accuracy and weight norm of each lambda of `grid`."""
-    return report.markdown_table(
+    return tables.markdown_table(
         ["lambda", "val acc", "L2 norm of w"],
         [
             [
@@ -521,7 +522,7 @@ def _optimum_table(metrics: dict, keys: list) -> str:
              f"{m['lr_over_limit']:.2f}", status]
         )  # fmt: skip
     headers = ["run", "train objective", "optimum", "gap", "lr limit", "lr / limit", "status"]
-    return report.markdown_table(headers, rows, align="lrrrrrl")
+    return tables.markdown_table(headers, rows, align="lrrrrrl")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -568,8 +569,8 @@ def lr_annealing(cfg: Annealing, run: RunDir) -> dict:
         # How much the validation loss still jumps between checks late in training.
         m["late_val_loss_jitter"] = jmetrics.late_jitter(h["val_loss"])
         rates[key] = (h["step"], _learning_rates(tcfg, lr, h["step"], total))
-        hists[key] = f"history_{report.slug(key)}.jsonl"
-        report.write_history(run.out / hists[key], h)
+        hists[key] = f"history_{tables.slug(key)}.jsonl"
+        tables.write_history(run.out / hists[key], h)
     names = {
         "schedule=constant": f"constant $\\alpha$ = {lr:g}",
         "schedule=anneal": (
@@ -593,7 +594,7 @@ def lr_annealing(cfg: Annealing, run: RunDir) -> dict:
     )
     sections = [
         protocol_text(cfg, data),
-        "## Final numbers (returned weights)\n\n" + report.runs_table(metrics),
+        "## Final numbers (returned weights)\n\n" + tables.runs_table(metrics),
         "Final learning rate: "
         + ", ".join(f"{k}: {m['final_learning_rate']:.3g}" for k, m in metrics.items())
         + ". Jitter of the validation loss over the second half of training (mean absolute "
@@ -603,16 +604,16 @@ def lr_annealing(cfg: Annealing, run: RunDir) -> dict:
         "periodic spikes of the unshuffled batch order), but it also slows the descent, so "
         "after the same number of steps the loss has not come down as far.",
         "## Figures\n\n"
-        + report.image_link("loss.png", "loss, constant versus annealed learning rate")
+        + tables.image_link("loss.png", "loss, constant versus annealed learning rate")
         + "\n\n"
-        + report.image_link("accuracy.png", "accuracy, constant versus annealed learning rate")
+        + tables.image_link("accuracy.png", "accuracy, constant versus annealed learning rate")
         + "\n\n"
-        + report.image_link("learning_rate.png", "learning rate per step")
+        + tables.image_link("learning_rate.png", "learning rate per step")
         + "\n\nHistory: "
         + ", ".join(f"`{n}`" for n in hists.values())
         + ".",
     ]
-    report.write_report(run.out / "report.md", f"Learning-rate annealing, {what}", sections)
+    tables.write_report(run.out / "report.md", f"Learning-rate annealing, {what}", sections)
     return metrics
 
 
@@ -637,7 +638,7 @@ def mean_images(cfg: Softmax, run: RunDir) -> dict:
     data = load_splits(cfg.data).data
     result = train_one(cfg, data, run)
     m = run_metrics(result, cfg.train, len(data.y_train))
-    report.write_history(run.out / "history.jsonl", result.history)
+    tables.write_history(run.out / "history.jsonl", result.history)
     w_KP = jmetrics.pixel_weights_KP(result.params, cfg.data.bias_feature)
     k, p = w_KP.shape
     means_KP = jmetrics.class_mean_images_KP(data.x_train, data.y_train, k, p)
@@ -648,23 +649,23 @@ def mean_images(cfg: Softmax, run: RunDir) -> dict:
         {"mean image": means_KP, "weights": w_KP},
         title="Average training image of each digit (top) and its softmax weights (bottom)",
     )
-    table = report.markdown_table(
+    table = tables.markdown_table(
         ["digit", *map(str, range(k))],
         [["correlation", *(f"{c:.3f}" for c in corr_K)]],
         align="l" + "r" * k,
     )
     sections = [
         protocol_text(cfg, data),
-        "## Final numbers (returned weights)\n\n" + report.runs_table({"softmax": m}),
+        "## Final numbers (returned weights)\n\n" + tables.runs_table({"softmax": m}),
         "## Mean image versus weights\n\nPearson correlation of each digit's weight image "
         "with its mean training image:\n\n" + table,
         "## Figures\n\n"
-        + report.image_link("mean_images.png", "mean images and weight images")
+        + tables.image_link("mean_images.png", "mean images and weight images")
         + "\n\nThe weights of a digit are large where its images are bright and the other "
         "digits' are not, so each weight image looks like a sharpened, contrasted mean "
         "image.\n\nHistory: `history.jsonl`.",
     ]
-    report.write_report(
+    tables.write_report(
         run.out / "report.md", f"Mean images and softmax weights, {cfg.data.dataset}", sections
     )
     return m

@@ -36,7 +36,7 @@ def main(argv=None) -> int:
     import jax
 
     jax.config.update("jax_enable_x64", True)
-    from jaxlr import distributed
+    from jaxlr.engine import distributed
 
     distributed.initialize(
         args.coordinator_address,
@@ -47,9 +47,11 @@ def main(argv=None) -> int:
     )
     import numpy as np
 
-    from jaxlr import sweep
-    from jaxlr.config import TrainConfig
-    from jaxlr.train import Data
+    from jaxlr.engine import grid as jgrid
+    from jaxlr.engine import sweep as jsweep
+    from jaxlr.engine.config import TrainConfig
+    from jaxlr.engine.step import Data
+    from jaxlr.report import tables
 
     rng = np.random.default_rng(0)
     n, v, d = 64, 200, 40
@@ -67,7 +69,7 @@ def main(argv=None) -> int:
         epochs_per_call=2,
         shuffle=True,
     )
-    grid = sweep.make_grid(learning_rate=(0.005, 0.1, 0.5, 2.0), l2=(0.0, 0.03), seed=(0, 1))
+    grid = jgrid.make_grid(learning_rate=(0.005, 0.1, 0.5, 2.0), l2=(0.0, 0.03), seed=(0, 1))
     chunks = [0]
     me = jax.process_index()
 
@@ -81,13 +83,13 @@ def main(argv=None) -> int:
                 os._exit(3)
 
     t0 = time.perf_counter()
-    res = sweep.run_sweep(cfg, grid, data, log_fn=log_fn)
+    res = jsweep.run_sweep(cfg, grid, data, log_fn=log_fn)
     out = {
         "process": me,
         "num_processes": jax.process_count(),
         "devices": jax.device_count(),
         "main": distributed.is_main_process(),
-        "table": sweep.table_csv(res),
+        "table": tables.sweep_csv(res),
         "params": [np.asarray(a).tolist() for a in jax.tree.leaves(res.params)],
         "steps": res.metrics["steps"].tolist(),
         "stop_step": res.early_stopping["step"].tolist(),

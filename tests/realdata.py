@@ -4,7 +4,8 @@ import os
 
 import pytest
 
-from jaxlr import data as jdata
+from jaxlr.data import idx as jidx
+from jaxlr.data import registry as jregistry
 
 DATA_DIR = os.environ.get("JAXLR_DATA_DIR") or None
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -12,8 +13,8 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 def _mnist_missing() -> str | None:
     try:
-        jdata.find_dataset_files("mnist", DATA_DIR, download=False)
-    except jdata.DataError:
+        jregistry.find_dataset_files("mnist", DATA_DIR, download=False)
+    except jidx.DataError:
         return (
             "real MNIST files not found: set JAXLR_DATA_DIR to the folder holding mnist/ "
             "(e.g. JAXLR_DATA_DIR=../shared/data)"

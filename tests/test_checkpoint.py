@@ -1,4 +1,4 @@
-"""Tests of `jaxlr.checkpoint.save_params` / `load_params`: parameters with a kind check.
+"""Tests of `jaxlr.host.checkpoint.save_params` / `load_params`: parameters with a kind check.
 
 (Round trips of whole training states and resuming live in tests/test_train.py.)
 """
@@ -6,7 +6,7 @@
 import numpy as np
 import pytest
 
-from jaxlr import checkpoint as ckpt
+from jaxlr.host import checkpoint as ckpt
 
 PARAMS = {"w": np.arange(6, dtype=np.float32).reshape(3, 2), "b": np.array([1.0, -1.0])}
 HINT = "run `python -m experiments.main --experiment=grid --workdir=W` first"

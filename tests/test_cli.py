@@ -16,7 +16,7 @@ import pytest
 from experiments import main as launcher
 from experiments import registry  # noqa: F401  (registers the experiments)
 from experiments.config import EXPERIMENTS, launch_command
-from jaxlr import data as jdata
+from jaxlr.data import fake as jfake
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -112,7 +112,7 @@ def test_bad_values_are_one_line_naming_the_flag(name, flags, flag, tmp_path, mo
 
 def test_errors_found_in_the_data_are_one_line_too(tmp_path, monkeypatch, capsys):
     # Only the loaded data tells how many 2s and 3s there are: still exit 2, nothing written.
-    folder = jdata.write_fake_dataset(tmp_path / "fake", num_train=400, num_test=200, seed=0)
+    folder = jfake.write_fake_dataset(tmp_path / "fake", num_train=400, num_test=200, seed=0)
     workdir = tmp_path / "wd"
     base = ["main", "--experiment=tdt4265_task2", f"--workdir={workdir}", "--dataset=fake"]
     base += [f"--data_dir={folder}"]

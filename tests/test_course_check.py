@@ -20,7 +20,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxlr import data, gradients, objective, testing
+from jaxlr.core import gradients, objective, testing
+from jaxlr.data import idx as jidx
+from jaxlr.data import images as jimages
+from jaxlr.data import registry as jregistry
 
 pytestmark = pytest.mark.realdata
 
@@ -32,16 +35,16 @@ WEIGHT_STD = 1.0 / 785**2
 @pytest.fixture(scope="module")
 def mnist():
     try:
-        return data.load_dataset("mnist", download=False)
-    except data.DataError as e:
+        return jregistry.load_dataset("mnist", download=False)
+    except jidx.DataError as e:
         pytest.skip(f"MNIST not found (set JAXLR_DATA_DIR to a folder with mnist/): {e}")
 
 
 @pytest.fixture(scope="module")
 def binary_batch(mnist):
     """First 100 training images of digits 2 (label 1) and 3 (label 0), in file order."""
-    x, y01 = data.binary_subset(mnist.x_train, mnist.y_train, positive=2, negative=3)
-    x_ND = jnp.asarray(data.preprocess(x[:NUM_IMAGES], "symmetric", True, np.float64))
+    x, y01 = jimages.binary_subset(mnist.x_train, mnist.y_train, positive=2, negative=3)
+    x_ND = jnp.asarray(jimages.preprocess(x[:NUM_IMAGES], "symmetric", True, np.float64))
     y_N = jnp.asarray(y01[:NUM_IMAGES].astype(np.int32))
     assert x_ND.shape == (NUM_IMAGES, 785)
     assert float(x_ND.min()) == -1.0 and float(x_ND.max()) == 1.0
@@ -53,7 +56,9 @@ def binary_batch(mnist):
 @pytest.fixture(scope="module")
 def softmax_batch(mnist):
     """First 100 training images, all ten digits."""
-    x_ND = jnp.asarray(data.preprocess(mnist.x_train[:NUM_IMAGES], "symmetric", True, np.float64))
+    x_ND = jnp.asarray(
+        jimages.preprocess(mnist.x_train[:NUM_IMAGES], "symmetric", True, np.float64)
+    )
     y_N = jnp.asarray(mnist.y_train[:NUM_IMAGES].astype(np.int32))
     assert x_ND.shape == (NUM_IMAGES, 785)
     return x_ND, y_N

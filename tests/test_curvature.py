@@ -4,7 +4,7 @@ Expected values are built by hand: a quadratic with a chosen spectrum, the dense
 (`jax.hessian`) and its `eigvalsh`, and the closed form of the logistic Hessian at zero.
 Eigenvalues are compared within the power iteration's own certificate (some eigenvalue lies
 within the residual ||Hv - rho v|| of rho) plus the float64 rounding allowance of
-`jaxlr.testing`.
+`jaxlr.core.testing`.
 
 Dimension legend: N examples, D features, K classes, P parameters, T steps.
 """
@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 from jax.flatten_util import ravel_pytree
 
-from jaxlr import curvature, solver, testing
-from jaxlr.objective import make_model
+from jaxlr.core import curvature, solver, testing
+from jaxlr.core.objective import make_model
 
 ROUND = testing.tolerance(jnp.float64, "loss_value")
 

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxlr import gradients, losses, models
+from jaxlr.core import gradients, losses, models
 
 RNG = np.random.default_rng(42)
 

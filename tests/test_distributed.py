@@ -1,4 +1,4 @@
-"""Tests of multi-process sweeps (`jaxlr.distributed`, `experiments/launch.py`).
+"""Tests of multi-process sweeps (`jaxlr.engine.distributed`, `experiments/launch.py`).
 
 Two processes on localhost with two forced CPU devices each run a small sweep through
 `tests/dist_worker.py`, started by the local launcher; the results must equal those of one
@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from jaxlr import distributed
+from jaxlr.engine import distributed
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -1,16 +1,16 @@
 """End-to-end tests of every registered experiment on tiny fake MNIST-like data.
 
 No real MNIST files are needed: a module fixture writes a fake data set
-(`jaxlr.data.write_fake_dataset`, 2,000 training and 600 test images, labels cycling through
+(`jaxlr.data.fake.write_fake_dataset`, 2,000 training and 600 test images, labels cycling through
 the ten digits: 200 training and 60 test images of each) and every experiment runs once on it
 through `experiments.common.run_experiment`, with its registered smoke overrides plus
 `dataset=fake` and the counts that fit the fake sizes. 2,000 training images because the
 binary smoke runs take 256 examples of two digits (400 here). Each test checks the files the
 run published (config.json holds the overrides, metrics.json equals the returned metrics,
 PNGs are PNGs, report.md is titled with the run's digits or data set, and so are the
-figures: every `jaxlr.plots.plot_*` call is recorded), the workdir layout (top-level names
+figures: every `jaxlr.report.plots.plot_*` call is recorded), the workdir layout (top-level names
 are links into `latest/`), and numbers recomputed by hand from the fake arrays
-(`jaxlr.data.fake_arrays`, the same arrays as the files) and from the weights the run
+(`jaxlr.data.fake.fake_arrays`, the same arrays as the files) and from the weights the run
 saved.
 
 Dimension legend: N examples, D features, K classes, P pixels (784).
@@ -34,9 +34,9 @@ from experiments import (
 )
 from experiments.common import run_experiment
 from experiments.config import EXPERIMENTS, make_config
-from jaxlr import checkpoint as ckpt
-from jaxlr import plots
-from jaxlr.data import fake_arrays, write_fake_dataset
+from jaxlr.data.fake import fake_arrays, write_fake_dataset
+from jaxlr.host import checkpoint as ckpt
+from jaxlr.report import plots
 
 REPO = Path(__file__).resolve().parents[1]
 FAKE = dict(num_train=2000, num_test=600, seed=0)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from jaxlr import data as jdata
+from jaxlr.data import fake as jfake
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def fake(tmp_path_factory):
     folder = tmp_path_factory.mktemp("fake")
-    return jdata.write_fake_dataset(folder, num_train=3000, num_test=500, seed=0)
+    return jfake.write_fake_dataset(folder, num_train=3000, num_test=500, seed=0)
 
 
 def _cmd(fake, workdir, *flags, experiment="tdt4265_task2"):

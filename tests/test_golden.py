@@ -1,6 +1,6 @@
 """Golden numbers: the first checks of `tdt4265_task2` on fixed fake data (nanodo style).
 
-The fake data set (`jaxlr.data.write_fake_dataset`, 3,000 training / 500 test images, seed 0)
+The fake data set (`jaxlr.data.fake.write_fake_dataset`, 3,000 training / 500 test images, seed 0)
 and the experiment's defaults fix every number: 600 examples of 2s and 3s, 4 batches of 128
 per epoch, a check after every step. A change in any of these numbers means a change in the
 arithmetic of training (data order, preprocessing, gradient, update, check) or of the fake
@@ -18,7 +18,7 @@ import numpy as np
 
 from experiments import registry  # noqa: F401  (registers the experiments)
 from experiments.common import run_experiment
-from jaxlr import data as jdata
+from jaxlr.data import fake as jfake
 
 # step -> (train_loss, val_loss, val_accuracy, train_accuracy), recorded 2026-11-30.
 GOLDEN = {
@@ -35,7 +35,7 @@ RTOL = 1e-5
 
 
 def test_task2_first_checks_match_the_recorded_numbers(tmp_path):
-    folder = jdata.write_fake_dataset(tmp_path / "fake", num_train=3000, num_test=500, seed=0)
+    folder = jfake.write_fake_dataset(tmp_path / "fake", num_train=3000, num_test=500, seed=0)
     overrides = dict(dataset="fake", data_dir=str(folder), num_train=None, num_epochs=2)
     metrics = run_experiment("tdt4265_task2", tmp_path / "wd", overrides)
     assert metrics["steps"] == 8 and metrics["steps_per_epoch"] == 4 and metrics["eval_every"] == 1

@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 from jax.test_util import check_grads
 
-from jaxlr import gradients, losses, models, objective, testing
+from jaxlr.core import gradients, losses, models, objective, testing
 
 DTYPES = [jnp.float64, jnp.float32]
 MODEL_CASES = ["logistic", "softmax", "mlp-sigmoid", "mlp-tanh", "mlp-relu", "mlp-linear"]

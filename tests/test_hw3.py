@@ -23,12 +23,12 @@ from experiments import (
 )
 from experiments.common import run_experiment
 from experiments.config import EXPERIMENTS, make_config
-from jaxlr import checkpoint as ckpt
-from jaxlr import data as jdata
+from jaxlr.data import registry as jregistry
+from jaxlr.host import checkpoint as ckpt
 
 
 def _mnist():
-    return jdata.load_dataset("mnist", DATA_DIR, download=False)
+    return jregistry.load_dataset("mnist", DATA_DIR, download=False)
 
 
 def _read(workdir: Path) -> dict:

@@ -1,4 +1,4 @@
-"""Tests for jaxlr.io: atomic writes leave either the old file or the complete new one."""
+"""Tests for jaxlr.host.io: atomic writes leave either the old file or the complete new one."""
 
 import json
 import math
@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxlr import io
+from jaxlr.host import io
 
 
 def _leftovers(folder):

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxlr import losses, models, testing
+from jaxlr.core import losses, models, testing
 
 RNG = np.random.default_rng(0)
 Z_N = RNG.normal(0.0, 2.0, size=9)

@@ -1,4 +1,4 @@
-"""Tests of `jaxlr.metrics`: every expected value is built by hand on small arrays."""
+"""Tests of `jaxlr.report.metrics`: every expected value is built by hand on small arrays."""
 
 import types
 
@@ -6,8 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxlr import metrics
-from jaxlr.testing import tolerance
+from jaxlr.core.testing import tolerance
+from jaxlr.report import metrics
 
 # A number against the same quantity computed by hand in another way.
 TOL = tolerance(np.float64, "loss_value")

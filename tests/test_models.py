@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxlr import models
+from jaxlr.core import models
 
 KEY = jax.random.key(0)
 

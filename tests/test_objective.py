@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxlr import losses, objective, testing
+from jaxlr.core import losses, objective, testing
 
 KEY = jax.random.key(0)
 

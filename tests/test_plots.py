@@ -1,10 +1,10 @@
-"""Tests of the report figures (`jaxlr.plots`): valid PNGs, atomic writes, clear errors."""
+"""Tests of the report figures (`jaxlr.report.plots`): valid PNGs, atomic writes, clear errors."""
 
 import matplotlib.image as mpimg
 import numpy as np
 import pytest
 
-from jaxlr import plots
+from jaxlr.report import plots
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

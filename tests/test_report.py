@@ -1,4 +1,4 @@
-"""Tests of `jaxlr.report`: tables, report and history files, the launcher's summary."""
+"""Tests of `jaxlr.report.tables`: tables, report and history files, the launcher's summary."""
 
 import json
 
@@ -6,14 +6,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxlr import report
+from jaxlr.report import tables
 
 # ---------------------------------------------------------------------------------------------
 # markdown_table and runs_table.
 
 
 def test_markdown_table_default_alignment_and_cells():
-    got = report.markdown_table(
+    got = tables.markdown_table(
         ["run", "acc", "steps", "note"],
         [["a", "0.9164", 1550, None], ["b", 0.5, "1,024", "x|y"]],
     )
@@ -26,23 +26,23 @@ def test_markdown_table_default_alignment_and_cells():
 
 
 def test_markdown_table_align_bold_and_float_format():
-    got = report.markdown_table(
+    got = tables.markdown_table(
         ["lambda", "diverged"],
         [["0.01", "False"], ["0.5", "True"]],
         align="rl",
         bold=[1],
     )
     assert got == "| lambda | diverged |\n| ---: | --- |\n| 0.01 | False |\n| **0.5** | **True** |"
-    got = report.markdown_table(["x"], [[0.123456]], align=["c"], float_format="{:.2f}")
+    got = tables.markdown_table(["x"], [[0.123456]], align=["c"], float_format="{:.2f}")
     assert got == "| x |\n| :---: |\n| 0.12 |"
     # Percentages and bold numbers read as numbers.
-    assert "| ---: |" in report.markdown_table(["c"], [["90.9%"], ["**3**"]])
+    assert "| ---: |" in tables.markdown_table(["c"], [["90.9%"], ["**3**"]])
 
 
 def test_markdown_table_reproduces_the_experiments_tables():
     # The mean-image table of tdt4265 (`| --- |` then ` ---: |` per digit).
     corr = [0.53, 0.30]
-    got = report.markdown_table(
+    got = tables.markdown_table(
         ["digit", "0", "1"], [["correlation", *(f"{c:.3f}" for c in corr)]], align="lrr"
     )
     assert got == "| digit | 0 | 1 |\n| --- | ---: | ---: |\n| correlation | 0.530 | 0.300 |"
@@ -60,7 +60,7 @@ def test_markdown_table_reproduces_the_experiments_tables():
 )
 def test_markdown_table_refuses_bad_input(kwargs, message):
     with pytest.raises(ValueError, match=message):
-        report.markdown_table(**kwargs)
+        tables.markdown_table(**kwargs)
 
 
 RUN = dict(
@@ -75,7 +75,7 @@ RUN = dict(
 
 
 def test_runs_table_is_the_tdt4265_metrics_table():
-    got = report.runs_table({"lambda=0": RUN, "lambda=1": dict(RUN, steps=7, wall_seconds=31.25)})
+    got = tables.runs_table({"lambda=0": RUN, "lambda=1": dict(RUN, steps=7, wall_seconds=31.25)})
     assert got == (
         "| run | train loss | val loss | train acc | val acc | steps | wall (s) |\n"
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: |\n"
@@ -83,7 +83,7 @@ def test_runs_table_is_the_tdt4265_metrics_table():
         "| lambda=1 | 0.1234 | 0.2000 | 0.9000 | 0.9100 | 7 | 31.2 |"
     )
     with pytest.raises(ValueError, match="val_loss"):
-        report.runs_table({"a": {k: v for k, v in RUN.items() if k != "val_loss"}})
+        tables.runs_table({"a": {k: v for k, v in RUN.items() if k != "val_loss"}})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -100,7 +100,7 @@ def test_write_history_and_report(tmp_path):
         "val_accuracy": np.array([0.5]),
         "train_accuracy": np.array([0.25]),
     }
-    report.write_history(tmp_path / "h.jsonl", history)
+    tables.write_history(tmp_path / "h.jsonl", history)
     lines = (tmp_path / "h.jsonl").read_text().splitlines()
     assert [json.loads(x) for x in lines] == [
         {"step": 0, "epoch": 0, "train_loss": 0.5},
@@ -115,20 +115,20 @@ def test_write_history_and_report(tmp_path):
         {"step": 2, "epoch": 1, "train_loss": 0.125},
     ]
     empty = {k: v[:0] for k, v in history.items()}
-    report.write_history(tmp_path / "e.jsonl", empty)
+    tables.write_history(tmp_path / "e.jsonl", empty)
     assert (tmp_path / "e.jsonl").read_text() == ""
-    report.write_report(tmp_path / "r.md", "Title", ["  first\n", "second  "])
+    tables.write_report(tmp_path / "r.md", "Title", ["  first\n", "second  "])
     assert (tmp_path / "r.md").read_text() == "# Title\n\nfirst\n\nsecond\n"
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
 
 
 def test_slug_image_link_jsonable():
-    assert report.slug("lambda=0.1") == "lambda_0.1"
-    assert report.slug("lr=0.1, l2=1e-3") == "lr_0.1_l2_1e-3"
-    assert report.slug("schedule=anneal") == "schedule_anneal"
-    assert report.slug("=== ") == "run"
-    assert report.slug("+x") == "+x"
-    assert report.image_link("loss.png", "the loss") == "![the loss](loss.png)"
+    assert tables.slug("lambda=0.1") == "lambda_0.1"
+    assert tables.slug("lr=0.1, l2=1e-3") == "lr_0.1_l2_1e-3"
+    assert tables.slug("schedule=anneal") == "schedule_anneal"
+    assert tables.slug("=== ") == "run"
+    assert tables.slug("+x") == "+x"
+    assert tables.image_link("loss.png", "the loss") == "![the loss](loss.png)"
     obj = {
         1: (np.float32(0.5), np.int64(3)),
         "a": np.arange(3),
@@ -136,7 +136,7 @@ def test_slug_image_link_jsonable():
         "j": jnp.asarray([1.0, 2.0]),
         "s": "text",
     }
-    got = report.jsonable(obj)
+    got = tables.jsonable(obj)
     assert got == {
         "1": [0.5, 3],
         "a": [0, 1, 2],
@@ -157,7 +157,7 @@ def test_summary_table_of_runs_by_hand():
         "lambda=1": {"val_accuracy": 0.8008, "steps": 7800, "wall_seconds": 31.25},
         "wall_seconds_total": 33.5,
     }
-    assert report.summary_table(metrics) == (
+    assert tables.summary_table(metrics) == (
         "run       val_accuracy  steps  wall_seconds\n"
         "--------  ------------  -----  ------------\n"
         "lambda=0        0.9164   7800         31.25\n"
@@ -167,7 +167,7 @@ def test_summary_table_of_runs_by_hand():
         "------------------  -----\n"
         "wall_seconds_total   33.5"
     )
-    assert report.summary_table(metrics, headline=["steps", "missing"]) == (
+    assert tables.summary_table(metrics, headline=["steps", "missing"]) == (
         "run       steps\n--------  -----\nlambda=0   7800\nlambda=1   7800"
     )
 
@@ -185,7 +185,7 @@ def test_summary_table_of_one_run_flattens_and_formats():
         "gap": 2e-5,
         "loss_gap": -0.0008,
     }
-    text = report.summary_table(metrics)
+    text = tables.summary_table(metrics)
     rows = dict(line.split(None, 1) for line in text.splitlines()[2:])
     assert rows == {
         "train_loss": "0.0612",
@@ -201,7 +201,7 @@ def test_summary_table_of_one_run_flattens_and_formats():
     }
     # The usual headline keys first, then other losses and accuracies, then the rest.
     assert list(rows)[:4] == ["val_loss", "train_loss", "steps", "early_stopping.best_val_loss"]
-    got = report.summary_table(metrics, headline=["early_stopping.step", "val_loss", "nope"])
+    got = tables.summary_table(metrics, headline=["early_stopping.step", "val_loss", "nope"])
     assert got.splitlines()[2:] == ["early_stopping.step    1038", "val_loss             0.0657"]
 
 
@@ -214,7 +214,7 @@ def test_summary_table_of_the_experiments_shapes():
         "weight_norm_by_lambda": {"0": 4.89, "1": 0.6},
         "wall_seconds_total": 31.3,
     }
-    text = report.summary_table(
+    text = tables.summary_table(
         task4, headline=["val_accuracy", "weight_norm", "wall_seconds_total"]
     )
     lines = text.splitlines()
@@ -222,7 +222,7 @@ def test_summary_table_of_the_experiments_shapes():
     assert lines[2].split() == ["lambda=0", "0.9100", "4.89"]
     assert lines[3].split() == ["lambda=1", "0.9100", "0.6000"]
     assert lines[-1].split() == ["wall_seconds_total", "31.3"]
-    default = report.summary_table(task4)
+    default = tables.summary_table(task4)
     assert "weight_norm_by_lambda.0" in default
     # Default columns: at most 6, the usual headline keys first.
     assert default.splitlines()[0].split() == [
@@ -240,7 +240,7 @@ def test_summary_table_of_the_experiments_shapes():
         for b in (1, 32, 128)
     }
     online.update(batch_sizes=[1, 32, 128], num_train=60000, learning_rate=0.01)
-    lines = report.summary_table(online).splitlines()
+    lines = tables.summary_table(online).splitlines()
     assert lines[0].split() == ["run", "test_accuracy", "batch_size"]
     assert [x.split()[0] for x in lines[2:5]] == ["batch_size=1", "batch_size=32", "batch_size=128"]
     assert "epoch_seconds" not in "\n".join(lines) and "batch_sizes" not in "\n".join(lines)
@@ -255,7 +255,7 @@ def test_summary_table_of_the_experiments_shapes():
         "points": [best] * 36,
         "wall_seconds": 163.0,
     }
-    lines = report.summary_table(sweep).splitlines()
+    lines = tables.summary_table(sweep).splitlines()
     assert lines[0].split() == ["run", "val_accuracy", "index", "learning_rate"]
     assert lines[3].split() == ["best_by_val_accuracy", "0.9200", "5", "0.1000"]
     assert [x.split()[0] for x in lines[-2:]] == ["wall_seconds", "num_points"]
@@ -263,30 +263,30 @@ def test_summary_table_of_the_experiments_shapes():
 
 def test_summary_table_limits_and_strings():
     many = {f"seed={i}": {"val_accuracy": i / 100} for i in range(20)}
-    lines = report.summary_table(many).splitlines()
+    lines = tables.summary_table(many).splitlines()
     assert len(lines) == 2 + 12 + 1 and lines[-1] == "(+8 more runs)"
     flat = {f"k{i}": i for i in range(15)}
     flat["path"] = "/a/very/long/path/" * 10
-    lines = report.summary_table(flat).splitlines()
+    lines = tables.summary_table(flat).splitlines()
     assert lines[-1] == "(+4 more not shown)" and len(lines) == 2 + 12 + 1
     # A column holding any text is left-aligned; long strings are cut.
-    text = report.summary_table({"grad": "analytic", "steps": 10, "p": "x" * 100})
+    text = tables.summary_table({"grad": "analytic", "steps": 10, "p": "x" * 100})
     assert text.splitlines()[2:] == [
         "steps   10",
         "grad    analytic",
         "p       " + "x" * 45 + "...",
     ]
-    assert report.summary_table({}) == "(no scalar metrics)"
-    assert report.summary_table({"a": [1, 2]}) == "(no scalar metrics)"
+    assert tables.summary_table({}) == "(no scalar metrics)"
+    assert tables.summary_table({"a": [1, 2]}) == "(no scalar metrics)"
 
 
 def test_summary_table_refuses_bad_input():
     with pytest.raises(ValueError, match="metrics must be a dict"):
-        report.summary_table([("a", 1)])
+        tables.summary_table([("a", 1)])
     with pytest.raises(ValueError, match="headline"):
-        report.summary_table({"a": 1}, headline="a")
+        tables.summary_table({"a": 1}, headline="a")
 
 
 def test_csv_text_writes_the_first_rows_keys_as_columns():
     rows = [{"index": 0, "lr": 0.1, "note": "a,b"}, {"index": 1, "lr": 1.0, "note": ""}]
-    assert report.csv_text(rows) == 'index,lr,note\n0,0.1,"a,b"\n1,1.0,\n'
+    assert tables.csv_text(rows) == 'index,lr,note\n0,0.1,"a,b"\n1,1.0,\n'

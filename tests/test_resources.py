@@ -1,4 +1,4 @@
-"""Memory estimates and refusals (`jaxlr.resources`), and `fit` refusing what cannot fit.
+"""Memory estimates and refusals (`jaxlr.engine.resources`), and `fit` refusing what cannot fit.
 
 Dimension legend: N training examples, V validation examples, D features, P parameters.
 """
@@ -10,10 +10,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxlr import resources
-from jaxlr.config import TrainConfig, make_hparams
-from jaxlr.resources import ResourceError
-from jaxlr.train import Data, fit, model_for
+from jaxlr.engine import resources
+from jaxlr.engine.config import TrainConfig, make_hparams
+from jaxlr.engine.resources import ResourceError
+from jaxlr.engine.step import Data
+from jaxlr.engine.train import fit, model_for
 
 GiB = 1 << 30
 
@@ -28,7 +29,7 @@ def _data(n=40, v=20, d=10, dtype=np.float32):
 @pytest.mark.parametrize(
     "config, d, expected",
     [
-        # Counted by hand from the layouts in jaxlr/models.py.
+        # Counted by hand from the layouts in jaxlr/core/models.py.
         (TrainConfig(model="logistic"), 785, 785),
         (TrainConfig(model="logistic", bias="explicit"), 784, 784 + 1),
         (TrainConfig(model="softmax"), 785, 785 * 10),

@@ -1,14 +1,18 @@
-"""Tests of random search and successive halving (`jaxlr.search`, `run_sweep(prune=...)`)."""
+"""Tests of random search and successive halving (`jaxlr.engine.grid`, `run_sweep(prune=...)`)."""
 
 import dataclasses
 
 import numpy as np
 import pytest
 
-from jaxlr import search, sweep
-from jaxlr.config import TrainConfig, make_hparams
-from jaxlr.testing import assert_tree_allclose, tolerance
-from jaxlr.train import Data, fit
+from jaxlr.core.testing import assert_tree_allclose, tolerance
+from jaxlr.engine import grid as jgrid
+from jaxlr.engine import halving as jhalving
+from jaxlr.engine import sweep as jsweep
+from jaxlr.engine.config import TrainConfig, make_hparams
+from jaxlr.engine.step import Data
+from jaxlr.engine.train import fit
+from jaxlr.report import tables
 
 TOL = tolerance(np.float64, "grad_vs_autodiff")
 
@@ -35,7 +39,7 @@ CFG = TrainConfig(
 
 
 def test_random_points_are_log_uniform_seeded_and_reproducible():
-    g = search.random_points(2000, (1e-3, 1.0), (1e-4, 1e-2), seed=7)
+    g = jgrid.random_points(2000, (1e-3, 1.0), (1e-4, 1e-2), seed=7)
     assert g.axes == ("point",) and g.shape == (2000,)
     lr = np.asarray(g.hparams.learning_rate, np.float64)
     l2 = np.asarray(g.hparams.l2, np.float64)
@@ -44,17 +48,17 @@ def test_random_points_are_log_uniform_seeded_and_reproducible():
     decades = np.histogram(np.log10(lr), bins=[-3, -2, -1, 0])[0] / 2000
     np.testing.assert_allclose(decades, 1 / 3, atol=0.05)
     assert np.all(g.hparams.momentum == 0) and np.all(g.hparams.seed == 0)
-    again = search.random_points(2000, (1e-3, 1.0), (1e-4, 1e-2), seed=7)
+    again = jgrid.random_points(2000, (1e-3, 1.0), (1e-4, 1e-2), seed=7)
     np.testing.assert_array_equal(again.hparams.learning_rate, g.hparams.learning_rate)
-    other = search.random_points(2000, (1e-3, 1.0), (1e-4, 1e-2), seed=8)
+    other = jgrid.random_points(2000, (1e-3, 1.0), (1e-4, 1e-2), seed=8)
     assert not np.array_equal(other.hparams.learning_rate, g.hparams.learning_rate)
     # A range left out does not change the others' draws; l2 is then 0 everywhere.
-    no_l2 = search.random_points(2000, (1e-3, 1.0), seed=7, momentum_range=(0.5, 0.9))
+    no_l2 = jgrid.random_points(2000, (1e-3, 1.0), seed=7, momentum_range=(0.5, 0.9))
     np.testing.assert_array_equal(no_l2.hparams.learning_rate, g.hparams.learning_rate)
     assert np.all(no_l2.hparams.l2 == 0)
     mom = np.asarray(no_l2.hparams.momentum)
     assert mom.min() >= 0.5 and mom.max() <= 0.9
-    fixed = search.random_points(3, (0.1, 0.1), train_seed=4)
+    fixed = jgrid.random_points(3, (0.1, 0.1), train_seed=4)
     assert fixed.point(2) == {"learning_rate": 0.1, "l2": 0.0, "momentum": 0.0, "seed": 4}
 
 
@@ -70,39 +74,39 @@ def test_random_points_are_log_uniform_seeded_and_reproducible():
 )
 def test_random_points_rejects_bad_input(kwargs, match):
     with pytest.raises(ValueError, match=match):
-        search.random_points(**kwargs)
+        jgrid.random_points(**kwargs)
 
 
 def test_halving_rule_validation_and_prune_rung():
     with pytest.raises(ValueError, match="rung_epochs must be >= 1"):
-        search.Halving(rung_epochs=0)
+        jhalving.Halving(rung_epochs=0)
     with pytest.raises(ValueError, match=r"keep_fraction must be in \(0, 1\), got 1.0"):
-        search.Halving(keep_fraction=1.0)
-    rule = search.Halving(rung_epochs=2, keep_fraction=1 / 3)
+        jhalving.Halving(keep_fraction=1.0)
+    rule = jhalving.Halving(rung_epochs=2, keep_fraction=1 / 3)
     loss = np.array([0.5, 0.1, np.nan, 0.3, 0.1, 0.9, 0.2, 0.05])
     active = np.array([True, True, True, True, True, True, True, False])
     # 7 active -> keep ceil(7/3) = 3: losses 0.1 (1), 0.1 (4, tie: lower index first wins
     # after 1), 0.2 (6); NaN ranks last; the inactive point 7 is left alone.
-    cut = search.prune_rung(loss, active, rule)
+    cut = jhalving.prune_rung(loss, active, rule)
     np.testing.assert_array_equal(np.flatnonzero(~cut & active), [1, 4, 6])
     assert not cut[7]
     # Ties are broken by index: with equal losses the lowest indices survive.
-    cut = search.prune_rung(np.ones(6), np.ones(6, bool), rule)
+    cut = jhalving.prune_rung(np.ones(6), np.ones(6, bool), rule)
     np.testing.assert_array_equal(np.flatnonzero(~cut), [0, 1])
     # Never below min_points.
-    cut = search.prune_rung(loss, active, dataclasses.replace(rule, min_points=5))
+    cut = jhalving.prune_rung(loss, active, dataclasses.replace(rule, min_points=5))
     assert (~cut & active).sum() == 5
-    assert not search.prune_rung(loss[:1], active[:1], rule).any()
+    assert not jhalving.prune_rung(loss[:1], active[:1], rule).any()
     with pytest.raises(ValueError, match="must be"):
-        search.prune_rung(loss, active[:3], rule)
+        jhalving.prune_rung(loss, active[:3], rule)
 
 
 def test_halving_stops_the_worst_points_at_each_rung():
     data = _data()
-    grid = search.random_points(12, (1e-3, 1.0), (1e-4, 1e-2), seed=1)
-    rule = search.Halving(rung_epochs=6, keep_fraction=0.5)
-    res = sweep.run_sweep(CFG, grid, data, prune=rule, log_fn=lambda m: None)
-    full = sweep.run_sweep(CFG, grid, data, log_fn=lambda m: None)
+    grid = jgrid.random_points(12, (1e-3, 1.0), (1e-4, 1e-2), seed=1)
+    rule = jhalving.Halving(rung_epochs=6, keep_fraction=0.5)
+    res = jsweep.run_sweep(CFG, grid, data, prune=rule, log_fn=lambda m: None)
+    full = jsweep.run_sweep(CFG, grid, data, log_fn=lambda m: None)
     m = res.num_batches
     rung = res.pruned_rung
     assert rung.shape == (12,) and (rung >= 1).sum() >= 6, rung
@@ -143,13 +147,13 @@ def test_halving_stops_the_worst_points_at_each_rung():
         assert_tree_allclose(res.point_params(i), single.params, **TOL)
     assert res.point_steps < full.point_steps
     assert res.work()["num_pruned"] == int((rung >= 1).sum())
-    table = sweep.table_csv(res).splitlines()
+    table = tables.sweep_csv(res).splitlines()
     assert "pruned_rung" in table[0].split(",")
     col = table[0].split(",").index("pruned_rung")
     assert [row.split(",")[col] for row in table[1:]] == [str(r) if r >= 0 else "" for r in rung]
-    assert "pruned_rung" not in sweep.table_csv(full).splitlines()[0]
+    assert "pruned_rung" not in tables.sweep_csv(full).splitlines()[0]
 
 
 def test_run_sweep_rejects_a_bad_prune_rule():
-    with pytest.raises(ValueError, match="prune must be None or a jaxlr.search.Halving"):
-        sweep.run_sweep(CFG, search.random_points(2, (0.1, 1)), _data(), prune=0.5)
+    with pytest.raises(ValueError, match="prune must be None or a jaxlr.engine.halving.Halving"):
+        jsweep.run_sweep(CFG, jgrid.random_points(2, (0.1, 1)), _data(), prune=0.5)

@@ -4,7 +4,7 @@ Bounds used instead of free tolerances: for an objective that is mu-strongly con
 (``mu = 2 lambda`` for ``R = sum w^2`` with every weight penalised, ``mu = lambda`` for
 ``R = 1/2 sum w^2``), any point with gradient norm g is within ``g / mu`` of the optimum.
 Two solutions are therefore within ``(g_a + g_b) / mu`` of each other; objective values are
-compared with the rounding allowance of ``jaxlr.testing`` ("loss_value"), which is also the
+compared with the rounding allowance of ``jaxlr.core.testing`` ("loss_value"), which is also the
 allowance added to exact bounds evaluated in floating point.
 
 Dimension legend: N examples, D features, K classes, G groups, L lambdas of a path.
@@ -19,11 +19,12 @@ import pytest
 from jax.flatten_util import ravel_pytree
 from realdata import DATA_DIR, needs_data
 
-from jaxlr import curvature, solver, testing
-from jaxlr import data as jdata
-from jaxlr.config import TrainConfig
-from jaxlr.objective import make_model
-from jaxlr.train import model_for
+from jaxlr.core import curvature, solver, testing
+from jaxlr.core.objective import make_model
+from jaxlr.data import images as jimages
+from jaxlr.data import registry as jregistry
+from jaxlr.engine.config import TrainConfig
+from jaxlr.engine.train import model_for
 
 F64 = jnp.float64
 LOSS64 = testing.tolerance(F64, "loss_value")
@@ -508,11 +509,11 @@ HW3_GOLDEN = {
 
 @needs_data
 def test_hw3_logreg_optimum_golden():
-    ds = jdata.load_dataset("mnist", DATA_DIR, download=False)
-    xtr, ytr = jdata.binary_subset(ds.x_train[:50000], ds.y_train[:50000], positive=9, negative=4)
-    xte, yte = jdata.binary_subset(ds.x_test, ds.y_test, positive=9, negative=4)
-    x_ND = jdata.preprocess(xtr, scale="unit", bias=True, dtype=np.float64)
-    xte_ND = jdata.preprocess(xte[:1000], scale="unit", bias=True, dtype=np.float64)
+    ds = jregistry.load_dataset("mnist", DATA_DIR, download=False)
+    xtr, ytr = jimages.binary_subset(ds.x_train[:50000], ds.y_train[:50000], positive=9, negative=4)
+    xte, yte = jimages.binary_subset(ds.x_test, ds.y_test, positive=9, negative=4)
+    x_ND = jimages.preprocess(xtr, scale="unit", bias=True, dtype=np.float64)
+    xte_ND = jimages.preprocess(xte[:1000], scale="unit", bias=True, dtype=np.float64)
     model = _model("logistic", x_ND, l2_convention="sum", l2_bias=False)
     rep = solver.optimum_report(model, x_ND, ytr, list(HW3_GOLDEN), include_bias=False)
     for i, (row, golden) in enumerate(zip(rep.rows, HW3_GOLDEN.values(), strict=True)):

@@ -1,4 +1,4 @@
-"""Tests of vmapped sweeps (`jaxlr.sweep`): equal to single runs, blocked, sharded, no retrace."""
+"""Tests of vmapped sweeps (`jaxlr.engine.sweep`): equal to single runs, blocked, sharded."""
 
 import dataclasses
 import json
@@ -15,10 +15,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxlr import sweep
-from jaxlr.config import HParams, TrainConfig, make_hparams
-from jaxlr.testing import assert_tree_allclose, count_traces, tolerance
-from jaxlr.train import Data, fit, model_for
+from jaxlr.core.testing import assert_tree_allclose, count_traces, tolerance
+from jaxlr.data import idx as jidx
+from jaxlr.data import registry as jregistry
+from jaxlr.engine import grid as jgrid
+from jaxlr.engine import sweep as jsweep
+from jaxlr.engine.config import HParams, TrainConfig, make_hparams
+from jaxlr.engine.step import Data
+from jaxlr.engine.train import fit, model_for
+from jaxlr.report import tables
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -70,7 +75,7 @@ def _quiet(msg):
 
 
 def test_make_grid_order_axes_and_reshape():
-    g = sweep.make_grid(learning_rate=(0.1, 0.2, 0.3), l2=(0.0, 1.0), seed=(0, 1))
+    g = jgrid.make_grid(learning_rate=(0.1, 0.2, 0.3), l2=(0.0, 1.0), seed=(0, 1))
     assert g.axes == ("l2", "learning_rate", "seed")
     assert g.shape == (2, 3, 2) and g.size == 12
     assert g.values["learning_rate"] == (0.1, 0.2, 0.3)
@@ -78,17 +83,17 @@ def test_make_grid_order_axes_and_reshape():
     assert [g.point(i)["seed"] for i in range(4)] == [0, 1, 0, 1]
     assert g.point(2) == {"learning_rate": 0.2, "l2": 0.0, "momentum": 0.0, "seed": 0}
     assert g.point(6)["l2"] == 1.0 and g.point(6)["learning_rate"] == 0.1
-    gm = sweep.make_grid(learning_rate=0.1, momentum=(0.0, 0.9))
+    gm = jgrid.make_grid(learning_rate=0.1, momentum=(0.0, 0.9))
     assert gm.axes == ("l2", "learning_rate", "momentum", "seed") and gm.shape == (1, 1, 2, 1)
     assert list(gm.hparams.momentum) == [0.0, 0.9]
-    gp = sweep.grid_from_points([{"learning_rate": 0.1}, {"learning_rate": 0.5, "seed": 3}])
+    gp = jgrid.grid_from_points([{"learning_rate": 0.1}, {"learning_rate": 0.5, "seed": 3}])
     assert gp.axes == ("point",) and gp.shape == (2,)
     assert gp.point(1) == {"learning_rate": 0.5, "l2": 0.0, "momentum": 0.0, "seed": 3}
     with pytest.raises(ValueError, match="unknown keys"):
-        sweep.grid_from_points([{"learning_rate": 0.1, "lambda": 1.0}])
+        jgrid.grid_from_points([{"learning_rate": 0.1, "lambda": 1.0}])
     # reshape / mean_over / best_index on a hand-built result.
     val = np.arange(12.0)
-    res = sweep.SweepResult(
+    res = jsweep.SweepResult(
         grid=g,
         params={},
         metrics={"val_loss": val, "val_accuracy": val / 100},
@@ -101,15 +106,15 @@ def test_make_grid_order_axes_and_reshape():
     assert res.reshape(val)[1, 2, 0] == 10.0
     assert res.best_index("val_loss") == 1  # point 0 diverged
     assert res.best_index("val_accuracy") == 11
-    means = sweep.mean_over(res, val)
+    means = jsweep.mean_over(res, val)
     assert means.shape == (2, 3)
     assert np.isnan(means[0, 0]) and means[1, 2] == pytest.approx(10.5)
 
 
 def test_sweep_equals_loop_of_single_runs():
     data = synthetic(k=3)
-    grid = sweep.make_grid(learning_rate=(0.05, 0.5), l2=(0.01,), seed=(0, 1))
-    res = sweep.run_sweep(SOFTMAX, grid, data, log_fn=_quiet)
+    grid = jgrid.make_grid(learning_rate=(0.05, 0.5), l2=(0.01,), seed=(0, 1))
+    res = jsweep.run_sweep(SOFTMAX, grid, data, log_fn=_quiet)
     assert res.grid is grid and len(res.histories) == grid.size
     for i in range(grid.size):
         single = _fit_point(SOFTMAX, grid, i, data)
@@ -127,8 +132,8 @@ def test_sweep_equals_loop_of_single_runs():
 def test_early_stopping_per_point_equals_single_runs():
     data = overfit_data()
     # Stops at steps 96 and 20; the smallest rate never stops.
-    grid = sweep.make_grid(learning_rate=(0.005, 0.1, 2.0), l2=(0.03,))
-    res = sweep.run_sweep(OVERFIT, grid, data, log_fn=_quiet)
+    grid = jgrid.make_grid(learning_rate=(0.005, 0.1, 2.0), l2=(0.03,))
+    res = jsweep.run_sweep(OVERFIT, grid, data, log_fn=_quiet)
     es = res.early_stopping
     assert es["stopped"].sum() >= 2, "test data should make several points stop early"
     assert len(set(es["step"][es["stopped"]])) >= 2, "points should stop at different steps"
@@ -149,8 +154,8 @@ def test_a_stopped_point_never_changes_again():
     data = overfit_data()
     cfg = OVERFIT
     model = model_for(cfg, data.x_train.shape[1], jnp.float64)
-    grid = sweep.make_grid(learning_rate=(0.005, 0.1, 2.0), l2=(0.0, 0.03))
-    fns = sweep.sweep_functions(cfg, model, data.x_train.shape[0], (jax.devices()[0],))
+    grid = jgrid.make_grid(learning_rate=(0.005, 0.1, 2.0), l2=(0.0, 0.03))
+    fns = jsweep.sweep_functions(cfg, model, data.x_train.shape[0], (jax.devices()[0],))
     hp = HParams(*(jnp.asarray(v) for v in grid.hparams))
     jdata = Data(*(jnp.asarray(a) for a in data))
     state = fns.init(hp)
@@ -179,12 +184,12 @@ def test_blocked_equals_unblocked():
     # Several seeds: each point gathers its own batches (a batched product over points), so
     # blocks of 2 or more points (the last one padded) reproduce every bit. A block of one
     # point lets XLA drop the batch dimension and use another kernel: equal up to rounding.
-    grid = sweep.make_grid(learning_rate=(0.05, 0.5, 0.2), l2=(0.0, 0.01), seed=(0, 1))
-    whole = sweep.run_sweep(SOFTMAX, grid, data, log_fn=_quiet)
-    one = sweep.run_sweep(SOFTMAX, grid, data, block_size=1, log_fn=_quiet)
+    grid = jgrid.make_grid(learning_rate=(0.05, 0.5, 0.2), l2=(0.0, 0.01), seed=(0, 1))
+    whole = jsweep.run_sweep(SOFTMAX, grid, data, log_fn=_quiet)
+    one = jsweep.run_sweep(SOFTMAX, grid, data, block_size=1, log_fn=_quiet)
     assert_tree_allclose(one.params, whole.params, **TOL)
     for block in (5,):  # three blocks of 4 points
-        blocked = sweep.run_sweep(SOFTMAX, grid, data, block_size=block, log_fn=_quiet)
+        blocked = jsweep.run_sweep(SOFTMAX, grid, data, block_size=block, log_fn=_quiet)
         assert_tree_allclose(blocked.params, whole.params, rtol=0, atol=0)
         # Evaluations multiply the shared data by all points' weights in one product whose
         # summation order depends on the number of points: equal up to rounding.
@@ -196,9 +201,9 @@ def test_blocked_equals_unblocked():
             np.testing.assert_allclose(a["val_loss"], b["val_loss"], rtol=TOL["rtol"])
     # One seed, no shuffle: every point shares the batch; equal up to rounding.
     data2 = overfit_data()
-    grid2 = sweep.make_grid(learning_rate=(0.005, 0.1, 2.0), l2=(0.0, 0.03))
-    whole2 = sweep.run_sweep(OVERFIT, grid2, data2, log_fn=_quiet)
-    blocked2 = sweep.run_sweep(OVERFIT, grid2, data2, block_size=4, log_fn=_quiet)
+    grid2 = jgrid.make_grid(learning_rate=(0.005, 0.1, 2.0), l2=(0.0, 0.03))
+    whole2 = jsweep.run_sweep(OVERFIT, grid2, data2, log_fn=_quiet)
+    blocked2 = jsweep.run_sweep(OVERFIT, grid2, data2, block_size=4, log_fn=_quiet)
     assert_tree_allclose(blocked2.params, whole2.params, **TOL)
     for k, v in whole2.early_stopping.items():
         np.testing.assert_array_equal(blocked2.early_stopping[k], v, err_msg=k)
@@ -208,7 +213,7 @@ def test_diverging_point_is_reported_and_the_others_are_unaffected():
     data = synthetic(k=3)
     cfg = SOFTMAX
     lrs = (0.05, 0.5, 1e306)
-    res = sweep.run_sweep(cfg, sweep.make_grid(learning_rate=lrs), data, log_fn=_quiet)
+    res = jsweep.run_sweep(cfg, jgrid.make_grid(learning_rate=lrs), data, log_fn=_quiet)
     np.testing.assert_array_equal(res.diverged, [False, False, True])
     assert res.diverge_step[2] >= 0 and (res.diverge_step[:2] == -1).all()
     # The diverged point is frozen where its objective became non-finite, reported, and
@@ -220,7 +225,7 @@ def test_diverging_point_is_reported_and_the_others_are_unaffected():
     # Its history ends with the step that diverged (the update of that step was dropped).
     assert res.metrics["steps"][2] == res.diverge_step[2] + 1
     # The other points: bit-identical to a grid of the same size without the bad rate.
-    ref = sweep.run_sweep(cfg, sweep.make_grid(learning_rate=(0.05, 0.5, 0.5)), data)
+    ref = jsweep.run_sweep(cfg, jgrid.make_grid(learning_rate=(0.05, 0.5, 0.5)), data)
     for i in (0, 1):
         assert_tree_allclose(res.point_params(i), ref.point_params(i), rtol=0, atol=0)
         for k in res.histories[i]:
@@ -236,15 +241,15 @@ def test_new_grid_of_the_same_size_does_not_retrace():
     model = model_for(cfg, data.x_train.shape[1], jnp.float64)
     counted = count_traces(model.grad)
     model = model._replace(grad=counted)
-    sweep.run_sweep(cfg, sweep.make_grid(learning_rate=(0.1, 0.2), l2=(0.0,)), data, model=model)
+    jsweep.run_sweep(cfg, jgrid.make_grid(learning_rate=(0.1, 0.2), l2=(0.0,)), data, model=model)
     first = counted.count
     assert first >= 1
-    g2 = sweep.make_grid(learning_rate=(0.3,), l2=(0.1, 0.5))
-    r2 = sweep.run_sweep(cfg, g2, data, model=model)
+    g2 = jgrid.make_grid(learning_rate=(0.3,), l2=(0.1, 0.5))
+    r2 = jsweep.run_sweep(cfg, g2, data, model=model)
     assert counted.count == first, "a new grid of the same size recompiled"
     single = fit(cfg, make_hparams(0.3, 0.5), data)
     assert_tree_allclose(r2.point_params(1), single.params, **TOL)
-    sweep.run_sweep(cfg, sweep.make_grid(learning_rate=(0.1, 0.2, 0.3)), data, model=model)
+    jsweep.run_sweep(cfg, jgrid.make_grid(learning_rate=(0.1, 0.2, 0.3)), data, model=model)
     assert counted.count > first  # another size does compile (the counter works)
 
 
@@ -252,27 +257,27 @@ def test_default_block_size_follows_the_memory_budget():
     data = synthetic(k=3)
     model = model_for(SOFTMAX, data.x_train.shape[1], jnp.float64)
     shape = (240, 120, 10)
-    per_point = sweep.bytes_per_point(SOFTMAX, model, shape, 8)
+    per_point = jsweep.bytes_per_point(SOFTMAX, model, shape, 8)
     assert per_point > 8 * 3 * 30  # at least params, new params and gradients
     data_bytes = 8 * 360 * 10
     budget = data_bytes + 5 * per_point
-    assert sweep.default_block_size(SOFTMAX, model, shape, 8, 100, 1, budget) == 5
-    assert sweep.default_block_size(SOFTMAX, model, shape, 8, 3, 1, budget) == 3
-    assert sweep.default_block_size(SOFTMAX, model, shape, 8, 100, 4, budget) == 20
-    assert sweep.default_block_size(SOFTMAX, model, shape, 8, 100, 4, data_bytes) == 4
-    assert sweep.memory_budget() > 0
+    assert jsweep.default_block_size(SOFTMAX, model, shape, 8, 100, 1, budget) == 5
+    assert jsweep.default_block_size(SOFTMAX, model, shape, 8, 3, 1, budget) == 3
+    assert jsweep.default_block_size(SOFTMAX, model, shape, 8, 100, 4, budget) == 20
+    assert jsweep.default_block_size(SOFTMAX, model, shape, 8, 100, 4, data_bytes) == 4
+    assert jsweep.memory_budget() > 0
 
 
 def test_tables():
     data = synthetic(k=3)
-    grid = sweep.make_grid(learning_rate=(0.05, 0.5), l2=(0.0, 1e306))
+    grid = jgrid.make_grid(learning_rate=(0.05, 0.5), l2=(0.0, 1e306))
     cfg = dataclasses.replace(SOFTMAX, num_epochs=2)
-    res = sweep.run_sweep(cfg, grid, data, log_fn=_quiet)
-    csv_text = sweep.table_csv(res)
+    res = jsweep.run_sweep(cfg, grid, data, log_fn=_quiet)
+    csv_text = tables.sweep_csv(res)
     lines = csv_text.strip().splitlines()
     assert len(lines) == 1 + grid.size
     assert lines[0].startswith("index,learning_rate,l2,momentum,seed,train_loss,val_loss")
-    md = sweep.table_markdown(res)
+    md = tables.sweep_markdown(res)
     best = res.best_index("val_loss")
     assert md.count("**") >= 2 and f"| **{best}** |" in md
     recs = res.records()
@@ -285,9 +290,10 @@ _SHARDED_SCRIPT = textwrap.dedent(
     """
     import jax, json, numpy as np
     jax.config.update("jax_enable_x64", True)
-    from jaxlr import sweep
-    from jaxlr.config import TrainConfig
-    from jaxlr.train import Data
+    from jaxlr.engine import grid as jgrid
+    from jaxlr.engine import sweep as jsweep
+    from jaxlr.engine.config import TrainConfig
+    from jaxlr.engine.step import Data
     assert len(jax.devices()) == 4, jax.devices()
     rng = np.random.default_rng(0)
     x = np.concatenate([rng.normal(size=(360, 9)), np.ones((360, 1))], axis=1)
@@ -298,10 +304,10 @@ _SHARDED_SCRIPT = textwrap.dedent(
         cfg = TrainConfig(model="softmax", num_classes=3, batch_size=16, num_epochs=3,
                           shuffle=True, early_stopping=True, patience=2, eval_every=2)
         # 6 or 12 points: padded to a multiple of 4 devices when needed.
-        grid = sweep.make_grid(learning_rate=(0.05, 0.5, 3.0), l2=(0.0, 0.01), seed=seeds)
-        many = sweep.run_sweep(cfg, grid, data, block_size=grid.size)
-        one = sweep.run_sweep(cfg, grid, data, devices=jax.devices()[:1])
-        fns = sweep.sweep_functions(cfg, sweep._default_model(cfg, 10, np.dtype("float64")),
+        grid = jgrid.make_grid(learning_rate=(0.05, 0.5, 3.0), l2=(0.0, 0.01), seed=seeds)
+        many = jsweep.run_sweep(cfg, grid, data, block_size=grid.size)
+        one = jsweep.run_sweep(cfg, grid, data, devices=jax.devices()[:1])
+        fns = jsweep.sweep_functions(cfg, jsweep._default_model(cfg, 10, np.dtype("float64")),
                                     240, tuple(jax.devices()), len(seeds) == 1)
         hp = jax.tree.map(lambda v: v[:4], grid.hparams)
         if len(seeds) == 1:
@@ -408,11 +414,10 @@ DATA_DIR = os.environ.get("JAXLR_DATA_DIR") or None
 
 
 def _mnist_missing():
-    from jaxlr import data as jdata
 
     try:
-        jdata.find_dataset_files("mnist", DATA_DIR, download=False)
-    except jdata.DataError:
+        jregistry.find_dataset_files("mnist", DATA_DIR, download=False)
+    except jidx.DataError:
         return "real MNIST files not found: set JAXLR_DATA_DIR (e.g. ../shared/data)"
     return None
 
@@ -457,27 +462,27 @@ def test_sweep_experiment_end_to_end(tmp_path):
 
 
 def test_block_ladder_and_plan_blocks():
-    assert sweep.block_ladder(64, steps_per_octave=2) == (2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
-    assert sweep.block_ladder(64) == (2, 4, 8, 16, 32, 64)
-    assert sweep.block_ladder(48, 4, 2) == (8, 12, 16, 24, 32, 48)
-    assert sweep.block_ladder(48, 4) == (8, 16, 32, 48)
-    assert sweep.block_ladder(4, 4) == (4,) and sweep.block_ladder(1) == (1,)
+    assert jsweep.block_ladder(64, steps_per_octave=2) == (2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
+    assert jsweep.block_ladder(64) == (2, 4, 8, 16, 32, 64)
+    assert jsweep.block_ladder(48, 4, 2) == (8, 12, 16, 24, 32, 48)
+    assert jsweep.block_ladder(48, 4) == (8, 16, 32, 48)
+    assert jsweep.block_ladder(4, 4) == (4,) and jsweep.block_ladder(1) == (1,)
     with pytest.raises(ValueError, match="steps_per_octave must be 1 or 2, got 3"):
-        sweep.block_ladder(8, 1, 3)
+        jsweep.block_ladder(8, 1, 3)
     with pytest.raises(ValueError, match="cap must be a positive multiple"):
-        sweep.block_ladder(6, 4)
-    ladder = sweep.block_ladder(16, 2, steps_per_octave=1)
+        jsweep.block_ladder(6, 4)
+    ladder = jsweep.block_ladder(16, 2, steps_per_octave=1)
     # 5 active points: one block of 8 (the smallest size that holds them), padded with
     # copies of its own points.
-    (b,) = sweep.plan_blocks([3, 5, 6, 9, 12], 16, ladder)
+    (b,) = jsweep.plan_blocks([3, 5, 6, 9, 12], 16, ladder)
     assert list(b) == [3, 5, 6, 9, 12, 3, 5, 6]
-    (b,) = sweep.plan_blocks([3, 5, 6, 9, 12], 16, sweep.block_ladder(16, 1, 2))
+    (b,) = jsweep.plan_blocks([3, 5, 6, 9, 12], 16, jsweep.block_ladder(16, 1, 2))
     assert list(b) == [3, 5, 6, 9, 12, 3]
     # 20 points over a cap of 16: two blocks of 10 points, each padded to 16.
-    blocks = sweep.plan_blocks(np.arange(20), 16, ladder)
+    blocks = jsweep.plan_blocks(np.arange(20), 16, ladder)
     assert [len(x) for x in blocks] == [16, 16]
     assert sorted(set(np.concatenate(blocks))) == list(range(20))
-    assert sweep.plan_blocks([], 16, ladder) == []
+    assert jsweep.plan_blocks([], 16, ladder) == []
 
 
 def _assert_same_results(a, b, exact: bool):
@@ -524,10 +529,10 @@ SOFTMAX_ES = TrainConfig(
 def test_compaction_gives_the_same_results_and_skips_stopped_points():
     data = synthetic(n=64, v=200, d=40, k=3, noise=3.0)
     cfg = SOFTMAX_ES
-    grid = sweep.make_grid(learning_rate=(0.005, 0.1, 0.5, 2.0), l2=(0.0, 0.03), seed=(0, 1))
+    grid = jgrid.make_grid(learning_rate=(0.005, 0.1, 0.5, 2.0), l2=(0.0, 0.03), seed=(0, 1))
     logs = []
-    compact = sweep.run_sweep(cfg, grid, data, log_fn=logs.append)
-    full = sweep.run_sweep(cfg, grid, data, compact=False, log_fn=_quiet)
+    compact = jsweep.run_sweep(cfg, grid, data, log_fn=logs.append)
+    full = jsweep.run_sweep(cfg, grid, data, compact=False, log_fn=_quiet)
     assert compact.early_stopping["stopped"].sum() >= 8
     _assert_same_results(compact, full, exact=True)
     # Work: every step a point ran is counted once; compaction computes fewer slots.
@@ -542,7 +547,7 @@ def test_compaction_gives_the_same_results_and_skips_stopped_points():
         if "block(s) [" in ln
         for x in ln.split("[")[1].split("]")[0].split(",")
     }
-    assert sizes <= set(sweep.block_ladder(16)) and len(sizes) >= 2, sizes
+    assert sizes <= set(jsweep.block_ladder(16)) and len(sizes) >= 2, sizes
     work = compact.work()
     assert work["point_steps"] == compact.point_steps and work["wall_seconds"] > 0
     # And both equal single runs.
@@ -556,18 +561,18 @@ def test_compaction_with_one_shared_seed_agrees_to_rounding():
     # One seed: each batch multiplies all points' weights in one product, whose rounding may
     # depend on the number of points; the stopping decisions are the same.
     data = overfit_data()
-    grid = sweep.make_grid(learning_rate=(0.005, 0.05, 0.1, 0.5, 2.0), l2=(0.0, 0.03))
-    compact = sweep.run_sweep(OVERFIT, grid, data, log_fn=_quiet)
-    full = sweep.run_sweep(OVERFIT, grid, data, compact=False, log_fn=_quiet)
+    grid = jgrid.make_grid(learning_rate=(0.005, 0.05, 0.1, 0.5, 2.0), l2=(0.0, 0.03))
+    compact = jsweep.run_sweep(OVERFIT, grid, data, log_fn=_quiet)
+    full = jsweep.run_sweep(OVERFIT, grid, data, compact=False, log_fn=_quiet)
     _assert_same_results(compact, full, exact=False)
     assert compact.computed_point_steps < full.computed_point_steps
 
 
 def test_compaction_across_several_blocks():
     data = synthetic(n=64, v=200, d=40, k=3, noise=3.0)
-    grid = sweep.make_grid(learning_rate=(0.005, 0.1, 0.5, 2.0), l2=(0.0, 0.03), seed=(0, 1))
-    small = sweep.run_sweep(SOFTMAX_ES, grid, data, block_size=6, log_fn=_quiet)
-    full = sweep.run_sweep(SOFTMAX_ES, grid, data, compact=False, log_fn=_quiet)
+    grid = jgrid.make_grid(learning_rate=(0.005, 0.1, 0.5, 2.0), l2=(0.0, 0.03), seed=(0, 1))
+    small = jsweep.run_sweep(SOFTMAX_ES, grid, data, block_size=6, log_fn=_quiet)
+    full = jsweep.run_sweep(SOFTMAX_ES, grid, data, compact=False, log_fn=_quiet)
     _assert_same_results(small, full, exact=True)
 
 
@@ -577,19 +582,22 @@ _CKPT_SCRIPT = textwrap.dedent(
     import jax
     jax.config.update("jax_enable_x64", True)
     import numpy as np
-    from jaxlr import search, sweep
-    from jaxlr.config import TrainConfig
-    from jaxlr.train import Data
+    from jaxlr.engine import grid as jgrid
+    from jaxlr.engine import halving as jhalving
+    from jaxlr.engine import sweep as jsweep
+    from jaxlr.engine.config import TrainConfig
+    from jaxlr.engine.step import Data
+    from jaxlr.report import tables
     rng = np.random.default_rng(0)
     x = np.concatenate([rng.normal(size=(264, 40)), np.ones((264, 1))], axis=1)
     y = (x @ rng.normal(size=41) + 3.0 * rng.normal(size=264) > 0).astype(np.int32)
     data = Data(x[:64], y[:64], x[64:], y[64:])
     cfg = TrainConfig(model="logistic", batch_size=8, num_epochs=60, patience=5, eval_every=4,
                       early_stopping=True, epochs_per_call=1)
-    grid = search.random_points(12, (1e-3, 2.0), (1e-4, 0.1), seed=3)
-    prune = search.Halving(rung_epochs=4, keep_fraction=0.5, min_points=2)
-    res = sweep.run_sweep(cfg, grid, data, prune=prune, checkpoint_dir=sys.argv[1])
-    out = {"table": sweep.table_csv(res), "records": res.records(),
+    grid = jgrid.random_points(12, (1e-3, 2.0), (1e-4, 0.1), seed=3)
+    prune = jhalving.Halving(rung_epochs=4, keep_fraction=0.5, min_points=2)
+    res = jsweep.run_sweep(cfg, grid, data, prune=prune, checkpoint_dir=sys.argv[1])
+    out = {"table": tables.sweep_csv(res), "records": res.records(),
            "work": {k: v for k, v in res.work().items() if k != "wall_seconds"}}
     with open(sys.argv[2], "w") as f:
         json.dump(out, f)
@@ -607,7 +615,7 @@ def _ckpt_run(tmp_path, ckpt_dir, out, kill_after_chunks=None):
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, proc.stderr[-3000:]
         return json.loads(Path(out).read_text())
-    from jaxlr import checkpoint as ckpt
+    from jaxlr.host import checkpoint as ckpt
 
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     path = Path(ckpt_dir) / "sweep.npz"
@@ -645,16 +653,16 @@ def test_a_sweep_killed_with_sigkill_resumes_to_the_same_results(tmp_path):
 def test_a_checkpoint_of_another_sweep_is_refused(tmp_path):
     data = overfit_data()
     cfg = dataclasses.replace(OVERFIT, num_epochs=4)
-    grid = sweep.make_grid(learning_rate=(0.005, 0.1))
-    first = sweep.run_sweep(cfg, grid, data, checkpoint_dir=tmp_path, log_fn=_quiet)
+    grid = jgrid.make_grid(learning_rate=(0.005, 0.1))
+    first = jsweep.run_sweep(cfg, grid, data, checkpoint_dir=tmp_path, log_fn=_quiet)
     assert (tmp_path / "sweep.npz").exists()
-    again = sweep.run_sweep(cfg, grid, data, checkpoint_dir=tmp_path, log_fn=_quiet)
-    assert sweep.table_csv(again) == sweep.table_csv(first)
+    again = jsweep.run_sweep(cfg, grid, data, checkpoint_dir=tmp_path, log_fn=_quiet)
+    assert tables.sweep_csv(again) == tables.sweep_csv(first)
     other_cfg = dataclasses.replace(cfg, num_epochs=5)
     with pytest.raises(ValueError, match=r"config \(num_epochs 4 -> 5\) changed") as err:
-        sweep.run_sweep(other_cfg, grid, data, checkpoint_dir=tmp_path, log_fn=_quiet)
+        jsweep.run_sweep(other_cfg, grid, data, checkpoint_dir=tmp_path, log_fn=_quiet)
     assert "\n" not in str(err.value)
     with pytest.raises(ValueError, match=r"grid \(.*\) changed"):
-        sweep.run_sweep(
-            cfg, sweep.make_grid(learning_rate=(0.005, 0.2)), data, checkpoint_dir=tmp_path
+        jsweep.run_sweep(
+            cfg, jgrid.make_grid(learning_rate=(0.005, 0.2)), data, checkpoint_dir=tmp_path
         )

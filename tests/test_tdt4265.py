@@ -25,11 +25,11 @@ from benchmarks import numpy_baseline as nb
 from experiments import registry  # noqa: F401  (registers the experiments)
 from experiments.common import run_experiment
 from experiments.config import EXPERIMENTS, make_config
-from jaxlr.config import TrainConfig, make_hparams
-from jaxlr.data import epoch_batches
-from jaxlr.sections import ConfigError
-from jaxlr.splits import load_splits
-from jaxlr.train import Data, fit, keys_for
+from jaxlr.data.splits import load_splits
+from jaxlr.engine.batches import epoch_batches
+from jaxlr.engine.config import ConfigError, TrainConfig, make_hparams
+from jaxlr.engine.step import Data, keys_for
+from jaxlr.engine.train import fit
 
 REPO = Path(__file__).resolve().parents[1]
 NAMES = (

@@ -1,11 +1,11 @@
-"""The numerics helpers of jaxlr.testing: tolerances, finite differences, comparisons, traces."""
+"""Numerics helpers of jaxlr.core.testing: tolerances, finite differences, comparisons."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxlr import testing
+from jaxlr.core import testing
 
 
 def test_tolerance_lookup_and_errors():

@@ -1,4 +1,4 @@
-"""Tests of the training engine (`jaxlr.train`), optimizers and checkpoints on small data."""
+"""Tests of the training engine (`jaxlr.engine.train`), optimizers and checkpoints on small data."""
 
 import dataclasses
 
@@ -7,12 +7,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxlr import checkpoint as ckpt
-from jaxlr import optim, step
-from jaxlr.config import TrainConfig, make_hparams
-from jaxlr.testing import assert_tree_allclose
-from jaxlr.train import (
-    Data,
+from jaxlr.core.testing import assert_tree_allclose
+from jaxlr.engine import optim, step
+from jaxlr.engine.config import TrainConfig, make_hparams
+from jaxlr.engine.step import Data
+from jaxlr.engine.train import (
     TrainingDiverged,
     fit,
     make_engine,
@@ -20,6 +19,7 @@ from jaxlr.train import (
     model_for,
     num_steps,
 )
+from jaxlr.host import checkpoint as ckpt
 
 
 def synthetic(n=240, v=120, d=9, k=None, seed=0, noise=1.0, dtype=np.float64):
@@ -168,7 +168,7 @@ def test_divergence_is_seen_at_the_step_whose_objective_is_not_finite():
 
 
 def test_after_all_changes_no_value_and_spreads_no_nan():
-    from jaxlr.train import _after_all
+    from jaxlr.engine.train import _after_all
 
     rng = np.random.default_rng(0)
     grads = {
@@ -320,7 +320,7 @@ def test_float32_run():
 
 
 # ---------------------------------------------------------------------------------------------
-# The rules of `jaxlr.step`, each alone.
+# The rules of `jaxlr.engine.step`, each alone.
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""Tests for jaxlr.workdir: one run at a time per workdir, outputs published all or nothing."""
+"""Tests for jaxlr.host.workdir: one run at a time per workdir, outputs published all or nothing."""
 
 import logging
 import os
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from jaxlr import io, workdir
+from jaxlr.host import io, workdir
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -439,7 +439,7 @@ def test_sigint_while_writing_outputs_leaves_old_files(tmp_path):
         """
         import sys, time
         from pathlib import Path
-        from jaxlr import io, workdir
+        from jaxlr.host import io, workdir
         with workdir.Staging(sys.argv[1]) as st:
             io.atomic_write_text(st.path("config.json"), "new config")
             Path(sys.argv[2]).touch()
@@ -471,7 +471,7 @@ def test_second_run_is_refused_at_once_naming_the_holder(tmp_path):
         """
         import sys, time
         from pathlib import Path
-        from jaxlr import io, workdir
+        from jaxlr.host import io, workdir
         with workdir.Staging(sys.argv[1]) as st:
             io.atomic_write_text(st.path("metrics.json"), "first")
             Path(sys.argv[2]).touch()
@@ -487,7 +487,7 @@ def test_second_run_is_refused_at_once_naming_the_holder(tmp_path):
         second = _child(
             """
             import sys
-            from jaxlr import io, workdir
+            from jaxlr.host import io, workdir
             try:
                 with workdir.Staging(sys.argv[1]) as st:
                     io.atomic_write_text(st.path("metrics.json"), "second")
@@ -575,7 +575,7 @@ def test_stale_lock_of_a_killed_run_is_taken_over(tmp_path, caplog):
         """
         import sys, time
         from pathlib import Path
-        from jaxlr import io, workdir
+        from jaxlr.host import io, workdir
         with workdir.Staging(sys.argv[1]) as st:
             io.atomic_write_text(st.path("metrics.json"), "never published")
             Path(sys.argv[2]).touch()
@@ -634,7 +634,7 @@ def test_workdir_that_is_a_file(tmp_path):
 
 _AS_NOBODY = """
 import os, sys
-from jaxlr import workdir
+from jaxlr.host import workdir
 pid = os.fork()
 if pid == 0:  # no exec: nothing has to be readable by nobody
     code = 1
@@ -659,7 +659,7 @@ sys.exit(os.waitstatus_to_exitcode(status))
 def _error_as_nobody(wd: Path) -> str:
     """Enters Staging(wd) as user `nobody`; returns its error line.
 
-    The fork happens in a fresh single-threaded Python that imports only `jaxlr.workdir`:
+    The fork happens in a fresh single-threaded Python that imports only `jaxlr.host.workdir`:
     forking the test process itself (JAX's threads) could deadlock the child.
     """
     repo = Path(__file__).resolve().parents[1]

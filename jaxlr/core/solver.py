@@ -71,7 +71,7 @@ import numpy as np
 import optax
 from jax.flatten_util import ravel_pytree
 
-from jaxlr import curvature, losses
+from jaxlr.core import curvature, losses
 
 __all__ = [
     "CONVEX_KINDS",
@@ -645,8 +645,8 @@ def solve(
     works; ``solve_path`` does this for a whole path.
 
     Args:
-      model: a ``Model`` of kind "logistic" or "softmax" (``jaxlr.objective.make_model`` or
-        ``jaxlr.train.model_for(config, D, dtype)``; its own dtype does not matter).
+      model: a ``Model`` of kind "logistic" or "softmax" (``jaxlr.core.objective.make_model`` or
+        ``jaxlr.engine.train.model_for(config, D, dtype)``; its own dtype does not matter).
       params0: start (warm start), a pytree like ``model.init(key)``; None for zeros.
       x_ND, y_N: the full training set (``y_N`` integer labels; binary: 0/1).
       l2: lambda >= 0 (scalar; traced under ``vmap``).
@@ -724,7 +724,7 @@ def solve_path(
       params0: None (zeros for every lambda), one pytree shared by every lambda, or a
         pytree whose leaves carry a leading L axis (a warm start per lambda, e.g. the
         ``params`` of an earlier ``solve_path`` or of trained runs).
-      progress: "newton_cg" logs (``jaxlr.solver``, INFO) the iteration, the slowest
+      progress: "newton_cg" logs (``jaxlr.core.solver``, INFO) the iteration, the slowest
         lambda's gradient norm and the lambdas left at most every ``PROGRESS_SECONDS``, and
         one line with the total time and each lambda's iterations.
 
@@ -832,7 +832,7 @@ def optimum_report(
     in 32-bit mode (the engine's float32 model works as is).
 
     Args:
-      model: the engine's model (``jaxlr.train.model_for(config, D, dtype)``), logistic or
+      model: the engine's model (``jaxlr.engine.train.model_for(config, D, dtype)``), logistic or
         softmax.
       x_ND, y_N: the full training set the runs minimised the mean over.
       l2_S: lambda of each of the S points (duplicates allowed).

@@ -20,7 +20,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jaxlr import gradients, losses, models
+from jaxlr.core import gradients, losses, models
 
 __all__ = ["KINDS", "Model", "make_model"]
 

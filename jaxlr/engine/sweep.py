@@ -2,7 +2,7 @@
 
 A grid of learning rates, L2 strengths, momenta and seeds is flattened to one sweep axis of
 S points. `run_sweep` trains every point with `jit(vmap(engine.run))` of the training engine
-(`jaxlr.train`): the state and the hyper-parameters are batched over S, the data and the
+(`jaxlr.engine.train`): the state and the hyper-parameters are batched over S, the data and the
 global step are not. The learning rate and lambda are array arguments, so a new grid of the
 same size reuses the compiled program. Each point keeps its own early-stopping counter, best
 weights and stopping step; a point that stops (early or on a non-finite loss) is frozen by
@@ -24,7 +24,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
-import itertools
 import logging
 import os
 import threading
@@ -35,20 +34,17 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jaxlr import checkpoint as ckpt
-from jaxlr import report, resources
-from jaxlr.config import HParams, TrainConfig
-from jaxlr.objective import Model
-from jaxlr.search import prune_rung
-from jaxlr.train import (
-    Data,
-    StepLog,
-    TrainState,
+from jaxlr.core.objective import Model
+from jaxlr.engine import resources
+from jaxlr.engine.config import HParams, TrainConfig
+from jaxlr.engine.grid import Grid
+from jaxlr.engine.halving import prune_rung
+from jaxlr.engine.step import Data, StepLog, TrainState
+from jaxlr.engine.train import (
     concat_histories,
     early_stopping_summary,
     history_from_logs,
@@ -56,11 +52,11 @@ from jaxlr.train import (
     model_for,
     returned_params,
 )
+from jaxlr.host import checkpoint as ckpt
 
 log = logging.getLogger("jaxlr.sweep")
 
 SWEEP_AXIS = "sweep"
-HPARAM_NAMES = ("learning_rate", "l2", "momentum", "seed")
 
 # Memory a block may use when the caller gives no budget: a quarter of the host's memory
 # (at most 4 GiB) on CPU, half of an accelerator's memory.
@@ -74,133 +70,6 @@ LADDER_STEPS_PER_OCTAVE = 1
 
 # ---------------------------------------------------------------------------------------------
 # Grids.
-
-
-class Grid(NamedTuple):
-    """A flattened grid of hyper-parameters.
-
-    Attributes:
-      hparams: `HParams` of arrays [S], the points in row-major order of `shape`.
-      axes: names of the grid axes, in the order of `shape` (e.g. ("l2", "learning_rate",
-        "seed")); ("point",) for an explicit list of points.
-      shape: grid shape; prod(shape) == S.
-      values: axis name -> the values along that axis.
-    """
-
-    hparams: HParams
-    axes: tuple[str, ...]
-    shape: tuple[int, ...]
-    values: dict[str, tuple]
-
-    @property
-    def size(self) -> int:
-        """S, the number of points."""
-        return int(np.prod(self.shape, dtype=np.int64))
-
-    def point(self, i: int) -> dict:
-        """The hyper-parameters of point `i` as Python numbers."""
-        return {
-            "learning_rate": _shortest(self.hparams.learning_rate[i]),
-            "l2": _shortest(self.hparams.l2[i]),
-            "momentum": _shortest(self.hparams.momentum[i]),
-            "seed": int(self.hparams.seed[i]),
-        }
-
-    def select(self, indices: Sequence[int]) -> Grid:
-        """The points at `indices` as an explicit list (axes ("point",))."""
-        idx = np.asarray(indices, np.int64)
-        hp = HParams(*(np.asarray(v)[idx] for v in self.hparams))
-        return Grid(hp, ("point",), (len(idx),), {"point": tuple(range(len(idx)))})
-
-
-def _shortest(x) -> float:
-    """A float32 or float64 value as the shortest decimal that reads back to it (0.1, not
-    0.10000000149011612 for float32)."""
-    return float(str(np.asarray(x)[()]))
-
-
-def _float_dtype(dtype):
-    return np.dtype(dtype) if dtype is not None else np.dtype(jnp.zeros(()).dtype)
-
-
-def _as_tuple(values, what: str) -> tuple:
-    if np.ndim(values) == 0:
-        values = (values,)
-    values = tuple(values)
-    if not values:
-        raise ValueError(f"make_grid: {what} needs at least one value")
-    return values
-
-
-def make_grid(
-    *,
-    learning_rate: Sequence[float] | float = (0.05,),
-    l2: Sequence[float] | float = (0.0,),
-    momentum: Sequence[float] | float = (0.0,),
-    seed: Sequence[int] | int = (0,),
-    dtype=None,
-) -> Grid:
-    """The Cartesian product of the given values, flattened to one sweep axis.
-
-    The axes are ("l2", "learning_rate", "seed"), with "momentum" inserted before "seed" when
-    several momenta are given; the seed varies fastest, then the learning rate, then lambda.
-
-    Args:
-      learning_rate, l2, momentum: a float or a sequence of floats each.
-      seed: an int or a sequence of ints.
-      dtype: float dtype of the continuous knobs (default: JAX's default float).
-    Returns:
-      `Grid` of S = len(l2) * len(learning_rate) [* len(momentum)] * len(seed) points.
-    """
-    vals = {
-        "l2": tuple(float(v) for v in _as_tuple(l2, "l2")),
-        "learning_rate": tuple(float(v) for v in _as_tuple(learning_rate, "learning_rate")),
-        "momentum": tuple(float(v) for v in _as_tuple(momentum, "momentum")),
-        "seed": tuple(int(v) for v in _as_tuple(seed, "seed")),
-    }
-    axes = ("l2", "learning_rate") + (("momentum",) if len(vals["momentum"]) > 1 else ())
-    axes += ("seed",)
-    prod = list(itertools.product(*(vals[a] for a in axes)))
-    cols = {a: [p[j] for p in prod] for j, a in enumerate(axes)}
-    for a in HPARAM_NAMES:
-        cols.setdefault(a, [vals[a][0]] * len(prod))
-    dt = _float_dtype(dtype)
-    hp = HParams(
-        learning_rate=np.asarray(cols["learning_rate"], dt),
-        l2=np.asarray(cols["l2"], dt),
-        momentum=np.asarray(cols["momentum"], dt),
-        seed=np.asarray(cols["seed"], np.int32),
-    )
-    shape = tuple(len(vals[a]) for a in axes)
-    return Grid(hp, axes, shape, {a: vals[a] for a in axes})
-
-
-def grid_from_points(points: Sequence[dict], dtype=None) -> Grid:
-    """A grid from an explicit list of points.
-
-    Args:
-      points: dicts with any of "learning_rate" (required), "l2", "momentum", "seed"
-        (default 0.0, 0.0, 0).
-      dtype: float dtype of the continuous knobs.
-    Returns:
-      `Grid` with axes ("point",) and shape (S,).
-    """
-    if not points:
-        raise ValueError("grid_from_points: no points")
-    for p in points:
-        unknown = set(p) - set(HPARAM_NAMES)
-        if unknown:
-            raise ValueError(f"grid_from_points: unknown keys {sorted(unknown)}")
-        if "learning_rate" not in p:
-            raise ValueError(f"grid_from_points: point {p} has no learning_rate")
-    dt = _float_dtype(dtype)
-    hp = HParams(
-        learning_rate=np.asarray([p["learning_rate"] for p in points], dt),
-        l2=np.asarray([p.get("l2", 0.0) for p in points], dt),
-        momentum=np.asarray([p.get("momentum", 0.0) for p in points], dt),
-        seed=np.asarray([p.get("seed", 0) for p in points], np.int32),
-    )
-    return Grid(hp, ("point",), (len(points),), {"point": tuple(range(len(points)))})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -222,7 +91,7 @@ class SweepResult:
         stopped), "best_step", "best_epoch" (-1 before the first check), "best_val_loss".
       diverged: [S] bool, the point produced a non-finite loss or parameter.
       diverge_step: [S] the step that did (-1 if none).
-      histories: one history dict per point (the keys of `jaxlr.train.history_from_logs`).
+      histories: one history dict per point (the keys of `jaxlr.engine.train.history_from_logs`).
       wall_seconds: host time of the training loops (compilation included).
       config: the static config.
       num_batches: M, batches per epoch.
@@ -231,7 +100,7 @@ class SweepResult:
         (stopped points and padding included; point_steps of a perfect compaction).
       pruned_rung: [S] the successive-halving rung (1, 2, ...) at which the point was
         stopped, -1 if it was not; None when no pruning rule was used.
-      prune: the pruning rule (`jaxlr.search.Halving`) or None.
+      prune: the pruning rule (`jaxlr.engine.halving.Halving`) or None.
     """
 
     grid: Grid
@@ -278,16 +147,16 @@ class SweepResult:
         return jax.tree.map(lambda a: a[i], self.params)
 
     def point_metrics(self, i: int) -> dict:
-        """Point `i`'s numbers in the form of `jaxlr.train.fit`'s `TrainResult.metrics`.
+        """Point `i`'s numbers in the form of `jaxlr.engine.train.fit`'s `TrainResult.metrics`.
 
         Final metrics (floats), "steps", "epochs" (epochs in which it trained) and, with
-        early stopping, "early_stopping" as `jaxlr.train.early_stopping_summary` gives it.
+        early stopping, "early_stopping" as `jaxlr.engine.train.early_stopping_summary` gives it.
         """
-        out = {k: _py(v[i]) for k, v in self.metrics.items()}
+        out = {k: py_scalar(v[i]) for k, v in self.metrics.items()}
         steps = int(self.metrics["steps"][i])
         out["epochs"] = -(-steps // self.num_batches) if self.num_batches else 0
         if self.config is not None and self.config.early_stopping:
-            es = {k: _py(v[i]) for k, v in self.early_stopping.items()}
+            es = {k: py_scalar(v[i]) for k, v in self.early_stopping.items()}
             for k in ("step", "epoch", "best_epoch"):
                 if es[k] < 0:
                     es[k] = None
@@ -299,10 +168,10 @@ class SweepResult:
         out = []
         for i in range(self.grid.size):
             rec = {"index": i, **self.grid.point(i)}
-            rec.update({k: _py(v[i]) for k, v in self.metrics.items()})
+            rec.update({k: py_scalar(v[i]) for k, v in self.metrics.items()})
             rec["diverged"] = bool(self.diverged[i])
             rec["diverge_step"] = int(self.diverge_step[i])
-            rec["early_stopping"] = {k: _py(v[i]) for k, v in self.early_stopping.items()}
+            rec["early_stopping"] = {k: py_scalar(v[i]) for k, v in self.early_stopping.items()}
             if self.pruned_rung is not None:
                 rec["pruned_rung"] = int(self.pruned_rung[i])
             out.append(rec)
@@ -322,7 +191,7 @@ class SweepResult:
         return out
 
 
-def _py(x):
+def py_scalar(x):
     x = np.asarray(x)
     if x.dtype == bool:
         return bool(x)
@@ -347,72 +216,6 @@ def mean_over(result: SweepResult, values_S, axes: Sequence[str] = ("seed",)) ->
     grid_v = result.reshape(v)
     drop = tuple(result.grid.axes.index(a) for a in axes if a in result.grid.axes)
     return grid_v.mean(axis=drop) if drop else grid_v
-
-
-TABLE_COLUMNS = (
-    "train_loss",
-    "val_loss",
-    "train_accuracy",
-    "val_accuracy",
-    "steps",
-)
-
-
-def table_rows(result: SweepResult, columns: Sequence[str] = TABLE_COLUMNS) -> list[dict]:
-    """Rows of the result table: hyper-parameters, metrics, stopping step, divergence."""
-    rows = []
-    es = result.early_stopping
-    for i in range(result.grid.size):
-        row = {"index": i, **result.grid.point(i)}
-        for c in columns:
-            row[c] = _py(result.metrics[c][i])
-        row["stop_step"] = int(es["step"][i]) if es and bool(es["stopped"][i]) else ""
-        row["best_step"] = int(es["best_step"][i]) if es else ""
-        if result.pruned_rung is not None:
-            rung = int(result.pruned_rung[i])
-            row["pruned_rung"] = rung if rung >= 0 else ""
-        row["diverged"] = bool(result.diverged[i])
-        rows.append(row)
-    return rows
-
-
-def table_csv(
-    result: SweepResult, columns: Sequence[str] = TABLE_COLUMNS, rows: list[dict] | None = None
-) -> str:
-    """The result table as CSV text (one row per point; `rows`: `table_rows`, maybe extended)."""
-    return report.csv_text(table_rows(result, columns) if rows is None else rows)
-
-
-def _table_cell(key: str, value) -> str:
-    if isinstance(value, bool):
-        return "yes" if value else ""
-    if isinstance(value, float) and key in ("learning_rate", "l2", "momentum", "lr_limit"):
-        return f"{value:.4g}"
-    if isinstance(value, float) and key == "gap":
-        return f"{value:.3g}"
-    if isinstance(value, float):
-        return f"{value:.4f}"
-    return str(value)
-
-
-def table_markdown(
-    result: SweepResult,
-    columns: Sequence[str] = TABLE_COLUMNS,
-    best_by: str = "val_loss",
-    rows: list[dict] | None = None,
-) -> str:
-    """The result table as Markdown, the best point (by `best_by`) in bold.
-
-    Args:
-      result: the sweep.
-      columns: metric columns of `table_rows` (when `rows` is not given).
-      best_by: the metric that picks the bold row.
-      rows: `table_rows(result)`, possibly with columns added (e.g. the optimum's).
-    """
-    rows = table_rows(result, columns) if rows is None else rows
-    bold = () if np.all(result.diverged) else (result.best_index(best_by),)
-    cells = [[_table_cell(k, v) for k, v in r.items()] for r in rows]
-    return report.markdown_table(list(rows[0]), cells, bold=bold) + "\n"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -527,7 +330,7 @@ def param_count(model: Model) -> int:
 def bytes_per_point(config: TrainConfig, model: Model, data_shape: tuple, itemsize: int) -> int:
     """A rough upper estimate of the device memory one sweep point needs.
 
-    The `per_point` part of `jaxlr.resources.estimate_run_bytes`: the state (parameters, new
+    The `per_point` part of `jaxlr.engine.resources.estimate_run_bytes`: the state (parameters, new
     parameters, gradients, optimizer slots, best parameters), one step's activations, a
     validation check's activations and one chunk of step logs.
 
@@ -884,7 +687,7 @@ def run_sweep(
 
     Args:
       config: static config (shared by every point).
-      grid: the points (`make_grid`, `grid_from_points`, `jaxlr.search.random_points`).
+      grid: the points (`make_grid`, `grid_from_points`, `jaxlr.engine.grid.random_points`).
       data: preprocessed arrays; their float dtype is the compute dtype.
       model: a bound model (default: built from `config` and the data's shape and dtype).
       block_size: the most points per block (rounded up to a multiple of the device count);
@@ -894,14 +697,14 @@ def run_sweep(
       log_fn: where progress lines go (default: the "jaxlr.sweep" logger at INFO).
       compact: gather active points into smaller blocks between chunks (False: fixed
         blocks that compute stopped points too, frozen).
-      prune: None, or a `jaxlr.search.Halving` rule applied at the end of every rung.
+      prune: None, or a `jaxlr.engine.halving.Halving` rule applied at the end of every rung.
       checkpoint_dir: save the whole sweep state to `checkpoint_dir/sweep.npz` after every
         chunk (atomically; process 0 writes); an existing checkpoint of the same sweep is
         resumed, one of another sweep is refused.
     Returns:
       `SweepResult` (diverged points are flagged, not raised).
     Raises:
-      ValueError: bad arguments; `jaxlr.checkpoint.CheckpointError` (a ValueError) when
+      ValueError: bad arguments; `jaxlr.host.checkpoint.CheckpointError` (a ValueError) when
         `checkpoint_dir` holds a checkpoint of another sweep (config, grid, data or rule).
     """
     log_fn = log_fn or log.info
@@ -916,7 +719,9 @@ def run_sweep(
         np.asarray(data.y_val, np.int32),
     )
     if prune is not None and not hasattr(prune, "rung_epochs"):
-        raise ValueError(f"run_sweep: prune must be None or a jaxlr.search.Halving, got {prune!r}")
+        raise ValueError(
+            f"run_sweep: prune must be None or a jaxlr.engine.halving.Halving, got {prune!r}"
+        )
     n, d = x_train.shape
     if model is None:
         model = _default_model(config, d, np.dtype(dtype))
@@ -1165,21 +970,16 @@ def _assemble(
 
 
 __all__ = [
-    "Grid",
     "SweepFns",
     "SweepResult",
     "block_ladder",
     "bytes_per_point",
     "default_block_size",
-    "grid_from_points",
-    "make_grid",
     "mean_over",
     "memory_budget",
     "param_count",
     "plan_blocks",
+    "py_scalar",
     "run_sweep",
     "sweep_functions",
-    "table_csv",
-    "table_markdown",
-    "table_rows",
 ]

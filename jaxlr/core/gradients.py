@@ -20,8 +20,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jaxlr.losses import L2_CONVENTIONS, one_hot
-from jaxlr.models import get_activation, linear_apply
+from jaxlr.core.losses import L2_CONVENTIONS, one_hot
+from jaxlr.core.models import get_activation, linear_apply
 
 __all__ = [
     "l2_penalty_grad",

@@ -1,7 +1,7 @@
 """Many processes and hosts on JAX's own distributed runtime (`jax.distributed`).
 
 A sweep over several processes is the same program as over the devices of one: after
-`initialize`, `jax.devices()` lists every device of every process, `jaxlr.sweep.run_sweep`
+`initialize`, `jax.devices()` lists every device of every process, `jaxlr.engine.sweep.run_sweep`
 shards the sweep axis over all of them (a `Mesh` over the global device list), every process
 loads the same data and runs the same host loop, and the results are gathered to every
 process (`multihost_utils.process_allgather`), so that process 0 alone can write the files

@@ -19,7 +19,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from jaxlr.io import atomic_write_bytes
+from jaxlr.host.io import atomic_write_bytes
 
 FORMAT_VERSION = 1
 _META = "__meta__"

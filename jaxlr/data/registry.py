@@ -17,12 +17,12 @@ Without `data_dir`:
   5. a download from the mirrors into the user cache (`JAXLR_MIRRORS` overrides the mirror
      list; `JAXLR_DOWNLOAD_TIMEOUT` the socket timeout in seconds, default 60).
 
-Trust: every file is fully checked before any of it is used (see `jaxlr.datasets.idx`), and
+Trust: every file is fully checked before any of it is used (see `jaxlr.data.idx`), and
 against the registry: the shape and the sha256 of the decompressed bytes, labels in range,
 image/label counts. Any violation raises `DataError` naming the file and what is wrong.
 Downloads are verified before they are moved into place, so the cache only ever holds
 verified files. A registry entry whose `sha256`/`shape` is None is not checked for it: the
-data set "fake" (tiny random MNIST-like files that `jaxlr.datasets.fake.write_fake_dataset`
+data set "fake" (tiny random MNIST-like files that `jaxlr.data.fake.write_fake_dataset`
 writes for tests) is registered that way, with no mirrors; `load_dataset(..., verify=False)`
 skips those two checks for any data set.
 
@@ -50,8 +50,8 @@ from typing import NamedTuple
 import numpy as np
 from absl import logging
 
-from jaxlr import io
-from jaxlr.datasets.idx import ChecksumError, DataError, gunzip, load_idx_pair, parse_idx
+from jaxlr.data.idx import ChecksumError, DataError, gunzip, load_idx_pair, parse_idx
+from jaxlr.host import io
 
 ROLES = ("train_images", "train_labels", "test_images", "test_labels")
 
@@ -122,7 +122,7 @@ DATASETS: dict[str, DatasetSpec] = {
         folder_names=("fashion_mnist", "fashion-mnist"),
         system_dirs=("/usr/share/datasets/fashion-mnist",),
     ),
-    # Tiny random MNIST-like files for tests (`jaxlr.datasets.fake.write_fake_dataset`): the
+    # Tiny random MNIST-like files for tests (`jaxlr.data.fake.write_fake_dataset`): the
     # same file names, any sizes, no checksum, nothing to download; give `data_dir`.
     "fake": DatasetSpec(
         "fake",
@@ -497,7 +497,7 @@ def load_dataset(
       download: without `data_dir`, download into the user cache when found nowhere.
       verify: check each file's sha256 and shape against the registry (the IDX structure,
         label range and counts are always checked). False e.g. for test files written by
-        `jaxlr.datasets.fake.write_fake_dataset` under a real data set's name.
+        `jaxlr.data.fake.write_fake_dataset` under a real data set's name.
 
     Returns:
       Dataset of read-only arrays (copy before writing in place).

@@ -10,7 +10,7 @@ Trust: `read_idx` checks everything before returning any of it: gzip stream, mag
 code, number of dimensions, declared sizes against the byte count, and (if given) the sha256
 of the decompressed bytes. Any violation raises `DataError` naming the file and what is
 wrong. This module knows nothing of data-set registries or downloads
-(`jaxlr.datasets.mnist`).
+(`jaxlr.data.registry`).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxlr import io
+from jaxlr.host import io
 
 
 class DataError(ValueError):

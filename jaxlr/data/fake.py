@@ -8,7 +8,7 @@ rest at 30); an image of class k is that pattern plus Gaussian noise (std 60), c
 0..255, except that one image in ten (`MISLABELED`) shows the pattern of a random class. So
 a linear model learns it quickly but cannot pass about 91% accuracy (10 classes; about 95%
 for two), and training curves do not saturate at 100%. Load it with
-`jaxlr.datasets.mnist.load_dataset("fake", folder)` (the registered data set "fake": any
+`jaxlr.data.registry.load_dataset("fake", folder)` (the registered data set "fake": any
 sizes, no checksum, never downloaded), or under a real name with `verify=False`.
 """
 
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxlr.datasets import idx
+from jaxlr.data import idx
 
 MISLABELED = 0.1  # fraction of images drawn from a random class's pattern
 

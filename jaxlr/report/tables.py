@@ -2,7 +2,7 @@
 
 One Markdown table writer (`markdown_table`) serves every table of the project; `runs_table`
 is the final-numbers table of one or several training runs. `summary_table` is the aligned
-plain-text table the launcher prints at the end of a run. Files go through `jaxlr.io`, so
+plain-text table the launcher prints at the end of a run. Files go through `jaxlr.host.io`, so
 they are written atomically.
 
 Dimension legend: none of the functions here takes arrays of rank >= 2.
@@ -22,8 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from jaxlr.io import atomic_write_text
-from jaxlr.train import history_records
+from jaxlr.engine.sweep import SweepResult, py_scalar
+from jaxlr.engine.train import history_records
+from jaxlr.host.io import atomic_write_text
 
 __all__ = [
     "image_link",
@@ -131,7 +132,7 @@ def runs_table(runs: Mapping[str, Mapping[str, Any]]) -> str:
 
     Args:
       runs: run name -> metrics with "train_loss", "val_loss", "train_accuracy",
-        "val_accuracy", "steps" and "wall_seconds" (what `jaxlr.train.fit` plus the
+        "val_accuracy", "steps" and "wall_seconds" (what `jaxlr.engine.train.fit` plus the
         experiments' `run_metrics` give).
 
     Returns:
@@ -167,7 +168,7 @@ def write_history(path: str | os.PathLike, history: dict) -> None:
 
     Args:
       path: destination file.
-      history: a `jaxlr.train` history (step, epoch, train_loss, check_step, ...).
+      history: a `jaxlr.engine.train` history (step, epoch, train_loss, check_step, ...).
     """
     lines = [json.dumps(r) for r in history_records(history)]
     atomic_write_text(Path(path), "\n".join(lines) + ("\n" if lines else ""))
@@ -391,3 +392,72 @@ def summary_table(metrics: Mapping[str, Any], headline: Sequence[str] | None = N
         if headline is None and len(scalars) > len(keys):
             lines.append(f"(+{len(scalars) - len(keys)} more not shown)")
     return "\n".join(lines) if lines else "(no scalar metrics)"
+
+
+# ---------------------------------------------------------------------------------------------
+# The table of a sweep (`jaxlr.engine.sweep.SweepResult`).
+
+SWEEP_COLUMNS = (
+    "train_loss",
+    "val_loss",
+    "train_accuracy",
+    "val_accuracy",
+    "steps",
+)
+
+
+def sweep_rows(result: SweepResult, columns: Sequence[str] = SWEEP_COLUMNS) -> list[dict]:
+    """Rows of the result table: hyper-parameters, metrics, stopping step, divergence."""
+    rows = []
+    es = result.early_stopping
+    for i in range(result.grid.size):
+        row = {"index": i, **result.grid.point(i)}
+        for c in columns:
+            row[c] = py_scalar(result.metrics[c][i])
+        row["stop_step"] = int(es["step"][i]) if es and bool(es["stopped"][i]) else ""
+        row["best_step"] = int(es["best_step"][i]) if es else ""
+        if result.pruned_rung is not None:
+            rung = int(result.pruned_rung[i])
+            row["pruned_rung"] = rung if rung >= 0 else ""
+        row["diverged"] = bool(result.diverged[i])
+        rows.append(row)
+    return rows
+
+
+def sweep_csv(
+    result: SweepResult, columns: Sequence[str] = SWEEP_COLUMNS, rows: list[dict] | None = None
+) -> str:
+    """The result table as CSV text (one row per point; `rows`: `sweep_rows`, maybe extended)."""
+    return csv_text(sweep_rows(result, columns) if rows is None else rows)
+
+
+def _sweep_cell(key: str, value) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else ""
+    if isinstance(value, float) and key in ("learning_rate", "l2", "momentum", "lr_limit"):
+        return f"{value:.4g}"
+    if isinstance(value, float) and key == "gap":
+        return f"{value:.3g}"
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return str(value)
+
+
+def sweep_markdown(
+    result: SweepResult,
+    columns: Sequence[str] = SWEEP_COLUMNS,
+    best_by: str = "val_loss",
+    rows: list[dict] | None = None,
+) -> str:
+    """The result table as Markdown, the best point (by `best_by`) in bold.
+
+    Args:
+      result: the sweep.
+      columns: metric columns of `sweep_rows` (when `rows` is not given).
+      best_by: the metric that picks the bold row.
+      rows: `sweep_rows(result)`, possibly with columns added (e.g. the optimum's).
+    """
+    rows = sweep_rows(result, columns) if rows is None else rows
+    bold = () if np.all(result.diverged) else (result.best_index(best_by),)
+    cells = [[_sweep_cell(k, v) for k, v in r.items()] for r in rows]
+    return markdown_table(list(rows[0]), cells, bold=bold) + "\n"

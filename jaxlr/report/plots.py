@@ -1,7 +1,7 @@
 """Figures for experiment reports (host side only): curves, image grids, heatmaps, bars.
 
 Every function takes numpy-convertible arrays, draws one figure and writes it as a PNG
-atomically (rendered into memory, then `jaxlr.io.atomic_write_bytes`), so a reader never
+atomically (rendered into memory, then `jaxlr.host.io.atomic_write_bytes`), so a reader never
 sees a half-written image. Figures are built with `matplotlib.figure.Figure` on an Agg
 canvas, never through `pyplot`: no global figure registry to leak into, no interactive
 backend is touched, and the figure is released as soon as the function returns.
@@ -28,8 +28,8 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from jaxlr.io import atomic_write_bytes
-from jaxlr.metrics import epochs_done, running_mean
+from jaxlr.host.io import atomic_write_bytes
+from jaxlr.report.metrics import epochs_done, running_mean
 
 __all__ = [
     "DPI",
@@ -619,7 +619,7 @@ def loss_series(history: Mapping[str, Any], label: str = "") -> dict:
     """Batch training loss, its running mean over one epoch, and the validation loss.
 
     Args:
-      history: a `jaxlr.train` history (step, epoch, train_loss, check_step, val_loss).
+      history: a `jaxlr.engine.train` history (step, epoch, train_loss, check_step, val_loss).
       label: appended to every legend entry (", label") to tell runs apart.
 
     Returns:
@@ -679,7 +679,7 @@ def early_stopping_vlines(es: Mapping[str, Any] | None, label: str = "") -> dict
     """Vertical markers of early stopping: the best check and, if it fired, the stop.
 
     Args:
-      es: a run's `early_stopping` metrics (`jaxlr.train.early_stopping_summary`), or None.
+      es: a run's `early_stopping` metrics (`jaxlr.engine.train.early_stopping_summary`), or None.
       label: appended to the legend entries.
 
     Returns:
@@ -710,7 +710,7 @@ def plot_history(
 
     Args:
       loss_path, accuracy_path: destination PNGs.
-      history: a `jaxlr.train` history.
+      history: a `jaxlr.engine.train` history.
       title: prefix of both titles (": loss", ": accuracy" follow).
       early_stopping: the run's `early_stopping` metrics, or None.
 
@@ -762,7 +762,7 @@ def plot_epoch_history(
 
     Args:
       loss_path, accuracy_path: destination PNGs.
-      history: a `jaxlr.train` history.
+      history: a `jaxlr.engine.train` history.
       steps_per_epoch: M, for the x axis (epochs completed after each step).
       final: {"test_loss": ..., "test_accuracy": ...} after the last step.
       title: prefix of both titles.
@@ -836,7 +836,7 @@ def plot_confusion(path: str | os.PathLike, cm_KK: Any, title: str, *, dpi: int 
     Args:
       path: destination PNG.
       cm_KK: counts, row = true class, column = predicted class (e.g.
-        `jaxlr.metrics.confusion_matrix`).
+        `jaxlr.report.metrics.confusion_matrix`).
       title: the figure's title.
       dpi: resolution.
 
@@ -1106,7 +1106,7 @@ def plot_sweep_heatmaps(result: Any, folder: str | os.PathLike) -> list[str]:
 
     One heatmap per momentum value when the grid has several. Returns the file names.
     """
-    from jaxlr.sweep import mean_over
+    from jaxlr.engine.sweep import mean_over
 
     grid = result.grid
     mean = mean_over(result, result.metrics["val_accuracy"], ("seed",))  # l2, lr[, mom]

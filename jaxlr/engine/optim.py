@@ -12,7 +12,7 @@ from collections.abc import Callable
 import jax.numpy as jnp
 import optax
 
-from jaxlr.config import HParams, TrainConfig
+from jaxlr.engine.config import HParams, TrainConfig
 
 
 def anneal_schedule(learning_rate, num_steps) -> Callable:

@@ -74,7 +74,7 @@ from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 from typing import NamedTuple
 
-from jaxlr import io
+from jaxlr.host import io
 
 log = logging.getLogger("jaxlr.workdir")
 

@@ -2,7 +2,7 @@
 
 Everything here is NumPy on host arrays (the experiments' reports and figures read these
 numbers), except `predict_logits` and `most_confident_mistakes`, which call the model or
-`jaxlr.losses.confidence` through JAX and return NumPy arrays.
+`jaxlr.core.losses.confidence` through JAX and return NumPy arrays.
 
 Dimension legend:
   N  examples
@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxlr.losses import confidence, l2_weights
+from jaxlr.core.losses import confidence, l2_weights
 
 __all__ = [
     "class_mean_images_KP",
@@ -184,7 +184,7 @@ def top_confusions(cm_KK: Any, k: int = 3) -> list[tuple[int, int, int]]:
 
 
 def weight_norm(params: dict, include_bias: bool = True) -> float:
-    """||w||_2 over the arrays the L2 penalty covers (`jaxlr.losses.l2_weights`).
+    """||w||_2 over the arrays the L2 penalty covers (`jaxlr.core.losses.l2_weights`).
 
     Args:
       params: linear-model or MLP params.
@@ -280,7 +280,7 @@ def predict_logits(model: Any, params: Any, x_ND: Any, chunk: int = 10000) -> np
     most two compilations (full chunk and the remainder).
 
     Args:
-      model: a `jaxlr.objective.Model` (anything with `.apply(params, x) -> logits`), or the
+      model: a `jaxlr.core.objective.Model` (anything with `.apply(params, x) -> logits`), or the
         apply function itself.
       params: the model's params.
       x_ND: inputs.
@@ -303,7 +303,7 @@ def most_confident_mistakes(
     """The `k` misclassified examples a binary model was most sure of.
 
     Prediction: label 1 when the logit is >= 0 (p >= 0.5). Confidence: |p - 0.5| + 0.5
-    (`jaxlr.losses.confidence`, computed in the logits' dtype). Mistakes are sorted by
+    (`jaxlr.core.losses.confidence`, computed in the logits' dtype). Mistakes are sorted by
     decreasing confidence with a stable sort, so among equal confidences the earlier example
     comes first.
 

@@ -1,7 +1,7 @@
 """The rules of the training loop, each a module-level pure function that can be tested alone.
 
-`jaxlr.train.make_engine` binds these to one config and model and nests them in `lax.scan`;
-`jaxlr.sweep` vmaps the result. Nothing here reads the host, a file or a flag.
+`jaxlr.engine.train.make_engine` binds these to one config and model and nests them in `lax.scan`;
+`jaxlr.engine.sweep` vmaps the result. Nothing here reads the host, a file or a flag.
 
 - `schedule_numbers`: batches per epoch, steps between checks, total steps.
 - `init_state`: the `TrainState` of a fresh run.
@@ -38,10 +38,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxlr.config import HParams, TrainConfig
-from jaxlr.data import epoch_batches, num_batches
-from jaxlr.objective import Model
-from jaxlr.optim import make_optimizer
+from jaxlr.core.objective import Model
+from jaxlr.engine.batches import epoch_batches, num_batches
+from jaxlr.engine.config import HParams, TrainConfig
+from jaxlr.engine.optim import make_optimizer
 
 __all__ = [
     "DIVERGE_FACTOR",
@@ -243,7 +243,7 @@ def after_all(grads):
 def schedule_numbers(config: TrainConfig, num_train: int) -> Schedule:
     """The schedule of a run of `config` on `num_train` examples.
 
-    The one place these numbers are computed: M = `jaxlr.data.num_batches`, E =
+    The one place these numbers are computed: M = `jaxlr.engine.batches.num_batches`, E =
     `config.eval_every`, or max(1, M // 5) when it is 0 (the course's five checks per
     epoch), and T = num_epochs * M.
 

@@ -197,7 +197,7 @@ def lr_limit(
     ``params`` gives the limits of a whole sweep.
 
     Args:
-      model: a ``jaxlr.objective.Model`` (e.g. ``jaxlr.train.model_for(config, D, dtype)``).
+      model: a ``jaxlr.core.objective.Model`` (``jaxlr.engine.train.model_for(config, D, dtype)``).
       params: the point.
       x_ND, y_N: the full training set the objective is the mean over.
       l2: lambda (scalar).

@@ -1,6 +1,6 @@
 """The data an experiment trains on: `load_splits(DataConfig)` -> training, validation, test.
 
-Host side: loads a registered data set (`jaxlr.data.load_dataset`), takes the split that
+Host side: loads a registered data set (`jaxlr.data.registry.load_dataset`), takes the split that
 `DataConfig.split` names, selects two digits for the binary model, and preprocesses. Counts
 that only the loaded data can check (how many 2s and 3s the first 20,000 images hold) raise
 `ConfigError` here, before any training; nothing is ever silently sliced or capped.
@@ -10,20 +10,25 @@ Dimension legend: N training examples, V validation examples, M test examples, D
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
-from jaxlr import data as jdata
-from jaxlr.sections import ConfigError, DataConfig
-from jaxlr.train import Data
+from jaxlr.data import images as jimages
+from jaxlr.data import registry as jregistry
+from jaxlr.data.config import DataConfig
+from jaxlr.engine.config import ConfigError
+from jaxlr.engine.step import Data
+
+if TYPE_CHECKING:
+    from jaxlr.data.registry import Dataset
 
 
 class Splits(NamedTuple):
     """Preprocessed data of an experiment.
 
     Attributes:
-      data: training and validation arrays (`jaxlr.train.Data`).
+      data: training and validation arrays (`jaxlr.engine.step.Data`).
       x_test, y_test: test features and labels; for splits tdt4265 and full, whose
         validation set is the test set, these are the validation arrays.
       images_val, images_test: the raw uint8 images [V, 28, 28] / [M, 28, 28] (for figures).
@@ -89,10 +94,10 @@ def load_splits(cfg: DataConfig) -> Splits:
 
     Raises:
       ConfigError: a count beyond what the data holds (naming the field).
-      jaxlr.data.DataError: files missing or invalid.
+      jaxlr.data.idx.DataError: files missing or invalid.
     """
     dtype = float_dtype(cfg)
-    ds = jdata.load_dataset(cfg.dataset, cfg.data_dir or None)
+    ds = jregistry.load_dataset(cfg.dataset, cfg.data_dir or None)
     total = int(ds.x_train.shape[0])
     n = num_train_images(cfg, total)
     xtr, ytr = ds.x_train[:n], np.asarray(ds.y_train[:n])
@@ -140,7 +145,7 @@ def load_splits(cfg: DataConfig) -> Splits:
             xte, yte, test_idx = xte[: cfg.num_test], yte[: cfg.num_test], test_idx[: cfg.num_test]
 
     def prep(x):
-        return jdata.preprocess(x, scale=cfg.scale, bias=cfg.bias_feature, dtype=dtype)
+        return jimages.preprocess(x, scale=cfg.scale, bias=cfg.bias_feature, dtype=dtype)
 
     data = Data(prep(xtr), np.asarray(ytr, np.int32), prep(xva), np.asarray(yva, np.int32))
     if xte is not None:
@@ -155,7 +160,7 @@ def test_subset(cfg: DataConfig):
       (images [M, 28, 28] uint8, x_MD features, y_M labels int32, index_M in the test set).
     """
     dtype = float_dtype(cfg)
-    ds = jdata.load_dataset(cfg.dataset, cfg.data_dir or None)
+    ds = jregistry.load_dataset(cfg.dataset, cfg.data_dir or None)
     idx = np.arange(ds.x_test.shape[0])
     images, y = ds.x_test, np.asarray(ds.y_test).astype(np.int32)
     if cfg.binary:
@@ -169,5 +174,81 @@ def test_subset(cfg: DataConfig):
             )
         images, y, idx = images[: cfg.num_test], y[: cfg.num_test], idx[: cfg.num_test]
     images = np.asarray(images)
-    x = jdata.preprocess(images, scale=cfg.scale, bias=cfg.bias_feature, dtype=dtype)
+    x = jimages.preprocess(images, scale=cfg.scale, bias=cfg.bias_feature, dtype=dtype)
     return images, x, np.asarray(y, np.int32), idx
+
+
+class Split(NamedTuple):
+    """Training and validation examples."""
+
+    x_train: np.ndarray  # [N_train, ...]
+    y_train: np.ndarray  # [N_train]
+    x_val: np.ndarray  # [N_val, ...]
+    y_val: np.ndarray  # [N_val]
+
+
+def _check_xy(x, y) -> int:
+    if len(x) != len(y):
+        raise ValueError(f"{len(x)} examples but {len(y)} labels")
+    return len(x)
+
+
+def _check_count(what: str, n, low: int, high: int) -> int:
+    if isinstance(n, bool) or not isinstance(n, int | np.integer) or not low <= n <= high:
+        raise ValueError(f"{what} must be an integer in {low}..{high}, got {n!r}")
+    return int(n)
+
+
+def tdt4265_split(
+    ds: Dataset, digits: tuple[int, int] | None = None, num_train: int = 20000
+) -> Split:
+    """The TDT4265 Assignment 1 protocol: the first `num_train` training images for training,
+    the whole test set for validation; for a binary task the two digits are kept after slicing.
+
+    Images are returned as they are (uint8 [N, H, W]): apply `preprocess` yourself.
+
+    Args:
+      ds: the data set.
+      digits: (positive, negative), e.g. (2, 3): digit 2 -> label 1, digit 3 -> label 0;
+        None keeps all classes.
+      num_train: how many of the first training images to take.
+
+    Returns:
+      Split (for MNIST with digits=(2, 3): 4,005 training and 2,042 validation examples).
+    """
+    n = _check_xy(ds.x_train, ds.y_train)
+    num_train = _check_count("num_train", num_train, 1, n)
+    x_tr, y_tr = ds.x_train[:num_train], ds.y_train[:num_train]
+    x_val, y_val = ds.x_test, ds.y_test
+    if digits is not None:
+        positive, negative = digits
+        x_tr, y_tr = jimages.binary_subset(x_tr, y_tr, positive, negative)
+        x_val, y_val = jimages.binary_subset(x_val, y_val, positive, negative)
+    return Split(x_tr, y_tr, x_val, y_val)
+
+
+def first_last_split(x, y, num_first: int, num_last: int) -> Split:
+    """The first `num_first` examples for training, the last `num_last` for validation.
+
+    Raises:
+      ValueError: a size <= 0, or num_first + num_last > N (the parts would overlap).
+    """
+    n = _check_xy(x, y)
+    num_first = _check_count("num_first", num_first, 1, n)
+    num_last = _check_count("num_last", num_last, 1, n - num_first)
+    return Split(x[:num_first], y[:num_first], x[n - num_last :], y[n - num_last :])
+
+
+def random_split(x, y, num_val: int, seed: int) -> Split:
+    """A seeded random split: `num_val` examples for validation, the rest for training.
+
+    Both parts keep the original order of their examples (only membership is random).
+
+    Raises:
+      ValueError: num_val not in 1..N-1.
+    """
+    n = _check_xy(x, y)
+    num_val = _check_count("num_val", num_val, 1, n - 1)
+    perm = np.random.default_rng(seed).permutation(n)
+    val, train = np.sort(perm[:num_val]), np.sort(perm[num_val:])
+    return Split(x[train], y[train], x[val], y[val])

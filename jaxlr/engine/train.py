@@ -1,15 +1,15 @@
-"""The training engine: the rules of `jaxlr.step` in nested `lax.scan`, and a thin host loop.
+"""The training engine: the rules of `jaxlr.engine.step` in nested `lax.scan`, and a thin host loop.
 
 Dimensions: N training examples, V validation examples, D features, B batch size,
 M batches per epoch, E steps between checks, T steps, S sweep points.
 
 `make_engine` returns pure functions (`init`, `run`, `evaluate`) of one run, built from the
-module-level rules of `jaxlr.step` (`train_step`, `validation_check`, `chunk_end_rule`, ...).
+module-level rules of `jaxlr.engine.step` (`train_step`, `validation_check`, `chunk_end_rule`, ...).
 They are written so that `jax.vmap` over `HParams` turns them into a sweep (see
-`jaxlr.sweep`): the global step is an unbatched argument, so the check schedule stays a real
+`jaxlr.engine.sweep`): the global step is an unbatched argument, so the check schedule stays a real
 `lax.cond` under `vmap`, and stopping (early or on divergence) is a per-run `active` flag that
 freezes every state leaf. `fit` is the host loop of a single run: it refuses what cannot fit
-in memory (`jaxlr.resources`), calls the compiled `run` one chunk of epochs at a time, logs
+in memory (`jaxlr.engine.resources`), calls the compiled `run` one chunk of epochs at a time, logs
 progress, writes checkpoints, resumes from them, stops early, optionally times every epoch,
 and raises `TrainingDiverged` (step, learning rate and rule) when the run diverges.
 """
@@ -29,11 +29,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxlr import checkpoint as ckpt
-from jaxlr import resources
-from jaxlr.config import HParams, TrainConfig
-from jaxlr.objective import Model, make_model
-from jaxlr.step import (
+from jaxlr.core.objective import Model, make_model
+from jaxlr.engine import resources
+from jaxlr.engine.config import HParams, TrainConfig
+from jaxlr.engine.step import (
     DIVERGE_REASONS,
     Data,
     Schedule,
@@ -50,6 +49,7 @@ from jaxlr.step import (
     train_step,
     tree_where,
 )
+from jaxlr.host import checkpoint as ckpt
 
 log = logging.getLogger("jaxlr.train")
 
@@ -106,11 +106,11 @@ _after_all = after_all
 
 
 def make_engine(config: TrainConfig, model: Model, num_train: int) -> Engine:
-    """Builds the pure functions of one training run from the rules of `jaxlr.step`.
+    """Builds the pure functions of one training run from the rules of `jaxlr.engine.step`.
 
     Args:
       config: static config.
-      model: the bound model (`jaxlr.objective.make_model`).
+      model: the bound model (`jaxlr.core.objective.make_model`).
       num_train: N, number of training examples (static).
     Returns:
       An `Engine`.
@@ -162,13 +162,13 @@ def returned_params(state: TrainState):
 
 
 class TrainingDiverged(RuntimeError):
-    """A run diverged (see `jaxlr.step`); `str(err)` is one line naming step, rate and rule.
+    """A run diverged (see `jaxlr.engine.step`); `str(err)` is one line naming step, rate and rule.
 
     Attributes:
       step: the global step that diverged (its update was not applied); -1 if unknown.
       epoch: its epoch.
       learning_rate: the run's (initial) learning rate.
-      reason: the rule that fired, a key of `jaxlr.step.DIVERGE_REASONS`.
+      reason: the rule that fired, a key of `jaxlr.engine.step.DIVERGE_REASONS`.
       reason_text: the rule in words with its numbers.
       value: the objective that fired it (NaN for a non-finite parameter).
       initial_objective: the run's initial objective (the factor rule's reference).
@@ -385,19 +385,20 @@ def check_data(data: Data, what: str = "fit") -> tuple[int, int, int]:
     dtype = _dtype_of(data.x_train)
     if not np.issubdtype(dtype, np.floating):
         raise ValueError(
-            f"{what}: data.x_train must be floating point (see jaxlr.data.preprocess), got {dtype}"
+            f"{what}: data.x_train must be floating point (see jaxlr.data.images.preprocess), "
+            f"got {dtype}"
         )
     return x_tr[0], x_va[0], x_tr[1]
 
 
 def _check_scalar_hparams(hparams: HParams, what: str = "fit") -> None:
     if not isinstance(hparams, HParams):
-        raise ValueError(f"{what}: hparams must be an HParams (jaxlr.config.make_hparams)")
+        raise ValueError(f"{what}: hparams must be an HParams (jaxlr.engine.config.make_hparams)")
     for name, v in zip(HParams._fields, hparams, strict=True):
         if np.ndim(v) != 0:
             raise ValueError(
                 f"{what}: hparams.{name} must be a scalar (one run), got shape {np.shape(v)}; "
-                "train a grid with jaxlr.sweep.run_sweep"
+                "train a grid with jaxlr.engine.sweep.run_sweep"
             )
 
 
@@ -421,7 +422,7 @@ def fit(
     """Trains one run: compiled chunks of epochs, progress lines, checkpoints, early stopping.
 
     Before anything is allocated the shapes of `data` are checked and the memory the run
-    needs is estimated (`jaxlr.resources`); a run that cannot fit is refused.
+    needs is estimated (`jaxlr.engine.resources`); a run that cannot fit is refused.
 
     Args:
       config: static config.
@@ -441,7 +442,7 @@ def fit(
       `TrainResult`.
     Raises:
       ValueError: malformed data or hparams (a line in words naming the sizes).
-      jaxlr.resources.ResourceError: the run needs more memory than is available.
+      jaxlr.engine.resources.ResourceError: the run needs more memory than is available.
       TrainingDiverged: the run diverged; the message names step, learning rate and rule,
         and the exception carries them (and the final state and history).
     """
