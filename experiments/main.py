@@ -286,6 +286,7 @@ def _interrupt_message(signame: str = "") -> str:
 def _expected_errors() -> tuple[type, ...]:
     from experiments.common import RunFailed
     from jaxlr.data import idx as jidx
+    from jaxlr.engine.distributed import DistributedError
     from jaxlr.engine.resources import ResourceError
     from jaxlr.engine.train import TrainingDiverged
     from jaxlr.host import checkpoint
@@ -294,6 +295,7 @@ def _expected_errors() -> tuple[type, ...]:
         OSError,
         jidx.DataError,
         checkpoint.CheckpointError,
+        DistributedError,
         ResourceError,
         TrainingDiverged,
         RunFailed,

@@ -31,6 +31,7 @@ from jaxlr.engine.config import (
     check_count,
     check_nonneg_int,
 )
+from jaxlr.engine.distributed import parse_address
 from jaxlr.engine.grid import random_points
 from jaxlr.engine.halving import Halving
 from jaxlr.host.io import atomic_write_text
@@ -122,8 +123,15 @@ class Sweep(ExperimentConfig):
                 raise ConfigError(
                     "process_id", self.process_id, f"must be in [0, {self.num_processes})"
                 )
-        if self.coordinator_address and ":" not in self.coordinator_address:
-            raise ConfigError("coordinator_address", self.coordinator_address, "must be host:port")
+        if self.coordinator_address:
+            try:
+                parse_address(self.coordinator_address)
+            except ValueError:
+                raise ConfigError(
+                    "coordinator_address",
+                    self.coordinator_address,
+                    "must be host:port with a port in [1, 65535]",
+                ) from None
 
     @classmethod
     def protocol_defaults(cls, overrides: dict) -> dict:

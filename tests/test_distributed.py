@@ -173,3 +173,81 @@ def test_launcher_rejects_bad_arguments():
 
     with pytest.raises(ValueError, match="num_processes must be >= 1, got 0"):
         launch.launch([], 0)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_parse_address():
+    assert distributed.parse_address("localhost:1234") == ("localhost", 1234)
+    assert distributed.parse_address("[::1]:80") == ("::1", 80)
+    for bad in ("localhost", "host:0", "host:70000", ":12", "host:x"):
+        with pytest.raises(ValueError, match="host:port"):
+            distributed.parse_address(bad)
+
+
+def test_preflight_refuses_a_busy_port_at_once():
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("0.0.0.0", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        t0 = time.monotonic()
+        with pytest.raises(distributed.DistributedError, match=f"port {port} is in use"):
+            distributed.preflight(f"127.0.0.1:{port}", 2, 0, timeout=30)
+        assert time.monotonic() - t0 < 5
+
+
+def _preflight_threads(address, hellos, timeout):
+    """Runs process 0's preflight and the given (num_processes, process_id) check-ins in threads."""
+    import threading
+
+    errors: dict = {}
+
+    def run(key, n, pid):
+        try:
+            distributed.preflight(address, n, pid, timeout=timeout)
+            errors[key] = None
+        except distributed.DistributedError as err:
+            errors[key] = str(err)
+
+    threads = [threading.Thread(target=run, args=("p0", hellos[0][0], 0))]
+    threads += [
+        threading.Thread(target=run, args=(f"p{i}", n, pid))
+        for i, (n, pid) in enumerate(hellos[1:], 1)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout + 10)
+    return errors
+
+
+def test_preflight_accepts_distinct_ids_and_refuses_duplicates_and_count_mismatch():
+    port = _free_port()
+    ok = _preflight_threads(f"127.0.0.1:{port}", [(3, 0), (3, 1), (3, 2)], timeout=20)
+    assert ok == {"p0": None, "p1": None, "p2": None}
+
+    port = _free_port()
+    dup = _preflight_threads(f"127.0.0.1:{port}", [(3, 0), (3, 1), (3, 1)], timeout=20)
+    assert "two processes have process_id 1" in dup["p0"]
+    assert all("process_id 1" in dup[k] for k in ("p1", "p2")), dup
+
+    port = _free_port()
+    count = _preflight_threads(f"127.0.0.1:{port}", [(2, 0), (3, 1)], timeout=20)
+    assert "num_processes=3" in count["p0"] and "num_processes=3" in count["p1"]
+
+
+def test_preflight_reports_a_process_that_never_checks_in_in_bounded_time():
+    port = _free_port()
+    t0 = time.monotonic()
+    errors = _preflight_threads(f"127.0.0.1:{port}", [(3, 0), (3, 1)], timeout=2)
+    assert "process(es) 2 of 3 never connected" in errors["p0"]
+    assert errors["p1"] is not None
+    assert time.monotonic() - t0 < 15
