@@ -1,0 +1,539 @@
+"""TensorBoard output of runs and sweeps (host side only): a writer and jaxlr records -> events.
+
+A `Writer` takes scalars, text and hyper-parameters; `TensorBoardWriter` writes them as
+TensorBoard event files through tensorboardX, `NullWriter` drops them. `make_writer` gives the
+first, or the second (after one warning per process) where tensorboardX is not installed
+(`pip install 'jaxlr[tensorboard]'`). tensorboardX is imported inside functions only, so
+importing this module never needs it; reading and serving the files needs `tensorboard`.
+
+What jaxlr's records become (tags):
+- `write_history`: a history (`jaxlr.engine.train.history_from_logs`, the rows of
+  history.jsonl): `train/loss` at every step that ran; `val/loss`, `val/accuracy`,
+  `train/accuracy` at every check; `lr` at every step where the history has a
+  "learning_rate" array or a rate (a float, or a schedule of the global step) is given.
+  Steps are the history's global steps, so calling it with only a chunk's new rows
+  appends to the same curves (the file is flushed after each call, a run can be watched).
+- `write_config`: the config as JSON in a Markdown code block, text tag `config`.
+- `write_final`: final numbers as `final/<name>` (nested dicts as `final/<a>/<b>`).
+- Sweeps: one run folder per point (`sweep_point_dir`, named by its hyper-parameters);
+  `write_hparams_domains` once at the sweep's root (the HParams dashboard's columns: each
+  hyper-parameter's discrete values and the metric tags); per point `write_point_hparams`
+  (its hyper-parameters, seed included, and `point_metrics`, each also a scalar tag
+  `hparams/<name>`: the HParams table shows a tag's last value).
+
+Values that are not numbers: None and strings are skipped everywhere; bools become 0 / 1.
+NaN and infinities are kept in `write_history` and `write_final` (they are the record, as in
+history.jsonl; TensorBoard's charts mark them) but skipped in hyper-parameter metrics, where
+a point then shows an empty cell (its `diverged` metric says why); "not stopped" and "not
+pruned" are -1, as in jaxlr's records.
+
+Dimension legend: T steps of a history. No function here takes arrays of rank >= 2.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from jaxlr.report.tables import jsonable
+
+__all__ = [
+    "HPARAMS_METRICS",
+    "INSTALL_HINT",
+    "NullWriter",
+    "TensorBoardWriter",
+    "Writer",
+    "hparam_domains",
+    "make_writer",
+    "point_metrics",
+    "sweep_point_dir",
+    "write_config",
+    "write_final",
+    "write_hparams_domains",
+    "write_history",
+    "write_point_hparams",
+]
+
+logger = logging.getLogger("jaxlr.tracking")
+
+INSTALL_HINT = "pip install 'jaxlr[tensorboard]'"
+_WARNED = False  # the missing-tensorboardX warning is logged once per process
+
+# Tag of each history array: (history key, step key, tag).
+_HISTORY_TAGS = (
+    ("train_loss", "step", "train/loss"),
+    ("val_loss", "check_step", "val/loss"),
+    ("val_accuracy", "check_step", "val/accuracy"),
+    ("train_accuracy", "check_step", "train/accuracy"),
+)
+
+# The metrics `point_metrics` gives (those a record lacks are left out), as scalar tags.
+HPARAMS_METRICS = tuple(
+    f"hparams/{name}"
+    for name in (
+        "best_val_loss",
+        "best_val_accuracy",
+        "final_val_loss",
+        "final_val_accuracy",
+        "steps",
+        "stop_step",
+        "pruned_rung",
+        "diverged",
+        "gap",
+        "lr_over_limit",
+    )
+)
+
+# Shorter names in folder names only (the hparams keep jaxlr's names).
+_SHORT_NAMES = {"learning_rate": "lr"}
+
+
+# ---------------------------------------------------------------------------------------------
+# Writers.
+
+
+class Writer(Protocol):
+    """Where tracking output goes: scalars, text, hyper-parameters of one run folder."""
+
+    def scalars(self, step: int, values: Mapping[str, float]) -> None:
+        """Writes tag -> value at `step`."""
+
+    def text(self, tag: str, text: str, step: int = 0) -> None:
+        """Writes Markdown `text` under `tag`."""
+
+    def hparams(
+        self, hparams: Mapping[str, Any], metrics: Mapping[str, float], step: int = 0
+    ) -> None:
+        """Marks this run as one session of the HParams dashboard; metrics as scalars at `step`."""
+
+    def flush(self) -> None:
+        """Makes everything written so far readable."""
+
+    def close(self) -> None:
+        """Flushes and releases the files."""
+
+
+class NullWriter:
+    """A `Writer` that writes nothing (tracking off, or tensorboardX not installed)."""
+
+    logdir = None
+
+    def scalars(self, step: int, values: Mapping[str, float]) -> None:
+        pass
+
+    def text(self, tag: str, text: str, step: int = 0) -> None:
+        pass
+
+    def hparams(
+        self, hparams: Mapping[str, Any], metrics: Mapping[str, float], step: int = 0
+    ) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _summary_writer(logdir: str | os.PathLike):
+    """A tensorboardX `SummaryWriter` on `logdir` (ImportError with the install hint)."""
+    try:
+        from tensorboardX import SummaryWriter
+    except ImportError as e:
+        raise ImportError(f"TensorBoard output needs tensorboardX: {INSTALL_HINT}") from e
+    return SummaryWriter(logdir=os.fspath(logdir), flush_secs=30)
+
+
+class TensorBoardWriter:
+    """A `Writer` on TensorBoard event files in `logdir` (one run folder), via tensorboardX.
+
+    Raises:
+      ImportError: tensorboardX is not installed (the message says how to install it).
+    """
+
+    def __init__(self, logdir: str | os.PathLike):
+        self.logdir = os.fspath(logdir)
+        self._writer = _summary_writer(self.logdir)
+
+    def scalars(self, step: int, values: Mapping[str, float]) -> None:
+        for tag, value in values.items():
+            self._writer.add_scalar(tag, float(value), int(step))
+
+    def text(self, tag: str, text: str, step: int = 0) -> None:
+        self._writer.add_text(tag, text, int(step))
+
+    def hparams(
+        self, hparams: Mapping[str, Any], metrics: Mapping[str, float], step: int = 0
+    ) -> None:
+        start, end = _session_summaries(hparams)
+        self._writer.file_writer.add_summary(start)
+        self._writer.file_writer.add_summary(end)
+        self.scalars(step, metrics)
+
+    def flush(self) -> None:
+        self._writer.flush()
+
+    def close(self) -> None:
+        self._writer.close()
+
+
+def make_writer(logdir: str | os.PathLike, enabled: bool = True) -> Writer:
+    """The writer of one run folder: TensorBoard, or a `NullWriter`.
+
+    Args:
+      logdir: the run's folder (created if needed).
+      enabled: False gives a `NullWriter` without a word.
+    Returns:
+      A `TensorBoardWriter`, or a `NullWriter` when tracking is off or tensorboardX cannot
+      be imported (then one warning line per process on logger "jaxlr.tracking").
+    """
+    if not enabled:
+        return NullWriter()
+    try:
+        return TensorBoardWriter(logdir)
+    except ImportError:
+        _warn_missing()
+        return NullWriter()
+
+
+def _warn_missing() -> None:
+    global _WARNED
+    if not _WARNED:
+        _WARNED = True
+        logger.warning(
+            "tensorboardX is not installed, no TensorBoard output is written; install it with: %s",
+            INSTALL_HINT,
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Runs: history, config, final numbers.
+
+
+def _learning_rates(history: Mapping, steps, learning_rate) -> np.ndarray | None:
+    """The rate at each of `steps` [T]: the history's own, a constant, or a schedule's."""
+    if "learning_rate" in history:
+        return np.asarray(history["learning_rate"], np.float64)
+    if learning_rate is None:
+        return None
+    rate = learning_rate(np.asarray(steps)) if callable(learning_rate) else learning_rate
+    return np.broadcast_to(np.asarray(rate, np.float64), np.shape(steps))
+
+
+def write_history(
+    writer: Writer,
+    history: Mapping[str, Any],
+    learning_rate: float | Callable | None = None,
+) -> int:
+    """Writes a history (or a chunk's new rows of one) as scalars, then flushes.
+
+    Args:
+      writer: the run's writer.
+      history: a `jaxlr.engine.train` history: "step", "train_loss" [T] (steps that ran) and
+        "check_step", "val_loss", "val_accuracy", "train_accuracy" (checks); an optional
+        "learning_rate" [T] aligned with "step". Steps are global, so chunks append.
+      learning_rate: where the history has no "learning_rate": the rate (a float), or the
+        schedule as a function of the global step (the optimizer's update count, e.g.
+        `jaxlr.engine.optim.make_schedule(config, lr, total_steps)`; called once with all
+        steps [T]); None writes no `lr`.
+    Returns:
+      The number of steps written to (steps with any value).
+    """
+    rows: dict[int, dict[str, float]] = {}
+    for key, step_key, tag in _HISTORY_TAGS:
+        if key not in history:
+            continue
+        for s, v in zip(np.asarray(history[step_key]), np.asarray(history[key])):
+            rows.setdefault(int(s), {})[tag] = float(v)
+    steps = np.asarray(history.get("step", []))
+    rates = _learning_rates(history, steps, learning_rate)
+    if rates is not None:
+        for s, r in zip(steps, rates):
+            rows.setdefault(int(s), {})["lr"] = float(r)
+    for s in sorted(rows):
+        writer.scalars(s, rows[s])
+    writer.flush()
+    return len(rows)
+
+
+def write_config(writer: Writer, config: Mapping[str, Any], tag: str = "config") -> str:
+    """Writes the config as text: JSON in a Markdown code block (TensorBoard's Text tab).
+
+    Returns:
+      The Markdown written.
+    """
+    body = json.dumps(jsonable(dict(config)), indent=2, default=str)
+    text = f"```json\n{body}\n```"
+    writer.text(tag, text)
+    writer.flush()
+    return text
+
+
+def _number(value: Any) -> float | None:
+    """A number's float (bools 0 / 1); None for anything else (None, text, arrays)."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, bool):
+        return float(value)
+    if isinstance(value, (int, float)):
+        return float(value)
+    return None
+
+
+def _flat_numbers(values: Mapping[str, Any], prefix: str) -> dict[str, float]:
+    out = {}
+    for k, v in values.items():
+        if isinstance(v, Mapping):
+            out.update(_flat_numbers(v, f"{prefix}{k}/"))
+        elif (x := _number(v)) is not None:
+            out[f"{prefix}{k}"] = x
+    return out
+
+
+def write_final(writer: Writer, metrics: Mapping[str, Any], step: int) -> dict[str, float]:
+    """Writes final numbers as scalars `final/<name>` at `step`, then flushes.
+
+    Args:
+      writer: the run's writer.
+      metrics: name -> value, e.g. `TrainResult.metrics`; nested dicts become
+        `final/<a>/<b>`; None, text and arrays are skipped, NaN and infinities kept.
+      step: the step to write them at (e.g. the last step that ran).
+    Returns:
+      The tags and values written.
+    """
+    values = _flat_numbers(metrics, "final/")
+    if values:
+        writer.scalars(step, values)
+    writer.flush()
+    return values
+
+
+# ---------------------------------------------------------------------------------------------
+# Sweeps: a folder per point, the HParams dashboard.
+
+
+def _value_text(value: Any) -> str:
+    if isinstance(value, np.floating):
+        # The shortest text of the value at its own precision (float32 0.1 -> "0.1").
+        value = float(str(value))
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)
+
+
+def sweep_point_dir(root: str | os.PathLike, hparams: Mapping[str, Any]) -> Path:
+    """The run folder of one sweep point under `root`, named by its hyper-parameters.
+
+    `{"learning_rate": 0.01, "l2": 0.001, "momentum": 0.0, "seed": 0}` ->
+    `root/lr=0.01,l2=0.001,momentum=0.0,seed=0`: keys in the given order ("learning_rate"
+    shortened to "lr"), floats as their shortest exact text (distinct values give distinct
+    folders), None skipped, any character other than letters, digits and `.+-=,_` as "_".
+    The same point always gets the same folder.
+    """
+    parts = [
+        f"{_SHORT_NAMES.get(k, k)}={_value_text(v)}" for k, v in hparams.items() if v is not None
+    ]
+    name = re.sub(r"[^A-Za-z0-9.+\-=,_]", "_", ",".join(parts)) or "point"
+    return Path(root) / name
+
+
+def _hparam_value(value: Any) -> Any:
+    """A hyper-parameter as a Python bool, float or str (None for None)."""
+    if value is None:
+        return None
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, (int, float)):
+        return float(value)
+    return str(value)
+
+
+def hparam_domains(points: Sequence[Mapping[str, Any]]) -> dict[str, list]:
+    """Each hyper-parameter's distinct values over the points, sorted (for the dashboard)."""
+    out: dict[str, set] = {}
+    for p in points:
+        for k, v in p.items():
+            if (x := _hparam_value(v)) is not None:
+                out.setdefault(k, set()).add(x)
+    return {k: sorted(v, key=lambda x: (str(type(x)), x)) for k, v in out.items()}
+
+
+def _plugin_summary(tag: str, **content):
+    """A Summary carrying hparams plugin data (`HParamsPluginData(**content)`) under `tag`."""
+    from tensorboardX.proto.plugin_hparams_pb2 import HParamsPluginData
+    from tensorboardX.proto.summary_pb2 import Summary, SummaryMetadata
+
+    data = HParamsPluginData(version=0, **content).SerializeToString()
+    meta = SummaryMetadata(
+        plugin_data=SummaryMetadata.PluginData(plugin_name="hparams", content=data)
+    )
+    return Summary(value=[Summary.Value(tag=tag, metadata=meta)])
+
+
+def _session_summaries(hparams: Mapping[str, Any]):
+    """The session start (hyper-parameters) and end (success) summaries of one run."""
+    from tensorboardX.proto.api_pb2 import Status
+    from tensorboardX.proto.plugin_hparams_pb2 import SessionEndInfo, SessionStartInfo
+
+    start = SessionStartInfo(start_time_secs=time.time())
+    for k, v in hparams.items():
+        x = _hparam_value(v)
+        if isinstance(x, bool):
+            start.hparams[k].bool_value = x
+        elif isinstance(x, float):
+            start.hparams[k].number_value = x
+        elif isinstance(x, str):
+            start.hparams[k].string_value = x
+    end = SessionEndInfo(status=Status.Value("STATUS_SUCCESS"), end_time_secs=time.time())
+    return (
+        _plugin_summary("_hparams_/session_start_info", session_start_info=start),
+        _plugin_summary("_hparams_/session_end_info", session_end_info=end),
+    )
+
+
+def write_hparams_domains(
+    root: str | os.PathLike,
+    domains: Mapping[str, Sequence[Any]],
+    metric_tags: Sequence[str] = HPARAMS_METRICS,
+) -> bool:
+    """Writes the HParams dashboard's experiment once at a sweep's root folder.
+
+    Args:
+      root: the sweep's folder (the point folders are below it).
+      domains: hyper-parameter name -> its discrete values (e.g. `hparam_domains(points)`);
+        names and value types must be those the points' `write_point_hparams` get.
+      metric_tags: the scalar tags shown as metric columns.
+    Returns:
+      True if written; False (after the one warning) when tensorboardX is not installed.
+    """
+    if not _importable():
+        _warn_missing()
+        return False
+    from tensorboardX.proto.api_pb2 import (
+        DataType,
+        Experiment,
+        HParamInfo,
+        MetricInfo,
+        MetricName,
+    )
+
+    infos = []
+    for name, values in domains.items():
+        vals = [x for x in (_hparam_value(v) for v in values) if x is not None]
+        kinds = {type(x) for x in vals}
+        kind = {bool: "DATA_TYPE_BOOL", float: "DATA_TYPE_FLOAT64", str: "DATA_TYPE_STRING"}
+        dtype = kind[kinds.pop()] if len(kinds) == 1 else "DATA_TYPE_STRING"
+        if dtype == "DATA_TYPE_STRING":
+            vals = [str(x) for x in vals]
+        info = HParamInfo(name=name, type=DataType.Value(dtype))
+        info.domain_discrete.extend(vals)
+        infos.append(info)
+    metrics = [MetricInfo(name=MetricName(tag=t)) for t in metric_tags]
+    experiment = Experiment(hparam_infos=infos, metric_infos=metrics, time_created_secs=time.time())
+    w = _summary_writer(root)
+    try:
+        w.file_writer.add_summary(_plugin_summary("_hparams_/experiment", experiment=experiment))
+    finally:
+        w.close()
+    return True
+
+
+def _importable() -> bool:
+    try:
+        import tensorboardX  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _finite(value: Any) -> float | None:
+    x = _number(value)
+    return x if x is not None and math.isfinite(x) else None
+
+
+def point_metrics(record: Mapping[str, Any], history: Mapping[str, Any] | None = None) -> dict:
+    """The HParams metrics of one run or sweep point (names without the `hparams/` prefix).
+
+    Args:
+      record: the point's final record: `SweepResult.records()[i]` (or a sweep table row), or
+        `TrainResult.metrics`; read: "val_loss", "val_accuracy", "steps", "diverged",
+        "early_stopping" ("step", "stopped", "best_val_loss"), "pruned_rung", "gap",
+        "lr_over_limit" (each where present).
+      history: its history; gives best (lowest loss, highest accuracy over the checks) and
+        final (last check) validation numbers.
+    Returns:
+      name -> float: best_val_loss, best_val_accuracy, final_val_loss, final_val_accuracy
+      (without a history, final = the record's numbers, those of the returned parameters,
+      and best_val_loss the early-stopping one), steps, stop_step (-1: not stopped),
+      pruned_rung (-1: not pruned; only for pruned sweeps), diverged (0 / 1), gap and
+      lr_over_limit (linear models with the optimum). Non-finite values are left out.
+    """
+    es = record.get("early_stopping") or {}
+    out: dict[str, float | None] = {}
+    checks = history is not None and len(history.get("check_step", ())) > 0
+    if checks:
+        loss = np.asarray(history["val_loss"], np.float64)
+        acc = np.asarray(history["val_accuracy"], np.float64)
+        ok_loss, ok_acc = loss[np.isfinite(loss)], acc[np.isfinite(acc)]
+        out["best_val_loss"] = float(ok_loss.min()) if ok_loss.size else None
+        out["best_val_accuracy"] = float(ok_acc.max()) if ok_acc.size else None
+        out["final_val_loss"] = float(loss[-1])
+        out["final_val_accuracy"] = float(acc[-1])
+    else:
+        out["best_val_loss"] = _finite(es.get("best_val_loss", record.get("val_loss")))
+        out["final_val_loss"] = _finite(record.get("val_loss"))
+        out["final_val_accuracy"] = _finite(record.get("val_accuracy"))
+    out["steps"] = _finite(record.get("steps"))
+    if es:
+        stopped = es.get("stopped", es.get("step") is not None)
+        step = es.get("step")
+        out["stop_step"] = float(step) if stopped and step is not None and step >= 0 else -1.0
+    if "pruned_rung" in record:
+        rung = _finite(record["pruned_rung"])  # "" in table rows: not pruned
+        out["pruned_rung"] = rung if rung is not None and rung >= 0 else -1.0
+    if "diverged" in record:
+        out["diverged"] = float(bool(record["diverged"]))
+    for k in ("gap", "lr_over_limit"):
+        if k in record:
+            out[k] = _finite(record[k])
+    return {k: v for k, v in out.items() if v is not None and math.isfinite(v)}
+
+
+def write_point_hparams(
+    writer: Writer, hparams: Mapping[str, Any], metrics: Mapping[str, Any], step: int = 0
+) -> dict[str, float]:
+    """Writes one point's hyper-parameters and metrics for the HParams dashboard, then flushes.
+
+    Args:
+      writer: the point's writer (on its `sweep_point_dir`).
+      hparams: its hyper-parameters, seed included (e.g. `Grid.point(i)`); None skipped.
+      metrics: name -> value (e.g. `point_metrics(record, history)`); each is written as the
+        scalar tag `hparams/<name>` (names with a "/" as they are); None, text and
+        non-finite values are skipped.
+      step: the step of those scalars (e.g. the point's last step; the table ignores it).
+    Returns:
+      The tags and values written.
+    """
+    values = {}
+    for k, v in metrics.items():
+        if (x := _finite(v)) is not None:
+            values[k if "/" in k else f"hparams/{k}"] = x
+    writer.hparams({k: v for k, v in hparams.items() if v is not None}, values, step)
+    writer.flush()
+    return values
