@@ -275,7 +275,7 @@ def test_resume_from_checkpoint_equals_uninterrupted_run(tmp_path):
     # (The first step after resuming, step 30, has another objective.)
     assert float(resumed.history["train_loss"][30]) < float(full.state.initial_objective)
     # Another config must not silently resume from this checkpoint.
-    with pytest.raises(ckpt.CheckpointError, match="another config"):
+    with pytest.raises(ckpt.CheckpointError, match=r"another run: config \(batch_size 16 -> 8\)"):
         fit(dataclasses.replace(cfg, batch_size=8), hp, data, checkpoint_path=path)
 
 

@@ -27,7 +27,6 @@ import hashlib
 import logging
 import os
 import threading
-import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -41,13 +40,12 @@ from jax.sharding import PartitionSpec as P
 from jaxlr.core.objective import Model
 from jaxlr.engine import resources
 from jaxlr.engine.config import HParams, TrainConfig
+from jaxlr.engine.driver import ChunkOut, Observer, default_observers, drive
 from jaxlr.engine.grid import Grid
 from jaxlr.engine.halving import prune_rung
 from jaxlr.engine.step import Data, StepLog, TrainState
 from jaxlr.engine.train import (
-    concat_histories,
     early_stopping_summary,
-    history_from_logs,
     make_engine,
     model_for,
     returned_params,
@@ -393,13 +391,6 @@ def default_block_size(
 # The sweep.
 
 
-def _fmt_time(seconds: float) -> str:
-    seconds = max(0, int(round(seconds)))
-    h, rem = divmod(seconds, 3600)
-    mnt, s = divmod(rem, 60)
-    return f"{h}:{mnt:02d}:{s:02d}" if h else f"{mnt:d}:{s:02d}"
-
-
 def _ceil_div(a: int, b: int) -> int:
     return -(-a // b)
 
@@ -563,103 +554,7 @@ def _fingerprint(config, grid, data, prune) -> dict:
     }
 
 
-def _fingerprint_diff(saved: dict, now: dict) -> str:
-    """One phrase naming what changed between two fingerprints."""
-    parts = []
-    for key in ("config", "grid", "data", "prune"):
-        a, b = saved.get(key), now.get(key)
-        if a == b:
-            continue
-        if isinstance(a, dict) and isinstance(b, dict):
-            fields = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
-            shown = ", ".join(f"{k} {a.get(k)!r} -> {b.get(k)!r}" for k in fields[:3])
-            parts.append(f"{key} ({shown})")
-        else:
-            parts.append(f"{key} ({a!r} -> {b!r})")
-    return "; ".join(parts)
-
-
 _CKPT_NAME = "sweep.npz"
-_HIST_STEP_KEYS = ("step", "epoch", "train_loss")
-_HIST_CHECK_KEYS = ("check_step", "check_epoch", "val_loss", "val_accuracy", "train_accuracy")
-
-
-def _history(done: dict | None, pending: list, m: int, dtype=None) -> dict | None:
-    """One point's history: `done` (a history dict or None) followed by `pending` chunks.
-
-    `pending` holds (start_step, StepLog of 1-D arrays) per chunk the point ran in. Returns
-    None when there is nothing and no `dtype` to build an empty history with.
-    """
-    if not pending:
-        if done is not None or dtype is None:
-            return done
-        z = np.zeros(0, dtype)
-        return history_from_logs(StepLog(z.astype(bool), z, z.astype(bool), z, z, z), m)
-    logs = StepLog(*(np.concatenate([np.asarray(p[1][j]) for p in pending]) for j in range(6)))
-    steps = np.concatenate([s0 + np.arange(len(p.ran)) for s0, p in pending])
-    ran, chk = logs.ran.astype(bool), logs.is_check.astype(bool)
-    new = {
-        "step": steps[ran],
-        "epoch": steps[ran] // m,
-        "train_loss": logs.train_loss[ran],
-        "check_step": steps[chk],
-        "check_epoch": steps[chk] // m,
-        "val_loss": logs.val_loss[chk],
-        "val_accuracy": logs.val_accuracy[chk],
-        "train_accuracy": logs.train_accuracy[chk],
-    }
-    return new if done is None else concat_histories([done, new])
-
-
-def _save_sweep(path, state, histories, pruned_rung, meta) -> None:
-    """The whole sweep state, atomically (histories concatenated over points)."""
-    hist = {}
-    for keys, name in ((_HIST_STEP_KEYS, "step_len"), (_HIST_CHECK_KEYS, "check_len")):
-        lens = np.asarray([len(h[keys[0]]) if h else 0 for h in histories], np.int64)
-        hist[name] = lens
-        for k in keys:
-            parts = [np.asarray(h[k]) for h in histories if h]
-            hist[k] = np.concatenate(parts) if parts else np.zeros(0)
-    tree = {"state": state, "pruned_rung": np.asarray(pruned_rung), "history": hist}
-    ckpt.save_checkpoint(path, tree, step=int(meta["epoch"]), meta=meta)
-
-
-def _load_sweep(path, template_state, num_points):
-    flat, meta = ckpt.load_flat(path)
-    state = ckpt.restore_tree(
-        {k: v for k, v in flat.items() if k.startswith("state/")},
-        template_state,
-        prefix="state",
-        path=path,
-    )
-    state = jax.tree.map(np.array, state)  # writable copies
-    pruned = np.array(flat["pruned_rung"])
-    histories = []
-    offs = {"step_len": 0, "check_len": 0}
-    for i in range(num_points):
-        h = {}
-        for keys, name in ((_HIST_STEP_KEYS, "step_len"), (_HIST_CHECK_KEYS, "check_len")):
-            n = int(flat[f"history/{name}"][i])
-            for k in keys:
-                h[k] = flat[f"history/{k}"][offs[name] : offs[name] + n]
-            offs[name] += n
-        histories.append(h if len(h["step"]) else None)
-    return state, histories, pruned, meta
-
-
-def _agree(values: Sequence[int], what: str) -> None:
-    """Raises unless every process holds the same integers (no-op in one process)."""
-    if jax.process_count() == 1:
-        return
-    from jax.experimental import multihost_utils
-
-    mine = np.asarray(values, np.int64)
-    every = np.asarray(multihost_utils.process_allgather(mine))
-    if not (every == mine[None]).all():
-        raise RuntimeError(
-            f"sweep: the processes disagree on {what}: {every.tolist()} (one process per row); "
-            "every process must see the same data and checkpoint folder"
-        )
 
 
 def run_sweep(
@@ -674,6 +569,8 @@ def run_sweep(
     compact: bool = True,
     prune=None,
     checkpoint_dir: str | os.PathLike | None = None,
+    progress: bool | str = "auto",
+    observers: Sequence[Observer] = (),
 ) -> SweepResult:
     """Trains every point of `grid`: compiled, vmapped chunks of epochs over blocks of points.
 
@@ -701,13 +598,16 @@ def run_sweep(
       checkpoint_dir: save the whole sweep state to `checkpoint_dir/sweep.npz` after every
         chunk (atomically; process 0 writes); an existing checkpoint of the same sweep is
         resumed, one of another sweep is refused.
+      progress: a progress bar (`jaxlr.engine.driver.ProgressBar`): "auto" shows one when
+        stderr is a terminal or in a notebook, True always, False never.
+      observers: more `jaxlr.engine.driver.Observer`s (e.g. TensorBoard output); the host
+        loop is `jaxlr.engine.driver.drive`, as for `jaxlr.engine.train.fit`.
     Returns:
       `SweepResult` (diverged points are flagged, not raised).
     Raises:
       ValueError: bad arguments; `jaxlr.host.checkpoint.CheckpointError` (a ValueError) when
         `checkpoint_dir` holds a checkpoint of another sweep (config, grid, data or rule).
     """
-    log_fn = log_fn or log.info
     x_train = np.asarray(data.x_train)
     dtype = x_train.dtype
     if not np.issubdtype(dtype, np.floating):
@@ -763,172 +663,220 @@ def run_sweep(
             return HParams(*(_put(v, sweep_sh) for v in h[:3]), _put(h.seed[0], repl))
         return HParams(*(_put(v, sweep_sh) for v in h))
 
-    t0 = time.perf_counter()
-    # Host copy of every point's state (leaves [S, ...]), built block by block.
-    host = None
-    for idx in plan_blocks(np.arange(s), g_full, ladder):
-        part = _to_host(fns.init(put_hp(idx)))
-        if host is None:
-            host = jax.tree.map(lambda a: np.zeros((s,) + a.shape[1:], a.dtype), part)
-        _scatter(host, idx, part)
-    # Per point: the history up to the last flush and the chunks' logs since then.
-    done: list = [None] * s
-    pending: list = [[] for _ in range(s)]
-    pruned_rung = np.full(s, -1, np.int64)
-    epoch, chunk, computed = 0, 0, 0
-
     ckpt_path = Path(checkpoint_dir) / _CKPT_NAME if checkpoint_dir is not None else None
-    fingerprint = _fingerprint(config, grid, data, prune) if ckpt_path is not None else None
-    resumed = ckpt_path is not None and ckpt_path.exists()
-    _agree([int(resumed)], "whether a checkpoint exists")
-    if resumed:
-        host, done, pruned_rung, meta = _load_sweep(ckpt_path, host, s)
-        if meta.get("fingerprint") != fingerprint:
-            raise ckpt.CheckpointError(
-                f"checkpoint {ckpt_path} belongs to another sweep: "
-                f"{_fingerprint_diff(meta.get('fingerprint') or {}, fingerprint)} changed; "
-                "remove it or use another checkpoint folder"
-            )
-        epoch, chunk, computed = int(meta["epoch"]), int(meta["chunk"]), int(meta["computed"])
-        _agree([epoch, chunk], "the checkpoint's epoch and chunk")
-        log_fn(f"sweep: resumed from {ckpt_path} at epoch {epoch} (chunk {chunk})")
-
-    log_fn(
+    runner = _SweepRunner(
+        config,
+        grid,
+        fns,
+        hp_all,
+        data_dev,
+        put_hp,
+        sweep_sh,
+        repl,
+        shared_seed,
+        g_full,
+        ladder,
+        compact,
+        prune,
+        dtype,
+    )
+    description = (
         f"sweep: {s} points, blocks of sizes {list(ladder) if compact else [g_full]}"
         f" on {nd} device(s) ({devices[0].platform}); {config.num_epochs} epochs of {m} steps"
         + (f"; halving every {prune.rung_epochs} epochs" if prune is not None else "")
     )
-    fixed = plan_blocks(np.arange(s), g_full)  # the blocks without compaction
-    # With stopping or pruning, the next smaller block size is compiled on a background
-    # thread while the current blocks run (XLA compiles without the GIL), so the chunk that
-    # first needs it does not wait for the compiler. Not across processes: every process
-    # must compile and launch the same programs in the same order.
-    programs = _Programs(
+    result, _ = drive(
+        runner,
+        config=config,
+        points=[grid.point(i) for i in range(s)],
+        num_epochs=config.num_epochs,
+        epochs_per_call=config.epochs_per_call,
+        rung_epochs=prune.rung_epochs if prune is not None else None,
+        checkpoint_path=ckpt_path,
+        fingerprint=_fingerprint(config, grid, data, prune) if ckpt_path is not None else None,
+        observers=[*default_observers(log_fn, log.info, progress), *observers],
+        description=description,
+        dtype=dtype,
+    )
+    return result
+
+
+class _SweepRunner:
+    """The compiled side of a sweep, for `jaxlr.engine.driver.drive`: a host copy of every
+    point's state, blocks of active points on the devices, compaction and halving."""
+
+    kind = "sweep"
+
+    def __init__(
+        self,
+        config,
+        grid,
         fns,
-        host,
         hp_all,
         data_dev,
+        put_hp,
         sweep_sh,
         repl,
         shared_seed,
-        background=compact
-        and (config.early_stopping or prune is not None)
-        and jax.process_count() == 1,
-    )
-    resident: list[_Block] = []  # blocks on the devices whose host copy is stale
+        g_full,
+        ladder,
+        compact,
+        prune,
+        dtype,
+    ):
+        s = grid.size
+        self.config, self.grid, self.fns = config, grid, fns
+        self.num_points, self.num_batches = s, fns.engine.num_batches
+        self.hp_all, self.data_dev, self.put_hp = hp_all, data_dev, put_hp
+        self.sweep_sh = sweep_sh
+        self.g_full, self.ladder, self.compact, self.prune = g_full, ladder, compact, prune
+        self.dtype = dtype
+        # Host copy of every point's state (leaves [S, ...]), built block by block.
+        host = None
+        for idx in plan_blocks(np.arange(s), g_full, ladder):
+            part = _to_host(fns.init(put_hp(idx)))
+            if host is None:
+                host = jax.tree.map(lambda a: np.zeros((s,) + a.shape[1:], a.dtype), part)
+            _scatter(host, idx, part)
+        self.host = host
+        self.pruned_rung = np.full(s, -1, np.int64)
+        self._active = np.asarray(host.active, bool).copy()
+        self.fixed = plan_blocks(np.arange(s), g_full)  # the blocks without compaction
+        # With stopping or pruning, the next smaller block size is compiled on a background
+        # thread while the current blocks run (XLA compiles without the GIL), so the chunk
+        # that first needs it does not wait for the compiler. Not across processes: every
+        # process must compile and launch the same programs in the same order.
+        self.programs = _Programs(
+            fns,
+            host,
+            hp_all,
+            data_dev,
+            sweep_sh,
+            repl,
+            shared_seed,
+            background=compact
+            and (config.early_stopping or prune is not None)
+            and jax.process_count() == 1,
+        )
+        self.resident: list[_Block] = []  # blocks on the devices whose host copy is stale
 
-    def sync():
+    def sync(self) -> None:
         """Copies the resident blocks' states to the host copy and forgets them."""
-        for blk in resident:
-            _scatter(host, blk.idx[: blk.real], _take(_to_host(blk.state), slice(0, blk.real)))
-        resident.clear()
+        for blk in self.resident:
+            part = _take(_to_host(blk.state), slice(0, blk.real))
+            _scatter(self.host, blk.idx[: blk.real], part)
+        self.resident.clear()
 
-    active = np.asarray(host.active, bool).copy()
-    best_acc = np.nan
-    while epoch < config.num_epochs and active.any():
-        k = min(config.epochs_per_call, config.num_epochs - epoch)
-        if prune is not None:
-            k = min(k, prune.rung_epochs - epoch % prune.rung_epochs)
-        if compact:
-            plan = plan_blocks(np.flatnonzero(active), g_full, ladder)
+    def active(self) -> np.ndarray:
+        return self._active
+
+    def run_chunk(self, epoch: int, k: int) -> ChunkOut:
+        config, m, active = self.config, self.num_batches, self._active
+        if self.compact:
+            plan = plan_blocks(np.flatnonzero(active), self.g_full, self.ladder)
         else:
-            plan = [b for b in fixed if active[b].any()]
-        t_chunk = time.perf_counter()
+            plan = [b for b in self.fixed if active[b].any()]
+        resident = self.resident
         same = len(plan) == 1 == len(resident) and np.array_equal(plan[0], resident[0].idx)
         if not same:
-            sync()
-        ran_total, blocks_g = 0, []
+            self.sync()
+        new, ran_total, computed, blocks_g = {}, 0, 0, []
         for idx in plan:
             real = len(np.unique(idx))
             if same:
                 blk = resident[0]
             else:
-                st = jax.tree.map(lambda a, idx=idx: _put(a[idx], sweep_sh), host)
-                blk = _Block(idx, real, st, put_hp(idx))
-            st, logs = programs.get(len(idx), k)(blk.state, blk.hp, data_dev, epoch)
+                st = jax.tree.map(lambda a, idx=idx: _put(a[idx], self.sweep_sh), self.host)
+                blk = _Block(idx, real, st, self.put_hp(idx))
+            st, logs = self.programs.get(len(idx), k)(blk.state, blk.hp, self.data_dev, epoch)
             logs = jax.tree.map(np.asarray, _to_host(logs))
             blk = blk._replace(state=st)
             active[idx[:real]] = np.asarray(_to_host(st.active))[:real]
             for j in np.flatnonzero(logs.ran[:real].any(axis=1)):
-                pending[int(idx[j])].append((epoch * m, StepLog(*(f[j] for f in logs))))
-            ran = logs.ran[:real]
-            ran_total += int(ran.sum())
-            acc = logs.val_accuracy[:real]
-            if np.isfinite(acc).any():
-                best_acc = np.nanmax([np.nanmax(acc), best_acc])
+                new[int(idx[j])] = StepLog(*(f[j] for f in logs))
+            ran_total += int(logs.ran[:real].sum())
             computed += len(idx) * k * m
             blocks_g.append(len(idx))
-            if len(plan) == 1:
-                resident[:] = [blk]
-            else:  # several blocks: only one block's state is on the devices at a time
-                resident[:] = [blk]
-                sync()
+            resident[:] = [blk]
+            if len(plan) > 1:  # several blocks: only one block's state is on the devices
+                self.sync()
         epoch += k
-        chunk += 1
-        if compact and len(plan) == 1:
+        if self.compact and len(plan) == 1:
             # Sizes the next chunks may need: below this block, down to a quarter of the
             # active points (several points often stop in one chunk).
             n_act = int(active.sum())
-            lower = [g for g in ladder if g < len(plan[0])]
+            lower = [g for g in self.ladder if g < len(plan[0])]
             if lower and n_act <= 1.5 * lower[-1]:
                 k_next = min(config.epochs_per_call, config.num_epochs - epoch)
                 for g in reversed(lower):
                     if 4 * g < n_act:
                         break
-                    programs.prefetch(g, k_next)
-        note = ""
-        if prune is not None and epoch % prune.rung_epochs == 0 and epoch < config.num_epochs:
-            sync()
-            cut = prune_rung(host.best_loss, active, prune)
-            if cut.any():
-                rung = epoch // prune.rung_epochs
-                pruned_rung[cut] = rung
-                host.active[cut] = False
-                active[cut] = False
-                note = f"  rung {rung}: stopped {int(cut.sum())}, {int(active.sum())} go on"
-        if ckpt_path is not None:
-            sync()
-            meta = {
-                "kind": "sweep",
-                "fingerprint": fingerprint,
-                "epoch": epoch,
-                "chunk": chunk,
-                "computed": computed,
-            }
-            done = [_history(done[i], pending[i], m) for i in range(s)]
-            pending = [[] for _ in range(s)]
-            if jax.process_index() == 0:
-                _save_sweep(ckpt_path, host, done, pruned_rung, meta)
-        dt = time.perf_counter() - t_chunk
-        elapsed = time.perf_counter() - t0
-        left = elapsed * (config.num_epochs - epoch) / max(epoch, 1)
-        log_fn(
-            f"epoch {epoch}/{config.num_epochs}  active {int(active.sum())}/{s}  "
-            f"block(s) {blocks_g}  best val_acc {best_acc:.4f}  "
-            f"{ran_total / max(dt, 1e-9):,.0f} point-steps/s  elapsed {_fmt_time(elapsed)}  "
-            f"left <= {_fmt_time(left)}{note}"
-        )
-    sync()
-    programs.close()
+                    self.programs.prefetch(g, k_next)
+        return ChunkOut(new, ran_total, computed, {"blocks": blocks_g})
 
-    # Final numbers of the returned parameters, in blocks of the ladder's sizes.
-    params_all = returned_params(host)
-    metrics = None
-    for idx in plan_blocks(np.arange(s), g_full, ladder):
-        p = jax.tree.map(lambda a, idx=idx: _put(a[idx], sweep_sh), params_all)
-        out = _to_host(fns.evaluate(p, put_hp(idx), data_dev))
-        if metrics is None:
-            metrics = {
-                k: np.zeros((s,) + np.shape(v)[1:], np.asarray(v).dtype) for k, v in out.items()
-            }
-        for key, v in out.items():
-            metrics[key][idx] = np.asarray(v)
-    wall = time.perf_counter() - t0
-    log_fn(f"sweep done in {wall:.1f} s: {epoch} epochs, {chunk} chunks")
-    histories = [_history(done[i], pending[i], m, dtype) for i in range(s)]
-    return _assemble(
-        grid, config, m, host, params_all, metrics, histories, wall, computed, pruned_rung, prune
-    )
+    def after_chunk(self, epoch: int) -> str:
+        prune = self.prune
+        if prune is None or epoch % prune.rung_epochs or epoch >= self.config.num_epochs:
+            return ""
+        self.sync()
+        cut = prune_rung(self.host.best_loss, self._active, prune)
+        if not cut.any():
+            return ""
+        rung = epoch // prune.rung_epochs
+        self.pruned_rung[cut] = rung
+        self.host.active[cut] = False
+        self._active[cut] = False
+        return f"rung {rung}: stopped {int(cut.sum())}, {int(self._active.sum())} go on"
+
+    def snapshot(self) -> dict:
+        self.sync()
+        return {"state": self.host, "pruned_rung": np.asarray(self.pruned_rung)}
+
+    def restore(self, flat, path) -> None:
+        state = ckpt.restore_tree(
+            {k: v for k, v in flat.items() if k.startswith("state/")},
+            self.host,
+            prefix="state",
+            path=path,
+        )
+        self.host = jax.tree.map(np.array, state)  # writable copies
+        self.pruned_rung = np.array(flat["pruned_rung"])
+        self._active = np.asarray(self.host.active, bool).copy()
+        self.resident.clear()
+
+    def finish(self, histories: list[dict], info) -> tuple[SweepResult, list[dict]]:
+        self.sync()
+        self.programs.close()
+        s, grid = self.num_points, self.grid
+        # Final numbers of the returned parameters, in blocks of the ladder's sizes.
+        params_all = returned_params(self.host)
+        metrics = None
+        for idx in plan_blocks(np.arange(s), self.g_full, self.ladder):
+            p = jax.tree.map(lambda a, idx=idx: _put(a[idx], self.sweep_sh), params_all)
+            out = _to_host(self.fns.evaluate(p, self.put_hp(idx), self.data_dev))
+            if metrics is None:
+                metrics = {
+                    k: np.zeros((s,) + np.shape(v)[1:], np.asarray(v).dtype) for k, v in out.items()
+                }
+            for key, v in out.items():
+                metrics[key][idx] = np.asarray(v)
+        result = _assemble(
+            grid,
+            self.config,
+            self.num_batches,
+            self.host,
+            params_all,
+            metrics,
+            histories,
+            info.wall_seconds,
+            info.computed,
+            self.pruned_rung,
+            self.prune,
+        )
+        return result, result.records()
+
+    def close(self) -> None:
+        self.programs.close()
 
 
 def _assemble(

@@ -22,7 +22,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -32,8 +32,8 @@ import numpy as np
 from jaxlr.core.objective import Model, make_model
 from jaxlr.engine import resources
 from jaxlr.engine.config import HParams, TrainConfig
+from jaxlr.engine.driver import ChunkOut, Observer, default_observers, drive
 from jaxlr.engine.step import (
-    DIVERGE_REASONS,
     Data,
     Schedule,
     StepLog,
@@ -264,40 +264,6 @@ class TrainResult:
     timing: dict | None = None
 
 
-def history_from_logs(logs: StepLog, num_batches_per_epoch: int, start_step: int = 0) -> dict:
-    """Turns stacked step logs of one run into the history arrays.
-
-    Args:
-      logs: `StepLog` of numpy arrays [T] covering steps start_step .. start_step + T - 1.
-      num_batches_per_epoch: M.
-      start_step: global step of the first entry.
-    Returns:
-      dict with "step", "epoch", "train_loss" (steps that ran) and "check_step",
-      "check_epoch", "val_loss", "val_accuracy", "train_accuracy" (checks).
-    """
-    logs = jax.tree.map(np.asarray, logs)
-    steps = start_step + np.arange(len(logs.ran))
-    ran = logs.ran.astype(bool)
-    chk = logs.is_check.astype(bool)
-    return {
-        "step": steps[ran],
-        "epoch": steps[ran] // num_batches_per_epoch,
-        "train_loss": logs.train_loss[ran],
-        "check_step": steps[chk],
-        "check_epoch": steps[chk] // num_batches_per_epoch,
-        "val_loss": logs.val_loss[chk],
-        "val_accuracy": logs.val_accuracy[chk],
-        "train_accuracy": logs.train_accuracy[chk],
-    }
-
-
-def concat_histories(parts: list[dict]) -> dict:
-    """Concatenates histories of consecutive chunks."""
-    if not parts:
-        return {}
-    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-
-
 def history_records(history: dict) -> list[dict]:
     """JSON-lines records of a history: one per step, checks merged into their step."""
     checks = {int(s): i for i, s in enumerate(history.get("check_step", []))}
@@ -329,13 +295,6 @@ def early_stopping_summary(state: TrainState, m: int) -> dict:
         "best_epoch": best_step // m if best_step >= 0 else None,
         "best_val_loss": float(state.best_loss),
     }
-
-
-def _fmt_time(seconds: float) -> str:
-    seconds = max(0, int(round(seconds)))
-    h, rem = divmod(seconds, 3600)
-    mnt, s = divmod(rem, 60)
-    return f"{h}:{mnt:02d}:{s:02d}" if h else f"{mnt:d}:{s:02d}"
 
 
 def _dtype_of(x) -> np.dtype:
@@ -416,13 +375,16 @@ def fit(
     checkpoint_path: str | os.PathLike | None = None,
     resume: bool = True,
     log_fn: Callable[[str], None] | None = None,
+    progress: bool | str = "auto",
+    observers: Sequence[Observer] = (),
     stop_after_epochs: int | None = None,
     time_epochs: bool = False,
 ) -> TrainResult:
-    """Trains one run: compiled chunks of epochs, progress lines, checkpoints, early stopping.
+    """Trains one run: compiled chunks of epochs, progress, checkpoints, early stopping.
 
     Before anything is allocated the shapes of `data` are checked and the memory the run
-    needs is estimated (`jaxlr.engine.resources`); a run that cannot fit is refused.
+    needs is estimated (`jaxlr.engine.resources`); a run that cannot fit is refused. The
+    host loop is `jaxlr.engine.driver.drive` (the same as a sweep's).
 
     Args:
       config: static config.
@@ -432,7 +394,11 @@ def fit(
       checkpoint_path: file to checkpoint into after every chunk (atomically); with `resume`
         an existing checkpoint of the same config and hparams is continued.
       resume: continue from `checkpoint_path` if it exists.
-      log_fn: where progress lines go (default: the "jaxlr.train" logger at INFO).
+      log_fn: where progress lines go (default: the "jaxlr.train" logger at INFO, unless a
+        progress bar shows progress).
+      progress: a progress bar (`jaxlr.engine.driver.ProgressBar`): "auto" shows one when
+        stderr is a terminal or in a notebook, True always, False never.
+      observers: more `jaxlr.engine.driver.Observer`s (e.g. TensorBoard output).
       stop_after_epochs: end the loop after this many epochs of this call (for tests of
         resuming: an interrupted run).
       time_epochs: compile the one-epoch program before the loop and run one epoch per
@@ -446,7 +412,6 @@ def fit(
       TrainingDiverged: the run diverged; the message names step, learning rate and rule,
         and the exception carries them (and the final state and history).
     """
-    log_fn = log_fn or log.info
     num_train, num_val, num_features = check_data(data)
     _check_scalar_hparams(hparams)
     dtype = jax.dtypes.canonicalize_dtype(_dtype_of(data.x_train))
@@ -469,76 +434,113 @@ def fit(
     else:
         engine = make_engine(config, model, x_train.shape[0])
         init_fn, run_fn, eval_fn = _jit_engine(engine)
-    m = engine.num_batches
-
-    state = init_fn(hparams)
-    start_epoch, parts = 0, []
-    meta = {"config": config.to_dict(), "hparams": _hparams_dict(hparams)}
-    if checkpoint_path is not None and resume and os.path.exists(checkpoint_path):
-        state, start_epoch, parts = _restore_run(checkpoint_path, state, meta)
-        log_fn(f"resumed from {checkpoint_path} at epoch {start_epoch}")
-
+    point = _hparams_dict(hparams)
+    runner = _RunRunner(config, engine, init_fn(hparams), hparams, data, run_fn, eval_fn)
     t0 = time.perf_counter()
-    timing = None
     if time_epochs:
-        compiled = run_fn.lower(state, hparams, data, start_epoch, 1).compile()
-        timing = {
-            "compile_seconds": time.perf_counter() - t0,
-            "epoch": [],
-            "epoch_seconds": [],
-            "steps": [],
-        }
-    epoch = start_epoch
-    epochs_this_call = 0
-    while epoch < config.num_epochs and bool(state.active):
-        n = 1 if time_epochs else min(config.epochs_per_call, config.num_epochs - epoch)
-        t_chunk = time.perf_counter()
-        if time_epochs:
-            state, logs = compiled(state, hparams, data, epoch)
-        else:
-            state, logs = run_fn(state, hparams, data, epoch, n)
-        logs = jax.device_get(logs)  # waits for the chunk
-        dt = time.perf_counter() - t_chunk
-        part = history_from_logs(logs, m, start_step=epoch * m)
-        parts.append(part)
-        if timing is not None:
-            timing["epoch"].append(epoch)
-            timing["epoch_seconds"].append(dt)
-            timing["steps"].append(int(len(part["step"])))
-        epoch += n
-        epochs_this_call += n
-        _log_progress(
-            log_fn,
-            config,
-            epoch,
-            part,
-            len(part["step"]) / max(dt, 1e-9),
-            time.perf_counter() - t0,
-            epochs_this_call,
-            state,
-        )
-        if checkpoint_path is not None:
-            _save_run(checkpoint_path, state, epoch, parts, meta)
-        if stop_after_epochs is not None and epochs_this_call >= stop_after_epochs:
-            break
-    wall = time.perf_counter() - t0
-    if timing is not None:
-        timing["run_seconds"] = float(sum(timing["epoch_seconds"]))
-        timing["steps_per_second"] = sum(timing["steps"]) / max(timing["run_seconds"], 1e-9)
-
-    history = concat_histories(parts)
-    if bool(state.diverged):
-        raise divergence_error(state, float(hparams.learning_rate), config, m, history)
-    params = returned_params(state)
-    metrics = {k: float(v) for k, v in eval_fn(params, hparams, data).items()}
-    metrics["steps"] = int(len(history.get("step", [])))
-    # Epochs that ran (a run that stopped early ends inside its last chunk).
-    metrics["epochs"] = int(history["step"][-1]) // m + 1 if metrics["steps"] else 0
-    if config.early_stopping:
-        metrics["early_stopping"] = early_stopping_summary(state, m)
-    return TrainResult(
-        jax.device_get(params), jax.device_get(state), history, metrics, wall, timing
+        runner.compile_one_epoch()
+    result, _ = drive(
+        runner,
+        config=config,
+        points=[point],
+        num_epochs=config.num_epochs,
+        epochs_per_call=1 if time_epochs else config.epochs_per_call,
+        checkpoint_path=checkpoint_path,
+        resume=resume,
+        fingerprint={"config": config.to_dict(), "hparams": point},
+        observers=[*default_observers(log_fn, log.info, progress), *observers],
+        stop_after_epochs=stop_after_epochs,
+        dtype=np.dtype(x_train.dtype),
     )
+    result.wall_seconds = time.perf_counter() - t0
+    return result
+
+
+class _RunRunner:
+    """The compiled side of one run, for `jaxlr.engine.driver.drive`."""
+
+    kind = "run"
+    num_points = 1
+
+    def __init__(self, config, engine, state, hparams, data, run_fn, eval_fn):
+        self.config, self.engine = config, engine
+        self.num_batches = engine.num_batches
+        self.state, self.hparams, self.data = state, hparams, data
+        self.run_fn, self.eval_fn = run_fn, eval_fn
+        self.one_epoch = None
+        self.compile_seconds = None
+        self._timed = False
+
+    def compile_one_epoch(self) -> None:
+        t = time.perf_counter()
+        self.one_epoch = self.run_fn.lower(self.state, self.hparams, self.data, 0, 1).compile()
+        self.compile_seconds = time.perf_counter() - t
+        self._timed = True
+
+    def active(self) -> np.ndarray:
+        return np.asarray([bool(self.state.active)])
+
+    def run_chunk(self, epoch: int, num_epochs: int) -> ChunkOut:
+        if self.one_epoch is not None:
+            self.state, logs = self.one_epoch(self.state, self.hparams, self.data, epoch)
+        else:
+            self.state, logs = self.run_fn(self.state, self.hparams, self.data, epoch, num_epochs)
+        logs = jax.device_get(logs)  # waits for the chunk
+        ran = int(np.asarray(logs.ran).sum())
+        detail = {}
+        if not bool(self.state.active):
+            detail = {
+                "diverged": bool(self.state.diverged),
+                "diverge_step": int(self.state.diverge_step),
+                "diverge_reason": int(self.state.diverge_reason),
+            }
+        return ChunkOut({0: logs}, ran, num_epochs * self.num_batches, detail)
+
+    def after_chunk(self, epoch: int) -> str:
+        return ""
+
+    def snapshot(self) -> dict:
+        return {"state": jax.device_get(self.state)}
+
+    def restore(self, flat, path) -> None:
+        self.state = ckpt.restore_tree(flat, self.state, prefix="state", path=path)
+
+    def finish(self, histories: list[dict], info) -> tuple[TrainResult, list[dict]]:
+        history = histories[0]
+        state, m, config = self.state, self.num_batches, self.config
+        if bool(state.diverged):
+            raise divergence_error(state, float(self.hparams.learning_rate), config, m, history)
+        params = returned_params(state)
+        metrics = {k: float(v) for k, v in self.eval_fn(params, self.hparams, self.data).items()}
+        metrics["steps"] = int(len(history["step"]))
+        # Epochs that ran (a run that stopped early ends inside its last chunk).
+        metrics["epochs"] = int(history["step"][-1]) // m + 1 if metrics["steps"] else 0
+        if config.early_stopping:
+            metrics["early_stopping"] = early_stopping_summary(state, m)
+        timing = None
+        if self._timed:
+            first = info.epoch - len(info.chunk_seconds)
+            timing = {
+                "compile_seconds": self.compile_seconds,
+                "epoch": list(range(first, info.epoch)),
+                "epoch_seconds": list(info.chunk_seconds),
+                "steps": list(info.chunk_steps),
+            }
+            timing["run_seconds"] = float(sum(timing["epoch_seconds"]))
+            timing["steps_per_second"] = sum(timing["steps"]) / max(timing["run_seconds"], 1e-9)
+        result = TrainResult(
+            jax.device_get(params),
+            jax.device_get(state),
+            history,
+            metrics,
+            info.wall_seconds,
+            timing,
+        )
+        record = {**_hparams_dict(self.hparams), **metrics, "diverged": False}
+        return result, [record]
+
+    def close(self) -> None:
+        pass
 
 
 def _as_arrays(data: Data, hparams: HParams) -> tuple[Data, HParams]:
@@ -621,49 +623,6 @@ def _hparams_dict(hparams: HParams) -> dict:
     }
 
 
-def _log_progress(log_fn, config, epoch, part, steps_per_s, elapsed, done_epochs, state):
-    loss = float(np.mean(part["train_loss"])) if len(part["train_loss"]) else float("nan")
-    msg = f"epoch {epoch}/{config.num_epochs}  train_loss {loss:.4f}"
-    if len(part["val_loss"]):
-        msg += (
-            f"  val_loss {part['val_loss'][-1]:.4f}  val_acc {part['val_accuracy'][-1]:.4f}"
-            f"  train_acc {part['train_accuracy'][-1]:.4f}"
-        )
-    left = (config.num_epochs - epoch) * elapsed / max(done_epochs, 1)
-    msg += f"  {steps_per_s:,.0f} steps/s  elapsed {_fmt_time(elapsed)}  left {_fmt_time(left)}"
-    if not bool(state.active):
-        if bool(state.diverged):
-            reason = DIVERGE_REASONS.get(int(state.diverge_reason), "?")
-            msg += f"  (DIVERGED at step {int(state.diverge_step)}: {reason})"
-        else:
-            msg += "  (stopped)"
-    log_fn(msg)
-
-
-def _save_run(path, state: TrainState, epoch: int, parts: list[dict], meta: dict) -> None:
-    history = concat_histories(parts)
-    ckpt.save_checkpoint(
-        path,
-        {"state": jax.device_get(state), "history": history},
-        step=epoch,
-        meta={**meta, "epoch": epoch, "kind": "train_run"},
-    )
-
-
-def _restore_run(path, template: TrainState, meta: dict):
-    flat, saved_meta = ckpt.load_flat(path)
-    for key in ("config", "hparams"):
-        if saved_meta.get(key) != meta[key]:
-            raise ckpt.CheckpointError(
-                f"checkpoint {path} was written by a run with another {key}: "
-                f"{saved_meta.get(key)} != {meta[key]}; remove it or use another path"
-            )
-    state = ckpt.restore_tree(flat, template, prefix="state", path=path)
-    history = {k[len("history/") :]: v for k, v in flat.items() if k.startswith("history/")}
-    epoch = int(saved_meta["epoch"])
-    return state, epoch, [history] if history else []
-
-
 def num_steps(config: TrainConfig, num_train: int) -> int:
     """Steps of a full run of `config` on `num_train` examples."""
     return schedule_numbers(config, num_train).total_steps
@@ -678,11 +637,9 @@ __all__ = [
     "TrainState",
     "TrainingDiverged",
     "check_data",
-    "concat_histories",
     "divergence_error",
     "early_stopping_summary",
     "fit",
-    "history_from_logs",
     "history_records",
     "keys_for",
     "make_engine",

@@ -1,0 +1,660 @@
+"""The one host driver of training: chunks of epochs, resume, checkpoints, histories, observers.
+
+A single run (`jaxlr.engine.train.fit`) and a sweep of S points (`jaxlr.engine.sweep.run_sweep`)
+differ only in their compiled programs and in how they hold their state on the devices. Each
+gives `drive` a `Runner` that knows those; `drive` owns everything around them, once:
+
+- the loop: chunks of `epochs_per_call` epochs (cut at rung ends), until the last epoch or
+  until no point is active;
+- histories: each chunk's step logs become per-point history rows (`history_from_logs`),
+  appended as they arrive;
+- checkpoints: after every chunk the runner's state, the histories so far and the loop's
+  counters go to one file, atomically (process 0 writes); an existing checkpoint of the same
+  work (same `fingerprint`) is resumed, one of other work is refused in one line;
+- observers (`Observer`): `on_start` (with the histories of a resumed run), `on_chunk` with
+  each chunk's new rows per point, `on_end` with every point's final record. Progress lines
+  (`ProgressLog`), a progress bar (`ProgressBar`) and TensorBoard output
+  (`jaxlr.report.tracking.TensorBoardObserver`) are observers; `default_observers` picks the
+  progress display.
+
+Dimensions: S points (1 for a single run), T steps of a chunk, M batches per epoch.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple, Protocol
+
+import jax
+import numpy as np
+
+from jaxlr.engine.step import DIVERGE_REASONS, StepLog
+from jaxlr.host import checkpoint as ckpt
+
+log = logging.getLogger("jaxlr.driver")
+
+_HIST_STEP_KEYS = ("step", "epoch", "train_loss")
+_HIST_CHECK_KEYS = ("check_step", "check_epoch", "val_loss", "val_accuracy", "train_accuracy")
+
+
+# ---------------------------------------------------------------------------------------------
+# Histories.
+
+
+def history_from_logs(logs: StepLog, num_batches_per_epoch: int, start_step: int = 0) -> dict:
+    """Turns stacked step logs of one run into the history arrays.
+
+    Args:
+      logs: `StepLog` of numpy arrays [T] covering steps start_step .. start_step + T - 1.
+      num_batches_per_epoch: M.
+      start_step: global step of the first entry.
+    Returns:
+      dict with "step", "epoch", "train_loss" (steps that ran) and "check_step",
+      "check_epoch", "val_loss", "val_accuracy", "train_accuracy" (checks).
+    """
+    logs = jax.tree.map(np.asarray, logs)
+    steps = start_step + np.arange(len(logs.ran))
+    ran = logs.ran.astype(bool)
+    chk = logs.is_check.astype(bool)
+    return {
+        "step": steps[ran],
+        "epoch": steps[ran] // num_batches_per_epoch,
+        "train_loss": logs.train_loss[ran],
+        "check_step": steps[chk],
+        "check_epoch": steps[chk] // num_batches_per_epoch,
+        "val_loss": logs.val_loss[chk],
+        "val_accuracy": logs.val_accuracy[chk],
+        "train_accuracy": logs.train_accuracy[chk],
+    }
+
+
+def empty_history(num_batches_per_epoch: int, dtype) -> dict:
+    """A history with no step (arrays of length 0, losses in `dtype`)."""
+    z = np.zeros(0, dtype)
+    return history_from_logs(StepLog(z.astype(bool), z, z.astype(bool), z, z, z), 1)
+
+
+def concat_histories(parts: list[dict]) -> dict:
+    """Concatenates histories of consecutive chunks."""
+    if not parts:
+        return {}
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+def _pack_histories(histories: Sequence[dict | None]) -> dict:
+    """Every point's history as flat arrays with per-point lengths (a checkpoint's form)."""
+    out = {}
+    for keys, name in ((_HIST_STEP_KEYS, "step_len"), (_HIST_CHECK_KEYS, "check_len")):
+        out[name] = np.asarray([len(h[keys[0]]) if h else 0 for h in histories], np.int64)
+        for k in keys:
+            parts = [np.asarray(h[k]) for h in histories if h]
+            out[k] = np.concatenate(parts) if parts else np.zeros(0)
+    return out
+
+
+def _unpack_histories(flat: Mapping[str, np.ndarray], num_points: int) -> list[dict | None]:
+    histories: list[dict | None] = []
+    offs = {"step_len": 0, "check_len": 0}
+    for i in range(num_points):
+        h = {}
+        for keys, name in ((_HIST_STEP_KEYS, "step_len"), (_HIST_CHECK_KEYS, "check_len")):
+            n = int(flat[f"history/{name}"][i])
+            for k in keys:
+                h[k] = np.asarray(flat[f"history/{k}"][offs[name] : offs[name] + n])
+            offs[name] += n
+        histories.append(h if len(h["step"]) or len(h["check_step"]) else None)
+    return histories
+
+
+# ---------------------------------------------------------------------------------------------
+# What runners and observers exchange with the driver.
+
+
+class ChunkOut(NamedTuple):
+    """What a runner reports of one chunk.
+
+    Attributes:
+      logs: point index -> its `StepLog` [T] of the chunk (host arrays), for the points that
+        ran at least one step.
+      steps_ran: steps that ran, summed over points.
+      computed: point-steps the compiled programs computed (stopped points and padding too).
+      detail: runner-specific numbers for progress displays (e.g. "blocks" of a sweep, or
+        "diverged", "diverge_step", "diverge_reason" of a single run).
+    """
+
+    logs: dict[int, StepLog]
+    steps_ran: int
+    computed: int
+    detail: dict
+
+
+class Runner(Protocol):
+    """The compiled side of a run or sweep, as `drive` uses it.
+
+    Attributes:
+      kind: "run" (one run) or "sweep".
+      num_points: S.
+      num_batches: M.
+    """
+
+    kind: str
+    num_points: int
+    num_batches: int
+
+    def active(self) -> np.ndarray:
+        """[S] bool: the points still training (host values)."""
+
+    def run_chunk(self, epoch: int, num_epochs: int) -> ChunkOut:
+        """Runs epochs epoch .. epoch + num_epochs - 1 of the active points."""
+
+    def after_chunk(self, epoch: int) -> str:
+        """Rules applied between chunks (e.g. halving at a rung's end); a note for progress."""
+
+    def snapshot(self) -> dict:
+        """The state to checkpoint: a pytree of host arrays (key "state" and the runner's own)."""
+
+    def restore(self, flat: Mapping[str, np.ndarray], path) -> None:
+        """Takes back a checkpoint's arrays (`jaxlr.host.checkpoint.load_flat`)."""
+
+    def finish(self, histories: list[dict], info: Drive) -> tuple[Any, list[dict]]:
+        """The result object and one final record per point (raises for a failed run)."""
+
+    def close(self) -> None:
+        """Releases what the runner holds (called whatever happens)."""
+
+
+class Start(NamedTuple):
+    """What observers learn before the first chunk.
+
+    Attributes:
+      kind: "run" or "sweep".
+      points: one dict of hyper-parameters per point (learning_rate, l2, momentum, seed).
+      config: the static `TrainConfig`.
+      num_epochs: epochs of the full run.
+      num_batches: M.
+      epoch: the first epoch this call trains (> 0 when resumed).
+      histories: per point, the history a resumed run already has (None: nothing yet).
+      description: the runner's one-line description (blocks, devices; "" if none).
+      resumed: where the run was resumed from, as a line ("" when it starts afresh).
+    """
+
+    kind: str
+    points: list[dict]
+    config: Any
+    num_epochs: int
+    num_batches: int
+    epoch: int
+    histories: list[dict | None]
+    description: str
+    resumed: str
+
+
+class Chunk(NamedTuple):
+    """What observers learn after each chunk.
+
+    Attributes:
+      epoch: epochs done after the chunk (of `num_epochs`).
+      num_epochs: epochs of the full run.
+      new: point index -> the history rows the chunk added (points that ran).
+      active: [S] bool, points still training.
+      steps_ran: steps run in the chunk, summed over points.
+      seconds: wall time of the chunk.
+      elapsed: wall time since the driver started.
+      epochs_done: epochs trained in this call (not counting a resumed run's earlier ones).
+      note: what the runner's rules did (e.g. halving), "" if nothing.
+      detail: the runner's `ChunkOut.detail`.
+    """
+
+    epoch: int
+    num_epochs: int
+    new: dict[int, dict]
+    active: np.ndarray
+    steps_ran: int
+    seconds: float
+    elapsed: float
+    epochs_done: int
+    note: str
+    detail: dict
+
+
+class End(NamedTuple):
+    """What observers learn at the end.
+
+    Attributes:
+      records: one final record per point (metrics of the returned parameters, steps,
+        stopping and divergence; see `jaxlr.engine.sweep.SweepResult.records`).
+      histories: every point's whole history.
+      wall_seconds: wall time of the driver.
+      epoch: the last epoch reached.
+      chunks: chunks run in all (a resumed run's earlier ones included).
+    """
+
+    records: list[dict]
+    histories: list[dict]
+    wall_seconds: float
+    epoch: int
+    chunks: int
+
+
+class Drive(NamedTuple):
+    """The driver's own numbers, handed to `Runner.finish`.
+
+    Attributes:
+      epoch: the last epoch reached; chunks: chunks run in all; computed: point-steps
+      computed in all; wall_seconds: time since the driver started; chunk_seconds and
+      chunk_steps: wall time and steps of each chunk of this call (for timings).
+    """
+
+    epoch: int
+    chunks: int
+    computed: int
+    wall_seconds: float
+    chunk_seconds: list[float]
+    chunk_steps: list[int]
+
+
+class Observer:
+    """Receives the driver's events; every method is a no-op here (override what you need)."""
+
+    def on_start(self, start: Start) -> None:
+        pass
+
+    def on_chunk(self, chunk: Chunk) -> None:
+        pass
+
+    def on_end(self, end: End) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+# ---------------------------------------------------------------------------------------------
+# Progress.
+
+
+def fmt_time(seconds: float) -> str:
+    """Seconds as m:ss, or h:mm:ss from an hour on."""
+    seconds = max(0, int(round(seconds))) if math.isfinite(seconds) else 0
+    h, rem = divmod(seconds, 3600)
+    mnt, s = divmod(rem, 60)
+    return f"{h}:{mnt:02d}:{s:02d}" if h else f"{mnt:d}:{s:02d}"
+
+
+class ProgressLog(Observer):
+    """Progress as one log line per chunk (what a pipe, a file or CI shows).
+
+    A run's line: epoch, mean training loss of the chunk, the last check's numbers, steps/s,
+    elapsed and time left; a sweep's: epoch, points active, blocks, best validation accuracy
+    so far, point-steps/s, elapsed and an upper bound of the time left.
+    """
+
+    def __init__(self, log_fn: Callable[[str], None]):
+        self._log = log_fn
+        self._kind = "run"
+        self._best_acc = math.nan
+        self._size = 1
+
+    def on_start(self, start: Start) -> None:
+        self._kind, self._size = start.kind, len(start.points)
+        if start.resumed:
+            self._log(start.resumed)
+        if start.description:
+            self._log(start.description)
+
+    def on_chunk(self, c: Chunk) -> None:
+        rate = c.steps_ran / max(c.seconds, 1e-9)
+        if self._kind == "run":
+            part = c.new.get(0)
+            losses = part["train_loss"] if part is not None else ()
+            loss = float(np.mean(losses)) if len(losses) else float("nan")
+            msg = f"epoch {c.epoch}/{c.num_epochs}  train_loss {loss:.4f}"
+            if part is not None and len(part["val_loss"]):
+                msg += (
+                    f"  val_loss {part['val_loss'][-1]:.4f}  val_acc "
+                    f"{part['val_accuracy'][-1]:.4f}  train_acc {part['train_accuracy'][-1]:.4f}"
+                )
+            left = (c.num_epochs - c.epoch) * c.elapsed / max(c.epochs_done, 1)
+            msg += f"  {rate:,.0f} steps/s  elapsed {fmt_time(c.elapsed)}  left {fmt_time(left)}"
+            if not c.active.any():
+                if c.detail.get("diverged"):
+                    reason = DIVERGE_REASONS.get(int(c.detail.get("diverge_reason", 0)), "?")
+                    msg += f"  (DIVERGED at step {int(c.detail['diverge_step'])}: {reason})"
+                else:
+                    msg += "  (stopped)"
+            self._log(msg)
+            return
+        for part in c.new.values():
+            acc = np.asarray(part["val_accuracy"], np.float64)
+            if np.isfinite(acc).any():
+                self._best_acc = float(np.nanmax([np.nanmax(acc), self._best_acc]))
+        left = c.elapsed * (c.num_epochs - c.epoch) / max(c.epochs_done, 1)
+        self._log(
+            f"epoch {c.epoch}/{c.num_epochs}  active {int(c.active.sum())}/{self._size}  "
+            f"block(s) {c.detail.get('blocks', [])}  best val_acc {self._best_acc:.4f}  "
+            f"{rate:,.0f} point-steps/s  elapsed {fmt_time(c.elapsed)}  "
+            f"left <= {fmt_time(left)}{'  ' + c.note if c.note else ''}"
+        )
+
+    def on_end(self, end: End) -> None:
+        if self._kind == "sweep":
+            self._log(
+                f"sweep done in {end.wall_seconds:.1f} s: {end.epoch} epochs, {end.chunks} chunks"
+            )
+
+
+class ProgressBar(Observer):
+    """A tqdm progress bar over epochs (rate and time left; a sweep shows points active).
+
+    `tqdm.auto` gives a widget in a notebook and a text bar in a terminal.
+    """
+
+    def __init__(self, desc: str = ""):
+        self._desc = desc
+        self._bar = None
+        self._size = 1
+        self._kind = "run"
+
+    def on_start(self, start: Start) -> None:
+        from tqdm.auto import tqdm
+
+        self._kind, self._size = start.kind, len(start.points)
+        desc = self._desc or (start.kind if start.kind == "sweep" else "train")
+        self._bar = tqdm(
+            total=start.num_epochs,
+            initial=start.epoch,
+            desc=desc,
+            unit="epoch",
+            dynamic_ncols=True,
+            leave=True,
+        )
+
+    def on_chunk(self, c: Chunk) -> None:
+        if self._bar is None:
+            return
+        post = {}
+        if self._kind == "sweep":
+            post["active"] = f"{int(c.active.sum())}/{self._size}"
+        else:
+            part = c.new.get(0)
+            if part is not None and len(part["val_loss"]):
+                post["val_loss"] = f"{part['val_loss'][-1]:.4f}"
+                post["val_acc"] = f"{part['val_accuracy'][-1]:.4f}"
+        if c.note:
+            post["note"] = c.note.strip()
+        self._bar.set_postfix(post, refresh=False)
+        self._bar.update(c.epoch - self._bar.n)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+
+def _in_notebook() -> bool:
+    shell = sys.modules.get("IPython")
+    if shell is None or "ipykernel" not in sys.modules:
+        return False
+    try:
+        return shell.get_ipython() is not None
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def bar_wanted(progress: bool | str) -> bool:
+    """Whether to show a progress bar: `progress` True, or "auto" when stderr is a terminal
+    or the code runs in a notebook kernel (and tqdm can be imported); process 0 only."""
+    if progress is False or progress is None or jax.process_index() != 0:
+        return False
+    if progress == "auto":
+        isatty = getattr(sys.stderr, "isatty", None)
+        if not ((isatty is not None and isatty()) or _in_notebook()):
+            return False
+    elif progress is not True:
+        raise ValueError(f"progress must be True, False or 'auto', got {progress!r}")
+    try:
+        import tqdm.auto  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def default_observers(
+    log_fn: Callable[[str], None] | None, default_log: Callable[[str], None], progress
+) -> list[Observer]:
+    """The progress display: a bar where one is wanted (`bar_wanted`), else log lines.
+
+    Log lines go to `log_fn` when one is given (also beside a bar), else to `default_log`
+    unless a bar shows progress.
+    """
+    out: list[Observer] = []
+    bar = bar_wanted(progress)
+    if bar:
+        out.append(ProgressBar())
+    if log_fn is not None:
+        out.append(ProgressLog(log_fn))
+    elif not bar:
+        out.append(ProgressLog(default_log))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints.
+
+
+def fingerprint_diff(saved: Mapping, now: Mapping) -> str:
+    """One phrase naming what changed between two fingerprints (dicts of dicts)."""
+    parts = []
+    for key in sorted(set(saved) | set(now), key=lambda k: list(now).index(k) if k in now else 99):
+        a, b = saved.get(key), now.get(key)
+        if a == b:
+            continue
+        if isinstance(a, dict) and isinstance(b, dict):
+            fields = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+            shown = ", ".join(f"{k} {a.get(k)!r} -> {b.get(k)!r}" for k in fields[:3])
+            parts.append(f"{key} ({shown})")
+        else:
+            parts.append(f"{key} ({a!r} -> {b!r})")
+    return "; ".join(parts)
+
+
+def agree(values: Sequence[int], what: str) -> None:
+    """Raises unless every process holds the same integers (no-op in one process)."""
+    if jax.process_count() == 1:
+        return
+    from jax.experimental import multihost_utils
+
+    mine = np.asarray(values, np.int64)
+    every = np.asarray(multihost_utils.process_allgather(mine))
+    if not (every == mine[None]).all():
+        raise RuntimeError(
+            f"the processes disagree on {what}: {every.tolist()} (one process per row); "
+            "every process must see the same data and checkpoint folder"
+        )
+
+
+def _save(path: Path, runner: Runner, histories, meta: dict) -> None:
+    tree = {**runner.snapshot(), "history": _pack_histories(histories)}
+    if jax.process_index() == 0:
+        ckpt.save_checkpoint(path, tree, step=int(meta["epoch"]), meta=meta)
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop.
+
+
+def drive(
+    runner: Runner,
+    *,
+    config,
+    points: list[dict],
+    num_epochs: int,
+    epochs_per_call: int,
+    rung_epochs: int | None = None,
+    checkpoint_path: str | os.PathLike | None = None,
+    fingerprint: dict | None = None,
+    resume: bool = True,
+    observers: Sequence[Observer] = (),
+    stop_after_epochs: int | None = None,
+    description: str = "",
+    dtype=np.float32,
+) -> tuple[Any, End]:
+    """Trains what `runner` holds, chunk by chunk, and returns its result.
+
+    Args:
+      runner: the compiled side (`Runner`), its state initialised.
+      config: the static config (for observers).
+      points: one dict of hyper-parameters per point (for observers).
+      num_epochs: epochs of the full run.
+      epochs_per_call: epochs per chunk (cut at rung ends).
+      rung_epochs: with a pruning rule, its rung length: chunks end at rung ends.
+      checkpoint_path: file to checkpoint into after every chunk (atomically, process 0
+        writes); an existing checkpoint with the same `fingerprint` is resumed, one with
+        another is refused.
+      resume: False: an existing checkpoint is not read (it is overwritten after the first
+        chunk).
+      fingerprint: JSON-ready dict of what a checkpoint must match (config, hparams, grid,
+        data, rules).
+      observers: receive start, chunk and end events (in order); closed at the end, also
+        after an error.
+      stop_after_epochs: end the loop after this many epochs of this call (tests of resuming).
+      description: a line observers show before the first chunk.
+      dtype: the losses' dtype (for the histories of points that never ran).
+    Returns:
+      (the runner's result, the `End` event).
+    Raises:
+      jaxlr.host.checkpoint.CheckpointError: `checkpoint_path` holds a checkpoint of other
+        work (one line naming what changed); what the runner raises.
+    """
+    m = runner.num_batches
+    s = runner.num_points
+    done: list[dict | None] = [None] * s  # per point: history up to the last concatenation
+    parts: list[list[dict]] = [[] for _ in range(s)]  # per point: chunks since then
+    epoch, chunks, computed = 0, 0, 0
+    path = Path(checkpoint_path) if checkpoint_path is not None else None
+    resumed = path is not None and resume and path.exists()
+    agree([int(resumed)], "whether a checkpoint exists")
+    if resumed:
+        flat, meta = ckpt.load_flat(path)
+        if meta.get("fingerprint") != fingerprint:
+            raise ckpt.CheckpointError(
+                f"checkpoint {path} belongs to another {runner.kind}: "
+                f"{fingerprint_diff(meta.get('fingerprint') or {}, fingerprint or {})} changed; "
+                "remove it or use another checkpoint path"
+            )
+        runner.restore(flat, path)
+        done = _unpack_histories(flat, s)
+        epoch, chunks, computed = int(meta["epoch"]), int(meta["chunk"]), int(meta["computed"])
+        agree([epoch, chunks], "the checkpoint's epoch and chunk")
+
+    def histories() -> list[dict | None]:
+        out = []
+        for i in range(s):
+            if parts[i]:
+                done[i] = concat_histories(([done[i]] if done[i] else []) + parts[i])
+                parts[i] = []
+            out.append(done[i])
+        return out
+
+    t0 = time.perf_counter()
+    try:
+        note = f"{runner.kind}: resumed from {path} at epoch {epoch} (chunk {chunks})"
+        start = Start(
+            runner.kind,
+            points,
+            config,
+            num_epochs,
+            m,
+            epoch,
+            list(done),
+            description,
+            note if resumed else "",
+        )
+        for ob in observers:
+            ob.on_start(start)
+        epochs_done, chunk_seconds, chunk_steps = 0, [], []
+        active = np.asarray(runner.active(), bool)
+        while epoch < num_epochs and active.any():
+            k = min(epochs_per_call, num_epochs - epoch)
+            if rung_epochs:
+                k = min(k, rung_epochs - epoch % rung_epochs)
+            t_chunk = time.perf_counter()
+            out = runner.run_chunk(epoch, k)
+            new = {}
+            for i, logs in out.logs.items():
+                part = history_from_logs(logs, m, start_step=epoch * m)
+                parts[i].append(part)
+                new[i] = part
+            epoch += k
+            chunks += 1
+            epochs_done += k
+            computed += out.computed
+            note = runner.after_chunk(epoch)
+            if path is not None:
+                meta = {
+                    "kind": runner.kind,
+                    "fingerprint": fingerprint,
+                    "epoch": epoch,
+                    "chunk": chunks,
+                    "computed": computed,
+                }
+                _save(path, runner, histories(), meta)
+            active = np.asarray(runner.active(), bool)
+            dt = time.perf_counter() - t_chunk
+            chunk_seconds.append(dt)
+            chunk_steps.append(out.steps_ran)
+            event = Chunk(
+                epoch,
+                num_epochs,
+                new,
+                active,
+                out.steps_ran,
+                dt,
+                time.perf_counter() - t0,
+                epochs_done,
+                note,
+                out.detail,
+            )
+            for ob in observers:
+                ob.on_chunk(event)
+            if stop_after_epochs is not None and epochs_done >= stop_after_epochs:
+                break
+        whole = [h if h is not None else empty_history(m, dtype) for h in histories()]
+        info = Drive(epoch, chunks, computed, time.perf_counter() - t0, chunk_seconds, chunk_steps)
+        result, records = runner.finish(whole, info)
+        end = End(records, whole, time.perf_counter() - t0, epoch, chunks)
+        for ob in observers:
+            ob.on_end(end)
+        return result, end
+    finally:
+        runner.close()
+        for ob in observers:
+            ob.close()
+
+
+__all__ = [
+    "Chunk",
+    "ChunkOut",
+    "Drive",
+    "End",
+    "Observer",
+    "ProgressBar",
+    "ProgressLog",
+    "Runner",
+    "Start",
+    "agree",
+    "bar_wanted",
+    "concat_histories",
+    "default_observers",
+    "drive",
+    "empty_history",
+    "fingerprint_diff",
+    "fmt_time",
+    "history_from_logs",
+]
