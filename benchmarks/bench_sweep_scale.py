@@ -113,11 +113,12 @@ def worker(case: str, args) -> dict:
     t_start = time.perf_counter()
     import numpy as np
 
+    from jaxlr.engine import blocks as jblocks
     from jaxlr.engine import sweep as jsweep
     from jaxlr.report import tables
 
     if args.ladder:
-        jsweep.LADDER_STEPS_PER_OCTAVE = args.ladder
+        jblocks.LADDER_STEPS_PER_OCTAVE = args.ladder
     data = load_task2(args.data_dir)
     cfg, grid, prune = case_setup(case, args)
     t0 = time.perf_counter()

@@ -18,6 +18,7 @@ import pytest
 from jaxlr.core.testing import assert_tree_allclose, count_traces, tolerance
 from jaxlr.data import idx as jidx
 from jaxlr.data import registry as jregistry
+from jaxlr.engine import blocks as jblocks
 from jaxlr.engine import grid as jgrid
 from jaxlr.engine import sweep as jsweep
 from jaxlr.engine.config import HParams, TrainConfig, make_hparams
@@ -257,15 +258,15 @@ def test_default_block_size_follows_the_memory_budget():
     data = synthetic(k=3)
     model = model_for(SOFTMAX, data.x_train.shape[1], jnp.float64)
     shape = (240, 120, 10)
-    per_point = jsweep.bytes_per_point(SOFTMAX, model, shape, 8)
+    per_point = jblocks.bytes_per_point(SOFTMAX, model, shape, 8)
     assert per_point > 8 * 3 * 30  # at least params, new params and gradients
     data_bytes = 8 * 360 * 10
     budget = data_bytes + 5 * per_point
-    assert jsweep.default_block_size(SOFTMAX, model, shape, 8, 100, 1, budget) == 5
-    assert jsweep.default_block_size(SOFTMAX, model, shape, 8, 3, 1, budget) == 3
-    assert jsweep.default_block_size(SOFTMAX, model, shape, 8, 100, 4, budget) == 20
-    assert jsweep.default_block_size(SOFTMAX, model, shape, 8, 100, 4, data_bytes) == 4
-    assert jsweep.memory_budget() > 0
+    assert jblocks.default_block_size(SOFTMAX, model, shape, 8, 100, 1, budget) == 5
+    assert jblocks.default_block_size(SOFTMAX, model, shape, 8, 3, 1, budget) == 3
+    assert jblocks.default_block_size(SOFTMAX, model, shape, 8, 100, 4, budget) == 20
+    assert jblocks.default_block_size(SOFTMAX, model, shape, 8, 100, 4, data_bytes) == 4
+    assert jblocks.memory_budget() > 0
 
 
 def test_tables():
@@ -462,27 +463,27 @@ def test_sweep_experiment_end_to_end(tmp_path):
 
 
 def test_block_ladder_and_plan_blocks():
-    assert jsweep.block_ladder(64, steps_per_octave=2) == (2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
-    assert jsweep.block_ladder(64) == (2, 4, 8, 16, 32, 64)
-    assert jsweep.block_ladder(48, 4, 2) == (8, 12, 16, 24, 32, 48)
-    assert jsweep.block_ladder(48, 4) == (8, 16, 32, 48)
-    assert jsweep.block_ladder(4, 4) == (4,) and jsweep.block_ladder(1) == (1,)
+    assert jblocks.block_ladder(64, steps_per_octave=2) == (2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
+    assert jblocks.block_ladder(64) == (2, 4, 8, 16, 32, 64)
+    assert jblocks.block_ladder(48, 4, 2) == (8, 12, 16, 24, 32, 48)
+    assert jblocks.block_ladder(48, 4) == (8, 16, 32, 48)
+    assert jblocks.block_ladder(4, 4) == (4,) and jblocks.block_ladder(1) == (1,)
     with pytest.raises(ValueError, match="steps_per_octave must be 1 or 2, got 3"):
-        jsweep.block_ladder(8, 1, 3)
+        jblocks.block_ladder(8, 1, 3)
     with pytest.raises(ValueError, match="cap must be a positive multiple"):
-        jsweep.block_ladder(6, 4)
-    ladder = jsweep.block_ladder(16, 2, steps_per_octave=1)
+        jblocks.block_ladder(6, 4)
+    ladder = jblocks.block_ladder(16, 2, steps_per_octave=1)
     # 5 active points: one block of 8 (the smallest size that holds them), padded with
     # copies of its own points.
-    (b,) = jsweep.plan_blocks([3, 5, 6, 9, 12], 16, ladder)
+    (b,) = jblocks.plan_blocks([3, 5, 6, 9, 12], 16, ladder)
     assert list(b) == [3, 5, 6, 9, 12, 3, 5, 6]
-    (b,) = jsweep.plan_blocks([3, 5, 6, 9, 12], 16, jsweep.block_ladder(16, 1, 2))
+    (b,) = jblocks.plan_blocks([3, 5, 6, 9, 12], 16, jblocks.block_ladder(16, 1, 2))
     assert list(b) == [3, 5, 6, 9, 12, 3]
     # 20 points over a cap of 16: two blocks of 10 points, each padded to 16.
-    blocks = jsweep.plan_blocks(np.arange(20), 16, ladder)
+    blocks = jblocks.plan_blocks(np.arange(20), 16, ladder)
     assert [len(x) for x in blocks] == [16, 16]
     assert sorted(set(np.concatenate(blocks))) == list(range(20))
-    assert jsweep.plan_blocks([], 16, ladder) == []
+    assert jblocks.plan_blocks([], 16, ladder) == []
 
 
 def _assert_same_results(a, b, exact: bool):
@@ -547,7 +548,7 @@ def test_compaction_gives_the_same_results_and_skips_stopped_points():
         if "block(s) [" in ln
         for x in ln.split("[")[1].split("]")[0].split(",")
     }
-    assert sizes <= set(jsweep.block_ladder(16)) and len(sizes) >= 2, sizes
+    assert sizes <= set(jblocks.block_ladder(16)) and len(sizes) >= 2, sizes
     work = compact.work()
     assert work["point_steps"] == compact.point_steps and work["wall_seconds"] > 0
     # And both equal single runs.

@@ -99,7 +99,7 @@ def estimate_run_bytes(
 ) -> RunBytes:
     """Estimates the memory of a run (points=1) or of a block of sweep points.
 
-    `per_point` is what `jaxlr.engine.sweep.bytes_per_point` sizes sweep blocks with.
+    `per_point` is what `jaxlr.engine.blocks.bytes_per_point` sizes sweep blocks with.
 
     Args:
       config: static config (model widths, batch size, optimizer, early stopping, ...).

@@ -26,9 +26,7 @@ import functools
 import hashlib
 import logging
 import os
-import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -38,12 +36,12 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jaxlr.core.objective import Model
-from jaxlr.engine import resources
+from jaxlr.engine import blocks, resources
 from jaxlr.engine.config import HParams, TrainConfig
 from jaxlr.engine.driver import ChunkOut, Observer, default_observers, drive
 from jaxlr.engine.grid import Grid
 from jaxlr.engine.halving import prune_rung
-from jaxlr.engine.step import Data, StepLog, TrainState
+from jaxlr.engine.step import Data, StepLog
 from jaxlr.engine.train import (
     early_stopping_summary,
     make_engine,
@@ -55,15 +53,6 @@ from jaxlr.host import checkpoint as ckpt
 log = logging.getLogger("jaxlr.sweep")
 
 SWEEP_AXIS = "sweep"
-
-# Memory a block may use when the caller gives no budget: a quarter of the host's memory
-# (at most 4 GiB) on CPU, half of an accelerator's memory.
-_CPU_BUDGET_CAP = 4 << 30
-# Block sizes per octave of the compaction ladder (see `block_ladder`): 2 wastes less on
-# padding, 1 compiles half as many programs. Each program costs about 1.2 CPU-seconds to
-# compile for tdt4265_task2, more than the padding it saves: on the 64-point early-stopping
-# grid 1 took 21.5 CPU-s and 2 took 29.1 CPU-s (benchmarks/bench_sweep_scale.py --ladder).
-LADDER_STEPS_PER_OCTAVE = 1
 
 
 # ---------------------------------------------------------------------------------------------
@@ -318,218 +307,6 @@ def _to_host(tree):
 
 # ---------------------------------------------------------------------------------------------
 # Block size.
-
-
-def param_count(model: Model) -> int:
-    """Number of scalar parameters of `model` (from shapes only, nothing is computed)."""
-    return resources.num_params(model)
-
-
-def bytes_per_point(config: TrainConfig, model: Model, data_shape: tuple, itemsize: int) -> int:
-    """A rough upper estimate of the device memory one sweep point needs.
-
-    The `per_point` part of `jaxlr.engine.resources.estimate_run_bytes`: the state (parameters, new
-    parameters, gradients, optimizer slots, best parameters), one step's activations, a
-    validation check's activations and one chunk of step logs.
-
-    Args:
-      config: static config.
-      model: the bound model.
-      data_shape: (N, V, D): training and validation examples and features.
-      itemsize: bytes per float.
-    Returns:
-      Bytes.
-    """
-    return int(resources.estimate_run_bytes(config, model, data_shape, itemsize).per_point)
-
-
-def memory_budget(device=None) -> int:
-    """Bytes a block of sweep points may use on `device` (default: this process's first)."""
-    device = device or jax.local_devices()[0]
-    stats = None
-    try:
-        stats = device.memory_stats()
-    except Exception:  # noqa: BLE001  (CPU and some backends do not report memory)
-        stats = None
-    if stats and stats.get("bytes_limit"):
-        return int(stats["bytes_limit"]) // 2
-    try:
-        host = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        host = 8 << 30
-    return int(min(_CPU_BUDGET_CAP, host // 4))
-
-
-def default_block_size(
-    config: TrainConfig,
-    model: Model,
-    data_shape: tuple,
-    itemsize: int,
-    num_points: int,
-    num_devices: int = 1,
-    budget_bytes: int | None = None,
-) -> int:
-    """Points per block: as many as fit in the memory budget of every device.
-
-    Args:
-      config, model, data_shape, itemsize: see `bytes_per_point`.
-      num_points: S.
-      num_devices: devices the block is sharded over (each holds G / num_devices points).
-      budget_bytes: per-device budget (default `memory_budget()`).
-    Returns:
-      A multiple of `num_devices`, at least `num_devices`, at most S rounded up to one.
-    """
-    budget = memory_budget() if budget_bytes is None else budget_bytes
-    data_bytes = itemsize * (data_shape[0] + data_shape[1]) * data_shape[2]
-    per_point = bytes_per_point(config, model, data_shape, itemsize)
-    per_device = max(1, (budget - data_bytes) // max(per_point, 1))
-    whole = -(-num_points // num_devices)
-    return int(num_devices * max(1, min(per_device, whole)))
-
-
-# ---------------------------------------------------------------------------------------------
-# The sweep.
-
-
-def _ceil_div(a: int, b: int) -> int:
-    return -(-a // b)
-
-
-def _pad_indices(indices: np.ndarray, size: int) -> np.ndarray:
-    """`indices` padded to `size` with copies of its own points (cycled)."""
-    if len(indices) >= size:
-        return indices
-    return np.concatenate([indices, np.resize(indices, size - len(indices))])
-
-
-def block_ladder(cap: int, num_devices: int = 1, steps_per_octave: int = 1) -> tuple[int, ...]:
-    """The block sizes a compacting sweep may use: a fixed geometric ladder up to `cap`.
-
-    With `steps_per_octave=1` (default) the sizes are num_devices * 2^j below `cap`, then
-    `cap`: a block is at most half padding, and there are about log2(cap) compiled programs.
-    With 2: num_devices * (2, 3, 4, 6, 8, 12, 16, 24, ...), at most a third of padding and
-    twice the programs (`run_sweep` uses `LADDER_STEPS_PER_OCTAVE`). The smallest size is
-    2 * num_devices (when `cap` allows): with a single point per device XLA drops the batch
-    dimension and picks other kernels, whose rounding differs; with two or more a point's
-    numbers are the same bits in blocks of any size (per-point seeds).
-
-    Args:
-      cap: the largest block (a multiple of `num_devices`).
-      num_devices: devices the sweep axis is sharded over.
-      steps_per_octave: 1 (powers of two) or 2 (powers of two and 1.5 times them).
-    Returns:
-      Increasing sizes, each a multiple of `num_devices`; one compiled program each.
-    """
-    if cap < num_devices or cap % num_devices:
-        raise ValueError(
-            f"block_ladder: cap must be a positive multiple of num_devices={num_devices}, got {cap}"
-        )
-    if steps_per_octave not in (1, 2):
-        raise ValueError(f"block_ladder: steps_per_octave must be 1 or 2, got {steps_per_octave}")
-    sizes, g = [], 2
-    while g * num_devices < cap:
-        sizes.append(g * num_devices)
-        if steps_per_octave == 2 and 3 * g // 2 * num_devices < cap:
-            sizes.append(3 * g // 2 * num_devices)
-        g *= 2
-    return tuple(sizes) + (cap,)
-
-
-def plan_blocks(indices, cap: int, ladder: Sequence[int] | None = None) -> list[np.ndarray]:
-    """Cuts point indices into the fewest blocks of at most `cap`, each padded to one size.
-
-    Args:
-      indices: [A] indices of the points to run.
-      cap: the most points per block.
-      ladder: allowed block sizes (increasing, last == cap); None: the balanced size
-        (a multiple of ladder-free `cap`'s device count is the caller's business).
-    Returns:
-      Index arrays, each padded with copies of its own points to the block size: the
-      smallest ladder size that holds ceil(A / blocks) points.
-    """
-    indices = np.asarray(indices, np.int64)
-    a = len(indices)
-    if a == 0:
-        return []
-    nblocks = _ceil_div(a, cap)
-    per = _ceil_div(a, nblocks)
-    g = next(s for s in ladder if s >= per) if ladder else per
-    return [_pad_indices(indices[i : i + per], g) for i in range(0, a, per)]
-
-
-class _Programs:
-    """Compiled `run` programs per (block size, epochs per chunk), optionally compiled ahead
-    of need on one background thread."""
-
-    def __init__(self, fns, host, hp_all, data_dev, sweep_sh, repl, shared_seed, background):
-        self._fns, self._data = fns, data_dev
-        self._sweep, self._repl, self._shared = sweep_sh, repl, shared_seed
-        self._host = jax.tree.map(lambda a: (a.shape[1:], a.dtype), host)
-        self._hp = hp_all
-        self._lock = threading.Lock()
-        self._done: dict = {}
-        self._pool = ThreadPoolExecutor(1, "jaxlr-sweep-compile") if background else None
-
-    def _compile(self, g: int, k: int):
-        def spec(shape_dtype, sharding):
-            shape, dtype = shape_dtype
-            return jax.ShapeDtypeStruct((g,) + tuple(shape), dtype, sharding=sharding)
-
-        is_leaf = lambda x: isinstance(x, tuple) and len(x) == 2 and isinstance(x[1], np.dtype)  # noqa: E731
-        state = jax.tree.map(lambda sd: spec(sd, self._sweep), self._host, is_leaf=is_leaf)
-        hp = [jax.ShapeDtypeStruct((g,), v.dtype, sharding=self._sweep) for v in self._hp]
-        if self._shared:
-            hp[3] = jax.ShapeDtypeStruct((), self._hp.seed.dtype, sharding=self._repl)
-        return self._fns.run.lower(state, HParams(*hp), self._data, 0, k).compile()
-
-    def prefetch(self, g: int, k: int) -> None:
-        """Starts compiling (g, k) in the background (no-op without a background thread)."""
-        with self._lock:
-            if self._pool is None or (g, k) in self._done:
-                return
-            self._done[(g, k)] = self._pool.submit(self._compile, g, k)
-
-    def get(self, g: int, k: int):
-        """The compiled program of (g, k): (state, hparams, data, start_epoch) -> (state, logs)."""
-        with self._lock:
-            item = self._done.get((g, k))
-        if item is None:
-            item = self._compile(g, k)
-            with self._lock:
-                self._done[(g, k)] = item
-        elif isinstance(item, Future):
-            item = item.result()
-            with self._lock:
-                self._done[(g, k)] = item
-        return item
-
-    def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
-
-
-class _Block(NamedTuple):
-    """One compiled block resident on the devices between chunks."""
-
-    idx: np.ndarray  # [G] point indices (padded with copies)
-    real: int  # the first `real` entries are distinct points
-    state: TrainState  # device arrays [G, ...]
-    hp: HParams  # device arrays [G] (seed unbatched with a shared seed)
-
-
-def _take(tree, idx):
-    return jax.tree.map(lambda a: np.asarray(a)[idx], tree)
-
-
-def _scatter(host, idx, values):
-    """host[idx] = values, leaf by leaf (host leaves are writable numpy arrays)."""
-
-    def one(h, v):
-        h[idx] = np.asarray(v)
-
-    jax.tree.map(one, host, values)
-
-
 def _fingerprint(config, grid, data, prune) -> dict:
     """What a sweep checkpoint must match to be resumed."""
     h = hashlib.sha256()
@@ -635,14 +412,14 @@ def run_sweep(
         raise ValueError(f"grid.hparams must be arrays [{s}], got {hp_all.learning_rate.shape}")
     shape = (n, data.x_val.shape[0], d)
     if block_size is None:
-        block_size = default_block_size(config, model, shape, dtype.itemsize, s, nd)
+        block_size = blocks.default_block_size(config, model, shape, dtype.itemsize, s, nd)
     if int(block_size) < 1:
         raise ValueError(f"run_sweep: block_size must be >= 1 or None, got {block_size!r}")
-    cap = nd * _ceil_div(int(block_size), nd)
+    cap = nd * blocks.ceil_div(int(block_size), nd)
     # Balanced blocks: as few as the cap allows, of equal size (padding < one point per
     # device and block); the cap itself is the top of the ladder.
-    g_full = nd * _ceil_div(_ceil_div(s, _ceil_div(s, cap)), nd)
-    ladder = block_ladder(g_full, nd, LADDER_STEPS_PER_OCTAVE)
+    g_full = nd * blocks.ceil_div(blocks.ceil_div(s, blocks.ceil_div(s, cap)), nd)
+    ladder = blocks.block_ladder(g_full, nd, blocks.LADDER_STEPS_PER_OCTAVE)
     shared_seed = bool(np.all(hp_all.seed == hp_all.seed[0]))
     # Refuse, in one line and before anything is allocated, a block that cannot fit.
     per_device = max(1, g_full // nd)
@@ -733,20 +510,20 @@ class _SweepRunner:
         self.dtype = dtype
         # Host copy of every point's state (leaves [S, ...]), built block by block.
         host = None
-        for idx in plan_blocks(np.arange(s), g_full, ladder):
+        for idx in blocks.plan_blocks(np.arange(s), g_full, ladder):
             part = _to_host(fns.init(put_hp(idx)))
             if host is None:
                 host = jax.tree.map(lambda a: np.zeros((s,) + a.shape[1:], a.dtype), part)
-            _scatter(host, idx, part)
+            blocks.scatter(host, idx, part)
         self.host = host
         self.pruned_rung = np.full(s, -1, np.int64)
         self._active = np.asarray(host.active, bool).copy()
-        self.fixed = plan_blocks(np.arange(s), g_full)  # the blocks without compaction
+        self.fixed = blocks.plan_blocks(np.arange(s), g_full)  # the blocks without compaction
         # With stopping or pruning, the next smaller block size is compiled on a background
         # thread while the current blocks run (XLA compiles without the GIL), so the chunk
         # that first needs it does not wait for the compiler. Not across processes: every
         # process must compile and launch the same programs in the same order.
-        self.programs = _Programs(
+        self.programs = blocks.Programs(
             fns,
             host,
             hp_all,
@@ -758,13 +535,13 @@ class _SweepRunner:
             and (config.early_stopping or prune is not None)
             and jax.process_count() == 1,
         )
-        self.resident: list[_Block] = []  # blocks on the devices whose host copy is stale
+        self.resident: list[blocks.Block] = []  # blocks on the devices whose host copy is stale
 
     def sync(self) -> None:
         """Copies the resident blocks' states to the host copy and forgets them."""
         for blk in self.resident:
-            part = _take(_to_host(blk.state), slice(0, blk.real))
-            _scatter(self.host, blk.idx[: blk.real], part)
+            part = blocks.take(_to_host(blk.state), slice(0, blk.real))
+            blocks.scatter(self.host, blk.idx[: blk.real], part)
         self.resident.clear()
 
     def active(self) -> np.ndarray:
@@ -773,7 +550,7 @@ class _SweepRunner:
     def run_chunk(self, epoch: int, k: int) -> ChunkOut:
         config, m, active = self.config, self.num_batches, self._active
         if self.compact:
-            plan = plan_blocks(np.flatnonzero(active), self.g_full, self.ladder)
+            plan = blocks.plan_blocks(np.flatnonzero(active), self.g_full, self.ladder)
         else:
             plan = [b for b in self.fixed if active[b].any()]
         resident = self.resident
@@ -787,7 +564,7 @@ class _SweepRunner:
                 blk = resident[0]
             else:
                 st = jax.tree.map(lambda a, idx=idx: _put(a[idx], self.sweep_sh), self.host)
-                blk = _Block(idx, real, st, self.put_hp(idx))
+                blk = blocks.Block(idx, real, st, self.put_hp(idx))
             st, logs = self.programs.get(len(idx), k)(blk.state, blk.hp, self.data_dev, epoch)
             logs = jax.tree.map(np.asarray, _to_host(logs))
             blk = blk._replace(state=st)
@@ -851,7 +628,7 @@ class _SweepRunner:
         # Final numbers of the returned parameters, in blocks of the ladder's sizes.
         params_all = returned_params(self.host)
         metrics = None
-        for idx in plan_blocks(np.arange(s), self.g_full, self.ladder):
+        for idx in blocks.plan_blocks(np.arange(s), self.g_full, self.ladder):
             p = jax.tree.map(lambda a, idx=idx: _put(a[idx], self.sweep_sh), params_all)
             out = _to_host(self.fns.evaluate(p, self.put_hp(idx), self.data_dev))
             if metrics is None:
@@ -920,13 +697,7 @@ def _assemble(
 __all__ = [
     "SweepFns",
     "SweepResult",
-    "block_ladder",
-    "bytes_per_point",
-    "default_block_size",
     "mean_over",
-    "memory_budget",
-    "param_count",
-    "plan_blocks",
     "py_scalar",
     "run_sweep",
     "sweep_functions",
