@@ -35,17 +35,36 @@ class RunFailed(RuntimeError):
 
 
 class RunDir(NamedTuple):
-    """Where a run writes: `out` (its outputs) and `workdir` (the folder the user named)."""
+    """Where a run writes: `out` (its outputs) and `workdir` (the folder the user named).
+
+    `tensorboard`: write TensorBoard event files under `out / TENSORBOARD_DIR`
+    (`--notensorboard` turns it off).
+    """
 
     out: Path
     workdir: Path
+    tensorboard: bool = True
+
+
+# The folder of a run's TensorBoard event files (inside the published set).
+TENSORBOARD_DIR = "tensorboard"
+
+
+def tensorboard_observer(run: RunDir, key: str | None = None, **kwargs):
+    """The `TensorBoardObserver` of run `key` (a sub-folder of the run's TensorBoard folder)."""
+    from jaxlr.report.observers import TensorBoardObserver
+
+    logdir = run.out / TENSORBOARD_DIR / tables.slug(key or "run")
+    return TensorBoardObserver(logdir, enabled=run.tensorboard, **kwargs)
 
 
 # What every run publishes (run_experiment writes the first two, each experiment its report).
 RUN_OUTPUTS = ("config.json", "metrics.json", "report.md")
 
 
-def run_experiment(name: str, workdir: str | Path, overrides: dict | None = None) -> dict:
+def run_experiment(
+    name: str, workdir: str | Path, overrides: dict | None = None, tensorboard: bool = True
+) -> dict:
     """Runs experiment `name` into `workdir`; returns its metrics (also `metrics.json`).
 
     The config is built and checked first (`ConfigError` before anything is written). The
@@ -63,12 +82,12 @@ def run_experiment(name: str, workdir: str | Path, overrides: dict | None = None
     if jax.process_count() > 1 and jax.process_index() != 0:
         # A multi-process run: every process computes, process 0 alone writes (and locks).
         with tempfile.TemporaryDirectory(prefix="jaxlr-process") as tmp:
-            return EXPERIMENTS[name].fn(cfg, RunDir(Path(tmp), workdir))
+            return EXPERIMENTS[name].fn(cfg, RunDir(Path(tmp), workdir, False))
     with jworkdir.Staging(workdir, kind=name, outputs=RUN_OUTPUTS) as stage:
         out = stage.dir
         atomic_write_json(out / "config.json", tables.jsonable({"experiment": name, **cfg.flat()}))
         t0 = time.perf_counter()
-        metrics = EXPERIMENTS[name].fn(cfg, RunDir(out, workdir))
+        metrics = EXPERIMENTS[name].fn(cfg, RunDir(out, workdir, tensorboard))
         metrics.setdefault("wall_seconds_total", time.perf_counter() - t0)
         atomic_write_json(out / "metrics.json", tables.jsonable(metrics))
     log.info("wrote %s", workdir / "metrics.json")
@@ -106,6 +125,7 @@ def train_one(cfg, data: Data, run: RunDir, key: str | None = None, **changes) -
         data,
         checkpoint_path=checkpoint_file(getattr(cfg, "checkpoint", ""), run, key),
         log_fn=lambda msg: log.info("%s%s", prefix, msg),
+        observers=[tensorboard_observer(run, key, config={**cfg.flat(), **changes})],
     )
 
 

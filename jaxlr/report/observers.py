@@ -1,0 +1,166 @@
+"""Observers of the host driver that write results where researchers look: TensorBoard.
+
+`TensorBoardObserver` is a `jaxlr.engine.driver.Observer`: give it to `fit` or `run_sweep`
+(`observers=[...]`) and the run writes TensorBoard event files as it trains, flushed after
+every chunk so that `tensorboard --logdir` shows it live:
+
+- a single run: one run folder, `logdir`, with every check's `train/loss`, `val/loss`,
+  `val/accuracy`, `train/accuracy` and `lr` at the steps of `history.jsonl`
+  (`jaxlr.report.tracking.write_history`), the config as text and the final numbers
+  (`final/...`) at the last step;
+- a sweep: `logdir` is the sweep's root, holding the HParams dashboard's experiment (each
+  hyper-parameter's grid values and the metric tags, written once at the start) and one
+  run folder per point, named by its hyper-parameters (`tracking.sweep_point_dir`), with the
+  same curves and, at the end, the point's hyper-parameters (seed included) and its
+  `hparams/...` metrics (`tracking.point_metrics`). A caller that has more per-point numbers
+  after the sweep (the gap to the optimum, lr over the stability limit) passes
+  `hparams_at_end=False` and calls `write_sweep_hparams` with its rows.
+
+Only process 0 writes (the others hold a no-op observer). Without tensorboardX it writes
+nothing and says once how to install it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from jaxlr.engine.driver import Chunk, End, Observer, Start
+from jaxlr.engine.optim import make_schedule
+from jaxlr.report import tracking
+
+
+def _schedule(config, learning_rate: float, total_steps: int):
+    """The learning rate as a function of the global step (numpy in, numpy out)."""
+    fn = make_schedule(config, float(learning_rate), total_steps)
+    return lambda steps: np.asarray(fn(np.asarray(steps)), np.float64)
+
+
+def _last_step(history: Mapping | None) -> int:
+    steps = history.get("step", ()) if history else ()
+    return int(steps[-1]) if len(steps) else 0
+
+
+class TensorBoardObserver(Observer):
+    """Writes a run's or a sweep's TensorBoard event files (see the module docstring).
+
+    Args:
+      logdir: the run folder (single run) or the sweep's root folder.
+      config: JSON-ready config written as text (default: the `TrainConfig`'s fields).
+      enabled: False writes nothing.
+      hparams_at_end: a sweep writes every point's HParams data at the end from the
+        driver's records; False leaves that to `write_sweep_hparams`.
+    """
+
+    def __init__(
+        self,
+        logdir: str | os.PathLike,
+        *,
+        config: Mapping[str, Any] | None = None,
+        enabled: bool = True,
+        hparams_at_end: bool = True,
+    ):
+        self.logdir = Path(logdir)
+        self._config = config
+        self._on = bool(enabled) and jax.process_index() == 0
+        self._hparams_at_end = hparams_at_end
+        self._writers: list = []
+        self._rates: list = []
+        self._points: list[dict] = []
+        self._kind = "run"
+
+    def _writer(self, i: int):
+        return self._writers[i]
+
+    def on_start(self, start: Start) -> None:
+        if not self._on:
+            return
+        self._kind, self._points = start.kind, list(start.points)
+        total = start.num_epochs * start.num_batches
+        self._rates = [_schedule(start.config, p["learning_rate"], total) for p in start.points]
+        config = self._config
+        if config is None and hasattr(start.config, "to_dict"):
+            config = start.config.to_dict()
+        if start.kind == "sweep":
+            domains = tracking.hparam_domains(self._points)
+            if not tracking.write_hparams_domains(self.logdir, domains):
+                self._on = False  # tensorboardX missing: said once, nothing more to do
+                return
+            dirs = [tracking.sweep_point_dir(self.logdir, p) for p in self._points]
+        else:
+            dirs = [self.logdir]
+        self._writers = [tracking.make_writer(d) for d in dirs]
+        if isinstance(self._writers[0], tracking.NullWriter):
+            self._on = False
+            return
+        for i, w in enumerate(self._writers):
+            if config is not None:
+                tracking.write_config(w, {**config, **self._points[i]})
+            if start.histories[i]:
+                tracking.write_history(w, start.histories[i], self._rates[i])
+
+    def on_chunk(self, chunk: Chunk) -> None:
+        if not self._on:
+            return
+        for i, part in chunk.new.items():
+            tracking.write_history(self._writers[i], part, self._rates[i])
+
+    def on_end(self, end: End) -> None:
+        if not self._on:
+            return
+        for i, w in enumerate(self._writers):
+            step = _last_step(end.histories[i])
+            tracking.write_final(w, _final_numbers(end.records[i]), step)
+            if self._kind == "sweep" and self._hparams_at_end:
+                metrics = tracking.point_metrics(end.records[i], end.histories[i])
+                tracking.write_point_hparams(w, self._points[i], metrics, step)
+
+    def close(self) -> None:
+        for w in self._writers:
+            w.close()
+        self._writers = []
+
+
+def _final_numbers(record: Mapping[str, Any]) -> dict:
+    """The numbers of a final record worth a `final/...` scalar (not the hyper-parameters)."""
+    skip = {"index", "learning_rate", "l2", "momentum", "seed", "history"}
+    return {k: v for k, v in record.items() if k not in skip}
+
+
+def write_sweep_hparams(
+    logdir: str | os.PathLike,
+    points: Sequence[Mapping[str, Any]],
+    records: Sequence[Mapping[str, Any]],
+    histories: Sequence[Mapping | None],
+    *,
+    enabled: bool = True,
+) -> int:
+    """Writes every sweep point's HParams data (its hyper-parameters and metrics).
+
+    For a sweep run with `TensorBoardObserver(..., hparams_at_end=False)`: `records` are the
+    final per-point records with whatever the caller added (e.g. "gap", "lr_over_limit").
+    Returns:
+      The number of points written (0 when disabled, not process 0 or no tensorboardX).
+    """
+    if not enabled or jax.process_index() != 0:
+        return 0
+    n = 0
+    for point, record, history in zip(points, records, histories, strict=True):
+        w = tracking.make_writer(tracking.sweep_point_dir(logdir, point))
+        if isinstance(w, tracking.NullWriter):
+            return 0
+        try:
+            metrics = tracking.point_metrics(record, history)
+            tracking.write_point_hparams(w, point, metrics, _last_step(history))
+        finally:
+            w.close()
+        n += 1
+    return n
+
+
+__all__ = ["TensorBoardObserver", "write_sweep_hparams"]
