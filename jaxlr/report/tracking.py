@@ -32,6 +32,7 @@ Dimension legend: T steps of a history. No function here takes arrays of rank >=
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
@@ -145,17 +146,61 @@ class NullWriter:
         pass
 
 
-def _summary_writer(logdir: str | os.PathLike):
-    """A tensorboardX `SummaryWriter` on `logdir` (ImportError with the install hint)."""
+_FILE_COUNTER = itertools.count()
+
+
+def _events_file(logdir: str | os.PathLike):
+    """A new event file in `logdir`, written synchronously (ImportError with the install hint).
+
+    tensorboardX's `SummaryWriter` queues events for a background thread, and its `flush`
+    does not wait for that queue: what a run wrote last stayed invisible for up to
+    `flush_secs` and was lost if the process died. Its `EventsWriter` writes each event
+    at once; the file name adds the process id and a counter to tensorboardX's
+    (`events.out.tfevents.<seconds>.<host>`), so two files opened in the same second do
+    not overwrite each other.
+    """
     try:
-        from tensorboardX import SummaryWriter
+        from tensorboardX.event_file_writer import EventsWriter
+        from tensorboardX.record_writer import directory_check
     except ImportError as e:
         raise ImportError(f"TensorBoard output needs tensorboardX: {INSTALL_HINT}") from e
-    return SummaryWriter(logdir=os.fspath(logdir), flush_secs=30)
+    logdir = os.fspath(logdir)
+    directory_check(logdir)
+    suffix = f".{os.getpid()}.{next(_FILE_COUNTER)}"
+    return EventsWriter(os.path.join(logdir, "events"), suffix)
+
+
+def _write_summary(events, summary, step: int) -> None:
+    from tensorboardX.proto.event_pb2 import Event
+
+    events.write_event(Event(wall_time=time.time(), step=int(step), summary=summary))
+
+
+def _text_summary(tag: str, text: str):
+    """A text-plugin Summary under exactly `tag` (tensorboardX's `add_text` appends
+    "/text_summary" to the tag)."""
+    from tensorboardX.proto.plugin_text_pb2 import TextPluginData
+    from tensorboardX.proto.summary_pb2 import Summary, SummaryMetadata
+    from tensorboardX.proto.tensor_pb2 import TensorProto
+    from tensorboardX.proto.tensor_shape_pb2 import TensorShapeProto
+
+    content = TextPluginData(version=0).SerializeToString()
+    meta = SummaryMetadata(
+        plugin_data=SummaryMetadata.PluginData(plugin_name="text", content=content)
+    )
+    tensor = TensorProto(
+        dtype="DT_STRING",
+        string_val=[text.encode("utf-8")],
+        tensor_shape=TensorShapeProto(dim=[TensorShapeProto.Dim(size=1)]),
+    )
+    return Summary(value=[Summary.Value(tag=tag, metadata=meta, tensor=tensor)])
 
 
 class TensorBoardWriter:
-    """A `Writer` on TensorBoard event files in `logdir` (one run folder), via tensorboardX.
+    """A `Writer` on a TensorBoard event file in `logdir` (one run folder), via tensorboardX.
+
+    Every call writes its events to the file at once; `flush` makes them readable (and
+    syncs the file). Writing after `close` opens a new event file in the same folder.
 
     Raises:
       ImportError: tensorboardX is not installed (the message says how to install it).
@@ -163,28 +208,41 @@ class TensorBoardWriter:
 
     def __init__(self, logdir: str | os.PathLike):
         self.logdir = os.fspath(logdir)
-        self._writer = _summary_writer(self.logdir)
+        self._events = _events_file(self.logdir)
+
+    def _file(self):
+        if self._events is None:
+            self._events = _events_file(self.logdir)
+        return self._events
 
     def scalars(self, step: int, values: Mapping[str, float]) -> None:
-        for tag, value in values.items():
-            self._writer.add_scalar(tag, float(value), int(step))
+        from tensorboardX.proto.summary_pb2 import Summary
+
+        if values:
+            summary = Summary(
+                value=[Summary.Value(tag=tag, simple_value=float(v)) for tag, v in values.items()]
+            )
+            _write_summary(self._file(), summary, step)
 
     def text(self, tag: str, text: str, step: int = 0) -> None:
-        self._writer.add_text(tag, text, int(step))
+        _write_summary(self._file(), _text_summary(tag, text), step)
 
     def hparams(
         self, hparams: Mapping[str, Any], metrics: Mapping[str, float], step: int = 0
     ) -> None:
         start, end = _session_summaries(hparams)
-        self._writer.file_writer.add_summary(start)
-        self._writer.file_writer.add_summary(end)
+        _write_summary(self._file(), start, 0)
+        _write_summary(self._file(), end, 0)
         self.scalars(step, metrics)
 
     def flush(self) -> None:
-        self._writer.flush()
+        if self._events is not None:
+            self._events.flush()
 
     def close(self) -> None:
-        self._writer.close()
+        if self._events is not None:
+            self._events.close()
+            self._events = None
 
 
 def make_writer(logdir: str | os.PathLike, enabled: bool = True) -> Writer:
@@ -280,7 +338,12 @@ def write_config(writer: Writer, config: Mapping[str, Any], tag: str = "config")
 
 
 def _number(value: Any) -> float | None:
-    """A number's float (bools 0 / 1); None for anything else (None, text, arrays)."""
+    """A number's float (bools 0 / 1), 0-d arrays (numpy or JAX) included; None for anything
+    else (None, text, arrays of rank >= 1)."""
+    if not isinstance(value, (str, bytes)) and hasattr(value, "dtype") and np.ndim(value) == 0:
+        value = np.asarray(value)[()]
+        if not (np.issubdtype(value.dtype, np.number) or value.dtype == np.bool_):
+            return None
     if isinstance(value, np.generic):
         value = value.item()
     if isinstance(value, bool):
@@ -352,9 +415,16 @@ def sweep_point_dir(root: str | os.PathLike, hparams: Mapping[str, Any]) -> Path
 
 
 def _hparam_value(value: Any) -> Any:
-    """A hyper-parameter as a Python bool, float or str (None for None)."""
+    """A hyper-parameter as a Python bool, float or str (None for None).
+
+    A numpy float is its shortest decimal at its own precision (float32 0.1 -> 0.1, not
+    0.10000000149011612), as `sweep_point_dir` and `Grid.point` give it: the dashboard
+    hides a session whose value is not one of its domain's values.
+    """
     if value is None:
         return None
+    if isinstance(value, np.floating):
+        return float(str(value))
     if isinstance(value, np.generic):
         value = value.item()
     if isinstance(value, (bool, str)):
@@ -446,11 +516,11 @@ def write_hparams_domains(
         infos.append(info)
     metrics = [MetricInfo(name=MetricName(tag=t)) for t in metric_tags]
     experiment = Experiment(hparam_infos=infos, metric_infos=metrics, time_created_secs=time.time())
-    w = _summary_writer(root)
+    events = _events_file(root)
     try:
-        w.file_writer.add_summary(_plugin_summary("_hparams_/experiment", experiment=experiment))
+        _write_summary(events, _plugin_summary("_hparams_/experiment", experiment=experiment), 0)
     finally:
-        w.close()
+        events.close()
     return True
 
 
