@@ -105,6 +105,9 @@ class SweepResult:
     pruned_rung: np.ndarray | None = None
     prune: Any = None
 
+    def __repr__(self) -> str:
+        return summary_text(self)
+
     def best_index(self, by: str = "val_loss") -> int:
         """Index of the best point that did not diverge.
 
@@ -176,6 +179,33 @@ class SweepResult:
             out["prune"] = self.prune.to_dict()
             out["num_pruned"] = int((np.asarray(self.pruned_rung) >= 0).sum())
         return out
+
+
+def summary_text(result: SweepResult, rows: int = 10) -> str:
+    """At most ~25 lines on a sweep: its grid, cost, and its best `rows` points by
+    validation loss (all rows: `jaxlr.report.tables.sweep_rows`)."""
+    g = result.grid
+    axes = ", ".join(f"{a} {list(g.values[a])}" for a in g.axes) if g.axes else "points"
+    div = int(np.asarray(result.diverged).sum())
+    lines = [
+        f"SweepResult({g.size} points: {axes}; {result.point_steps} point-steps, "
+        f"{result.wall_seconds:.1f} s; {div} diverged)"
+    ]
+    loss = np.where(result.diverged, np.inf, np.asarray(result.metrics["val_loss"], np.float64))
+    order = np.argsort(loss, kind="stable")[:rows]
+    lines.append("  best by val_loss:")
+    lines.append("    index  learning_rate         l2  momentum  seed   val_loss  val_acc  steps")
+    for i in order:
+        p = g.point(int(i))
+        lines.append(
+            f"    {int(i):5d}  {p['learning_rate']:13.4g}  {p['l2']:9.4g}  {p['momentum']:8.3g}"
+            f"  {int(p['seed']):4d}  {float(result.metrics['val_loss'][i]):9.4f}"
+            f"  {float(result.metrics['val_accuracy'][i]):7.4f}"
+            f"  {int(result.metrics['steps'][i]):5d}"
+        )
+    if g.size > rows:
+        lines.append(f"    ... {g.size - rows} more (every row: jaxlr.report.tables.sweep_rows)")
+    return "\n".join(lines)
 
 
 def py_scalar(x):
@@ -699,6 +729,7 @@ __all__ = [
     "SweepResult",
     "mean_over",
     "py_scalar",
+    "summary_text",
     "run_sweep",
     "sweep_functions",
 ]

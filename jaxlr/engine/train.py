@@ -263,6 +263,49 @@ class TrainResult:
     wall_seconds: float
     timing: dict | None = None
 
+    def __repr__(self) -> str:
+        return summary_text(self)
+
+
+def _number_text(value) -> str:
+    if isinstance(value, bool) or value is None:
+        return str(value)
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
+
+
+def summary_text(result: TrainResult) -> str:
+    """A few lines on a run: final numbers, steps, stopping, parameter shapes, time."""
+    m = result.metrics
+    shapes = ", ".join(
+        f"{'/'.join(str(getattr(k, 'key', k)) for k in path)} {tuple(np.shape(leaf))}"
+        for path, leaf in jax.tree_util.tree_flatten_with_path(result.params)[0]
+    )
+    lines = [
+        f"TrainResult({m.get('steps', 0)} steps, {m.get('epochs', 0)} epochs, "
+        f"{result.wall_seconds:.1f} s)"
+    ]
+    for split in ("train", "val"):
+        if f"{split}_loss" in m:
+            lines.append(
+                f"  {split}: loss {_number_text(m[f'{split}_loss'])}  accuracy "
+                f"{_number_text(m.get(f'{split}_accuracy'))}"
+            )
+    es = m.get("early_stopping")
+    if es:
+        stop = f"stopped at step {es['step']}" if es.get("stopped") else "did not stop"
+        lines.append(
+            f"  early stopping: {stop}; best check step {es['best_step']} "
+            f"(val_loss {_number_text(es['best_val_loss'])})"
+        )
+    lines.append(f"  params: {shapes}")
+    lines.append(
+        f"  history: {len(result.history.get('step', ()))} steps, "
+        f"{len(result.history.get('check_step', ()))} checks"
+    )
+    return "\n".join(lines)
+
 
 def history_records(history: dict) -> list[dict]:
     """JSON-lines records of a history: one per step, checks merged into their step."""
@@ -647,6 +690,7 @@ __all__ = [
     "model_for",
     "num_steps",
     "returned_params",
+    "summary_text",
     "schedule_numbers",
     "tree_where",
 ]

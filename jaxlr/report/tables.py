@@ -431,6 +431,20 @@ def sweep_csv(
     return csv_text(sweep_rows(result, columns) if rows is None else rows)
 
 
+def dataframe(rows: Sequence[Mapping[str, Any]]):
+    """Rows (e.g. `sweep_rows(result)`, the rows of table.csv) as a pandas DataFrame.
+
+    Raises:
+      ImportError: pandas is not installed (`pip install pandas`); the rows themselves are
+        plain dicts and need nothing.
+    """
+    try:
+        import pandas as pd
+    except ImportError as e:
+        raise ImportError("tables.dataframe needs pandas: pip install pandas") from e
+    return pd.DataFrame([dict(r) for r in rows])
+
+
 def _sweep_cell(key: str, value) -> str:
     if isinstance(value, bool):
         return "yes" if value else ""
