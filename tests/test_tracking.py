@@ -37,6 +37,7 @@ from jaxlr.engine import sweep as jsweep
 from jaxlr.engine import train as jtrain
 from jaxlr.engine.config import TrainConfig, make_hparams
 from jaxlr.report import tracking
+from jaxlr.report.observers import TensorBoardObserver
 
 HISTORY_TAGS = {
     "train/loss": ("step", "train_loss"),
@@ -228,31 +229,16 @@ def _expected_metrics(result: jsweep.SweepResult, i: int) -> dict[str, float]:
     }
 
 
-def write_sweep(result: jsweep.SweepResult, root: Path) -> list[Path]:
-    """The sweep as the lead's driver would write it: a folder per point, HParams at the root."""
-    grid = result.grid
-    points = [grid.point(i) for i in range(grid.size)]
-    assert tracking.write_hparams_domains(root, tracking.hparam_domains(points))
-    records = result.records()
-    folders = []
-    for i, p in enumerate(points):
-        folder = tracking.sweep_point_dir(root, p)
-        w = tracking.make_writer(folder)
-        tracking.write_history(w, result.histories[i], learning_rate=p["learning_rate"])
-        last = int(result.histories[i]["step"][-1])
-        metrics = tracking.point_metrics(records[i], result.histories[i])
-        tracking.write_point_hparams(w, p, metrics, step=last)
-        w.close()
-        folders.append(folder)
-    return folders
-
-
 @pytest.fixture(scope="module")
 def sweep(data, tmp_path_factory):
+    """The sweep written as runs write it: `run_sweep` with a `TensorBoardObserver`."""
     grid = jgrid.make_grid(**SWEEP_GRID)
-    result = jsweep.run_sweep(SWEEP_CONFIG, grid, data, log_fn=_quiet)
     root = tmp_path_factory.mktemp("sweep")
-    return result, root, write_sweep(result, root)
+    result = jsweep.run_sweep(
+        SWEEP_CONFIG, grid, data, log_fn=_quiet, observers=[TensorBoardObserver(root)]
+    )
+    folders = [tracking.sweep_point_dir(root, grid.point(i)) for i in range(grid.size)]
+    return result, root, folders
 
 
 def _plugin_data(acc: EventAccumulator, tag: str) -> plugin_data_pb2.HParamsPluginData:

@@ -657,11 +657,16 @@ def _compiled_engine(config: TrainConfig, num_features: int, dtype: str, num_tra
     return (engine, *_jit_engine(engine))
 
 
+def _shortest(value) -> float:
+    """A float at its own precision's shortest text (float32 0.1 -> 0.1, not 0.10000000149)."""
+    return float(str(np.asarray(value)[()]))
+
+
 def _hparams_dict(hparams: HParams) -> dict:
     return {
-        "learning_rate": float(hparams.learning_rate),
-        "l2": float(hparams.l2),
-        "momentum": float(hparams.momentum),
+        "learning_rate": _shortest(hparams.learning_rate),
+        "l2": _shortest(hparams.l2),
+        "momentum": _shortest(hparams.momentum),
         "seed": int(hparams.seed),
     }
 
