@@ -246,6 +246,7 @@ def _progress_printer(label: str, total: int | None):
     """Returns `show(done_bytes, final)`, printing progress to stderr at most every 0.5 s."""
     tty = sys.stderr.isatty()
     last = [-1.0, -1]  # time of the last line, last quarter printed (non-tty)
+    t0 = time.monotonic()
 
     def show(done: int, final: bool = False) -> None:
         mb = f"{done / 1e6:.1f}" + (f" / {total / 1e6:.1f} MB" if total else " MB")
@@ -254,7 +255,10 @@ def _progress_printer(label: str, total: int | None):
             now = time.monotonic()
             if final or now - last[0] >= 0.5:
                 last[0] = now
-                sys.stderr.write(f"\r{label}: {pct}({mb})" + ("\n" if final else ""))
+                rate = done / max(now - t0, 1e-9)
+                eta = f", {(total - done) / rate:.0f} s left" if total and rate > 0 else ""
+                speed = f" {rate / 1e6:.1f} MB/s{eta}" if done else ""
+                sys.stderr.write(f"\r{label}: {pct}({mb}){speed}" + ("\n" if final else ""))
                 sys.stderr.flush()
         else:  # a log file: one line per quarter, not one per chunk
             quarter = 4 * done // total if total else 0
