@@ -121,11 +121,12 @@ def test_progress_lines_bar_and_refusal(data, capsys):
     # Under pytest stderr is not a terminal: "auto" shows no bar.
     assert not driver.bar_wanted("auto")
     capsys.readouterr()
-    # A bar on request (tqdm writes to stderr); with a bar the lines stop.
+    # A bar on request (tqdm writes to stderr); beside a bar no line per chunk.
     lines.clear()
-    fit(CONFIG, make_hparams(0.1), data, progress=True, log_fn=None)
+    fit(CONFIG, make_hparams(0.1), data, progress=True, log_fn=lines.append)
     err = capsys.readouterr().err
-    assert "epoch" in err and "6/6" in err or "/6" in err, err
+    assert "epoch" in err and "/6" in err, err
+    assert not [line for line in lines if line.startswith("epoch ")]
     with pytest.raises(ValueError, match="progress must be True, False or 'auto'"):
         driver.bar_wanted("yes")
 
@@ -182,3 +183,64 @@ def test_summaries_are_short(data):
     res = jsweep.run_sweep(dataclasses.replace(CONFIG, num_epochs=2), grid, data, log_fn=_quiet)
     text = repr(res)
     assert len(text.splitlines()) <= 30 and "36 points" in text and "26 more" in text
+
+
+_SCRIPT = """
+import numpy as np
+from jaxlr.engine.config import TrainConfig, make_hparams
+from jaxlr.engine.step import Data
+from jaxlr.engine.train import fit
+import logging, sys
+logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
+rng = np.random.default_rng(0)
+x = rng.normal(size=(96, 5)).astype(np.float32)
+y = (x[:, 0] > 0).astype(np.int32)
+cfg = TrainConfig(model="logistic", batch_size=16, num_epochs=4, epochs_per_call=1)
+fit(cfg, make_hparams(0.1), Data(x[:64], y[:64], x[64:], y[64:]))
+"""
+
+
+def _run_in_pty(argv, timeout=120) -> str:
+    """Runs argv with stdin, stdout and stderr on a pseudo-terminal; returns what it printed."""
+    import os
+    import pty
+    import select
+    import subprocess
+    import time
+
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave, close_fds=True)
+    os.close(slave)
+    out, deadline = bytearray(), time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 0.5)
+            if ready:
+                try:
+                    chunk = os.read(master, 4096)
+                except OSError:  # the child closed the terminal
+                    break
+                if not chunk:
+                    break
+                out.extend(chunk)
+            elif proc.poll() is not None:
+                break
+    finally:
+        proc.kill()
+        proc.wait()
+        os.close(master)
+    return out.decode(errors="replace")
+
+
+def test_a_terminal_shows_a_bar_and_a_pipe_shows_lines():
+    import subprocess
+    import sys
+
+    tty = _run_in_pty([sys.executable, "-c", _SCRIPT])
+    assert "epoch/s" in tty and "4/4" in tty, tty
+    assert "epoch 1/4" not in tty, tty
+    piped = subprocess.run(
+        [sys.executable, "-c", _SCRIPT], capture_output=True, text=True, timeout=120
+    )
+    assert piped.returncode == 0, piped.stderr
+    assert "epoch 1/4  train_loss" in piped.stderr and "epoch/s" not in piped.stderr

@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import shutil
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -295,8 +296,9 @@ class ProgressLog(Observer):
     so far, point-steps/s, elapsed and an upper bound of the time left.
     """
 
-    def __init__(self, log_fn: Callable[[str], None]):
+    def __init__(self, log_fn: Callable[[str], None], chunks: bool = True):
         self._log = log_fn
+        self._chunks = chunks  # False: start and end lines only (a bar shows the chunks)
         self._kind = "run"
         self._best_acc = math.nan
         self._size = 1
@@ -309,6 +311,8 @@ class ProgressLog(Observer):
             self._log(start.description)
 
     def on_chunk(self, c: Chunk) -> None:
+        if not self._chunks:
+            return
         rate = c.steps_ran / max(c.seconds, 1e-9)
         if self._kind == "run":
             part = c.new.get(0)
@@ -371,7 +375,9 @@ class ProgressBar(Observer):
             initial=start.epoch,
             desc=desc,
             unit="epoch",
-            dynamic_ncols=True,
+            # A terminal that reports no size (0 x 0, e.g. a bare pty) would hide the bar.
+            ncols=None if _in_notebook() else shutil.get_terminal_size((100, 20)).columns,
+            nrows=None if _in_notebook() else shutil.get_terminal_size((100, 20)).lines,
             leave=True,
         )
 
@@ -428,20 +434,13 @@ def bar_wanted(progress: bool | str) -> bool:
 def default_observers(
     log_fn: Callable[[str], None] | None, default_log: Callable[[str], None], progress
 ) -> list[Observer]:
-    """The progress display: a bar where one is wanted (`bar_wanted`), else log lines.
+    """The progress display: a bar where one is wanted (`bar_wanted`), else a line per chunk.
 
-    Log lines go to `log_fn` when one is given (also beside a bar), else to `default_log`
-    unless a bar shows progress.
+    Lines go to `log_fn` (default `default_log`); beside a bar only the start and end lines.
     """
-    out: list[Observer] = []
     bar = bar_wanted(progress)
-    if bar:
-        out.append(ProgressBar())
-    if log_fn is not None:
-        out.append(ProgressLog(log_fn))
-    elif not bar:
-        out.append(ProgressLog(default_log))
-    return out
+    lines = ProgressLog(log_fn or default_log, chunks=not bar)
+    return [ProgressBar(), lines] if bar else [lines]
 
 
 # ---------------------------------------------------------------------------------------------
