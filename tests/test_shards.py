@@ -32,6 +32,7 @@ GRID = dict(
     lr=(0.05, 0.2, 0.8),
     l2=(0.0, 0.01),
     seeds=2,
+    optimum=False,  # the merge solves the optimum the same way (tested once, marked slow)
 )
 FLOAT_COLUMNS = ("train_loss", "val_loss", "train_accuracy", "val_accuracy")
 
@@ -128,8 +129,20 @@ def test_the_sweep_experiment_takes_its_shard_from_slurm(fake_dir, tmp_path, mon
 
 @pytest.mark.parametrize("count", [1, 3, 4, 5])
 def test_merged_shards_equal_the_unsharded_sweep(count, fake_dir, unsharded, tmp_path):
+    _check_merged_equals_unsharded(count, fake_dir, unsharded, tmp_path)
+
+
+@pytest.mark.slow
+def test_merged_shards_with_the_optimum_equal_the_unsharded_sweep(fake_dir, tmp_path):
+    whole = tmp_path / "whole"
+    metrics = run_experiment("sweep", whole, {**GRID, "data_dir": str(fake_dir), "optimum": True})
+    _check_merged_equals_unsharded(4, fake_dir, (whole, metrics), tmp_path, optimum=True)
+    assert "lr_over_limit" in (tmp_path / "merged" / "table.csv").read_text().splitlines()[0]
+
+
+def _check_merged_equals_unsharded(count, fake_dir, unsharded, tmp_path, optimum=False):
     whole_dir, whole = unsharded
-    workdirs = _shard_runs(tmp_path, fake_dir, count)
+    workdirs = _shard_runs(tmp_path, fake_dir, count, optimum=optimum)
     merged = run_experiment(
         "sweep_merge", tmp_path / "merged", {"shards": tuple(reversed(workdirs))}
     )
@@ -268,38 +281,42 @@ def test_bad_shards_and_halving_are_refused(fake_dir, tmp_path, monkeypatch, cap
 # A shard killed with SIGKILL resumes from its checkpoint to the same merged table.
 
 
-def _shard_command(workdir, fake_dir, shard, num_epochs):
+def _shard_command(workdir, fake_dir, shard):
     return [
         sys.executable,
         "-m",
         "experiments.main",
         "--experiment=sweep",
         f"--workdir={workdir}",
-        "--dataset=fake",
         f"--data_dir={fake_dir}",
-        "--model=softmax",
-        "--num_train=all",
-        "--batch_size=32",
-        "--lr=0.05,0.2,0.8",
-        "--l2=0,0.01",
-        "--seeds=2",
+        *(f"--{k}={v}" if v != "" else f"--{k}" for k, v in KILL_FLAGS.items()),
         f"--shard={shard}",
-        f"--num_epochs={num_epochs}",
-        "--epochs_per_call=1",
-        "--checkpoint=ckpt",
-        "--nooptimum",
     ]
+
+
+KILL_FLAGS = dict(
+    dataset="fake",
+    model="softmax",
+    num_train="all",
+    batch_size=32,
+    lr="0.05,0.2,0.8",
+    l2="0,0.01",
+    seeds=2,
+    num_epochs=40,
+    epochs_per_call=1,
+    checkpoint="ckpt",
+    nooptimum="",
+)
 
 
 def test_a_shard_killed_with_sigkill_resumes_to_the_same_merged_table(fake_dir, tmp_path):
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO))
     for k in [k for k in env if k.startswith("SLURM_")]:
         del env[k]
-    epochs = 40
-    ref = [tmp_path / f"ref_{i}" for i in range(2)]
-    for i, w in enumerate(ref):
+
+    def launch(workdir, shard):
         r = subprocess.run(
-            _shard_command(w, fake_dir, f"{i}/2", epochs),
+            _shard_command(workdir, fake_dir, shard),
             cwd=REPO,
             env=env,
             capture_output=True,
@@ -307,9 +324,12 @@ def test_a_shard_killed_with_sigkill_resumes_to_the_same_merged_table(fake_dir, 
             timeout=300,
         )
         assert r.returncode == 0, r.stderr[-2000:]
-    killed = tmp_path / "killed_1"
+        return r.stderr
+
+    ref, killed = tmp_path / "ref_1", tmp_path / "killed_1"
+    launch(ref, "1/2")
     proc = subprocess.Popen(
-        _shard_command(killed, fake_dir, "1/2", epochs),
+        _shard_command(killed, fake_dir, "1/2"),
         cwd=REPO,
         env=env,
         stdout=subprocess.DEVNULL,
@@ -330,39 +350,22 @@ def test_a_shard_killed_with_sigkill_resumes_to_the_same_merged_table(fake_dir, 
         proc.send_signal(signal.SIGKILL)
     finally:
         proc.wait(timeout=60)
-    assert ckpt.load_flat(path)[1]["epoch"] < epochs
+    assert ckpt.load_flat(path)[1]["epoch"] < 16
     assert not (killed / "latest").exists()
-    merge = [sys.executable, "-m", "experiments.main", "--experiment=sweep_merge"]
-    r = subprocess.run(
-        [*merge, f"--workdir={tmp_path / 'm0'}", f"--shards={ref[0]},{killed}"],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert r.returncode == 1 and "has no finished run" in r.stderr, r.stderr
-    r = subprocess.run(
-        _shard_command(killed, fake_dir, "1/2", epochs),
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert r.returncode == 0 and "resumed from" in r.stderr, r.stderr[-2000:]
-    for name, shards in (("m_ref", ref), ("m_killed", [ref[0], killed])):
-        r = subprocess.run(
-            [*merge, f"--workdir={tmp_path / name}", "--shards=" + ",".join(map(str, shards))],
-            cwd=REPO,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=300,
+    # Shard 0 (in this process; the merge only reads its file).
+    flags = {k: v for k, v in KILL_FLAGS.items() if k != "nooptimum"}
+    flags.update(data_dir=str(fake_dir), shard="0/2", optimum=False)
+    run_experiment("sweep", tmp_path / "shard_0", flags)
+    with pytest.raises(jshards.ShardError, match="has no finished run"):
+        run_experiment(
+            "sweep_merge", tmp_path / "m0", {"shards": (str(tmp_path / "shard_0"), str(killed))}
         )
-        assert r.returncode == 0, r.stderr[-2000:]
-    assert (tmp_path / "m_killed" / "table.csv").read_bytes() == (
-        tmp_path / "m_ref" / "table.csv"
-    ).read_bytes()
+    assert "resumed from" in launch(killed, "1/2")
+    for name, w1 in (("m_ref", ref), ("m_killed", killed)):
+        run_experiment(
+            "sweep_merge", tmp_path / name, {"shards": (str(tmp_path / "shard_0"), str(w1))}
+        )
+    table = (tmp_path / "m_ref" / "table.csv").read_bytes()
+    assert (tmp_path / "m_killed" / "table.csv").read_bytes() == table
     a, b = (json.loads((tmp_path / n / "metrics.json").read_text()) for n in ("m_ref", "m_killed"))
-    assert a["points"] == b["points"]
+    assert a["points"] == b["points"] and len(a["points"]) == 12
