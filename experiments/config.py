@@ -330,6 +330,26 @@ def make_config(name: str, overrides: dict | None = None):
     return cfg
 
 
+def config_from_flat(name: str, flat: dict):
+    """The config of experiment `name` from its config.json content (`ExperimentConfig.flat`).
+
+    Every field is read as written (lists become tuples); fields the config does not have
+    (such as "experiment") are left out. No check of flags the settings ignore: the run
+    that wrote the file was checked when it started.
+
+    Raises:
+      ConfigError: a value no longer valid.
+    """
+    cls = get_experiment(name).config_cls
+    fields = flag_fields(cls)
+    values = {
+        k: tuple(v) if isinstance(v, list) else v
+        for k, v in flat.items()
+        if k in fields or k in cls().flat()
+    }
+    return _build(cls, values)
+
+
 def _build(cls, values: dict):
     defaults = cls()
     kwargs = {}

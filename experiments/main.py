@@ -288,6 +288,7 @@ def _expected_errors() -> tuple[type, ...]:
     from jaxlr.data import idx as jidx
     from jaxlr.engine.distributed import DistributedError
     from jaxlr.engine.resources import ResourceError
+    from jaxlr.engine.shards import ShardError
     from jaxlr.engine.train import TrainingDiverged
     from jaxlr.host import checkpoint
 
@@ -297,6 +298,7 @@ def _expected_errors() -> tuple[type, ...]:
         checkpoint.CheckpointError,
         DistributedError,
         ResourceError,
+        ShardError,
         TrainingDiverged,
         RunFailed,
     )

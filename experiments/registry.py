@@ -4,5 +4,6 @@ from experiments import (
     hw3,  # noqa: F401
     regpath,  # noqa: F401
     sweep,  # noqa: F401
+    sweep_merge,  # noqa: F401
     tdt4265,  # noqa: F401
 )

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import os
 from typing import ClassVar
 
 import numpy as np
@@ -22,6 +23,7 @@ from experiments.config import ExperimentConfig, register, resolve_path
 from jaxlr.data.config import DataConfig
 from jaxlr.data.splits import load_splits
 from jaxlr.engine import grid as jgrid
+from jaxlr.engine import shards as jshards
 from jaxlr.engine import sweep as jsweep
 from jaxlr.engine.config import (
     ConfigError,
@@ -73,6 +75,10 @@ class Sweep(ExperimentConfig):
         which JAX detects).
       num_processes: number of processes of a multi-process sweep.
       process_id: this process's index in [0, num_processes).
+      shard: I/N: train only shard I of N of the points (a contiguous slice, the same on any
+        machine) as a sweep of its own, and publish its result for `sweep_merge`; empty:
+        from SLURM_ARRAY_TASK_ID / SLURM_ARRAY_TASK_COUNT in a SLURM job array, else every
+        point; none: every point, even in a job array. Not with --prune=halving.
     """
 
     data: DataConfig = DataConfig(digits=(2, 3))
@@ -93,6 +99,7 @@ class Sweep(ExperimentConfig):
     coordinator_address: str = ""
     num_processes: int | None = None
     process_id: int | None = None
+    shard: str = ""
     FIXED: ClassVar = ()
 
     def __post_init__(self):
@@ -133,10 +140,123 @@ class Sweep(ExperimentConfig):
                     "must be host:port with a port in [1, 65535]",
                 ) from None
 
+        if self.shard not in ("", "none"):
+            try:
+                jshards.parse_shard(self.shard)
+            except ValueError as err:
+                raise ConfigError("shard", self.shard, f"{err}, or none") from None
+            if self.prune == "halving":
+                raise ConfigError("shard", self.shard, HALVING_REFUSAL)
+
     @classmethod
     def protocol_defaults(cls, overrides: dict) -> dict:
         model = overrides.get("model", "logistic")
         return dict(PROTOCOLS["logistic" if model == "logistic" else "softmax"])
+
+
+# Why halving and shards do not mix (one line, for the refusals).
+HALVING_REFUSAL = (
+    "cannot be combined with --prune=halving: halving compares every point's result at each "
+    "rung, and array tasks run apart; run halving unsharded (several devices or processes: "
+    "jax.distributed), or shard without pruning"
+)
+# Settings of one task that do not change any point's numbers: left out of the fingerprint
+# that every shard of one sweep must share.
+TASK_LOCAL = (
+    "shard",
+    "checkpoint",
+    "block_size",
+    "coordinator_address",
+    "num_processes",
+    "process_id",
+    "data_dir",
+)
+SHARD_FILE = "shard.npz"
+# What the end of a run prints (a shard prints what it has of these).
+HEADLINE = (
+    "shard",
+    "num_points",
+    "num_diverged",
+    "num_unstable",
+    "point_steps",
+    "best_by_val_loss.index",
+    "best_by_val_loss.val_loss",
+    "best_by_val_accuracy.index",
+    "best_by_val_accuracy.val_accuracy",
+    "wall_seconds",
+)
+
+
+def shard_of(cfg: Sweep, environ) -> jshards.Shard | None:
+    """The shard this run trains: --shard, else the SLURM array task's; None for every point.
+
+    Raises:
+      RunFailed: the SLURM variables do not describe a shard, or ask for halving (one line).
+    """
+    if cfg.shard == "none":
+        return None
+    if cfg.shard:
+        shard, source = jshards.parse_shard(cfg.shard), f"--shard={cfg.shard}"
+    else:
+        try:
+            shard = jshards.shard_from_env(environ)
+        except ValueError as err:
+            raise RunFailed(f"SLURM job array: {err} (or --shard=none for every point)") from None
+        if shard is None:
+            return None
+        source = f"SLURM array task {shard} (SLURM_ARRAY_TASK_ID)"
+        if cfg.prune == "halving":
+            raise RunFailed(
+                f"{source}: a shard {HALVING_REFUSAL}; or --shard=none to train every point "
+                "in this task"
+            )
+    size = grid_of(cfg, np.float64).size
+    if not len(jshards.shard_indices(size, shard)):
+        message = (
+            f"shard {shard} of this {size}-point grid holds no point: use at most {size} shards"
+        )
+        if cfg.shard:
+            raise ConfigError("shard", cfg.shard, message)
+        raise RunFailed(f"{source}: {message}")
+    return shard
+
+
+def fingerprint_config(cfg: Sweep) -> dict:
+    """The settings every shard of one sweep must share (all but `TASK_LOCAL`), JSON-ready."""
+    return tables.jsonable({k: v for k, v in cfg.flat().items() if k not in TASK_LOCAL})
+
+
+def _write_shard(cfg: Sweep, run: RunDir, data, grid, shard, train_args: dict) -> dict:
+    """Trains one shard and publishes its result (shard.npz), table and a short report."""
+    idx = jshards.shard_indices(grid.size, shard)
+    log.info("shard %s: points %d..%d of %d", shard, idx[0], idx[-1], grid.size)
+    result = jshards.run_shard(cfg.train, grid, data, shard, **train_args)
+    fingerprint = jshards.sweep_fingerprint(fingerprint_config(cfg), grid, data)
+    jshards.save_shard(run.out / SHARD_FILE, result, shard, idx, fingerprint)
+    rows = tables.sweep_rows(result)
+    records = result.records()
+    for row, rec, i in zip(rows, records, idx):
+        row["index"] = rec["index"] = int(i)
+    table = _sweep_tables(run, result, rows)
+    cost = result.work()
+    text = (
+        f"Shard {shard} of a sweep of {grid.size} points: points {idx[0]} to {idx[-1]} "
+        f"(indices of the whole grid), trained in {result.wall_seconds:.1f} s; "
+        f"{int(result.diverged.sum())} diverged. Its result is `{SHARD_FILE}`; when every "
+        "shard has finished, `python -m experiments.main --experiment=sweep_merge "
+        "--workdir=DIR --shards=W0,W1,...` writes the whole sweep's table, figures and best point."
+    )
+    sections = [text, "## Points of this shard\n\n" + table]
+    what = f"{cfg.train.model}, {cfg.data.dataset}"
+    tables.write_report(run.out / "report.md", f"Sweep shard {shard} ({what})", sections)
+    return {
+        **cost,
+        "shard": str(shard),
+        "num_points": int(len(idx)),
+        "num_points_total": grid.size,
+        "num_diverged": int(result.diverged.sum()),
+        "points": records,
+    }
 
 
 def _check_range(name: str, values: tuple, optional: bool) -> None:
@@ -263,17 +383,7 @@ def _best_text(cfg: Sweep, grid, result, best_loss, best_acc, cost: dict, opt) -
     "sweep",
     Sweep,
     smoke=dict(num_epochs=2, max_examples=256, lr=(0.01, 0.1), l2=(0.0, 0.01)),
-    headline=(
-        "num_points",
-        "num_diverged",
-        "num_unstable",
-        "point_steps",
-        "best_by_val_loss.index",
-        "best_by_val_loss.val_loss",
-        "best_by_val_accuracy.index",
-        "best_by_val_accuracy.val_accuracy",
-        "wall_seconds",
-    ),
+    headline=HEADLINE,
 )
 def sweep(cfg: Sweep, run: RunDir) -> dict:
     """A grid of lr x l2 x momentum x seeds trained in one vmapped call (`jaxlr.engine.sweep`).
@@ -291,19 +401,43 @@ def sweep(cfg: Sweep, run: RunDir) -> dict:
              <= 0.001, 0.89 at lr 0.001, and 0.62 at lr 0.1 with lambda 0.1 (the step is too
              large for the penalty: the accuracy oscillates).
     """
+    shard = shard_of(cfg, os.environ)
     data = load_splits(cfg.data).data
-    tcfg = cfg.train
     grid = grid_of(cfg, np.asarray(data.x_train).dtype)
     prune = Halving(cfg.rung_epochs, cfg.keep_fraction) if cfg.prune == "halving" else None
-    result = jsweep.run_sweep(
-        tcfg,
-        grid,
-        data,
+    train_args = dict(
         block_size=cfg.block_size,
         log_fn=log.info,
-        prune=prune,
         checkpoint_dir=resolve_path(cfg.checkpoint, run.workdir) if cfg.checkpoint else None,
     )
+    if shard is not None:
+        return _write_shard(cfg, run, data, grid, shard, train_args)
+    result = jsweep.run_sweep(cfg.train, grid, data, prune=prune, **train_args)
+    return write_sweep_outputs(cfg, run, data, result)
+
+
+def write_sweep_outputs(
+    cfg: Sweep, run: RunDir, data, result: jsweep.SweepResult, how: str | None = None
+) -> dict:
+    """Writes a whole sweep's outputs into `run.out`; returns its metrics.json content.
+
+    The one place that turns a `SweepResult` into files: table.csv / table.md, heatmaps or
+    the search scatter, curves, histories, report.md, and the metrics (every point, the best
+    ones, work counts). The `sweep` experiment calls it on its result and `sweep_merge` on the
+    result stitched from shards.
+
+    Args:
+      cfg: the sweep's config.
+      run: where to write.
+      data: the preprocessed arrays (the exact optimum is solved on them; counts for the report).
+      result: every point of the grid.
+      how: how the points were trained, for the report (default: one vmapped sweep and its
+        wall time).
+    Raises:
+      RunFailed: every point diverged.
+    """
+    tcfg = cfg.train
+    grid = result.grid
     if bool(np.all(result.diverged)):
         raise RunFailed(
             f"every one of the {grid.size} sweep points diverged; lower the learning rates "
@@ -330,7 +464,9 @@ def sweep(cfg: Sweep, run: RunDir) -> dict:
         protocol_text(cfg, data)
         + f" Early stopping {tcfg.early_stopping}. Grid axes "
         + " x ".join(f"{a} {list(grid.values[a])}" for a in grid.axes)
-        + f" = {grid.size} points, trained in one vmapped sweep in {result.wall_seconds:.1f} s."
+        + f" = {grid.size} points, "
+        + (how or f"trained in one vmapped sweep in {result.wall_seconds:.1f} s")
+        + "."
     )
     sections = [
         proto,

@@ -378,6 +378,8 @@ def run_sweep(
     checkpoint_dir: str | os.PathLike | None = None,
     progress: bool | str = "auto",
     observers: Sequence[Observer] = (),
+    shared_seed: bool | None = None,
+    min_block: int = 1,
 ) -> SweepResult:
     """Trains every point of `grid`: compiled, vmapped chunks of epochs over blocks of points.
 
@@ -409,6 +411,14 @@ def run_sweep(
         stderr is a terminal or in a notebook, True always, False never.
       observers: more `jaxlr.engine.driver.Observer`s (e.g. TensorBoard output); the host
         loop is `jaxlr.engine.driver.drive`, as for `jaxlr.engine.train.fit`.
+      shared_seed: pass the seed unbatched (one data order for every point), or batched;
+        None (default): unbatched exactly when every point of `grid` has the same seed. A
+        shard of a larger grid (`jaxlr.engine.shards`) passes the whole grid's choice, so
+        that its points run the same program as in the whole sweep.
+      min_block: the fewest points a block holds (padded with copies; rounded up to a
+        multiple of the device count, at most `block_size`). A shard passes the whole
+        grid's smallest block (2 per device), so a shard of one point does not run alone in
+        a block (XLA would drop the batch dimension and round differently).
     Returns:
       `SweepResult` (diverged points are flagged, not raised).
     Raises:
@@ -449,8 +459,15 @@ def run_sweep(
     # Balanced blocks: as few as the cap allows, of equal size (padding < one point per
     # device and block); the cap itself is the top of the ladder.
     g_full = nd * blocks.ceil_div(blocks.ceil_div(s, blocks.ceil_div(s, cap)), nd)
+    if int(min_block) < 1:
+        raise ValueError(f"run_sweep: min_block must be >= 1, got {min_block!r}")
+    g_full = max(g_full, min(cap, nd * blocks.ceil_div(int(min_block), nd)))
     ladder = blocks.block_ladder(g_full, nd, blocks.LADDER_STEPS_PER_OCTAVE)
-    shared_seed = bool(np.all(hp_all.seed == hp_all.seed[0]))
+    if shared_seed is None:
+        shared_seed = bool(np.all(hp_all.seed == hp_all.seed[0]))
+    shared_seed = bool(shared_seed)
+    if shared_seed and not np.all(hp_all.seed == hp_all.seed[0]):
+        raise ValueError("run_sweep: shared_seed=True needs every point to have the same seed")
     # Refuse, in one line and before anything is allocated, a block that cannot fit.
     per_device = max(1, g_full // nd)
     resources.check_fits(
