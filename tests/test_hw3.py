@@ -276,7 +276,7 @@ def test_hw3_logreg_grid_checkpoint_and_test_count(grid_run):
     assert meta["step"] == steps and m["checkpoint_step"] == steps
     assert meta["kind"] == hw3.CHECKPOINT_KIND
     assert meta["config"]["model"] == "logistic" and meta["config"]["l2_bias"] is False
-    assert meta["digits"] == [9, 4]
+    assert meta["data"]["digits"] == [9, 4]  # the data section, as in config.json
     w = np.asarray(params["w"], np.float64)[:, 0]
 
     # Recount by hand: the first 100 test images of 4s and 9s, threshold 0.5 (z >= 0).
