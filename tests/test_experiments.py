@@ -607,7 +607,7 @@ def test_hw3_logreg_grid(run):
     # The checkpoint: the best point's weights after 20 full-batch steps.
     assert m["checkpoint"] == hw3.CHECKPOINT_NAME and m["checkpoint_step"] == 20
     w, meta = _grid_weights(r.workdir / hw3.CHECKPOINT_NAME)
-    assert meta["step"] == 20 and meta["digits"] == list(GRID_DIGITS)
+    assert meta["step"] == 20 and meta["data"]["digits"] == list(GRID_DIGITS)
     assert meta["config"]["model"] == "logistic" and meta["config"]["l2_bias"] is False
     assert meta["config"]["batch_size"] == len(y_tr)
 
