@@ -2,8 +2,8 @@
 
 An experiment is `fn(cfg, run) -> metrics` registered with `experiments.config.register`: `cfg`
 is its typed config, `run.out` the folder its outputs go to (staged, published as one set
-when it returns) and `run.workdir` the workdir the user named (checkpoints for resuming live
-there, outside the staged set).
+when it returns) and `run.workdir` the workdir the user named. Checkpoints for resuming
+(`--checkpoint`, relative to the current folder) are written in place, outside the staged set.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments.config import EXPERIMENTS, make_config, resolve_path
+from experiments.config import EXPERIMENTS, make_config
 from jaxlr.data.config import DataConfig
 from jaxlr.engine.config import TrainConfig, make_hparams
 from jaxlr.engine.step import Data, schedule_numbers
@@ -85,7 +85,8 @@ def run_experiment(
             return EXPERIMENTS[name].fn(cfg, RunDir(Path(tmp), workdir, False))
     with jworkdir.Staging(workdir, kind=name, outputs=RUN_OUTPUTS) as stage:
         out = stage.dir
-        atomic_write_json(out / "config.json", tables.jsonable({"experiment": name, **cfg.flat()}))
+        config = {"experiment": name, **cfg.to_dict()}  # one object per section
+        atomic_write_json(out / "config.json", tables.jsonable(config))
         t0 = time.perf_counter()
         metrics = EXPERIMENTS[name].fn(cfg, RunDir(out, workdir, tensorboard))
         metrics.setdefault("wall_seconds_total", time.perf_counter() - t0)
@@ -94,11 +95,12 @@ def run_experiment(
     return metrics
 
 
-def checkpoint_file(folder: str, run: RunDir, key: str | None) -> Path | None:
-    """The resumable checkpoint of run `key` in `folder` (relative to the workdir); '' = none."""
+def checkpoint_file(folder: str, key: str | None) -> Path | None:
+    """The resumable checkpoint of run `key` in `folder` (relative to the current folder, as
+    every path flag); '' = none."""
     if not folder:
         return None
-    return resolve_path(folder, run.workdir) / f"{tables.slug(key or 'run')}.npz"
+    return Path(folder).expanduser() / f"{tables.slug(key or 'run')}.npz"
 
 
 def train_one(cfg, data: Data, run: RunDir, key: str | None = None, **changes) -> TrainResult:
@@ -107,7 +109,7 @@ def train_one(cfg, data: Data, run: RunDir, key: str | None = None, **changes) -
     Args:
       cfg: an experiment config with `train`, `hparams` (`RunHParams`) and `checkpoint`.
       data: preprocessed arrays.
-      run: where the experiment writes (checkpoints go under the workdir).
+      run: where the experiment writes.
       key: run name in logs and checkpoint names (None for an experiment's only run).
       **changes: `TrainConfig` fields that differ for this run (schedule=..., shuffle=...);
         `lr=` and `l2=` override the hyper-parameters.
@@ -123,7 +125,7 @@ def train_one(cfg, data: Data, run: RunDir, key: str | None = None, **changes) -
         tcfg,
         hparams,
         data,
-        checkpoint_path=checkpoint_file(getattr(cfg, "checkpoint", ""), run, key),
+        checkpoint_path=checkpoint_file(getattr(cfg, "checkpoint", ""), key),
         log_fn=lambda msg: log.info("%s%s", prefix, msg),
         observers=[tensorboard_observer(run, key, config={**cfg.flat(), **changes})],
     )

@@ -14,17 +14,26 @@ that experiment) and fields of its own:
 
 Its flags are the fields of its sections and its own fields, flattened (`--lr`, `--digits`,
 `--num_epochs`, `--checkpoint`); names listed in `FIXED` belong to the protocol and are no
-flags. `make_config(name, overrides)` builds and validates the whole config before any data
-is loaded; every problem is one `ConfigError` line naming the flag, the value and what is
-allowed. A flag that the experiment does not read is a `ConfigError` naming the experiment and
-its flags; so is a flag that the chosen settings ignore (`--patience` without
-`--early_stopping`).
+flags. `make_config(name, overrides)` builds the whole config before any data is loaded: each
+field is checked once, by the dataclass that owns it, which raises `ConfigError(field, value,
+allowed)` (the launcher adds the `--`). Each section's `unread()` names the fields its own
+settings leave unread (`patience` without `early_stopping`); a given flag among them is a
+`UsageError`, as is a flag the experiment does not take. config.json is `to_dict()`: one
+object per section (`{"data": {...}, "train": {...}, "hparams": {...}}`) beside the
+experiment's own fields.
+
+Experiments are registered here, in light modules (`experiments/*_config.py`: configs and
+registrations, no JAX, no matplotlib); the function that runs one is named "module:function"
+and imported only when the experiment runs, so `--list` and `--help` import neither.
 """
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import functools
+import importlib
+import importlib.util
 import re
 import typing
 from collections.abc import Callable
@@ -38,36 +47,10 @@ from jaxlr.engine.config import (
     RunHParams,
     TrainConfig,
     check_digits,
-    check_train_values,
     format_value,
 )
 
 SECTION_TYPES = (DataConfig, TrainConfig, RunHParams, GridHParams)
-
-# Flags that only some settings read: given on the command line with other settings, they are
-# an error (the value would be ignored). name -> (field it depends on, values that read it).
-CONDITIONAL = {
-    "momentum": [("optimizer", ("momentum",)), ("search", ("grid",))],
-    "lr": ("search", ("grid",)),
-    "l2": ("search", ("grid",)),
-    "seeds": ("search", ("grid",)),
-    "num_samples": ("search", ("random",)),
-    "lr_range": ("search", ("random",)),
-    "l2_range": ("search", ("random",)),
-    "momentum_range": [("search", ("random",)), ("optimizer", ("momentum",))],
-    "search_seed": ("search", ("random",)),
-    "rung_epochs": ("prune", ("halving",)),
-    "keep_fraction": ("prune", ("halving",)),
-    "patience": ("early_stopping", (True,)),
-    "anneal_steps": ("schedule", ("anneal", "exponential")),
-    "decay_rate": ("schedule", ("exponential",)),
-    "init_std": ("init", ("normal",)),
-    "hidden": ("model", ("mlp",)),
-    "activation": ("model", ("mlp",)),
-    "num_classes": ("model", ("softmax", "mlp")),
-    "num_val": ("split", ("holdout",)),
-    "num_test": ("split", ("holdout",)),
-}
 
 
 class UsageError(ValueError):
@@ -79,8 +62,6 @@ class ExperimentConfig:
     """Base of every experiment config: composed sections and checks across them."""
 
     FIXED: ClassVar[tuple[str, ...]] = ()
-    # Fields in CONDITIONAL that this experiment reads whatever the settings.
-    ALWAYS_READ: ClassVar[tuple[str, ...]] = ()
 
     def __post_init__(self):
         train = getattr(self, "train", None)
@@ -96,8 +77,30 @@ class ExperimentConfig:
         """Flat defaults that depend on other given values (e.g. a sweep's model)."""
         return {}
 
+    def sections(self) -> dict[str, Any]:
+        """The config's sections by field name (`data`, `train`, `hparams`)."""
+        return {
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if dataclasses.is_dataclass(getattr(self, f.name))
+        }
+
+    def unread(self) -> dict[str, tuple[str, tuple]]:
+        """Fields (flat names) that these settings leave unread: name -> (the field that
+        decides, its values with which the name is read). The union of the sections'
+        `unread()`, and the one rule across sections: the momentum is read only by the
+        momentum optimizer. An experiment adds its own fields' rules, or removes a name it
+        reads whatever a section's settings say."""
+        out: dict[str, tuple[str, tuple]] = {}
+        for section in self.sections().values():
+            out.update(section.unread())
+        train = getattr(self, "train", None)
+        if train is not None and train.optimizer != "momentum":
+            out["momentum"] = ("optimizer", ("momentum",))
+        return out
+
     def flat(self) -> dict[str, Any]:
-        """Every field, sections flattened: the content of config.json."""
+        """Every field, sections flattened (flag name -> value)."""
         out = {}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
@@ -106,6 +109,14 @@ class ExperimentConfig:
                     out[g.name] = getattr(value, g.name)
             else:
                 out[f.name] = value
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        """The content of config.json: one dict per section, then the experiment's own fields."""
+        out = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            out[f.name] = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
         return out
 
 
@@ -233,14 +244,38 @@ def _parse_float(name: str, text: str) -> float:
         raise ConfigError(name, text, "is not a number") from None
 
 
-class Experiment(NamedTuple):
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+    """A registered experiment. `run` names its function as "module:function"; `fn` imports
+    it (the experiment modules import JAX and matplotlib), `doc` reads its docstring from the
+    module's source without importing it."""
+
     name: str
-    fn: Callable
+    run: str
     config_cls: type
-    doc: str
     list_args: str  # extra arguments of the launch command that --list prints
     headline: tuple[str, ...]  # metrics keys (dotted for nested) of the end-of-run summary
     smoke: dict  # overrides of a seconds-long smoke run (launcher flag --smoke)
+
+    @functools.cached_property
+    def fn(self) -> Callable:
+        module, _, func = self.run.partition(":")
+        return getattr(importlib.import_module(module), func)
+
+    @functools.cached_property
+    def doc(self) -> str:
+        module, _, func = self.run.partition(":")
+        return _function_doc(module, func)
+
+
+@functools.cache
+def _function_doc(module: str, func: str) -> str:
+    spec = importlib.util.find_spec(module)
+    tree = ast.parse(Path(spec.origin).read_text(), filename=spec.origin)
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef) and node.name == func:
+            return (ast.get_docstring(node) or "").strip()
+    raise TypeError(f"{module} has no function {func}")
 
 
 EXPERIMENTS: dict[str, Experiment] = {}
@@ -249,35 +284,31 @@ EXPERIMENTS: dict[str, Experiment] = {}
 def register(
     name: str,
     config_cls: type,
+    run: str,
     *,
     list_args: str = "",
     headline: tuple[str, ...] = (),
     smoke: dict | None = None,
-) -> Callable:
-    """Decorator: registers `fn(cfg, run) -> metrics` as experiment `name`.
+) -> Experiment:
+    """Registers experiment `name`: its config class and the function that runs it.
 
     Args:
       name: the experiment's name (`--experiment=name`).
       config_cls: its config class (an `ExperimentConfig` dataclass).
+      run: "module:function" of `fn(cfg, run) -> metrics`, imported when the experiment runs.
       list_args: arguments besides --experiment and --workdir of the command --list prints.
       headline: metrics keys of the summary printed at the end of a run.
       smoke: overrides that shrink the run to seconds (few examples, few epochs), for
         `--smoke` and the end-to-end tests; flags given on the command line still win.
     """
-
-    def wrap(fn):
-        flag_fields(config_cls)  # a bad field type fails at import, not at launch
-        doc = (fn.__doc__ or "").strip()
-        smoke_ = dict(smoke or {})
-        unknown = set(smoke_) - set(flag_fields(config_cls))
-        if unknown:
-            raise TypeError(f"experiment {name}: smoke overrides of no flag {sorted(unknown)}")
-        EXPERIMENTS[name] = Experiment(
-            name, fn, config_cls, doc, list_args, tuple(headline), smoke_
-        )
-        return fn
-
-    return wrap
+    flag_fields(config_cls)  # a bad field type fails at import, not at launch
+    smoke_ = dict(smoke or {})
+    unknown = set(smoke_) - set(flag_fields(config_cls))
+    if unknown:
+        raise TypeError(f"experiment {name}: smoke overrides of no flag {sorted(unknown)}")
+    exp = Experiment(name, run, config_cls, list_args, tuple(headline), smoke_)
+    EXPERIMENTS[name] = exp
+    return exp
 
 
 def get_experiment(name: str) -> Experiment:
@@ -288,17 +319,30 @@ def get_experiment(name: str) -> Experiment:
     return EXPERIMENTS[name]
 
 
-def _unread(name: str, exp: Experiment) -> UsageError:
-    """The error for flag `name`, which experiment `exp` does not take."""
-    fields = ", ".join(sorted(flag_fields(exp.config_cls)))
+def not_a_flag(name: str, exp: Experiment) -> UsageError:
+    """The error for `--name`, which experiment `exp` does not take: a field its protocol
+    fixes, another experiment's flag, or a misspelling (with the closest flag)."""
+    import difflib
+
     cls = exp.config_cls
     if name in cls.FIXED:
         value = cls().flat().get(name)
         return UsageError(
-            f"--{name}: experiment {exp.name} fixes it to {format_value(value)} (its protocol); "
-            f"its flags: {fields}"
+            f"--{name}: experiment {exp.name} fixes it to {format_value(value)} (its protocol)"
         )
-    return UsageError(f"--{name}: experiment {exp.name} does not read it; its flags: {fields}")
+    help_ = f"(see --experiment={exp.name} --help)"
+    others = sorted(e.name for e in EXPERIMENTS.values() if name in flag_fields(e.config_cls))
+    if others:
+        shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
+        return UsageError(f"--{name}: not a flag of {exp.name}, but of {shown} {help_}")
+    close = difflib.get_close_matches(name, [*flag_fields(cls), *LAUNCHER_FLAGS], n=1)
+    if close:
+        return UsageError(f"--{name}: unknown flag for {exp.name}; did you mean --{close[0]}?")
+    return UsageError(f"--{name}: unknown flag for {exp.name} {help_}")
+
+
+# The launcher's own flags (experiments/main.py), for the spelling suggestions above.
+LAUNCHER_FLAGS = ("experiment", "workdir", "list", "compilation_cache", "smoke", "help")
 
 
 def make_config(name: str, overrides: dict | None = None):
@@ -316,7 +360,7 @@ def make_config(name: str, overrides: dict | None = None):
     overrides = dict(overrides or {})
     for key in overrides:
         if key not in fields:
-            raise _unread(key, exp)
+            raise not_a_flag(key, exp)
     typed = {}
     for key, value in overrides.items():
         if isinstance(value, str) and fields[key].kind not in ("str",):
@@ -326,12 +370,12 @@ def make_config(name: str, overrides: dict | None = None):
         typed[key] = value
     merged = {**cls.protocol_defaults(typed), **typed}
     cfg = _build(cls, merged)
-    _check_conditional(cfg, set(typed), exp)
+    _check_unread(cfg, set(typed), exp)
     return cfg
 
 
 def config_from_flat(name: str, flat: dict):
-    """The config of experiment `name` from its config.json content (`ExperimentConfig.flat`).
+    """The config of experiment `name` from its config.json content (nested or flat).
 
     Every field is read as written (lists become tuples); fields the config does not have
     (such as "experiment") are left out. No check of flags the settings ignore: the run
@@ -342,6 +386,11 @@ def config_from_flat(name: str, flat: dict):
     """
     cls = get_experiment(name).config_cls
     fields = flag_fields(cls)
+    # config.json nests the sections (`ExperimentConfig.to_dict`): one level of fields.
+    nested = {k: v for k, v in flat.items() if isinstance(v, dict)}
+    flat = {k: v for k, v in flat.items() if not isinstance(v, dict)}
+    for section in nested.values():
+        flat.update(section)
     values = {
         k: tuple(v) if isinstance(v, list) else v
         for k, v in flat.items()
@@ -361,38 +410,22 @@ def _build(cls, values: dict):
                 for g in dataclasses.fields(current)
                 if g.name in values and g.name not in cls.FIXED
             }
-            if not sub:
-                kwargs[f.name] = current
-                continue
-            if isinstance(current, TrainConfig):
-                check_train_values({**dataclasses.asdict(current), **sub})
-                try:
-                    kwargs[f.name] = dataclasses.replace(current, **sub)
-                except ConfigError:
-                    raise
-                except (TypeError, ValueError) as err:
-                    key = next(iter(sub))
-                    raise ConfigError(key, sub[key], str(err)) from None
-            else:
-                kwargs[f.name] = dataclasses.replace(current, **sub)
+            kwargs[f.name] = dataclasses.replace(current, **sub) if sub else current
         elif f.name in values:
             kwargs[f.name] = values[f.name]
     return cls(**kwargs)
 
 
-def _check_conditional(cfg, given: set, exp: Experiment) -> None:
-    flat = cfg.flat()
-    for name in sorted(given):
-        if name not in CONDITIONAL or name in cfg.ALWAYS_READ:
-            continue
-        rules = CONDITIONAL[name]
-        for dep, values in [rules] if isinstance(rules, tuple) else rules:
-            if dep in flat and flat[dep] not in values:
-                want = " or ".join(f"--{dep}={format_value(v)}" for v in values)
-                raise UsageError(
-                    f"--{name}: experiment {exp.name} ignores it with --{dep}="
-                    f"{format_value(flat[dep])}; it is read only with {want}"
-                )
+def _check_unread(cfg, given: set, exp: Experiment) -> None:
+    """A given flag that the config's settings leave unread is an error naming why."""
+    unread, flat = cfg.unread(), cfg.flat()
+    for name in sorted(given & set(unread)):
+        dep, values = unread[name]
+        want = " or ".join(f"--{dep}={format_value(v)}" for v in values)
+        raise UsageError(
+            f"--{name}: experiment {exp.name} ignores it with --{dep}="
+            f"{format_value(flat[dep])}; it is read only with {want}"
+        )
 
 
 def launch_command(exp: Experiment, workdir: str | None = None) -> str:
@@ -400,9 +433,3 @@ def launch_command(exp: Experiment, workdir: str | None = None) -> str:
     workdir = workdir or f"runs/{exp.name}"
     extra = f" {exp.list_args}" if exp.list_args else ""
     return f"python -m experiments.main --experiment={exp.name} --workdir={workdir}{extra}"
-
-
-def resolve_path(path: str, base: Path) -> Path:
-    """`path` as given, or relative to `base` when it is relative."""
-    p = Path(path).expanduser()
-    return p if p.is_absolute() else base / p

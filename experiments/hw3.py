@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -42,17 +41,20 @@ from experiments.common import (
     stability_text,
     train_one,
 )
-from experiments.config import ExperimentConfig, register
+from experiments.hw3_config import (
+    CHECKPOINT_KIND,
+    CHECKPOINT_NAME,
+    GRID_COMMAND,
+    BatchSizes,
+    LogregGrid,
+    Misclassified,
+    Mlp,
+)
 from jaxlr.core.losses import accuracy
-from jaxlr.data.config import DataConfig
 from jaxlr.data.splits import float_dtype, load_splits, test_subset
 from jaxlr.engine.config import (
     ConfigError,
-    GridHParams,
-    RunHParams,
     TrainConfig,
-    check_count,
-    check_values,
     make_hparams,
 )
 from jaxlr.engine.grid import make_grid
@@ -65,23 +67,6 @@ from jaxlr.report import plots, tables
 
 log = logging.getLogger("jaxlr.experiments.hw3")
 
-CHECKPOINT_NAME = "logreg_best.npz"
-CHECKPOINT_KIND = "hw3_logreg_best"
-GRID_WORKDIR = "runs/hw3_logreg_grid"
-GRID_COMMAND = f"python -m experiments.main --experiment=hw3_logreg_grid --workdir={GRID_WORKDIR}"
-# The homework's networks: ReLU hidden layers with He initialisation, explicit biases, plain
-# SGD on shuffled data, one epoch per compiled call.
-_NET = TrainConfig(
-    model="mlp",
-    hidden=(3136, 1568),
-    activation="relu",
-    init="he",
-    bias="explicit",
-    shuffle=True,
-    epochs_per_call=1,
-)
-_MLP_FIXED = ("model", "num_classes", "bias", "l2_convention", "l2_bias")
-
 
 def _net_name(d: int, tcfg: TrainConfig) -> str:
     return "-".join(map(str, (d, *tcfg.hidden, tcfg.num_classes)))
@@ -91,50 +76,6 @@ def _net_name(d: int, tcfg: TrainConfig) -> str:
 # hw3_mlp: the 98% network.
 
 
-@dataclasses.dataclass(frozen=True)
-class Mlp(ExperimentConfig):
-    """The homework's network: two hidden layers, explicit biases, [0, 1] inputs.
-
-    Attributes:
-      checkpoint: folder (relative to the workdir) for a resumable checkpoint; empty for
-        none. The same command resumes an interrupted run.
-    """
-
-    data: DataConfig = DataConfig(split="full", num_train=None, scale="unit", bias_feature=False)
-    # He (Kaiming) normal initialisation for the ReLU layers: with seed 0 it ends at 0.9823
-    # test accuracy against 0.9808 for Glorot (WORKSPACE.md). ~2 checks per epoch of 1,875
-    # steps: a check evaluates 10,000 test and 10,000 training images with the 7.4M-weight
-    # network, which costs about as much as 200 steps on CPU.
-    train: TrainConfig = dataclasses.replace(
-        _NET,
-        hidden=(3136, 1568),
-        batch_size=32,
-        num_epochs=6,
-        eval_every=938,
-        train_eval_size=10000,
-    )
-    hparams: RunHParams = RunHParams(lr=0.1)
-    checkpoint: str = ""
-    FIXED: ClassVar = _MLP_FIXED
-    ALWAYS_READ: ClassVar = ("num_test",)
-
-
-@register(
-    "hw3_mlp",
-    Mlp,
-    smoke=dict(
-        hidden=(24, 12), max_examples=1000, num_epochs=2, eval_every=10, train_eval_size=200
-    ),
-    headline=(
-        "test_accuracy",
-        "test_loss",
-        "test_correct",
-        "train_accuracy",
-        "steps",
-        "steps_per_second",
-        "wall_seconds",
-    ),
-)
 def hw3_mlp(cfg: Mlp, run: RunDir) -> dict:
     """784-3136-1568-10 ReLU network, SGD lr 0.1, batch 32, 6 epochs: at least 98% test accuracy.
 
@@ -277,41 +218,6 @@ def _mlp_sections(
 # hw3_online_vs_minibatch.
 
 
-@dataclasses.dataclass(frozen=True)
-class BatchSizes(ExperimentConfig):
-    """One network trained with each batch size, one learning rate for all.
-
-    Attributes:
-      batch_sizes: the batch sizes compared, one run each (comma-separated).
-      checks_per_epoch: validation checks per epoch of every run (every step when an epoch
-        has fewer steps), so that the curves have comparable resolution.
-    """
-
-    data: DataConfig = DataConfig(num_train=60000, scale="unit", bias_feature=False)
-    train: TrainConfig = dataclasses.replace(
-        _NET, hidden=(256, 128), num_epochs=2, train_eval_size=2000
-    )
-    # One rate for every batch size: 0.01 keeps online SGD stable (at 0.05 its test accuracy
-    # swings between 0.84 and 0.93 from check to check).
-    hparams: RunHParams = RunHParams(lr=0.01)
-    batch_sizes: tuple[int, ...] = (1, 32, 128)
-    checks_per_epoch: int = 10
-    FIXED: ClassVar = (*_MLP_FIXED, "batch_size", "eval_every", "epochs_per_call")
-
-    def __post_init__(self):
-        super().__post_init__()
-        check_values("batch_sizes", self.batch_sizes, check_count)
-        check_count("checks_per_epoch", self.checks_per_epoch)
-
-
-@register(
-    "hw3_online_vs_minibatch",
-    BatchSizes,
-    smoke=dict(
-        hidden=(16,), max_examples=600, batch_sizes=(1, 32), num_epochs=1, checks_per_epoch=4
-    ),
-    headline=("batch_size", "test_accuracy", "steps", "steps_per_second", "wall_seconds"),
-)
 def hw3_online_vs_minibatch(cfg: BatchSizes, run: RunDir) -> dict:
     """Online (batch 1) versus mini-batch (32, 128) SGD, same network, same epochs.
 
@@ -441,39 +347,6 @@ def _online_table(runs: dict) -> str:
 # ---------------------------------------------------------------------------------------------
 # hw3_logreg_grid and hw3_misclassified.
 
-_LOGREG_DATA = DataConfig(
-    digits=(9, 4), split="holdout", num_train=None, num_val=10000, num_test=1000, scale="unit"
-)
-
-
-@dataclasses.dataclass(frozen=True)
-class LogregGrid(ExperimentConfig):
-    """Logistic regression 9 (label 1) vs 4 (label 0), penalty lambda * sum w^2 without w0,
-    full-batch gradient descent over a grid of lambda x learning rate.
-
-    Attributes:
-      block_size: grid points per compiled block ('all': from a memory estimate).
-      optimum: solve each lambda to its exact optimum (float64 Newton-CG) and report the gap
-        of every point and its learning rate over the gradient-descent limit.
-    """
-
-    data: DataConfig = _LOGREG_DATA
-    train: TrainConfig = TrainConfig(
-        model="logistic",
-        l2_convention="sum",
-        l2_bias=False,
-        shuffle=False,
-        num_epochs=1000,
-        epochs_per_call=100,
-        log_loss="objective",
-    )
-    hparams: GridHParams = GridHParams(lr=(0.1, 0.5, 1.0), l2=(0.01, 0.5, 1.0))
-    block_size: int | None = None
-    optimum: bool = True
-    # Full-batch gradient descent: the batch is the whole training set.
-    FIXED: ClassVar = ("model", "num_classes", "hidden", "activation", "batch_size", "seeds")
-    ALWAYS_READ: ClassVar = ("num_test",)
-
 
 def _best_point(res) -> int:
     """Highest validation accuracy; ties go to the lower validation cross-entropy."""
@@ -484,22 +357,6 @@ def _best_point(res) -> int:
     return int(order[0])
 
 
-@register(
-    "hw3_logreg_grid",
-    LogregGrid,
-    smoke=dict(num_train=3000, num_val=2000, num_test=100, num_epochs=20, epochs_per_call=10),
-    headline=(
-        "l2",
-        "learning_rate",
-        "val_accuracy",
-        "test_correct",
-        "test_total",
-        "final_objective",
-        "num_diverged",
-        "num_unstable",
-        "wall_seconds",
-    ),
-)
 def hw3_logreg_grid(cfg: LogregGrid, run: RunDir) -> dict:
     """9 (label 1) vs 4 (label 0): lambda x lr grid of full-batch GD in one vmapped sweep.
 
@@ -589,12 +446,7 @@ def _save_best(path, cfg: LogregGrid, tcfg: TrainConfig, res, best: int, point: 
         config=tcfg.to_dict(),
         meta={
             "experiment": "hw3_logreg_grid",
-            "data": tables.jsonable(dataclasses.asdict(cfg.data)),
-            "dataset": cfg.data.dataset,
-            "digits": list(cfg.data.digits),
-            "scale": cfg.data.scale,
-            "bias_feature": cfg.data.bias_feature,
-            "dtype": cfg.data.dtype,
+            "data": tables.jsonable(cfg.to_dict()["data"]),  # the section, as in config.json
             "hparams": point,
             "val_accuracy": float(np.asarray(res.metrics["val_accuracy"], np.float64)[best]),
         },
@@ -720,47 +572,12 @@ def _optimum_text(cfg, points: list, optimum_test: dict, num_test: int) -> str:
     return text
 
 
-@dataclasses.dataclass(frozen=True)
-class Misclassified(ExperimentConfig):
-    """The most confidently misclassified test images of a saved logistic regression.
-
-    Attributes:
-      checkpoint: the checkpoint hw3_logreg_grid wrote (relative to the current folder).
-      num_shown: how many mistakes the grid of images shows (at most 20: 4 x 5).
-    """
-
-    data: DataConfig = _LOGREG_DATA
-    checkpoint: str = f"{GRID_WORKDIR}/{CHECKPOINT_NAME}"
-    num_shown: int = 20
-    # Digits, scaling and the bias feature are the checkpoint's; its data set and dtype must
-    # be this run's (a mismatch is refused in one line naming the flag to add).
-    FIXED: ClassVar = (
-        "digits",
-        "split",
-        "num_train",
-        "num_val",
-        "scale",
-        "bias_feature",
-        "max_examples",
-    )
-    ALWAYS_READ: ClassVar = ("num_test",)
-
-    def __post_init__(self):
-        check_count("num_shown", self.num_shown, upper=20, what="a 4 x 5 grid")
-
-
-@register(
-    "hw3_misclassified",
-    Misclassified,
-    smoke=dict(num_test=100),
-    list_args=f"--checkpoint={GRID_WORKDIR}/{CHECKPOINT_NAME}",
-    headline=("test_correct", "test_total", "num_misclassified", "test_accuracy", "shown"),
-)
 def hw3_misclassified(cfg: Misclassified, run: RunDir) -> dict:
     """The 20 most confidently misclassified 4/9 test images of the hw3_logreg_grid checkpoint.
 
     Launch:  python -m experiments.main --experiment=hw3_misclassified
-             --workdir=runs/hw3_misclassified --checkpoint=runs/hw3_logreg_grid/logreg_best.npz
+             --workdir=runs/hw3_misclassified
+             --grid_checkpoint=runs/hw3_logreg_grid/logreg_best.npz
              (after hw3_logreg_grid)
     Runtime: a few seconds.
     Result:  misclassified.png: a 4x5 grid, each image titled with true and predicted digit and
@@ -807,7 +624,7 @@ def hw3_misclassified(cfg: Misclassified, run: RunDir) -> dict:
     table = _misclassified_table(items)
     hp = meta.get("hparams", {})
     body = (
-        f"Checkpoint `{cfg.checkpoint}` (step {meta['step']}; lambda "
+        f"Checkpoint `{cfg.grid_checkpoint}` (step {meta['step']}; lambda "
         f"{hp.get('l2', float('nan')):g}, learning rate "
         f"{hp.get('learning_rate', float('nan')):g}), "
         f"evaluated on the first {len(y_test)} test images of {neg}s and {pos}s: "
@@ -823,7 +640,7 @@ def hw3_misclassified(cfg: Misclassified, run: RunDir) -> dict:
         [body],
     )
     return {
-        "checkpoint": cfg.checkpoint,
+        "checkpoint": cfg.grid_checkpoint,
         "test_total": int(len(y_test)),
         "test_correct": int(len(y_test) - wrong),
         "num_misclassified": wrong,
@@ -834,7 +651,7 @@ def hw3_misclassified(cfg: Misclassified, run: RunDir) -> dict:
 
 
 def _load_grid_checkpoint(cfg: Misclassified, workdir):
-    """(data config, model, params, meta) of the checkpoint `cfg.checkpoint` names.
+    """(data config, model, params, meta) of the checkpoint `cfg.grid_checkpoint` names.
 
     One read: `load_params` refuses a missing, corrupt or foreign file; the template of the
     weights is built from the checkpoint's own config and data settings. Refused too: a
@@ -844,12 +661,13 @@ def _load_grid_checkpoint(cfg: Misclassified, workdir):
     """
     from pathlib import Path
 
-    path = Path(cfg.checkpoint).expanduser()
+    path = Path(cfg.grid_checkpoint).expanduser()
     inside = Path(workdir).resolve()
     if path.resolve() == inside or inside in path.resolve().parents:
         raise ckpt.CheckpointError(
-            f"--checkpoint={cfg.checkpoint} lies inside --workdir={workdir}, the folder this run "
-            "writes: give this run another --workdir (or copy the checkpoint out of it)"
+            f"--grid_checkpoint={cfg.grid_checkpoint} lies inside --workdir={workdir}, the "
+            "folder this run writes: give this run another --workdir (or copy the checkpoint "
+            "out of it)"
         )
     bound = {}
 
@@ -860,11 +678,14 @@ def _load_grid_checkpoint(cfg: Misclassified, workdir):
             tcfg = None
         if tcfg is None or tcfg.model != "logistic":
             raise ckpt.CheckpointError(f"checkpoint {path} holds no logistic-regression config")
+        # The grid's data section; older checkpoints (and hand-made ones) carry its fields
+        # at the top level of the meta.
         saved = meta.get("data") if isinstance(meta.get("data"), dict) else {}
+        saved = {**meta, **saved}
         for field in ("dataset", "dtype"):
             # Every checkpoint hw3_logreg_grid writes says both; one that does not (made by
             # hand) is taken as this run's (its weights' dtype is still checked on reading).
-            value = saved.get(field, meta.get(field))
+            value = saved.get(field)
             if value is not None and value != getattr(cfg.data, field):
                 raise ckpt.CheckpointError(
                     f"checkpoint {path} was trained with --{field}={value}, this run evaluates "
@@ -872,16 +693,17 @@ def _load_grid_checkpoint(cfg: Misclassified, workdir):
                 )
         bound["data"] = dataclasses.replace(
             cfg.data,
-            digits=tuple(meta["digits"]),
-            scale=meta["scale"],
-            bias_feature=bool(meta["bias_feature"]),
+            digits=tuple(saved["digits"]),
+            scale=saved["scale"],
+            bias_feature=bool(saved["bias_feature"]),
         )
         d = 784 + (1 if bound["data"].bias_feature else 0)
         bound["model"] = model_for(tcfg, d, float_dtype(bound["data"]))
         return bound["model"].init(jax.random.PRNGKey(0))
 
     hint = (
-        f"it is written by hw3_logreg_grid: run `{GRID_COMMAND}` first (or pass --checkpoint=PATH)"
+        f"it is written by hw3_logreg_grid: run `{GRID_COMMAND}` first "
+        "(or pass --grid_checkpoint=PATH)"
     )
     params, meta = ckpt.load_params(path, template, kind=CHECKPOINT_KIND, hint=hint)
     return bound["data"], bound["model"], params, meta

@@ -6,9 +6,12 @@ r"""Launches a jaxlr experiment; the only place in jaxlr that defines command-li
 
 The flags are the fields of the chosen experiment's typed config (`experiments.config`):
 `--help` with an experiment lists them with their help text and defaults. Sequence fields
-(`lr`, `l2`, `digits`, `hidden`, ...) take comma lists or repeated flags; counts that may
-mean "everything" take `all`. Every value is checked before any data is loaded; a bad one
-is one line on stderr naming the flag, the value and what is allowed, exit code 2.
+(`lr`, `l2`, `digits`, `hidden`, ...) take comma lists; counts that may mean "everything"
+take `all`. Every value is checked before any data is loaded, by the config dataclass that
+owns the field; a bad one is one line on stderr, `error: --FLAG=VALUE: what is allowed`,
+exit code 2. So is a flag given twice, a flag the experiment does not take (with the flag
+meant, or the experiments that take it) and one its other settings leave unread.
+`--list` and `--help` import only the experiments' configs (no JAX, no matplotlib).
 
 Exit codes: 0 done; 1 the run failed in an expected way (data files, workdir busy or not
 writable, divergence, a checkpoint of another kind), one line on stderr; 2 bad usage;
@@ -32,16 +35,16 @@ from typing import Any, NamedTuple
 
 from absl import flags
 
-from experiments import registry  # noqa: F401  (registers the experiments)
+from experiments import registry  # noqa: F401  (registers the experiments: configs only)
 from experiments.config import (
     EXPERIMENTS,
     FlagField,
     UsageError,
-    _unread,
     flag_fields,
     get_experiment,
     launch_command,
     make_config,
+    not_a_flag,
     parse_value,
 )
 from jaxlr.engine.config import ConfigError, format_value
@@ -112,26 +115,42 @@ def _define_flags(exp) -> flags.FlagValues:
     for f in flag_fields(exp.config_cls).values() if exp else ():
         if f.kind == "bool":
             flags.DEFINE_bool(f.name, None, f.help, flag_values=fv)
-        elif f.kind in ("ints", "floats", "strs"):
-            flags.DEFINE_multi_string(f.name, None, f.help, flag_values=fv)
         else:
             flags.DEFINE_string(f.name, None, f.help, flag_values=fv)
     return fv
 
 
+def _check_names(args: list[str], fv: flags.FlagValues, exp) -> None:
+    """Every `--name` in args is a flag of `exp` (or the launcher's), each given once."""
+    seen: dict[str, str] = {}
+    every = {f for e in EXPERIMENTS.values() for f in flag_fields(e.config_cls)}
+    for arg in args:
+        if arg == "--":
+            break
+        if not arg.startswith("--"):
+            continue
+        key = arg[2:].split("=", 1)[0]
+        name = key
+        if name not in fv and name.startswith("no") and name[2:] in fv and fv[name[2:]].boolean:
+            name = name[2:]
+        if name not in fv:
+            if exp is None:
+                raise UsageError(
+                    f"--{key}: unknown flag; choose an experiment first (--experiment=NAME)"
+                )
+            fixed = exp.config_cls.FIXED
+            if key not in every and key not in fixed and key.startswith("no"):
+                key = key[2:] if key[2:] in every or key[2:] in fixed else key
+            raise not_a_flag(key, exp)
+        if name in seen:
+            raise UsageError(f"--{name}: given twice ({seen[name]}, {arg}); give each flag once")
+        seen[name] = arg
+
+
 def _flag_error(err: flags.Error, exp) -> str:
     name = getattr(err, "flagname", None)
-    if isinstance(err, flags.UnrecognizedFlagError) and name:
-        name = name[2:] if name.startswith("no") and exp is None else name
-        if exp is None:
-            return f"--{name}: unknown flag; choose an experiment first (--experiment=NAME)"
-        known = {f for e in EXPERIMENTS.values() for f in flag_fields(e.config_cls)}
-        known |= set(exp.config_cls().flat())
-        mine = ", ".join(sorted(flag_fields(exp.config_cls)))
-        base = name[2:] if name not in known and name.startswith("no") else name
-        if base in known:
-            return str(_unread(base, exp))
-        return f"--{name}: unknown flag; flags of experiment {exp.name}: {mine}"
+    if isinstance(err, flags.UnrecognizedFlagError) and name and exp is not None:
+        return str(not_a_flag(name, exp))  # a single-dash flag: `--` ones are checked before
     return str(err).splitlines()[0]
 
 
@@ -213,6 +232,7 @@ def parse(argv: list[str]) -> Parsed | str:
     if name is not None:
         exp = get_experiment(name)
     fv = _define_flags(exp)
+    _check_names(args, fv, exp)
     try:
         rest = fv(argv)
     except flags.Error as err:
@@ -271,8 +291,7 @@ def _interrupt_message(signame: str = "") -> str:
         return f"{how} before the run started; nothing was written"
     where = f" at {_LastProgress.text}" if _LastProgress.text else " before the first epoch ended"
     exp = parsed.experiment
-    # hw3_misclassified's --checkpoint is its input, not a folder to resume from.
-    resumable = "checkpoint" in flag_fields(exp.config_cls) and exp.name != "hw3_misclassified"
+    resumable = "checkpoint" in flag_fields(exp.config_cls)
     ckpt = getattr(parsed.config, "checkpoint", "") if resumable else ""
     if ckpt:
         resume = f"the checkpoint in {ckpt} is kept: the same command resumes"
@@ -319,7 +338,10 @@ def run_main() -> None:
             signal.signal(s, _stop)
     try:
         code = main(argv)
-    except (ConfigError, UsageError) as err:
+    except ConfigError as err:  # the config names the field; on the command line it is a flag
+        sys.stderr.write(f"error: --{err}\n")
+        code = 2
+    except UsageError as err:
         sys.stderr.write(f"error: {err}\n")
         code = 2
     except BrokenPipeError:  # output piped into `head` and the like: not an error

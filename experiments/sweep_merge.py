@@ -18,32 +18,18 @@ import jax
 import numpy as np
 
 from experiments.common import RunDir
-from experiments.config import ExperimentConfig, config_from_flat, register
+from experiments.config import config_from_flat
 from experiments.sweep import (
-    HEADLINE,
     SHARD_FILE,
     fingerprint_config,
     grid_of,
     write_sweep_outputs,
 )
+from experiments.sweep_config import SweepMerge
 from jaxlr.data.splits import load_splits
 from jaxlr.engine import shards as jshards
 from jaxlr.engine.config import ConfigError
 from jaxlr.host import workdir as jworkdir
-
-
-@dataclasses.dataclass(frozen=True)
-class SweepMerge(ExperimentConfig):
-    """Shards of one sweep merged into one sweep workdir.
-
-    Attributes:
-      shards: the workdirs of every shard (comma-separated, in any order).
-      data_dir: where this machine keeps the data files (empty: the shards' --data_dir); the
-        data must be the shards' (checked by digest).
-    """
-
-    shards: tuple[str, ...] = ()
-    data_dir: str = ""
 
 
 def _load(workdir: str) -> tuple[jshards.ShardResult, dict]:
@@ -70,12 +56,6 @@ def _load(workdir: str) -> tuple[jshards.ShardResult, dict]:
     return shard, config
 
 
-@register(
-    "sweep_merge",
-    SweepMerge,
-    list_args="--shards=runs/sweep_0,runs/sweep_1",
-    headline=HEADLINE,
-)
 def sweep_merge(cfg: SweepMerge, run: RunDir) -> dict:
     """The shards of one sweep (`--experiment=sweep --shard=I/N`) merged into one sweep.
 

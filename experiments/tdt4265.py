@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-from typing import ClassVar
 
 import numpy as np
 
@@ -32,126 +31,17 @@ from experiments.common import (
     task_name,
     train_one,
 )
-from experiments.config import ExperimentConfig, register
-from jaxlr.data.config import DataConfig
+from experiments.tdt4265_config import Annealing, Binary, BinaryEarly, L2Path, Shuffling, Softmax
 from jaxlr.data.splits import load_splits
 from jaxlr.engine import grid as jgrid
 from jaxlr.engine import sweep as jsweep
-from jaxlr.engine.config import ConfigError, RunHParams, TrainConfig, check_values
+from jaxlr.engine.config import TrainConfig
 from jaxlr.engine.optim import make_schedule
 from jaxlr.engine.step import schedule_numbers
 from jaxlr.report import metrics as jmetrics
 from jaxlr.report import plots, tables
 
 log = logging.getLogger("jaxlr.experiments.tdt4265")
-
-# Run-level headline numbers printed at the end of a run.
-HEADLINE = (
-    "val_accuracy",
-    "val_loss",
-    "train_accuracy",
-    "steps",
-    "early_stopping.best_step",
-    "early_stopping.step",
-    "wall_seconds",
-)
-# Smoke runs (--smoke): 256 binary / 512 ten-class examples make M = 2 / 4 batches of 128,
-# so every step is followed by a check. On 256 examples a rate of 0.025 makes the validation
-# loss oscillate, so patience 3 stops the early-stopping runs within a few steps.
-_SMOKE_EARLY = dict(num_epochs=40, max_examples=256, patience=3, lr=0.025)
-_SMOKE_SOFTMAX = dict(num_epochs=2, max_examples=512)
-_LOGISTIC_FIXED = ("model", "num_classes", "hidden", "activation")
-_SOFTMAX_FIXED = ("model", "hidden", "activation")
-
-
-@dataclasses.dataclass(frozen=True)
-class Binary(ExperimentConfig):
-    """Logistic regression of two digits, task 2 protocol.
-
-    Attributes:
-      checkpoint: folder (relative to the workdir) for resumable checkpoints, one per run;
-        empty for none. The same command resumes an interrupted run.
-    """
-
-    data: DataConfig = DataConfig(digits=(2, 3))
-    train: TrainConfig = TrainConfig(model="logistic", num_epochs=50, shuffle=False)
-    hparams: RunHParams = RunHParams(lr=0.05)
-    checkpoint: str = ""
-    FIXED: ClassVar = _LOGISTIC_FIXED
-
-
-# Early-stopped runs (course task 2d): patience 10 checks, up to 500 epochs.
-_EARLY = TrainConfig(
-    model="logistic", num_epochs=500, shuffle=False, early_stopping=True, patience=10
-)
-
-
-@dataclasses.dataclass(frozen=True)
-class BinaryEarly(Binary):
-    train: TrainConfig = _EARLY
-
-
-@dataclasses.dataclass(frozen=True)
-class Shuffling(Binary):
-    train: TrainConfig = _EARLY
-    FIXED: ClassVar = (*_LOGISTIC_FIXED, "shuffle")
-
-
-@dataclasses.dataclass(frozen=True)
-class Annealing(Binary):
-    train: TrainConfig = TrainConfig(model="logistic", num_epochs=50, anneal_steps=1000.0)
-    FIXED: ClassVar = (*_LOGISTIC_FIXED, "schedule", "decay_rate")
-    ALWAYS_READ: ClassVar = ("anneal_steps",)
-
-
-@dataclasses.dataclass(frozen=True)
-class Softmax(ExperimentConfig):
-    """Softmax regression of the ten digits, task 3 protocol.
-
-    Attributes:
-      checkpoint: folder (relative to the workdir) for resumable checkpoints, one per run;
-        empty for none. The same command resumes an interrupted run.
-    """
-
-    data: DataConfig = DataConfig()
-    train: TrainConfig = TrainConfig(model="softmax", num_epochs=50, shuffle=True)
-    hparams: RunHParams = RunHParams(lr=0.01)
-    checkpoint: str = ""
-    FIXED: ClassVar = _SOFTMAX_FIXED
-
-
-@dataclasses.dataclass(frozen=True)
-class L2Path(Softmax):
-    """Softmax regression trained once per L2 strength (lambda 0 always included).
-
-    Attributes:
-      l2s: the L2 strengths lambda > 0 compared with lambda 0 (comma-separated).
-      block_size: grid points per compiled block of the sweep ('all': from a memory estimate).
-      checkpoint: folder (relative to the workdir) for resumable checkpoints, one per lambda;
-        with it the lambdas train one after another instead of as one sweep.
-      optimum: solve each lambda to its exact optimum (float64 Newton-CG) and report the gap
-        of every run and its learning rate over the gradient-descent limit.
-    """
-
-    train: TrainConfig = TrainConfig(
-        model="softmax", num_epochs=50, shuffle=True, l2_convention="sum", l2_bias=True
-    )
-    l2s: tuple[float, ...] = (1.0, 0.1, 0.01, 0.001)
-    block_size: int | None = None
-    optimum: bool = True
-    FIXED: ClassVar = (*_SOFTMAX_FIXED, "l2")
-
-    def __post_init__(self):
-        super().__post_init__()
-        check_values("l2s", self.l2s, _check_lambda)
-        if self.block_size is not None and self.block_size < 1:
-            raise ConfigError("block_size", self.block_size, "must be a whole number >= 1 or 'all'")
-
-
-def _check_lambda(field: str, value) -> None:
-    if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-        raise ConfigError(field, value, "must be finite and > 0 (lambda 0 is always run)")
-
 
 # ---------------------------------------------------------------------------------------------
 # One run with its curves.
@@ -198,7 +88,6 @@ def _es_text(es: dict, m: int) -> str:
     )
 
 
-@register("tdt4265_task2", Binary, headline=HEADLINE, smoke=dict(num_epochs=2, max_examples=256))
 def task2(cfg: Binary, run: RunDir) -> dict:
     """Task 2b/2c: logistic regression 2 vs 3, lr 0.05, 50 epochs, no shuffle.
 
@@ -211,7 +100,6 @@ def task2(cfg: Binary, run: RunDir) -> dict:
     return _single_run(cfg, run, f"lr={cfg.hparams.lr:g}", title)
 
 
-@register("tdt4265_task2d", BinaryEarly, headline=HEADLINE, smoke=_SMOKE_EARLY)
 def task2d(cfg: BinaryEarly, run: RunDir) -> dict:
     """Task 2d: task 2 with early stopping (patience 10 checks), up to 500 epochs.
 
@@ -241,7 +129,6 @@ def _shuffle_text(m: dict) -> str:
     )
 
 
-@register("tdt4265_task2e", Shuffling, headline=HEADLINE, smoke=_SMOKE_EARLY)
 def task2e(cfg: Shuffling, run: RunDir) -> dict:
     """Task 2e: with versus without shuffling every epoch, both with early stopping.
 
@@ -291,7 +178,6 @@ def task2e(cfg: Shuffling, run: RunDir) -> dict:
 # Task 3: softmax regression on ten digits.
 
 
-@register("tdt4265_task3", Softmax, headline=(*HEADLINE, "accuracy_gap"), smoke=_SMOKE_SOFTMAX)
 def task3(cfg: Softmax, run: RunDir) -> dict:
     """Task 3b-d: softmax regression on all ten digits, lr 0.01, 50 epochs, shuffle.
 
@@ -381,12 +267,6 @@ def train_l2_runs(cfg: L2Path, data, run: RunDir, lambdas) -> dict:
     return out
 
 
-@register(
-    "tdt4265_task4",
-    L2Path,
-    headline=("l2", "val_accuracy", "val_loss", "weight_norm", "gap", "lr_over_limit", "steps"),
-    smoke=dict(_SMOKE_SOFTMAX, l2s=(1.0, 0.1)),
-)
 def task4(cfg: L2Path, run: RunDir) -> dict:
     """Task 4b-e: L2 regularisation R(w) = sum w^2 of softmax regression, lambda 0 and `l2s`.
 
@@ -538,12 +418,6 @@ def _learning_rates(tcfg: TrainConfig, lr: float, steps, total: int) -> np.ndarr
     return np.broadcast_to(rates, steps.shape).copy()
 
 
-@register(
-    "lr_annealing",
-    Annealing,
-    headline=(*HEADLINE, "final_learning_rate", "late_val_loss_jitter"),
-    smoke=dict(num_epochs=2, max_examples=256, anneal_steps=2.0),
-)
 def lr_annealing(cfg: Annealing, run: RunDir) -> dict:
     """Constant learning rate versus alpha_0 / (1 + t/T) on the 2 vs 3 task (task 2 protocol).
 
@@ -621,12 +495,6 @@ def lr_annealing(cfg: Annealing, run: RunDir) -> dict:
 # Mean images versus weights.
 
 
-@register(
-    "mean_images",
-    Softmax,
-    headline=("val_accuracy", "val_loss", "steps", "wall_seconds"),
-    smoke=_SMOKE_SOFTMAX,
-)
 def mean_images(cfg: Softmax, run: RunDir) -> dict:
     """The average training image of each digit above the softmax weight image of that digit.
 

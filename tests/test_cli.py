@@ -162,7 +162,7 @@ def test_list_prints_commands_that_parse_as_printed(monkeypatch, capsys):
     grid = launch_command(EXPERIMENTS["hw3_logreg_grid"])
     mis = launch_command(EXPERIMENTS["hw3_misclassified"])
     grid_workdir = shlex.split(grid)[-1].split("=", 1)[1]
-    assert f"--checkpoint={grid_workdir}/logreg_best.npz" in mis
+    assert f"--grid_checkpoint={grid_workdir}/logreg_best.npz" in mis
 
 
 def test_help_lists_the_chosen_experiments_flags_with_help(monkeypatch, capsys):

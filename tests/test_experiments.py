@@ -33,7 +33,7 @@ from experiments import (
     registry,  # noqa: F401  (registers the experiments)
 )
 from experiments.common import run_experiment
-from experiments.config import EXPERIMENTS, make_config
+from experiments.config import EXPERIMENTS, flag_fields, make_config
 from jaxlr.data.fake import fake_arrays, write_fake_dataset
 from jaxlr.host import checkpoint as ckpt
 from jaxlr.report import plots
@@ -47,6 +47,8 @@ GRID_DIGITS = (3, 8)  # not the default 9 vs 4
 # What each experiment needs besides its smoke overrides to fit the fake set. The tdt4265
 # split takes the first num_train=20000 training images by default: 'all' (None) here.
 FIT = {
+    # checkpoint="ckpt": the runner makes it <workdir>/ckpt (the flag is relative to the
+    # current folder).
     "tdt4265_task2": dict(num_train=None, digits=BINARY_DIGITS, checkpoint="ckpt"),
     "tdt4265_task2d": dict(num_train=None, digits=BINARY_DIGITS),
     "tdt4265_task2e": dict(num_train=None, digits=BINARY_DIGITS),
@@ -60,7 +62,7 @@ FIT = {
     # 700 held-out training images, more than the 600 test images (load_splits once indexed
     # the held-out digits with the test set's index array: IndexError).
     "hw3_logreg_grid": dict(num_train=1200, num_val=700, digits=GRID_DIGITS),
-    "hw3_misclassified": dict(),  # + checkpoint= the grid's, set by the runner
+    "hw3_misclassified": dict(),  # + grid_checkpoint= the grid's, set by the runner
     "regularization_path": dict(num_train=1200, num_val=700, num_test=100, digits=GRID_DIGITS),
 }
 
@@ -126,9 +128,11 @@ def run(tmp_path_factory, fake_dir):
         if name not in cache:
             overrides = overrides_for(name, fake_dir)
             grid_before = None
+            if "checkpoint" in overrides:
+                overrides["checkpoint"] = str(root / name / overrides["checkpoint"])
             if name == "hw3_misclassified":
                 grid = get("hw3_logreg_grid")
-                overrides["checkpoint"] = str(grid.workdir / hw3.CHECKPOINT_NAME)
+                overrides["grid_checkpoint"] = str(grid.workdir / hw3.CHECKPOINT_NAME)
                 grid_before = snapshot(grid.workdir)
             calls: list = []
             with pytest.MonkeyPatch.context() as mp:
@@ -177,9 +181,13 @@ def check_outputs(r: Run, name: str, files: set[str], title: str) -> str:
     assert not [p.name for p in w.iterdir() if p.name.startswith(".staging")]
 
     config = json.loads((w / "config.json").read_text())
-    assert config == _json({"experiment": name, **make_config(name, r.overrides).flat()})
+    # config.json: one object per section, the experiment's own fields beside them.
+    assert config == _json({"experiment": name, **make_config(name, r.overrides).to_dict()})
+    fields = flag_fields(EXPERIMENTS[name].config_cls)
     for key, value in r.overrides.items():
-        assert config[key] == _json(value), f"override {key} not in config.json"
+        section = fields[key].section
+        got = config[section][key] if section else config[key]
+        assert got == _json(value), f"override {key} not in config.json"
     assert json.loads((w / "metrics.json").read_text()) == _json(r.metrics)
     report = (w / "report.md").read_text()
     assert report.splitlines()[0] == f"# {title}"
@@ -600,7 +608,7 @@ def test_hw3_logreg_grid(run):
     # The checkpoint: the best point's weights after 20 full-batch steps.
     assert m["checkpoint"] == hw3.CHECKPOINT_NAME and m["checkpoint_step"] == 20
     w, meta = _grid_weights(r.workdir / hw3.CHECKPOINT_NAME)
-    assert meta["step"] == 20 and meta["digits"] == list(GRID_DIGITS)
+    assert meta["step"] == 20 and meta["data"]["digits"] == list(GRID_DIGITS)
     assert meta["config"]["model"] == "logistic" and meta["config"]["l2_bias"] is False
     assert meta["config"]["batch_size"] == len(y_tr)
 
@@ -655,7 +663,7 @@ def test_hw3_misclassified_from_the_grid_checkpoint(run):
     )
     [suptitle] = r.texts("plot_image_grid")
     assert "of 100 test images (3 vs 8;" in suptitle
-    assert m["checkpoint"] == r.overrides["checkpoint"]
+    assert m["checkpoint"] == r.overrides["grid_checkpoint"]
     assert m["test_total"] == 100
     assert m["test_correct"] == grid.metrics["test_correct"]
     assert m["num_misclassified"] == 100 - grid.metrics["test_correct"] > 0
@@ -690,8 +698,10 @@ def test_hw3_misclassified_leaves_the_grid_workdir_untouched(run):
 def test_hw3_grid_checkpoint_and_run_record_what_hw3_misclassified_checks(run):
     r = run("hw3_logreg_grid")
     _, meta = _grid_weights(r.workdir / hw3.CHECKPOINT_NAME)
-    assert meta["dataset"] == meta["data"]["dataset"] == "fake"
-    assert meta["dtype"] == meta["data"]["dtype"] == "float32"
+    # The grid's data section as config.json has it, nothing rewritten by hand beside it.
+    assert meta["data"] == json.loads((r.workdir / "config.json").read_text())["data"]
+    assert meta["data"]["dataset"] == "fake" and meta["data"]["dtype"] == "float32"
+    assert "digits" not in meta and "dataset" not in meta
     info = json.loads((r.workdir / "latest" / ".run.json").read_text())
     assert info["kind"] == "hw3_logreg_grid"
 
@@ -822,8 +832,9 @@ def test_main_runs_a_smoke_experiment_on_fake_data(tmp_path, fake_dir):
     assert out.returncode == 0, out.stderr[-2000:]
     cfg = json.loads((tmp_path / "config.json").read_text())
     m = json.loads((tmp_path / "metrics.json").read_text())
-    assert cfg["max_examples"] == 256 and cfg["num_epochs"] == 1 and cfg["digits"] == [4, 9]
-    assert cfg["num_train"] is None and cfg["dataset"] == "fake"
+    data, train = cfg["data"], cfg["train"]
+    assert data["max_examples"] == 256 and train["num_epochs"] == 1 and data["digits"] == [4, 9]
+    assert data["num_train"] is None and data["dataset"] == "fake"
     assert m["steps"] == 1 * (256 // 128)
     assert (
         (tmp_path / "report.md")

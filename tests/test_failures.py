@@ -30,9 +30,11 @@ def fake(tmp_path_factory):
 
 
 def _cmd(fake, workdir, *flags, experiment="tdt4265_task2"):
+    # A flag given twice is refused: --num_train=all only when the test gives none.
+    num_train = [] if any(f.startswith("--num_train=") for f in flags) else ["--num_train=all"]
     return [
         sys.executable, "-m", "experiments.main", f"--experiment={experiment}",
-        f"--workdir={workdir}", "--dataset=fake", f"--data_dir={fake}", "--num_train=all",
+        f"--workdir={workdir}", "--dataset=fake", f"--data_dir={fake}", *num_train,
         "--nocompilation_cache", *flags,
     ]  # fmt: skip
 
@@ -162,7 +164,8 @@ def test_busy_workdir_refused_and_sigint_keeps_the_finished_run(fake, finished, 
 
 def test_interrupted_checkpointed_run_resumes_with_the_same_command(fake, tmp_path):
     workdir = tmp_path / "wd"
-    cmd = _cmd(fake, workdir, "--num_epochs=3000", "--checkpoint=ckpt")
+    # --checkpoint is relative to the current folder (the repository here): give a path.
+    cmd = _cmd(fake, workdir, "--num_epochs=3000", f"--checkpoint={tmp_path / 'ckpt'}")
     log = tmp_path / "err"
     with log.open("w") as err:
         proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=err, env=_env())
@@ -171,7 +174,7 @@ def test_interrupted_checkpointed_run_resumes_with_the_same_command(fake, tmp_pa
     assert proc.wait(timeout=60) == 130
     last = log.read_text().strip().splitlines()[-1]
     assert "the same command resumes" in last, last
-    assert (workdir / "ckpt" / "run.npz").exists()
+    assert (tmp_path / "ckpt" / "run.npz").exists()
     assert not (workdir / "metrics.json").exists()
 
 
@@ -296,7 +299,7 @@ def test_grid_without_the_optimum_publishes_its_report(grid):
 def _mis_cmd(fake, workdir, checkpoint, *flags):
     return [
         sys.executable, "-m", "experiments.main", "--experiment=hw3_misclassified",
-        f"--workdir={workdir}", f"--data_dir={fake}", f"--checkpoint={checkpoint}",
+        f"--workdir={workdir}", f"--data_dir={fake}", f"--grid_checkpoint={checkpoint}",
         "--num_test=20", "--nocompilation_cache", *flags,
     ]  # fmt: skip
 
@@ -319,7 +322,7 @@ def test_misclassified_checkpoint_inside_its_workdir_is_refused(fake, grid, tmp_
     r = _run(_mis_cmd(fake, workdir, ckpt, "--dataset=fake"))
     assert r.returncode == 1
     line = _one_line(r.stderr)
-    assert f"--checkpoint={ckpt} lies inside --workdir={workdir}" in line, line
+    assert f"--grid_checkpoint={ckpt} lies inside --workdir={workdir}" in line, line
     assert ckpt.read_bytes() == (grid / "logreg_best.npz").read_bytes()
     assert not (workdir / "metrics.json").exists()
 
@@ -349,4 +352,4 @@ def test_misclassified_on_the_checkpoints_data_set(fake, grid, tmp_path):
     assert r.returncode == 0, r.stderr
     m = json.loads((workdir / "metrics.json").read_text())
     assert m["test_total"] == 20
-    assert json.loads((workdir / "config.json").read_text())["dataset"] == "fake"
+    assert json.loads((workdir / "config.json").read_text())["data"]["dataset"] == "fake"

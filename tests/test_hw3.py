@@ -78,8 +78,8 @@ def test_hw3_mlp_writes_files_and_consistent_numbers(mlp_runs):
         _assert_png(workdir / name)
     m = _read(workdir)
     config = json.loads((workdir / "config.json").read_text())
-    assert config["experiment"] == "hw3_mlp" and config["hidden"] == [24, 12]
-    assert config["bias"] == "explicit" and config["bias_feature"] is False
+    assert config["experiment"] == "hw3_mlp" and config["train"]["hidden"] == [24, 12]
+    assert config["train"]["bias"] == "explicit" and config["data"]["bias_feature"] is False
     assert m["steps"] == 2 * (1000 // 32) and m["epochs"] == 2 and m["num_train"] == 1000
 
     # The confusion matrix, per-class and overall accuracy all describe the same 1,000
@@ -225,7 +225,7 @@ def grid_run(tmp_path_factory):
     grid_metrics = _read(workdir)
     before = _tree(workdir)
     mis_dir = tmp_path_factory.mktemp("hw3_misclassified")
-    overrides = dict(TINY_MIS, checkpoint=str(workdir / hw3.CHECKPOINT_NAME))
+    overrides = dict(TINY_MIS, grid_checkpoint=str(workdir / hw3.CHECKPOINT_NAME))
     run_experiment("hw3_misclassified", mis_dir, overrides)
     assert _tree(workdir) == before, "hw3_misclassified changed the grid's workdir"
     return workdir, grid_metrics, mis_dir
@@ -276,7 +276,7 @@ def test_hw3_logreg_grid_checkpoint_and_test_count(grid_run):
     assert meta["step"] == steps and m["checkpoint_step"] == steps
     assert meta["kind"] == hw3.CHECKPOINT_KIND
     assert meta["config"]["model"] == "logistic" and meta["config"]["l2_bias"] is False
-    assert meta["digits"] == [9, 4]
+    assert meta["data"]["digits"] == [9, 4]  # the data section, as in config.json
     w = np.asarray(params["w"], np.float64)[:, 0]
 
     # Recount by hand: the first 100 test images of 4s and 9s, threshold 0.5 (z >= 0).
@@ -308,7 +308,7 @@ def test_hw3_misclassified_lists_the_most_confident_mistakes(grid_run):
     # Its own workdir, config, metrics and report; the grid's are left alone (fixture).
     config = json.loads((workdir / "config.json").read_text())
     assert config["experiment"] == "hw3_misclassified"
-    assert config["checkpoint"] == str(grid_dir / hw3.CHECKPOINT_NAME) == m["checkpoint"]
+    assert config["grid_checkpoint"] == str(grid_dir / hw3.CHECKPOINT_NAME) == m["checkpoint"]
     assert "grid" not in m
     report = (workdir / "report.md").read_text()
     assert report.startswith("# hw3: most confidently misclassified test images, 9 vs 4\n")
@@ -339,7 +339,9 @@ def test_hw3_misclassified_lists_the_most_confident_mistakes(grid_run):
     # the first; nothing stacks up).
     before = _tree(grid_dir)
     again = run_experiment(
-        "hw3_misclassified", workdir, dict(TINY_MIS, checkpoint=str(grid_dir / "logreg_best.npz"))
+        "hw3_misclassified",
+        workdir,
+        dict(TINY_MIS, grid_checkpoint=str(grid_dir / "logreg_best.npz")),
     )
     assert again["misclassified"] == m["misclassified"]
     assert len(list((workdir / ".runs").iterdir())) == 1
@@ -351,7 +353,7 @@ def test_hw3_misclassified_lists_the_most_confident_mistakes(grid_run):
 
 
 def test_hw3_misclassified_reads_the_grid_workdir_by_default():
-    assert make_config("hw3_misclassified").checkpoint == (
+    assert make_config("hw3_misclassified").grid_checkpoint == (
         f"{hw3.GRID_WORKDIR}/{hw3.CHECKPOINT_NAME}"
     )
     assert hw3.GRID_WORKDIR == "runs/hw3_logreg_grid"
@@ -360,11 +362,11 @@ def test_hw3_misclassified_reads_the_grid_workdir_by_default():
 def test_hw3_misclassified_refuses_a_missing_checkpoint(tmp_path):
     path = tmp_path / "grid" / hw3.CHECKPOINT_NAME
     with pytest.raises(ckpt.CheckpointError) as err:
-        run_experiment("hw3_misclassified", tmp_path / "mis", {"checkpoint": str(path)})
+        run_experiment("hw3_misclassified", tmp_path / "mis", {"grid_checkpoint": str(path)})
     msg = str(err.value)
     assert "\n" not in msg
     assert "no checkpoint" in msg and str(path) in msg
-    assert "--experiment=hw3_logreg_grid" in msg and "--checkpoint=PATH" in msg
+    assert "--experiment=hw3_logreg_grid" in msg and "--grid_checkpoint=PATH" in msg
     assert not (tmp_path / "mis" / "metrics.json").exists()
 
 
@@ -372,7 +374,7 @@ def test_hw3_misclassified_refuses_a_corrupt_checkpoint(tmp_path):
     path = tmp_path / "broken.npz"
     path.write_bytes(b"PK\x03\x04 this is not a zip archive" * 10)
     with pytest.raises(ckpt.CheckpointError, match="corrupt"):
-        run_experiment("hw3_misclassified", tmp_path / "mis", {"checkpoint": str(path)})
+        run_experiment("hw3_misclassified", tmp_path / "mis", {"grid_checkpoint": str(path)})
     # A real checkpoint cut short is refused too.
     good = ckpt.save_checkpoint(
         tmp_path / "good.npz", {"params": {"w": np.zeros((785, 1), np.float32)}}, step=1
@@ -380,7 +382,7 @@ def test_hw3_misclassified_refuses_a_corrupt_checkpoint(tmp_path):
     blob = good.read_bytes()
     path.write_bytes(blob[: len(blob) // 2])
     with pytest.raises(ckpt.CheckpointError):
-        run_experiment("hw3_misclassified", tmp_path / "mis", {"checkpoint": str(path)})
+        run_experiment("hw3_misclassified", tmp_path / "mis", {"grid_checkpoint": str(path)})
 
 
 def test_hw3_misclassified_refuses_another_models_checkpoint(tmp_path):
@@ -391,7 +393,7 @@ def test_hw3_misclassified_refuses_another_models_checkpoint(tmp_path):
         tmp_path / "mlp.npz", {"params": mlp}, step=3, meta={"kind": "train_run"}
     )
     with pytest.raises(ckpt.CheckpointError, match="hw3_logreg_grid"):
-        run_experiment("hw3_misclassified", out, {"checkpoint": str(other)})
+        run_experiment("hw3_misclassified", out, {"grid_checkpoint": str(other)})
     # Labelled as the grid's, but the weights do not fit a 785-input logistic regression.
     tcfg = dataclasses.replace(make_config("hw3_logreg_grid").train, batch_size=10)
     meta = {"kind": hw3.CHECKPOINT_KIND, "digits": [9, 4], "scale": "unit", "bias_feature": True}
@@ -403,7 +405,7 @@ def test_hw3_misclassified_refuses_another_models_checkpoint(tmp_path):
         meta=meta,
     )
     with pytest.raises(ckpt.CheckpointError, match="shape"):
-        run_experiment("hw3_misclassified", out, {"checkpoint": str(wrong)})
+        run_experiment("hw3_misclassified", out, {"grid_checkpoint": str(wrong)})
     # Right shapes, wrong dtype (a float64 checkpoint for a float32 run).
     wrong64 = ckpt.save_checkpoint(
         tmp_path / "wrong64.npz",
@@ -413,5 +415,5 @@ def test_hw3_misclassified_refuses_another_models_checkpoint(tmp_path):
         meta=meta,
     )
     with pytest.raises(ckpt.CheckpointError, match="float64"):
-        run_experiment("hw3_misclassified", out, {"checkpoint": str(wrong64)})
+        run_experiment("hw3_misclassified", out, {"grid_checkpoint": str(wrong64)})
     assert not (out / "metrics.json").exists()

@@ -291,6 +291,7 @@ def _shard_command(workdir, fake_dir, shard):
         f"--data_dir={fake_dir}",
         *(f"--{k}={v}" if v != "" else f"--{k}" for k, v in KILL_FLAGS.items()),
         f"--shard={shard}",
+        f"--checkpoint={workdir / 'ckpt'}",  # relative to the current folder otherwise
     ]
 
 
@@ -304,7 +305,6 @@ KILL_FLAGS = dict(
     seeds=2,
     num_epochs=40,
     epochs_per_call=1,
-    checkpoint="ckpt",
     nooptimum="",
 )
 

@@ -436,7 +436,8 @@ def test_sweep_experiment_end_to_end(tmp_path):
     )
     metrics = run_experiment("sweep", tmp_path, overrides)
     cfg = json.loads((tmp_path / "config.json").read_text())
-    assert cfg["lr"] == [0.01] and cfg["shuffle"] is True and cfg["digits"] == []
+    assert cfg["hparams"]["lr"] == [0.01] and cfg["train"]["shuffle"] is True
+    assert cfg["data"]["digits"] == []
     points = metrics["points"]
     assert metrics["num_points"] == len(points) == 4 and metrics["shape"] == [2, 1, 2]
     val_loss = [p["val_loss"] for p in points]

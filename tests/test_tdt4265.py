@@ -24,7 +24,7 @@ from realdata import DATA_DIR, PNG_MAGIC, needs_data
 from benchmarks import numpy_baseline as nb
 from experiments import registry  # noqa: F401  (registers the experiments)
 from experiments.common import run_experiment
-from experiments.config import EXPERIMENTS, make_config
+from experiments.config import EXPERIMENTS, flag_fields, make_config
 from jaxlr.data.splits import load_splits
 from jaxlr.engine.batches import epoch_batches
 from jaxlr.engine.config import ConfigError, TrainConfig, make_hparams
@@ -76,9 +76,12 @@ def check_common_files(workdir: Path, name: str, metrics: dict, pngs: list[str])
     """config.json, metrics.json, the PNGs and report.md; returns the report text."""
     cfg = json.loads((workdir / "config.json").read_text())
     assert cfg["experiment"] == name
+    fields = flag_fields(EXPERIMENTS[name].config_cls)
     for key, value in overrides_for(name).items():
         expected = list(value) if isinstance(value, tuple) else value
-        assert cfg[key] == expected, f"override {key} not in config.json"
+        section = fields[key].section
+        got = cfg[section][key] if section else cfg[key]  # config.json: one object per section
+        assert got == expected, f"override {key} not in config.json"
     on_disk = json.loads((workdir / "metrics.json").read_text())
     assert on_disk == json.loads(json.dumps(metrics))
     for png in pngs:
@@ -207,7 +210,8 @@ def test_task4_l2(run):
 
 @needs_data
 def test_checkpointed_experiment_resumes_to_the_same_numbers(tmp_path, run):
-    overrides = overrides_for("tdt4265_task2", checkpoint="ckpt")
+    # --checkpoint is relative to the current folder: an absolute path in the workdir here.
+    overrides = overrides_for("tdt4265_task2", checkpoint=str(tmp_path / "a" / "ckpt"))
     # An interrupted run: one of the two epochs, checkpointed where the experiment looks.
     cfg = make_config("tdt4265_task2", overrides)
     h = cfg.hparams
@@ -349,7 +353,7 @@ def test_main_runs_an_experiment(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     m = json.loads((tmp_path / "metrics.json").read_text())
     cfg = json.loads((tmp_path / "config.json").read_text())
-    assert m["steps"] == 2 and cfg["lr"] == 0.02 and cfg["num_epochs"] == 1
+    assert m["steps"] == 2 and cfg["hparams"]["lr"] == 0.02 and cfg["train"]["num_epochs"] == 1
     assert (tmp_path / "loss.png").stat().st_size > 0
 
 

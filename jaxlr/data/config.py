@@ -10,21 +10,11 @@ from __future__ import annotations
 import dataclasses
 
 from jaxlr.data import registry
-from jaxlr.engine.config import ConfigError, check_choice, check_count, check_digits
+from jaxlr.engine.config import ConfigError, check_bool, check_choice, check_count, check_digits
 
 SPLITS = ("tdt4265", "holdout", "full")
 SCALES = ("unit", "symmetric")
 DTYPES = ("float32", "float64")
-# Images in the registered data sets (train, test); checked again against the files on load.
-DATASET_SIZES = {"mnist": (60000, 10000), "fashion_mnist": (60000, 10000)}
-
-
-# ---------------------------------------------------------------------------------------------
-# Field checks (each raises ConfigError naming the field).
-
-
-# ---------------------------------------------------------------------------------------------
-# Sections.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,14 +56,15 @@ class DataConfig:
     max_examples: int | None = None
 
     def __post_init__(self):
-        check_choice("dataset", self.dataset, tuple(DATASET_SIZES) + _extra_datasets())
+        if self.dataset not in registry.DATASETS:
+            check_choice("dataset", self.dataset, user_datasets())
         if not isinstance(self.data_dir, str):
             raise ConfigError("data_dir", self.data_dir, "must be a folder path")
         check_digits("digits", self.digits)
         check_choice("split", self.split, SPLITS)
         check_choice("scale", self.scale, SCALES)
         check_choice("dtype", self.dtype, DTYPES)
-        n_train, n_test = DATASET_SIZES.get(self.dataset, (None, None))
+        n_train, n_test = dataset_sizes(self.dataset)
         if self.num_train is not None:
             if self.split == "full":
                 raise ConfigError(
@@ -95,8 +86,7 @@ class DataConfig:
                 )
         if self.num_test is not None:
             check_count("num_test", self.num_test, upper=n_test, what=f"{self.dataset} test")
-        if not isinstance(self.bias_feature, bool):
-            raise ConfigError("bias_feature", self.bias_feature, "must be true or false")
+        check_bool("bias_feature", self.bias_feature)
         if self.max_examples is not None:
             check_count("max_examples", self.max_examples)
 
@@ -104,11 +94,26 @@ class DataConfig:
     def binary(self) -> bool:
         return len(self.digits) == 2
 
+    def unread(self) -> dict[str, tuple[str, tuple]]:
+        """Fields these settings leave unread: name -> (the field that decides, the values of
+        that field with which it is read). An experiment that evaluates the first num_test
+        test images whatever the split says so in its own `unread`."""
+        if self.split == "holdout":
+            return {}
+        return {"num_val": ("split", ("holdout",)), "num_test": ("split", ("holdout",))}
 
-def _extra_datasets() -> tuple[str, ...]:
-    # Data sets registered at run time (tests register tiny fake ones).
-    return tuple(n for n in registry.DATASETS if n not in DATASET_SIZES)
+
+def user_datasets() -> tuple[str, ...]:
+    """The registered data sets offered to users: those with checksums (not "fake", the
+    tests' tiny random files, which is accepted but not listed)."""
+    return tuple(
+        name for name, spec in registry.DATASETS.items() if all(f.sha256 for f in spec.files)
+    )
 
 
-# ---------------------------------------------------------------------------------------------
-# TrainConfig fields, checked with the flag names before `TrainConfig` is built.
+def dataset_sizes(name: str) -> tuple[int | None, int | None]:
+    """(training, test) images of registered data set `name` (None: not fixed, as for
+    "fake"); checked again against the files on load."""
+    shapes = {f.role: f.shape for f in registry.DATASETS[name].files}
+    train, test = shapes.get("train_images"), shapes.get("test_images")
+    return (train[0] if train else None, test[0] if test else None)

@@ -9,16 +9,22 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from collections.abc import Sequence
 from typing import Any, NamedTuple
-
-import jax.numpy as jnp
 
 MODELS = ("logistic", "softmax", "mlp")
 GRADS = ("analytic", "autodiff")
 OPTIMIZERS = ("sgd", "momentum", "adam")
 SCHEDULES = ("constant", "anneal", "cosine", "exponential")
 LOG_LOSSES = ("cross_entropy", "objective")
+# The names `jaxlr.core` implements (`models.ACTIVATIONS`, `models.INITS` plus "auto",
+# `models.BIAS_CONVENTIONS`, `losses.L2_CONVENTIONS`; tests/test_config.py checks that they
+# agree), spelled out so that a config is checked without importing JAX.
+ACTIVATIONS = ("sigmoid", "tanh", "relu", "linear")
+INITS = ("auto", "zeros", "normal", "glorot", "he")
+BIAS_CONVENTIONS = ("trick", "explicit")
+L2_CONVENTIONS = ("sum", "half")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,29 +99,55 @@ class TrainConfig:
     diverge_factor: float = 1e3
 
     def __post_init__(self):
-        _check_choice("model", self.model, MODELS)
-        _check_choice("grad", self.grad, GRADS)
-        _check_choice("optimizer", self.optimizer, OPTIMIZERS)
-        _check_choice("schedule", self.schedule, SCHEDULES)
-        _check_choice("log_loss", self.log_loss, LOG_LOSSES)
-        _check_choice("bias", self.bias, ("trick", "explicit"))
-        _check_choice("l2_convention", self.l2_convention, ("sum", "half"))
+        check_choice("model", self.model, MODELS)
+        check_count("num_classes", self.num_classes)
+        if isinstance(self.hidden, (list, tuple)):
+            object.__setattr__(self, "hidden", tuple(self.hidden))
+        check_widths("hidden", self.hidden)
         object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
-        for name in ("batch_size", "num_epochs", "patience", "epochs_per_call"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)!r}")
-        for name in ("eval_every", "train_eval_size"):
-            if int(getattr(self, name)) < 0:
-                raise ValueError(f"TrainConfig.{name} must be >= 0, got {getattr(self, name)!r}")
         if self.model == "mlp" and not self.hidden:
-            raise ValueError("TrainConfig.model='mlp' needs at least one hidden width (hidden=)")
-        if self.anneal_steps <= 0:
-            raise ValueError(f"TrainConfig.anneal_steps must be > 0, got {self.anneal_steps}")
-        if not float(self.diverge_factor) > 1.0:  # also refuses NaN
-            raise ValueError(
-                f"TrainConfig.diverge_factor must be > 1 (inf: no factor rule), "
-                f"got {self.diverge_factor!r}"
-            )
+            raise ConfigError("hidden", self.hidden, "the mlp needs at least one hidden width")
+        check_choice("activation", self.activation, ACTIVATIONS)
+        check_choice("bias", self.bias, BIAS_CONVENTIONS)
+        check_choice("init", self.init, INITS)
+        check_positive("init_std", self.init_std)
+        check_choice("l2_convention", self.l2_convention, L2_CONVENTIONS)
+        check_choice("grad", self.grad, GRADS)
+        check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        check_choice("schedule", self.schedule, SCHEDULES)
+        check_positive("anneal_steps", self.anneal_steps)
+        allowed = "must be a number in (0, 1]"
+        if not 0 < _finite("decay_rate", self.decay_rate, allowed) <= 1:
+            raise ConfigError("decay_rate", self.decay_rate, allowed)
+        for name in ("batch_size", "num_epochs", "patience", "epochs_per_call"):
+            check_count(name, getattr(self, name))
+        for name in ("eval_every", "train_eval_size"):
+            check_nonneg_int(name, getattr(self, name))
+        for name in ("l2_bias", "shuffle", "drop_last", "early_stopping"):
+            check_bool(name, getattr(self, name))
+        check_choice("log_loss", self.log_loss, LOG_LOSSES)
+        allowed = "must be a number > 1 (inf: no factor rule)"
+        f = self.diverge_factor
+        if isinstance(f, bool) or not isinstance(f, numbers.Real) or not float(f) > 1.0:
+            raise ConfigError("diverge_factor", f, allowed)  # `not > 1` also refuses NaN
+
+    def unread(self) -> dict[str, tuple[str, tuple]]:
+        """Fields these settings leave unread: name -> (the field that decides, the values of
+        that field with which it is read)."""
+        out: dict[str, tuple[str, tuple]] = {}
+        if self.model != "mlp":
+            out["hidden"] = out["activation"] = ("model", ("mlp",))
+        if self.model == "logistic":
+            out["num_classes"] = ("model", ("softmax", "mlp"))
+        if self.init != "normal":
+            out["init_std"] = ("init", ("normal",))
+        if self.schedule not in ("anneal", "exponential"):
+            out["anneal_steps"] = ("schedule", ("anneal", "exponential"))
+        if self.schedule != "exponential":
+            out["decay_rate"] = ("schedule", ("exponential",))
+        if not self.early_stopping:
+            out["patience"] = ("early_stopping", (True,))
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         """The config as a JSON-ready dict."""
@@ -162,6 +194,8 @@ def make_hparams(learning_rate, l2=0.0, momentum=0.0, seed=0, dtype=None) -> HPa
     Returns:
       HParams of jnp arrays.
     """
+    import jax.numpy as jnp  # here, not at the top: configs are checked without JAX
+
     dtype = dtype or jnp.zeros(()).dtype
     return HParams(
         learning_rate=jnp.asarray(learning_rate, dtype),
@@ -171,20 +205,19 @@ def make_hparams(learning_rate, l2=0.0, momentum=0.0, seed=0, dtype=None) -> HPa
     )
 
 
-def _check_choice(name: str, value, valid) -> None:
-    if value not in valid:
-        raise ValueError(f"TrainConfig.{name}={value!r} is not one of {list(valid)}")
-
-
 _INT32_MAX = 2**31 - 1
 
 
 class ConfigError(ValueError):
-    """An invalid config value: `field`, `value` and what is allowed, as one line."""
+    """An invalid config value: `field`, `value` and what is allowed, as one line.
+
+    The message names the field as the config does ("lr=-1: must be ..."); the launcher
+    adds the `--` of the flag.
+    """
 
     def __init__(self, field: str, value: Any, allowed: str):
         self.field, self.value, self.allowed = field, value, allowed
-        super().__init__(f"--{field}={format_value(value)}: {allowed}")
+        super().__init__(f"{field}={format_value(value)}: {allowed}")
 
 
 def format_value(value: Any) -> str:
@@ -207,7 +240,7 @@ def check_choice(field: str, value: Any, valid: Sequence) -> None:
 
 def check_count(field: str, value: Any, *, upper: int | None = None, what: str = "") -> None:
     """A whole number >= 1 (and <= `upper`, described by `what`)."""
-    if isinstance(value, bool) or not isinstance(value, int):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise ConfigError(field, value, "must be a whole number >= 1")
     if value < 1:
         raise ConfigError(field, value, "must be a whole number >= 1")
@@ -218,12 +251,27 @@ def check_count(field: str, value: Any, *, upper: int | None = None, what: str =
 
 
 def check_nonneg_int(field: str, value: Any, upper: int = _INT32_MAX) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= upper:
+    whole = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    if not whole or not 0 <= value <= upper:
         raise ConfigError(field, value, f"must be a whole number in [0, {upper}]")
 
 
+def check_bool(field: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise ConfigError(field, value, "must be true or false")
+
+
+def check_widths(field: str, widths: Any) -> None:
+    """Layer widths: a tuple of whole numbers >= 1 (may be empty)."""
+    if not isinstance(widths, tuple):
+        raise ConfigError(field, widths, "must be comma-separated widths")
+    for w in widths:
+        if isinstance(w, bool) or not isinstance(w, numbers.Integral) or w < 1:
+            raise ConfigError(field, widths, f"width {w} is not a whole number >= 1")
+
+
 def _finite(field: str, value: Any, allowed: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise ConfigError(field, value, allowed)
     if not math.isfinite(float(value)):
         raise ConfigError(field, value, allowed)
@@ -299,6 +347,11 @@ class RunHParams:
         check_momentum("momentum", self.momentum)
         check_nonneg_int("seed", self.seed)
 
+    def unread(self) -> dict[str, tuple[str, tuple]]:
+        """Every field is read (the momentum only by the momentum optimizer: see
+        `ExperimentConfig.unread`, which sees both sections)."""
+        return {}
+
 
 @dataclasses.dataclass(frozen=True)
 class GridHParams:
@@ -325,66 +378,10 @@ class GridHParams:
         check_nonneg_int("seed", self.seed)
         check_count("seeds", self.seeds, upper=100000)
 
+    def unread(self) -> dict[str, tuple[str, tuple]]:
+        """Every field is read (see `RunHParams.unread`)."""
+        return {}
+
     @property
     def seed_values(self) -> tuple[int, ...]:
         return tuple(self.seed + i for i in range(self.seeds))
-
-
-_TRAIN_CHOICES = {
-    "model": "MODELS",
-    "grad": "GRADS",
-    "optimizer": "OPTIMIZERS",
-    "schedule": "SCHEDULES",
-    "log_loss": "LOG_LOSSES",
-}
-
-
-_TRAIN_FIXED_CHOICES = {
-    "bias": ("trick", "explicit"),
-    "l2_convention": ("sum", "half"),
-    "init": ("auto", "zeros", "normal", "glorot", "he"),
-    "activation": ("sigmoid", "tanh", "relu", "linear"),
-}
-
-
-def check_train_values(values: dict) -> None:
-    """Checks `TrainConfig` field values (a dict of field -> value), naming the flag."""
-    from jaxlr.engine import config as jconfig
-
-    for name, const in _TRAIN_CHOICES.items():
-        if name in values:
-            check_choice(name, values[name], getattr(jconfig, const))
-    for name, valid in _TRAIN_FIXED_CHOICES.items():
-        if name in values:
-            check_choice(name, values[name], valid)
-    for name in ("batch_size", "num_epochs", "patience", "epochs_per_call", "num_classes"):
-        if name in values:
-            check_count(name, values[name])
-    for name in ("eval_every", "train_eval_size"):
-        if name in values:
-            check_nonneg_int(name, values[name])
-    for name in ("anneal_steps", "init_std"):
-        if name in values:
-            check_positive(name, values[name])
-    if "decay_rate" in values:
-        v = values["decay_rate"]
-        if not 0 < _finite("decay_rate", v, "must be a number in (0, 1]") <= 1:
-            raise ConfigError("decay_rate", v, "must be a number in (0, 1]")
-    if "diverge_factor" in values:
-        v = values["diverge_factor"]
-        if _finite("diverge_factor", v, "must be a finite number > 1") <= 1:
-            raise ConfigError("diverge_factor", v, "must be a finite number > 1")
-    if "hidden" in values:
-        h = values["hidden"]
-        if not isinstance(h, tuple):
-            raise ConfigError("hidden", h, "must be comma-separated widths")
-        for w in h:
-            try:
-                check_count("hidden", w)
-            except ConfigError:
-                raise ConfigError("hidden", h, f"width {w} is not a whole number >= 1") from None
-        if values.get("model") == "mlp" and not h:
-            raise ConfigError("hidden", h, "the mlp needs at least one hidden width")
-    for name in ("shuffle", "drop_last", "early_stopping", "l2_bias"):
-        if name in values and not isinstance(values[name], bool):
-            raise ConfigError(name, values[name], "must be true or false")
