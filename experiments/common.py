@@ -50,11 +50,23 @@ class RunDir(NamedTuple):
 TENSORBOARD_DIR = "tensorboard"
 
 
-def tensorboard_observer(run: RunDir, key: str | None = None, **kwargs):
-    """The `TensorBoardObserver` of run `key` (a sub-folder of the run's TensorBoard folder)."""
+_TB_ANNOUNCED: set = set()
+
+
+def tensorboard_observer(run: RunDir, key: str | None = None, *, sweep: bool = False, **kwargs):
+    """The `TensorBoardObserver` of run `key` (a sub-folder of the run's TensorBoard folder;
+    a sweep writes its point folders at the folder itself)."""
     from jaxlr.report.observers import TensorBoardObserver
 
-    logdir = run.out / TENSORBOARD_DIR / tables.slug(key or "run")
+    root = run.out / TENSORBOARD_DIR
+    if run.tensorboard and root not in _TB_ANNOUNCED and jax.process_index() == 0:
+        _TB_ANNOUNCED.add(root)
+        log.info(
+            "TensorBoard: tensorboard --logdir %s (live; once published: %s)",
+            root,
+            run.workdir / TENSORBOARD_DIR,
+        )
+    logdir = root if sweep else root / tables.slug(key or "run")
     return TensorBoardObserver(logdir, enabled=run.tensorboard, **kwargs)
 
 

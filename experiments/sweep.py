@@ -16,7 +16,15 @@ from pathlib import Path
 
 import numpy as np
 
-from experiments.common import RunDir, RunFailed, optimum_for, protocol_text, stability_text
+from experiments.common import (
+    TENSORBOARD_DIR,
+    RunDir,
+    RunFailed,
+    optimum_for,
+    protocol_text,
+    stability_text,
+    tensorboard_observer,
+)
 from experiments.sweep_config import HALVING_REFUSAL, Sweep
 from jaxlr.data.splits import load_splits
 from jaxlr.engine import grid as jgrid
@@ -155,6 +163,26 @@ def _write_histories(run: RunDir, result: jsweep.SweepResult, grid: jgrid.Grid) 
     return histories
 
 
+def _write_tensorboard(cfg: Sweep, run: RunDir, result, records: list, live: bool) -> None:
+    """The sweep's TensorBoard HParams view (and curves, unless written live)."""
+    from jaxlr.report.observers import write_sweep_hparams, write_sweep_tensorboard
+
+    root = run.out / TENSORBOARD_DIR
+    points = [result.grid.point(i) for i in range(result.grid.size)]
+    if live:
+        write_sweep_hparams(root, points, records, result.histories, enabled=run.tensorboard)
+    else:
+        write_sweep_tensorboard(
+            root,
+            result.config,
+            points,
+            result.histories,
+            records,
+            num_batches=result.num_batches,
+            enabled=run.tensorboard,
+        )
+
+
 def _add_optimum(tcfg: TrainConfig, data, result: jsweep.SweepResult, rows, records):
     """Adds each point's exact optimum, gap and learning-rate limit to its row and record."""
     opt = optimum_for(
@@ -248,19 +276,27 @@ def sweep(cfg: Sweep, run: RunDir) -> dict:
     data = load_splits(cfg.data).data
     grid = grid_of(cfg, np.asarray(data.x_train).dtype)
     prune = Halving(cfg.rung_epochs, cfg.keep_fraction) if cfg.prune == "halving" else None
+    # The points' curves are written live; their HParams rows once the optimum is known.
+    board = tensorboard_observer(run, sweep=True, config=cfg.to_dict(), hparams_at_end=False)
     train_args = dict(
         block_size=cfg.block_size,
         log_fn=log.info,
         checkpoint_dir=Path(cfg.checkpoint).expanduser() if cfg.checkpoint else None,
+        observers=[board],
     )
     if shard is not None:
         return _write_shard(cfg, run, data, grid, shard, train_args)
     result = jsweep.run_sweep(cfg.train, grid, data, prune=prune, **train_args)
-    return write_sweep_outputs(cfg, run, data, result)
+    return write_sweep_outputs(cfg, run, data, result, live_tensorboard=True)
 
 
 def write_sweep_outputs(
-    cfg: Sweep, run: RunDir, data, result: jsweep.SweepResult, how: str | None = None
+    cfg: Sweep,
+    run: RunDir,
+    data,
+    result: jsweep.SweepResult,
+    how: str | None = None,
+    live_tensorboard: bool = False,
 ) -> dict:
     """Writes a whole sweep's outputs into `run.out`; returns its metrics.json content.
 
@@ -276,6 +312,9 @@ def write_sweep_outputs(
       result: every point of the grid.
       how: how the points were trained, for the report (default: one vmapped sweep and its
         wall time).
+      live_tensorboard: the points' TensorBoard curves were written while training
+        (`TensorBoardObserver`): only their HParams rows are added; False writes the whole
+        TensorBoard set now (e.g. merged shards).
     Raises:
       RunFailed: every point diverged.
     """
@@ -292,6 +331,7 @@ def write_sweep_outputs(
     opt = None
     if cfg.optimum and tcfg.model != "mlp":
         opt = _add_optimum(tcfg, data, result, rows, records)
+    _write_tensorboard(cfg, run, result, records, live_tensorboard)
     for rec in records:
         rec["history"] = histories[rec["index"]]
     table = _sweep_tables(run, result, rows)

@@ -163,4 +163,53 @@ def write_sweep_hparams(
     return n
 
 
-__all__ = ["TensorBoardObserver", "write_sweep_hparams"]
+def write_sweep_tensorboard(
+    logdir: str | os.PathLike,
+    config,
+    points: Sequence[Mapping[str, Any]],
+    histories: Sequence[Mapping],
+    records: Sequence[Mapping[str, Any]],
+    *,
+    num_batches: int,
+    enabled: bool = True,
+) -> None:
+    """Writes a finished sweep's TensorBoard set at once, as `TensorBoardObserver` would have
+    written it live (for sweeps assembled after training, e.g. merged shards).
+
+    Args:
+      logdir: the sweep's root folder.
+      config: the `TrainConfig` (for the learning-rate schedule and the config text).
+      points: one dict of hyper-parameters per point.
+      histories: every point's whole history.
+      records: every point's final record (with the caller's extra numbers, e.g. "gap").
+      num_batches: M, batches per epoch (for the schedule's length).
+      enabled: False writes nothing.
+    """
+    obs = TensorBoardObserver(logdir, enabled=enabled)
+    s = len(points)
+    try:
+        start = Start(
+            "sweep", list(points), config, config.num_epochs, num_batches, 0, [None] * s, "", ""
+        )
+        obs.on_start(start)
+        new = {i: dict(h) for i, h in enumerate(histories) if h is not None}
+        obs.on_chunk(
+            Chunk(
+                config.num_epochs,
+                config.num_epochs,
+                new,
+                np.zeros(s, bool),
+                0,
+                0.0,
+                0.0,
+                config.num_epochs,
+                "",
+                {},
+            )
+        )
+        obs.on_end(End(list(records), list(histories), 0.0, config.num_epochs, 1))
+    finally:
+        obs.close()
+
+
+__all__ = ["TensorBoardObserver", "write_sweep_hparams", "write_sweep_tensorboard"]
