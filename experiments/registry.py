@@ -1,6 +1,7 @@
 """Imports every experiment module so that its `@register` runs."""
 
 from experiments import (
+    fashion,  # noqa: F401
     hw3,  # noqa: F401
     regpath,  # noqa: F401
     sweep,  # noqa: F401

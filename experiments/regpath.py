@@ -17,16 +17,16 @@ import time
 from typing import ClassVar
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from experiments.common import RunDir, data_text
+from experiments.common import RunDir, data_text, task_name
 from experiments.config import ExperimentConfig, register
 from jaxlr.core import solver
 from jaxlr.data.config import DataConfig
 from jaxlr.data.splits import load_splits
 from jaxlr.engine.config import ConfigError, TrainConfig, check_count, check_nonneg, check_values
 from jaxlr.engine.train import model_for
+from jaxlr.report import metrics as jmetrics
 from jaxlr.report import plots, tables
 
 log = logging.getLogger("jaxlr.experiments.regpath")
@@ -94,14 +94,12 @@ class RegPath(ExperimentConfig):
 
 def _accuracy(model, params_L, x, y, num: int) -> list[float]:
     """Accuracy of each of the L optima on (x, y), in float64."""
-    with jax.enable_x64(True):
-        x = jnp.asarray(np.asarray(x, np.float64))
-        y = jnp.asarray(y)
-        out = []
-        for i in range(num):
-            p = jax.tree.map(lambda a, i=i: jnp.asarray(np.asarray(a[i])), params_L)
-            out.append(float(model.accuracy(model.apply(p, x), y)))
-    return out
+    return [
+        jmetrics.evaluate(
+            model, jax.tree.map(lambda a, i=i: np.asarray(a)[i], params_L), x, y, float64=True
+        ).accuracy
+        for i in range(num)
+    ]
 
 
 @register(
@@ -179,6 +177,7 @@ def _path_entries(lambdas, rows: list[dict], acc: dict) -> list[dict]:
             "iterations": row["iterations"],
             "converged": row["converged"],
             "separated": row["separated"],
+            "no_finite_optimum": row["no_finite_optimum"],
             "lr_limit": row["lr_limit"],
             "lr_limit_init": row["lr_limit_init"],
             "weight_norm": row["weight_norm"],
@@ -197,7 +196,7 @@ def _path_table(entries: list[dict]) -> str:
          f"{e['train_accuracy']:.4f}", f"{e['val_accuracy']:.4f}",
          f"{e['test_accuracy']:.4f}", f"{e['grad_norm']:.1e}",
          str(e["iterations"]), f"{e['lr_limit']:.4g}",
-         "yes" if e["converged"] else ("no finite optimum" if e["separated"] else "no")]
+         "yes" if e["converged"] else ("no finite optimum" if e["no_finite_optimum"] else "no")]
         for e in entries
     ]  # fmt: skip
     return tables.markdown_table(
@@ -238,4 +237,4 @@ def _path_figure(path, cfg: RegPath, lambdas, entries: list[dict]) -> None:
 
 def _what(cfg: RegPath) -> str:
     d = cfg.data
-    return f"{d.digits[0]} vs {d.digits[1]}" if d.binary else f"ten digits of {d.dataset}"
+    return task_name(d) if d.binary else f"{task_name(d)} of {d.dataset}"
