@@ -16,11 +16,11 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from experiments.config import EXPERIMENTS, make_config
 from jaxlr.data.config import DataConfig
+from jaxlr.data.registry import DatasetSpec, get_spec
 from jaxlr.engine.config import TrainConfig, make_hparams
 from jaxlr.engine.step import Data, schedule_numbers
 from jaxlr.engine.train import TrainResult, fit, model_for
@@ -153,19 +153,34 @@ def run_metrics(result: TrainResult, tcfg: TrainConfig, num_train: int) -> dict:
     return out
 
 
+_NUMBER_WORDS = ("no", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine",
+                 "ten", "eleven", "twelve")  # fmt: skip
+
+
+def class_words(data: DataConfig) -> DatasetSpec:
+    """The registry entry of `data`'s data set: its class names, `noun` and `plural`."""
+    return get_spec(data.dataset)
+
+
 def task_name(data: DataConfig) -> str:
-    """What is classified: "2 vs 3" or "ten digits" (for titles)."""
-    return f"{data.digits[0]} vs {data.digits[1]}" if data.binary else "ten digits"
+    """What is classified, in the data set's words: "2 vs 3", "Pullover vs Dress", "ten digits"
+    or "ten classes" (for titles)."""
+    spec = class_words(data)
+    if data.binary:
+        return f"{spec.class_names[data.digits[0]]} vs {spec.class_names[data.digits[1]]}"
+    k = spec.num_classes
+    return f"{_NUMBER_WORDS[k] if k < len(_NUMBER_WORDS) else k} {spec.plural}"
 
 
 def data_text(data_cfg: DataConfig, data: Data) -> str:
     """One sentence on the data of a run, from its config."""
     n, v = int(np.shape(data.x_train)[0]), int(np.shape(data.x_val)[0])
-    what = (
-        f"digits {data_cfg.digits[0]} (label 1) vs {data_cfg.digits[1]} (label 0)"
-        if data_cfg.binary
-        else "all ten digits"
-    )
+    spec = class_words(data_cfg)
+    if data_cfg.binary:
+        pos, neg = (spec.class_names[c] for c in data_cfg.digits)
+        what = f"{spec.plural} {pos} (label 1) vs {neg} (label 0)"
+    else:
+        what = f"all {task_name(data_cfg)}"
     return (
         f"Data: {data_cfg.dataset}, {what}, {n} training / {v} validation examples (split "
         f"`{data_cfg.split}`, scale `{data_cfg.scale}`, bias feature {data_cfg.bias_feature})."
@@ -233,14 +248,6 @@ def optimum_params(opt: Optimum, l2: float):
     """The optimum's parameters (float64 numpy) at lambda `l2` (one of the solved ones)."""
     i = int(np.flatnonzero(np.asarray(opt.report.l2_L) == float(l2))[0])
     return jax.tree.map(lambda a: np.asarray(a[i]), opt.report.path.params)
-
-
-def predict_binary_correct(model, params, x, y) -> int:
-    """How many of the examples a binary model's params (any float dtype) classify right."""
-    w = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
-    with jax.enable_x64(True):
-        z = np.asarray(model.apply(w, jnp.asarray(np.asarray(x, np.float64))))
-    return int(np.sum((z >= 0).astype(np.int32) == np.asarray(y)))
 
 
 def stability_text(rows: list, label) -> str:

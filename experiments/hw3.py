@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -35,10 +37,11 @@ import numpy as np
 from experiments.common import (
     RunDir,
     RunFailed,
+    class_words,
     optimum_for,
     optimum_params,
-    predict_binary_correct,
     stability_text,
+    task_name,
     train_one,
 )
 from experiments.hw3_config import (
@@ -50,7 +53,6 @@ from experiments.hw3_config import (
     Misclassified,
     Mlp,
 )
-from jaxlr.core.losses import accuracy
 from jaxlr.data.splits import float_dtype, load_splits, test_subset
 from jaxlr.engine.config import (
     ConfigError,
@@ -99,19 +101,15 @@ def hw3_mlp(cfg: Mlp, run: RunDir) -> dict:
     )
     result = train_one(cfg, data, run)
     model = model_for(tcfg, d, np.asarray(data.x_train).dtype)
-    y_test = np.asarray(splits.y_test)
-    logits_NK = jmetrics.predict_logits(model, result.params, np.asarray(splits.x_test))
-    y_pred = np.argmax(logits_NK, axis=1)
-    cm_KK = jmetrics.confusion_matrix(y_test, y_pred, tcfg.num_classes)
+    test = jmetrics.evaluate(model, result.params, splits.x_test, splits.y_test)
+    cm_KK = jmetrics.confusion_matrix(splits.y_test, test.predictions, tcfg.num_classes)
     per_class = jmetrics.per_class_accuracy(cm_KK)
-    _, test_ce = model.loss(result.params, jnp.asarray(splits.x_test), jnp.asarray(y_test), 0.0)
-    test_acc = float(np.mean(y_pred == y_test))
     steps = result.metrics["steps"]
     metrics = {
-        "test_accuracy": test_acc,
-        "test_loss": float(test_ce),
-        "test_correct": int(np.sum(y_pred == y_test)),
-        "test_total": int(len(y_test)),
+        "test_accuracy": test.accuracy,
+        "test_loss": test.loss,
+        "test_correct": test.correct,
+        "test_total": test.total,
         "train_accuracy": result.metrics["train_accuracy"],
         "train_loss": result.metrics["train_loss"],
         "per_class_accuracy": [float(a) for a in per_class],
@@ -133,22 +131,23 @@ def hw3_mlp(cfg: Mlp, run: RunDir) -> dict:
     test_name = "validation" if holdout else "test"
     tables.write_history(run.out / "history.jsonl", result.history)
     title = f"{_net_name(d, tcfg)} {tcfg.activation} ({tcfg.grad}), {cfg.data.dataset}"
-    _mlp_figures(run, tcfg, result, m, n, title, test_name, metrics, cm_KK)
+    _mlp_figures(run, cfg, result, m, n, title, test_name, metrics, cm_KK)
     sections = _mlp_sections(cfg, d, n, m, len(data.y_val), test_name, metrics, cm_KK)
     tables.write_report(run.out / "report.md", f"hw3_mlp: {title}", sections)
     return metrics
 
 
 def _mlp_figures(
-    run: RunDir, tcfg, result, m: int, n: int, title: str, test_name: str, metrics: dict, cm_KK
+    run: RunDir, cfg: Mlp, result, m: int, n: int, title: str, test_name: str, metrics: dict, cm_KK
 ) -> None:
     """hw3_mlp's figures: loss and accuracy curves, per-class accuracy, confusion matrix."""
+    tcfg, words = cfg.train, class_words(cfg.data)
     per_class = jmetrics.per_class_accuracy(cm_KK)
     final_curve = {
         "test_loss": result.metrics["val_loss"],
         "test_accuracy": result.metrics["val_accuracy"],
     }
-    plots.plot_epoch_history(
+    _epoch_history_figures(
         run.out / "loss.png",
         run.out / "accuracy.png",
         result.history,
@@ -160,7 +159,7 @@ def _mlp_figures(
     )
     plots.plot_bar(
         run.out / "per_class_accuracy.png",
-        [str(k) for k in range(tcfg.num_classes)],
+        list(words.class_names),
         per_class,
         xlabel="class",
         ylabel="test accuracy",
@@ -172,15 +171,105 @@ def _mlp_figures(
         run.out / "confusion_matrix.png",
         cm_KK,
         f"{title}: test confusion matrix ({metrics['test_total']} images)",
+        class_names=words.class_names,
+        noun=words.noun,
     )
+
+
+def _epoch_history_figures(
+    loss_path,
+    accuracy_path,
+    history: Mapping[str, Any],
+    steps_per_epoch: int,
+    final: Mapping[str, float],
+    title: str,
+    test_name: str,
+    n_train_eval: int,
+):
+    """Loss and accuracy figures of one run against epochs, ending with a final test point.
+
+    Loss: batch loss (faint), its running mean over M // 10 batches, and the `test_name`
+    loss at the checks plus `final["test_loss"]` at the end; y from 0 to 1.15 times the
+    highest smoothed loss after the first window (at least 0.1). Accuracy: the training
+    accuracy at the checks and the `test_name` accuracy plus `final["test_accuracy"]`,
+    zoomed on the second half of training (from just below the lowest value there, or
+    0.975 at most, to 1.0005).
+
+    Args:
+      loss_path, accuracy_path: destination PNGs.
+      history: a `jaxlr.engine.train` history.
+      steps_per_epoch: M, for the x axis (epochs completed after each step).
+      final: {"test_loss": ..., "test_accuracy": ...} after the last step.
+      title: prefix of both titles.
+      test_name: what the checks evaluate ("test" or "validation").
+      n_train_eval: training images each check scores (for the legend).
+
+    Returns:
+      (loss_path, accuracy_path) as Paths.
+    """
+    m = int(steps_per_epoch)
+    window = max(1, m // 10)
+    h = {k: np.asarray(v) for k, v in history.items()}
+    ep = jmetrics.epochs_done(h["step"], m)
+    cep = jmetrics.epochs_done(h["check_step"], m)
+    last = float(ep[-1]) if len(ep) else 0.0
+    smooth = jmetrics.running_mean(h["train_loss"], window)
+    loss = {
+        "training loss (batch)": (ep, h["train_loss"]),
+        f"training loss (mean of last {window} batches)": (ep, smooth),
+        f"{test_name} loss": (
+            np.append(cep, last),
+            np.append(h["val_loss"], final["test_loss"]),
+        ),
+    }
+    hi = max(float(np.nanmax(smooth[window:])) if len(smooth) > window else 1.0, 0.1)
+    a = plots.plot_curves(
+        loss_path,
+        loss,
+        styles={
+            "training loss (batch)": {"alpha": 0.25, "linewidth": 0.5, "color": "C0"},
+            f"training loss (mean of last {window} batches)": {"color": "C0", "linewidth": 1.8},
+            f"{test_name} loss": {"color": "C1", "marker": "o", "linewidth": 1.5},
+        },
+        xlabel="epoch",
+        ylabel="cross-entropy loss",
+        title=f"{title}: loss",
+        ylim=(0.0, 1.15 * hi),
+    )
+    acc = {
+        f"training accuracy (first {n_train_eval} training images)": (cep, h["train_accuracy"]),
+        f"{test_name} accuracy": (
+            np.append(cep, last),
+            np.append(h["val_accuracy"], final["test_accuracy"]),
+        ),
+    }
+    # Zoomed on the second half of training: the first checks (10% at step 0) would squash
+    # the differences that matter near 98%.
+    late = cep >= 0.5 * last
+    vals = np.concatenate(
+        [h["train_accuracy"][late], h["val_accuracy"][late], [final["test_accuracy"]]]
+    )
+    lo = float(np.nanmin(vals)) if np.isfinite(vals).any() else 0.9
+    b = plots.plot_curves(
+        accuracy_path,
+        acc,
+        marker="o",
+        xlabel="epoch",
+        ylabel="accuracy",
+        title=f"{title}: accuracy",
+        ylim=(max(0.0, min(lo, 0.98) - 0.005), 1.0005),
+    )
+    return a, b
 
 
 def _mlp_sections(
     cfg: Mlp, d: int, n: int, m: int, num_val: int, test_name: str, metrics: dict, cm_KK
 ) -> list[str]:
     """hw3_mlp's report sections: the protocol, the result table, the figures."""
-    tcfg = cfg.train
-    confusions = ", ".join(f"{t} as {p} ({c})" for t, p, c in jmetrics.top_confusions(cm_KK, 3))
+    tcfg, names = cfg.train, class_words(cfg.data).class_names
+    confusions = ", ".join(
+        f"{names[t]} as {names[p]} ({c})" for t, p, c in jmetrics.top_confusions(cm_KK, 3)
+    )
     result_table = tables.markdown_table(
         ["test accuracy", "test loss", "correct", "train accuracy (all)", "wall (s)", "steps/s"],
         [
@@ -245,7 +334,7 @@ def hw3_online_vs_minibatch(cfg: BatchSizes, run: RunDir) -> dict:
         key = f"batch_size={b}"
         runs[key], histories[key] = _online_run(cfg, b, hparams, data, x_test, y_test)
         tables.write_history(run.out / f"history_{tables.slug(key)}.jsonl", histories[key])
-    plots.plot_batch_size_comparison(
+    _batch_size_figures(
         run.out / "test_accuracy.png",
         run.out / "steps_per_second.png",
         histories,
@@ -276,6 +365,70 @@ def hw3_online_vs_minibatch(cfg: BatchSizes, run: RunDir) -> dict:
     }
 
 
+def _batch_size_figures(
+    accuracy_path,
+    throughput_path,
+    histories: Mapping[str, Mapping[str, Any]],
+    runs: Mapping[str, Mapping[str, Any]],
+    *,
+    suptitle: str,
+):
+    """Test accuracy against epochs and against training time, and steps/s, of each run.
+
+    Args:
+      histories: run name -> history (checks: the test accuracy).
+      runs: run name -> {"steps_per_epoch", "steps_per_second", "test_accuracy"}.
+    Checks happen at regular steps and a compiled epoch runs at a steady rate, so the
+    training time at a check is its step count over the measured throughput.
+    """
+    curves = {}
+    for key, h in histories.items():
+        m, sps = runs[key]["steps_per_epoch"], runs[key]["steps_per_second"]
+        steps = len(h["step"])
+        cstep = np.asarray(h["check_step"], np.float64) + 1.0
+        curves[key] = {
+            "epoch": np.append(cstep / m, steps / m),
+            "time": np.append(cstep / sps, steps / sps),
+            "acc": np.append(h["val_accuracy"], runs[key]["test_accuracy"]),
+        }
+    acc_lo = min(float(np.nanpercentile(c["acc"], 10)) for c in curves.values())
+    ylim = (max(0.0, acc_lo - 0.02), 1.0)
+    a = plots.plot_side_by_side(
+        accuracy_path,
+        [
+            {
+                "series": {k: (c["epoch"], c["acc"]) for k, c in curves.items()},
+                "xlabel": "epoch",
+                "ylabel": "test accuracy",
+                "title": "test accuracy vs epochs",
+                "ylim": ylim,
+                "marker": ".",
+            },
+            {
+                # Without the check after step 0: one step's time would stretch the log axis.
+                "series": {k: (c["time"][1:], c["acc"][1:]) for k, c in curves.items()},
+                "xlabel": "training time (s, checks excluded; log scale)",
+                "ylabel": "test accuracy",
+                "title": "test accuracy vs training time",
+                "ylim": ylim,
+                "logx": True,
+                "marker": ".",
+            },
+        ],
+        suptitle=suptitle,
+    )
+    b = plots.plot_bar(
+        throughput_path,
+        list(runs),
+        [r["steps_per_second"] for r in runs.values()],
+        ylabel="steps / s (log scale)",
+        title="training throughput (one epoch, compiled, no checks)",
+        fmt="{:,.0f}",
+        logy=True,
+    )
+    return a, b
+
+
 def _online_run(cfg: BatchSizes, b: int, hparams, data, x_test, y_test) -> tuple[dict, dict]:
     """Trains and measures the network with batch size `b`: (its numbers, its history)."""
     n, d = np.shape(data.x_train)
@@ -293,14 +446,13 @@ def _online_run(cfg: BatchSizes, b: int, hparams, data, x_test, y_test) -> tuple
         log_fn=lambda msg, key=key: log.info("[%s] %s", key, msg),
     )
     model = model_for(tcfg, d, np.asarray(data.x_train).dtype)
-    _, test_ce = model.loss(result.params, x_test, y_test, 0.0)
-    test_acc = float(model.accuracy(model.apply(result.params, x_test), y_test))
+    test = jmetrics.evaluate(model, result.params, x_test, y_test)
     sps = measure_step_rate(tcfg, hparams, data)
     h = result.history
     numbers = {
         "batch_size": b,
-        "test_accuracy": test_acc,
-        "test_loss": float(test_ce),
+        "test_accuracy": test.accuracy,
+        "test_loss": test.loss,
         "wall_seconds": result.timing["run_seconds"],
         "compile_seconds": float(result.timing["compile_seconds"]),
         "epoch_seconds": [float(s) for s in result.timing["epoch_seconds"]],
@@ -348,15 +500,6 @@ def _online_table(runs: dict) -> str:
 # hw3_logreg_grid and hw3_misclassified.
 
 
-def _best_point(res) -> int:
-    """Highest validation accuracy; ties go to the lower validation cross-entropy."""
-    ok = ~np.asarray(res.diverged)
-    val_acc = np.asarray(res.metrics["val_accuracy"], np.float64)
-    val_ce = np.asarray(res.metrics["val_cross_entropy"], np.float64)
-    order = np.lexsort((np.where(ok, val_ce, np.inf), np.where(ok, -val_acc, np.inf)))
-    return int(order[0])
-
-
 def hw3_logreg_grid(cfg: LogregGrid, run: RunDir) -> dict:
     """9 (label 1) vs 4 (label 0): lambda x lr grid of full-batch GD in one vmapped sweep.
 
@@ -375,12 +518,13 @@ def hw3_logreg_grid(cfg: LogregGrid, run: RunDir) -> dict:
     hp = cfg.hparams
     grid = make_grid(learning_rate=hp.lr, l2=hp.l2, seed=(hp.seed,), dtype=dtype)
     res = run_sweep(tcfg, grid, data, block_size=cfg.block_size, log_fn=log.info)
-    best = _best_point(res)
-    if bool(res.diverged[best]):
+    if bool(np.all(res.diverged)):
         raise RunFailed(
             f"every one of the {grid.size} grid points diverged; lower the learning rates "
             "(or raise --diverge_factor)"
         )
+    # Highest validation accuracy; ties go to the lower validation cross-entropy.
+    best = res.best_index("val_accuracy", then="val_cross_entropy")
     point = grid.point(best)
 
     # Save the best point's weights, then read them back from disk for the test.
@@ -389,10 +533,8 @@ def hw3_logreg_grid(cfg: LogregGrid, run: RunDir) -> dict:
     model = model_for(tcfg, d, dtype)
     params, meta = ckpt.load_params(path, model.init(jax.random.PRNGKey(0)), kind=CHECKPOINT_KIND)
     images, x_test, y_test, _ = test_subset(cfg.data)
-    z_test = np.asarray(model.apply(params, jnp.asarray(x_test)))
-    correct = int(np.sum((z_test >= 0).astype(np.int32) == y_test))
-    obj, ce = model.loss(params, jnp.asarray(data.x_train), jnp.asarray(data.y_train), point["l2"])
-    test_obj, test_ce = model.loss(params, jnp.asarray(x_test), jnp.asarray(y_test), point["l2"])
+    train = jmetrics.evaluate(model, params, data.x_train, data.y_train, point["l2"])
+    test = jmetrics.evaluate(model, params, x_test, y_test, point["l2"])
 
     points = _grid_points(res, grid)
     for i in range(grid.size):
@@ -401,18 +543,18 @@ def hw3_logreg_grid(cfg: LogregGrid, run: RunDir) -> dict:
     if cfg.optimum:
         optimum_test = _grid_optimum(tcfg, data, points, hp.l2, x_test, y_test)
         opt_text = _optimum_text(cfg, points, optimum_test, len(y_test))
-    plots.plot_grid_figures(run.out, res, grid, num_val=len(data.y_val), num_epochs=tcfg.num_epochs)
+    _grid_figures(run.out, res, grid, num_val=len(data.y_val), num_epochs=tcfg.num_epochs)
     metrics = {
         "l2": point["l2"],
         "learning_rate": point["learning_rate"],
         "val_accuracy": points[best]["val_accuracy"],
-        "test_correct": correct,
-        "test_total": int(len(y_test)),
-        "test_accuracy": correct / max(len(y_test), 1),
-        "final_objective": float(obj),
-        "final_train_cross_entropy": float(ce),
-        "test_objective": float(test_obj),
-        "test_cross_entropy": float(test_ce),
+        "test_correct": test.correct,
+        "test_total": test.total,
+        "test_accuracy": test.accuracy,
+        "final_objective": train.objective,
+        "final_train_cross_entropy": train.loss,
+        "test_objective": test.objective,
+        "test_cross_entropy": test.loss,
         "checkpoint": CHECKPOINT_NAME,
         "checkpoint_step": int(meta["step"]),
         "best_index": best,
@@ -429,9 +571,10 @@ def hw3_logreg_grid(cfg: LogregGrid, run: RunDir) -> dict:
     align = "r" * (len(headers) - 1) + "l"  # the status column last
     table = tables.markdown_table(headers, rows, align=align, bold=(best,))
     sections = _grid_sections(cfg, tcfg, metrics, splits.num_train_images, table, opt_text)
-    pos, neg = cfg.data.digits
     tables.write_report(
-        run.out / "report.md", f"hw3: regularized logistic regression {pos} vs {neg}", sections
+        run.out / "report.md",
+        f"hw3: regularized logistic regression {task_name(cfg.data)}",
+        sections,
     )
     return metrics
 
@@ -479,35 +622,101 @@ def _grid_optimum(tcfg: TrainConfig, data, points: list, lambdas, x_test, y_test
         [p["learning_rate"] for p in points],
         [p["train_objective"] for p in points],
     )
-    for p, row in zip(points, opt.rows):
-        p.update(
-            optimum_objective=row["optimum_objective"],
-            gap=row["gap"],
-            lr_limit=row["lr_limit"],
-            lr_over_limit=row["lr_over_limit"],
-            unstable=row["unstable"],
-        )
+    tables.merge_optimum(points, opt.rows)
     return {
-        lam: predict_binary_correct(opt.model, optimum_params(opt, lam), x_test, y_test)
+        lam: jmetrics.evaluate(
+            opt.model, optimum_params(opt, lam), x_test, y_test, float64=True
+        ).correct
         for lam in lambdas
     }
+
+
+def _grid_figures(folder, result: Any, grid: Any, *, num_val: int, num_epochs: int) -> list[str]:
+    """The three figures of a lambda x learning-rate grid of one seed.
+
+    `grid_val_accuracy.png` (heatmap), `grid_objective.png` (log10 of the final training
+    objective) and `grid_curves.png` (validation accuracy against epochs, one panel per
+    lambda). Diverged points are blank in the heatmaps. Returns the file names.
+    """
+    ok = ~np.asarray(result.diverged)
+    l2_vals, lr_vals = grid.values["l2"], grid.values["learning_rate"]
+    val_acc = np.asarray(result.metrics["val_accuracy"], np.float64)
+    acc_RC = np.where(ok, val_acc, np.nan).reshape(len(l2_vals), len(lr_vals))
+    obj_RC = np.where(ok, result.metrics["train_objective"], np.nan).reshape(acc_RC.shape)
+    rows = [f"lambda={v:g}" for v in l2_vals]
+    cols = [f"lr={v:g}" for v in lr_vals]
+    plots.plot_heatmap(
+        folder / "grid_val_accuracy.png",
+        acc_RC,
+        rows,
+        cols,
+        xlabel="learning rate",
+        ylabel="L2 strength lambda",
+        title=f"validation accuracy ({num_val} held-out images), {num_epochs} epochs",
+        fmt="{:.4f}",
+        colorbar_label="validation accuracy",
+    )
+    # The objective spans orders of magnitude (an oscillating point grows large): log10.
+    with np.errstate(divide="ignore", invalid="ignore"):
+        log_obj = np.log10(obj_RC)
+    plots.plot_heatmap(
+        folder / "grid_objective.png",
+        log_obj,
+        rows,
+        cols,
+        xlabel="learning rate",
+        ylabel="L2 strength lambda",
+        title="log10 of the final training objective (cross-entropy + lambda ||w||^2)",
+        fmt="{:.2f}",
+        colorbar_label="log10 objective",
+    )
+    m = result.num_batches or 1
+    lo = float(np.nanmin(acc_RC)) if np.isfinite(acc_RC).any() else 0.5
+    panels = []
+    for j, lam in enumerate(l2_vals):
+        idx = [j * len(lr_vals) + k for k in range(len(lr_vals))]
+        panels.append(
+            {
+                "series": {
+                    f"lr={grid.point(i)['learning_rate']:g}": (
+                        jmetrics.epochs_done(result.histories[i]["check_step"], m),
+                        result.histories[i]["val_accuracy"],
+                    )
+                    for i in idx
+                },
+                "xlabel": "epoch (one full-batch step each)",
+                "ylabel": "validation accuracy",
+                "title": f"lambda = {lam:g}",
+                "logx": True,
+                "ylim": (max(0.0, lo - 0.05), 1.0),
+            }
+        )
+    plots.plot_side_by_side(
+        folder / "grid_curves.png",
+        panels,
+        suptitle="validation accuracy of every grid point during training",
+        sharey=True,
+        panel_size=(4.8, 3.8),
+    )
+    return ["grid_val_accuracy.png", "grid_objective.png", "grid_curves.png"]
 
 
 def _grid_sections(
     cfg: LogregGrid, tcfg: TrainConfig, m: dict, num_train_images: int, table: str, opt_text: str
 ) -> list[str]:
     """hw3_logreg_grid's report sections from its metrics `m`."""
-    pos, neg = cfg.data.digits
+    words = class_words(cfg.data)
+    pos, neg = (words.class_names[c] for c in cfg.data.digits)
+    both = f"images of {words.plural} {pos} and {neg}"
     n, num_val, total = m["num_train"], m["num_val"], m["test_total"]
     return [
-        f"Logistic regression, digit {pos} (label 1) vs digit {neg} (label 0) of "
+        f"Logistic regression, {words.noun} {pos} (label 1) vs {words.noun} {neg} (label 0) of "
         f"{cfg.data.dataset}, inputs scaled `{cfg.data.scale}` plus the constant-1 feature (the "
         f"bias w0). Objective: mean binary cross-entropy + lambda * sum of squared weights, w0 "
         f"not penalised. Full-batch gradient descent (batch = all {n} training examples) for "
         f"{tcfg.num_epochs} epochs from zero weights; threshold 0.5. Training images: the "
-        f"{n} {pos}s and {neg}s among the first {num_train_images} training images; "
-        f"validation: the "
-        f"{num_val} {pos}s and {neg}s among the last {cfg.data.num_val} training images. "
+        f"{n} {both} among the first {num_train_images} training images; validation: the "
+        f"{num_val} {both} among the last {cfg.data.num_val} training images. "
         f"The {len(m['grid'])} grid points trained in one vmapped sweep "
         f"({m['wall_seconds']:.1f} s, compilation included); {m['num_diverged']} diverged.",
         "## Grid\n\n" + table + "\n\n" + opt_text,
@@ -515,8 +724,8 @@ def _grid_sections(
         f"{m['learning_rate']:g} (highest validation accuracy, ties to the lower "
         f"validation cross-entropy): validation accuracy {m['val_accuracy']:.4f}. Its weights "
         f"were saved to `{CHECKPOINT_NAME}` (step {m['checkpoint_step']}) and read back from "
-        f"disk: **{m['test_correct']} of {total}** of the first {total} test images of {neg}s "
-        f"and {pos}s are classified correctly. Final training objective "
+        f"disk: **{m['test_correct']} of {total}** of the first {total} test {both} are "
+        f"classified correctly. Final training objective "
         f"{m['final_objective']:.5f} (cross-entropy {m['final_train_cross_entropy']:.5f}); on "
         f"those test images the cross-entropy is {m['test_cross_entropy']:.5f}.",
         "## Figures\n\n![validation accuracy of the grid](grid_val_accuracy.png)\n\n"
@@ -587,13 +796,16 @@ def hw3_misclassified(cfg: Misclassified, run: RunDir) -> dict:
     data_cfg, model, params, meta = _load_grid_checkpoint(cfg, run.workdir)
     pos, neg = data_cfg.digits
     names = {1: pos, 0: neg}
+    class_names = class_words(data_cfg).class_names
     images, x_test, y_test, test_idx = test_subset(data_cfg)
-    z_N = model.apply(params, jnp.asarray(x_test))
-    top, conf_N, pred_N = jmetrics.most_confident_mistakes(np.asarray(z_N), y_test, cfg.num_shown)
-    wrong = int(np.sum(pred_N != y_test))
+    test = jmetrics.evaluate(model, params, x_test, y_test)
+    z_N = test.logits
+    top, conf_N, pred_N = jmetrics.most_confident_mistakes(z_N, y_test, cfg.num_shown)
+    wrong = test.total - test.correct
     p_N = np.asarray(jax.nn.sigmoid(z_N), np.float64)
     titles = [
-        f"true {names[int(y_test[i])]}, pred {names[int(pred_N[i])]}\n{100 * conf_N[i]:.1f}%"
+        f"true {class_names[names[int(y_test[i])]]}, pred {class_names[names[int(pred_N[i])]]}"
+        f"\n{100 * conf_N[i]:.1f}%"
         for i in top
     ]
     if len(top):
@@ -605,10 +817,10 @@ def hw3_misclassified(cfg: Misclassified, run: RunDir) -> dict:
             5,
             suptitle=(
                 f"the {len(top)} most confidently misclassified of {len(y_test)} test images "
-                f"({pos} vs {neg}; confidence |p - 0.5| + 0.5)"
+                f"({task_name(data_cfg)}; confidence |p - 0.5| + 0.5)"
             ),
         )
-    acc = float(accuracy(z_N, jnp.asarray(y_test)))
+    acc = test.accuracy
     items = [
         {
             "rank": r + 1,
@@ -627,16 +839,17 @@ def hw3_misclassified(cfg: Misclassified, run: RunDir) -> dict:
         f"Checkpoint `{cfg.grid_checkpoint}` (step {meta['step']}; lambda "
         f"{hp.get('l2', float('nan')):g}, learning rate "
         f"{hp.get('learning_rate', float('nan')):g}), "
-        f"evaluated on the first {len(y_test)} test images of {neg}s and {pos}s: "
+        f"evaluated on the first {len(y_test)} test images of {class_words(data_cfg).plural} "
+        f"{class_names[pos]} and {class_names[neg]}: "
         f"{len(y_test) - wrong} correct, {wrong} misclassified (accuracy {acc:.4f}). "
         f"Confidence of a prediction is |p - 0.5| + 0.5 with p = sigmoid(z) the predicted "
-        f"probability of a {pos}.\n\n"
+        f"probability of a {class_names[pos]}.\n\n"
         + ("![most confident mistakes](misclassified.png)\n\n" if len(top) else "")
         + table
     )
     tables.write_report(
         run.out / "report.md",
-        f"hw3: most confidently misclassified test images, {pos} vs {neg}",
+        f"hw3: most confidently misclassified test images, {task_name(data_cfg)}",
         [body],
     )
     return {

@@ -5,6 +5,7 @@ own module is imported when it runs (`experiments.config.Experiment.fn`).
 """
 
 from experiments import (
+    fashion_config,  # noqa: F401
     hw3_config,  # noqa: F401
     regpath_config,  # noqa: F401
     sweep_config,  # noqa: F401

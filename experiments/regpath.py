@@ -14,14 +14,14 @@ import logging
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from experiments.common import RunDir, data_text
+from experiments.common import RunDir, data_text, task_name
 from experiments.regpath_config import RegPath
 from jaxlr.core import solver
 from jaxlr.data.splits import load_splits
 from jaxlr.engine.train import model_for
+from jaxlr.report import metrics as jmetrics
 from jaxlr.report import plots, tables
 
 log = logging.getLogger("jaxlr.experiments.regpath")
@@ -29,14 +29,12 @@ log = logging.getLogger("jaxlr.experiments.regpath")
 
 def _accuracy(model, params_L, x, y, num: int) -> list[float]:
     """Accuracy of each of the L optima on (x, y), in float64."""
-    with jax.enable_x64(True):
-        x = jnp.asarray(np.asarray(x, np.float64))
-        y = jnp.asarray(y)
-        out = []
-        for i in range(num):
-            p = jax.tree.map(lambda a, i=i: jnp.asarray(np.asarray(a[i])), params_L)
-            out.append(float(model.accuracy(model.apply(p, x), y)))
-    return out
+    return [
+        jmetrics.evaluate(
+            model, jax.tree.map(lambda a, i=i: np.asarray(a)[i], params_L), x, y, float64=True
+        ).accuracy
+        for i in range(num)
+    ]
 
 
 def regularization_path(cfg: RegPath, run: RunDir) -> dict:
@@ -107,6 +105,7 @@ def _path_entries(lambdas, rows: list[dict], acc: dict) -> list[dict]:
             "iterations": row["iterations"],
             "converged": row["converged"],
             "separated": row["separated"],
+            "no_finite_optimum": row["no_finite_optimum"],
             "lr_limit": row["lr_limit"],
             "lr_limit_init": row["lr_limit_init"],
             "weight_norm": row["weight_norm"],
@@ -125,7 +124,7 @@ def _path_table(entries: list[dict]) -> str:
          f"{e['train_accuracy']:.4f}", f"{e['val_accuracy']:.4f}",
          f"{e['test_accuracy']:.4f}", f"{e['grad_norm']:.1e}",
          str(e["iterations"]), f"{e['lr_limit']:.4g}",
-         "yes" if e["converged"] else ("no finite optimum" if e["separated"] else "no")]
+         "yes" if e["converged"] else ("no finite optimum" if e["no_finite_optimum"] else "no")]
         for e in entries
     ]  # fmt: skip
     return tables.markdown_table(
@@ -166,4 +165,4 @@ def _path_figure(path, cfg: RegPath, lambdas, entries: list[dict]) -> None:
 
 def _what(cfg: RegPath) -> str:
     d = cfg.data
-    return f"{d.digits[0]} vs {d.digits[1]}" if d.binary else f"ten digits of {d.dataset}"
+    return task_name(d) if d.binary else f"{task_name(d)} of {d.dataset}"

@@ -192,16 +192,12 @@ def _add_optimum(tcfg: TrainConfig, data, result: jsweep.SweepResult, rows, reco
         [r["learning_rate"] for r in rows],
         np.asarray(result.metrics["train_objective"], np.float64),
     )
-    for row, rec, o in zip(rows, records, opt.rows):
-        extra = {
-            "optimum_objective": o["optimum_objective"] if o["converged"] else "",
-            "gap": o["gap"] if o["converged"] and not row["diverged"] else "",
-            "lr_limit": o["lr_limit"],
-            "lr_over_limit": o["lr_over_limit"],
-            "unstable": o["unstable"],
-        }
-        row.update(extra)
-        rec.update({k: (None if v == "" else v) for k, v in extra.items()})
+    tables.merge_optimum(
+        records, opt.rows, diverged=[r["diverged"] for r in rows], converged_only=True
+    )
+    for row, rec in zip(rows, records):
+        # The table leaves a cell empty where there is no number.
+        row.update({k: "" if rec[k] is None else rec[k] for k in tables.OPTIMUM_FIELDS})
     return opt
 
 

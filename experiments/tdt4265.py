@@ -19,11 +19,14 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
 from experiments.common import (
     RunDir,
+    class_words,
     optimum_for,
     protocol_text,
     run_metrics,
@@ -148,7 +151,7 @@ def task2e(cfg: Shuffling, run: RunDir) -> dict:
         hists[key] = f"history_{tables.slug(key)}.jsonl"
         tables.write_history(run.out / hists[key], results[key].history)
     what = task_name(cfg.data)
-    plots.plot_validation_comparison(
+    _validation_figure(
         run.out / "validation.png",
         {k: r.history for k, r in results.items()},
         {k: m.get("early_stopping") for k, m in metrics.items()},
@@ -172,6 +175,60 @@ def task2e(cfg: Shuffling, run: RunDir) -> dict:
     ]
     tables.write_report(run.out / "report.md", f"TDT4265 task 2e: shuffling, {what}", sections)
     return metrics
+
+
+def _validation_figure(
+    path,
+    histories: Mapping[str, Mapping[str, Any]],
+    early_stopping: Mapping[str, Mapping[str, Any] | None],
+    *,
+    suptitle: str,
+):
+    """Task 2e's figure: validation loss and accuracy of runs side by side, early stops marked.
+
+    Args:
+      path: destination PNG.
+      histories: run name -> history (one colour per run, in order).
+      early_stopping: run name -> its `early_stopping` metrics (None: no marker).
+      suptitle: title over both panels.
+    """
+    loss, acc, vlines, styles = {}, {}, {}, {}
+    for i, (key, h) in enumerate(histories.items()):
+        loss[f"validation loss, {key}"] = (h["check_step"], h["val_loss"])
+        acc[f"validation accuracy, {key}"] = (h["check_step"], h["val_accuracy"])
+        styles[f"validation loss, {key}"] = styles[f"validation accuracy, {key}"] = {
+            "color": f"C{i}"
+        }
+        es = early_stopping.get(key)
+        if es and es["stopped"]:
+            vlines[f"early stop, {key} (step {es['step']})"] = {"x": es["step"], "color": f"C{i}"}
+    hs = list(histories.values())
+    return plots.plot_side_by_side(
+        path,
+        [
+            dict(
+                series=loss,
+                xlabel="training step",
+                ylabel="cross-entropy loss",
+                title="validation loss",
+                styles=styles,
+                ylim=plots.robust_ylim([h["val_loss"] for h in hs], lo_q=0, hi_q=98, floor=0.0),
+                vlines=vlines,
+            ),
+            dict(
+                series=acc,
+                xlabel="training step",
+                ylabel="accuracy",
+                title="validation accuracy",
+                styles=styles,
+                ylim=plots.robust_ylim(
+                    [h["val_accuracy"] for h in hs], lo_q=2, hi_q=100, ceil=1.001
+                ),
+                vlines=vlines,
+            ),
+        ],
+        suptitle=suptitle,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -292,15 +349,18 @@ def task4(cfg: L2Path, run: RunDir) -> dict:
         hists[key] = f"history_{tables.slug(key)}.jsonl"
         tables.write_history(run.out / hists[key], history)
     big = max(lambdas)
+    words = class_words(cfg.data)
     plots.plot_weight_images(
         run.out / "weights.png",
         {
             f"lambda={lam:g}": jmetrics.pixel_weights_KP(runs[lam][0], bias_feature)
             for lam in (0.0, big)
         },
-        title="Softmax weights of each digit (bias dropped), each image scaled to its own range",
+        col_labels=words.class_names,
+        title=f"Softmax weights of each {words.noun} (bias dropped), each image scaled to its "
+        "own range",
     )
-    plots.plot_l2_curves(
+    _l2_figures(
         run.out / "val_accuracy.png",
         run.out / "weight_norm.png",
         {lam: runs[lam][1] for lam in grid},
@@ -326,8 +386,8 @@ def task4(cfg: L2Path, run: RunDir) -> dict:
         + "\n\n"
         + tables.image_link("weight_norm.png", "weight norm against lambda")
         + "\n\nA strong penalty keeps only the weights that many images agree on, so the "
-        "images turn smooth and digit-like, at the cost of validation accuracy: the linear "
-        "model has little variance to remove.\n\nHistory: "
+        f"images turn smooth and resemble the {words.plural}, at the cost of validation "
+        "accuracy: the linear model has little variance to remove.\n\nHistory: "
         + ", ".join(f"`{n}`" for n in hists.values())
         + ".",
     ]
@@ -347,18 +407,11 @@ def _l2_optimum(cfg: L2Path, data, grid: list, metrics: dict) -> str:
         [cfg.hparams.lr] * len(grid),
         [metrics[k]["train_objective"] for k in keys],
     )
-    for k, row in zip(keys, opt.rows):
-        metrics[k].update(
-            optimum_objective=row["optimum_objective"],
-            gap=row["gap"],
-            lr_limit=row["lr_limit"],
-            lr_over_limit=row["lr_over_limit"],
-            unstable=row["unstable"],
-            optimum_converged=row["converged"],
-            optimum_separated=row["separated"],
-        )
-        if not row["converged"]:
-            metrics[k]["gap"] = None
+    tables.merge_optimum(
+        [metrics[k] for k in keys],
+        opt.rows,
+        extra={"optimum_converged": "converged", "no_finite_optimum": "no_finite_optimum"},
+    )
     opt_text = "## Distance to the optimum\n\n" + _optimum_table(metrics, keys) + "\n\n"
     return (
         opt_text
@@ -393,7 +446,7 @@ def _optimum_table(metrics: dict, keys: list) -> str:
         status = "unstable" if m["unstable"] else "ok"
         if m["optimum_converged"]:
             opt, gap = f"{m['optimum_objective']:.5f}", f"{m['gap']:.3g}"
-        elif m["optimum_separated"]:  # lambda 0: the infimum is approached as ||w|| -> inf
+        elif m["no_finite_optimum"]:  # lambda 0: the infimum is approached as ||w|| -> inf
             opt, gap, status = "none (separable)", "-", "no optimum"
         else:
             opt, gap = f"{m['optimum_objective']:.5f} (not converged)", "-"
@@ -403,6 +456,49 @@ def _optimum_table(metrics: dict, keys: list) -> str:
         )  # fmt: skip
     headers = ["run", "train objective", "optimum", "gap", "lr limit", "lr / limit", "status"]
     return tables.markdown_table(headers, rows, align="lrrrrrl")
+
+
+def _l2_figures(
+    accuracy_path,
+    norm_path,
+    histories: Mapping[float, Mapping[str, Any]],
+    norms: Mapping[float, float],
+):
+    """Task 4's curves: validation accuracy of each L2 strength, the weight norm against lambda.
+
+    Args:
+      accuracy_path, norm_path: destination PNGs.
+      histories: lambda -> history; lambda 0 (the reference) is drawn last, black, dotted.
+      norms: lambda -> ||w||_2 of the final weights (lambda 0 drawn as a dashed level).
+    """
+    acc = {}
+    for lam in [*(v for v in histories if v != 0.0), 0.0]:
+        h = histories[lam]
+        label = f"$\\lambda$ = {lam:g}" + (" (no penalty)" if lam == 0 else "")
+        acc[label] = (h["check_step"], h["val_accuracy"])
+    a = plots.plot_curves(
+        accuracy_path,
+        acc,
+        xlabel="training step",
+        ylabel="validation accuracy",
+        title="Validation accuracy for each L2 strength $\\lambda$, $R(w) = \\sum w^2$",
+        ylim=plots.robust_ylim([s[1] for s in acc.values()], lo_q=0, hi_q=100, ceil=1.001),
+        styles={"$\\lambda$ = 0 (no penalty)": {"color": "black", "linestyle": ":"}},
+    )
+    pos = sorted(v for v in norms if v != 0.0)
+    norm0 = norms[0.0]
+    ref = f"$\\lambda$ = 0 (no penalty): {norm0:.2f}"
+    b = plots.plot_curves(
+        norm_path,
+        {"final weights": (pos, [norms[v] for v in pos]), ref: ([pos[0], pos[-1]], [norm0, norm0])},
+        xlabel="$\\lambda$ (log scale)",
+        ylabel="$\\|w\\|_2$",
+        title="L2 norm of the final weights against $\\lambda$",
+        logx=True,
+        marker="o",
+        styles={ref: {"linestyle": "--", "marker": ""}},
+    )
+    return a, b
 
 
 # ---------------------------------------------------------------------------------------------
@@ -452,7 +548,7 @@ def lr_annealing(cfg: Annealing, run: RunDir) -> dict:
         ),
     }
     what = task_name(cfg.data)
-    plots.plot_history_side_by_side(
+    _history_panels(
         run.out / "loss.png",
         run.out / "accuracy.png",
         {names[k]: r.history for k, r in results.items()},
@@ -491,6 +587,50 @@ def lr_annealing(cfg: Annealing, run: RunDir) -> dict:
     return metrics
 
 
+def _history_panels(
+    loss_path,
+    accuracy_path,
+    histories: Mapping[str, Mapping[str, Any]],
+    *,
+    suptitle: str,
+):
+    """lr_annealing's loss and accuracy figures: one panel per run (titled with its name)."""
+    hs = list(histories.values())
+    loss_lim, acc_lim = plots.loss_ylim(*hs), plots.accuracy_ylim(*hs)
+    a = plots.plot_side_by_side(
+        loss_path,
+        [
+            dict(
+                series=plots.loss_series(h),
+                styles=plots.loss_styles(plots.loss_series(h)),
+                xlabel="training step",
+                ylabel="cross-entropy loss",
+                title=name,
+                ylim=loss_lim,
+            )
+            for name, h in histories.items()
+        ],
+        suptitle=f"{suptitle}: loss",
+        sharey=True,
+    )
+    b = plots.plot_side_by_side(
+        accuracy_path,
+        [
+            dict(
+                series=plots.accuracy_series(h),
+                xlabel="training step",
+                ylabel="accuracy",
+                title=name,
+                ylim=acc_lim,
+            )
+            for name, h in histories.items()
+        ],
+        suptitle=f"{suptitle}: accuracy",
+        sharey=True,
+    )
+    return a, b
+
+
 # ---------------------------------------------------------------------------------------------
 # Mean images versus weights.
 
@@ -512,26 +652,28 @@ def mean_images(cfg: Softmax, run: RunDir) -> dict:
     means_KP = jmetrics.class_mean_images_KP(data.x_train, data.y_train, k, p)
     corr_K = jmetrics.pearson_rows(means_KP, w_KP)
     m["mean_weight_correlation"] = {str(i): float(c) for i, c in enumerate(corr_K)}
+    words = class_words(cfg.data)
     plots.plot_weight_images(
         run.out / "mean_images.png",
         {"mean image": means_KP, "weights": w_KP},
-        title="Average training image of each digit (top) and its softmax weights (bottom)",
+        col_labels=words.class_names,
+        title=f"Average training image of each {words.noun} (top) and its softmax weights (bottom)",
     )
     table = tables.markdown_table(
-        ["digit", *map(str, range(k))],
+        [words.noun, *words.class_names],
         [["correlation", *(f"{c:.3f}" for c in corr_K)]],
         align="l" + "r" * k,
     )
     sections = [
         protocol_text(cfg, data),
         "## Final numbers (returned weights)\n\n" + tables.runs_table({"softmax": m}),
-        "## Mean image versus weights\n\nPearson correlation of each digit's weight image "
-        "with its mean training image:\n\n" + table,
+        f"## Mean image versus weights\n\nPearson correlation of each {words.noun}'s weight "
+        "image with its mean training image:\n\n" + table,
         "## Figures\n\n"
         + tables.image_link("mean_images.png", "mean images and weight images")
-        + "\n\nThe weights of a digit are large where its images are bright and the other "
-        "digits' are not, so each weight image looks like a sharpened, contrasted mean "
-        "image.\n\nHistory: `history.jsonl`.",
+        + f"\n\nThe weights of a {words.noun} are large where its images are bright and the "
+        f"other {words.plural}' are not, so each weight image looks like a sharpened, "
+        "contrasted mean image.\n\nHistory: `history.jsonl`.",
     ]
     tables.write_report(
         run.out / "report.md", f"Mean images and softmax weights, {cfg.data.dataset}", sections

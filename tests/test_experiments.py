@@ -64,6 +64,7 @@ FIT = {
     "hw3_logreg_grid": dict(num_train=1200, num_val=700, digits=GRID_DIGITS),
     "hw3_misclassified": dict(),  # + grid_checkpoint= the grid's, set by the runner
     "regularization_path": dict(num_train=1200, num_val=700, num_test=100, digits=GRID_DIGITS),
+    "fashion_softmax": dict(num_train=None),
 }
 
 
@@ -327,7 +328,7 @@ def test_tdt4265_task2e_shuffle_or_not(run):
     m = r.metrics
     files = {"history_shuffle_false.jsonl", "history_shuffle_true.jsonl", "validation.png"}
     report = check_outputs(r, "tdt4265_task2e", files, "TDT4265 task 2e: shuffling, 4 vs 9")
-    [suptitle] = r.texts("plot_validation_comparison")
+    [suptitle] = r.texts("plot_side_by_side")  # tdt4265._validation_figure
     assert "4 vs 9" in suptitle
     histories = {}
     for key in ("shuffle=false", "shuffle=true"):
@@ -395,7 +396,7 @@ def test_tdt4265_task4_l2(run):
         # The exact optimum of the same objective: what 8 steps have left to go. At lambda 0
         # 512 examples in 785 dimensions are separable: no finite optimum.
         converged = run_m["optimum_converged"]
-        assert converged == (lam > 0) and run_m["optimum_separated"] == (lam == 0)
+        assert converged == (lam > 0) and run_m["no_finite_optimum"] == (lam == 0)
         if converged:
             gap = run_m["train_objective"] - run_m["optimum_objective"]
             assert run_m["gap"] == pytest.approx(gap) and gap > 0
@@ -409,6 +410,20 @@ def test_tdt4265_task4_l2(run):
     assert "weight images, lambda 0 and 1" in report
 
 
+def test_task4_optimum_table_reads_the_solver_certificate():
+    """A lambda 0 certified up front (one-class feature: `no_finite_optimum`, not iterated to
+    `separated`) reads "no optimum", not the solver's starting objective "(not converged)"."""
+    from experiments import tdt4265
+
+    row = dict(train_objective=0.5, optimum_objective=2.30259, gap=None, lr_limit=0.04,
+               lr_over_limit=0.25, unstable=False, optimum_converged=False)  # fmt: skip
+    keys = ["lambda=0"]
+    certified = tdt4265._optimum_table({keys[0]: dict(row, no_finite_optimum=True)}, keys)
+    assert "| lambda=0 | 0.50000 | none (separable) | - | 0.04 | 0.25 | no optimum |" in certified
+    stalled = tdt4265._optimum_table({keys[0]: dict(row, no_finite_optimum=False)}, keys)
+    assert "2.30259 (not converged)" in stalled
+
+
 def test_lr_annealing(run):
     r = run("lr_annealing")
     m = r.metrics
@@ -420,8 +435,11 @@ def test_lr_annealing(run):
         "learning_rate.png",
     }
     report = check_outputs(r, "lr_annealing", files, "Learning-rate annealing, 4 vs 9")
-    [suptitle] = r.texts("plot_history_side_by_side")
-    assert suptitle == "Learning-rate annealing, 4 vs 9"
+    # tdt4265._history_panels: one row of panels for the loss, one for the accuracy.
+    assert r.texts("plot_side_by_side") == [
+        "Learning-rate annealing, 4 vs 9: loss",
+        "Learning-rate annealing, 4 vs 9: accuracy",
+    ]
     hist = {}
     for key in ("schedule=constant", "schedule=anneal"):
         hist[key] = read_history(r.workdir / f"history_{key.replace('=', '_')}.jsonl")
@@ -498,6 +516,39 @@ def test_sweep(run):
 # hw3.
 
 
+def test_fashion_softmax(run):
+    r = run("fashion_softmax")
+    m = r.metrics
+    files = {
+        "history.jsonl",
+        "loss.png",
+        "accuracy.png",
+        "per_class_accuracy.png",
+        "confusion_matrix.png",
+        "weights.png",
+    }
+    report = check_outputs(r, "fashion_softmax", files, "Softmax regression, fake")
+    check_history(m, read_history(r.workdir / "history.jsonl"), report, early_stopping=False)
+    # The task 3 protocol, step for step (the same data here: the fake set for both).
+    task3 = read_history(run("tdt4265_task3").workdir / "history.jsonl")
+    assert read_history(r.workdir / "history.jsonl") == task3
+    # Validation = the first 512 test images (max_examples); the confusion matrix of the
+    # returned weights recounts the validation accuracy of the last check.
+    cm_KK = np.asarray(m["confusion_matrix"])
+    y_val = np.asarray(ARRAYS["test_labels"][:512], np.int64)
+    np.testing.assert_array_equal(cm_KK.sum(axis=1), np.bincount(y_val, minlength=10))
+    assert np.trace(cm_KK) / 512 == pytest.approx(m["val_accuracy"], abs=1e-6)
+    acc_K = np.diag(cm_KK) / cm_KK.sum(axis=1)
+    names = [str(k) for k in range(10)]  # the fake set's classes are named like MNIST's
+    assert m["per_class_val_accuracy"] == pytest.approx(dict(zip(names, acc_K)))
+    assert m["worst_class"] == names[int(np.argmin(acc_K))]
+    assert m["worst_class_accuracy"] == pytest.approx(acc_K.min())
+    assert f"{acc_K.min():.4f}" in report
+    assert r.texts("plot_bar") == [
+        f"Softmax regression, fake: accuracy of each class (overall {np.trace(cm_KK) / 512:.4f})"
+    ]
+
+
 def test_hw3_mlp(run):
     r = run("hw3_mlp")
     m = r.metrics
@@ -542,7 +593,7 @@ def test_hw3_online_vs_minibatch(run):
         "steps_per_second.png",
     }
     report = check_outputs(r, "hw3_online_vs_minibatch", files, "hw3: online versus mini-batch SGD")
-    [suptitle] = r.texts("plot_batch_size_comparison")
+    [suptitle] = r.texts("plot_side_by_side")  # hw3._batch_size_figures
     assert "784-16-10 relu" in suptitle and "600 training images" in suptitle
     n = 600  # max_examples
     assert m["batch_sizes"] == [1, 32] and m["num_train"] == n
@@ -607,7 +658,7 @@ def test_hw3_logreg_grid(run):
 
     (x_tr, y_tr), (x_va, y_va), (x_te, y_te, _) = _grid_sets(100)
     assert m["num_train"] == len(y_tr) and m["num_val"] == len(y_va)
-    assert f"the {len(y_va)} 3s and 8s among the last 700 training images" in report
+    assert f"the {len(y_va)} images of digits 3 and 8 among the last 700 training images" in report
     # Held-out 3s and 8s at positions >= 600, the test set's size: the case that once failed.
     held = two_digits(ARRAYS["train_images"][-700:], ARRAYS["train_labels"][-700:], GRID_DIGITS)
     assert held[2].max() >= FAKE["num_test"]

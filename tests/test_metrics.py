@@ -210,3 +210,39 @@ def test_most_confident_mistakes_refuses_bad_input():
         metrics.most_confident_mistakes(np.zeros(3), [0, 1], 1)
     with pytest.raises(ValueError, match="k must"):
         metrics.most_confident_mistakes(np.zeros(3), [0, 1, 0], -1)
+
+
+# ---------------------------------------------------------------------------------------------
+# evaluate: loss, accuracy and predictions on any split.
+
+
+def test_evaluate_by_hand_binary_and_softmax():
+    from jaxlr.core.objective import make_model
+
+    x = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [-1.0, 2.0]], np.float32)
+    y = np.array([1, 0, 1, 0])
+    w = np.array([[2.0], [-1.0]], np.float32)  # w_D1
+    model = make_model("logistic", num_features=2, l2_convention="sum", l2_bias=True)
+    ev = metrics.evaluate(model, {"w": w}, x, y, l2=0.5)
+    z = x.astype(np.float64) @ w[:, 0]  # 2, -1, 1, -4: predictions 1, 0, 1, 0
+    np.testing.assert_array_equal(ev.predictions, [1, 0, 1, 0])
+    assert (ev.correct, ev.total, ev.accuracy) == (4, 4, 1.0)
+    ce = np.mean(np.logaddexp(0.0, z) - y * z)
+    assert ev.loss == pytest.approx(ce, rel=1e-6)
+    assert ev.objective == pytest.approx(ce + 0.5 * np.sum(w**2), rel=1e-6)  # R = sum w^2
+    close(ev.logits, z)
+    # Float64: the same numbers, computed in float64 (the accuracy is a count either way).
+    ev64 = metrics.evaluate(model, {"w": w}, x, y, float64=True)
+    assert ev64.logits.dtype == np.float64 and ev64.correct == 4
+    assert ev64.loss == pytest.approx(ce, rel=1e-12)
+
+    w_DK = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], np.float32)
+    soft = make_model("softmax", num_features=2, num_classes=3)
+    ev = metrics.evaluate(soft, {"w": w_DK}, x, np.array([0, 1, 2, 1]))
+    # Logits x @ w: [1, 0, 0], [0, 1, 0], [1, 1, 0] (tie: the first), [-1, 2, 0].
+    np.testing.assert_array_equal(ev.predictions, [0, 1, 0, 1])
+    assert (ev.correct, ev.total) == (3, 4) and ev.accuracy == 0.75
+    with pytest.raises(ValueError, match="do not match"):  # the loss's shape check
+        metrics.evaluate(soft, {"w": w_DK}, x, np.array([0, 1]))
+    with pytest.raises(ValueError, match="one label per input"):  # one-hot: no count
+        metrics.evaluate(soft, {"w": w_DK}, x, np.eye(3)[[0, 1, 2, 1]])

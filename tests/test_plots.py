@@ -1,5 +1,7 @@
 """Tests of the report figures (`jaxlr.report.plots`): valid PNGs, atomic writes, clear errors."""
 
+from pathlib import Path
+
 import matplotlib.image as mpimg
 import numpy as np
 import pytest
@@ -237,11 +239,6 @@ def test_history_figures_and_confusion_matrix(tmp_path):
     read_png(b)
     a2, _ = plots.plot_history(tmp_path / "l2.png", tmp_path / "a2.png", HISTORY, "t")
     assert a2.read_bytes() != a.read_bytes()  # the early-stopping markers are drawn
-    final = {"test_loss": 1.5, "test_accuracy": 0.9}
-    for p in plots.plot_epoch_history(
-        tmp_path / "el.png", tmp_path / "ea.png", HISTORY, 3, final, "mlp", "test", 100
-    ):
-        read_png(p)
     cm = np.array([[980, 0, 3], [2, 1120, 0], [7, 1, 1000]])
     read_png(plots.plot_confusion(tmp_path / "cm.png", cm, "confusions"))
     assert no_temp_files(tmp_path)
@@ -252,3 +249,79 @@ def test_plot_confusion_refuses_bad_matrices(tmp_path, cm):
     with pytest.raises(ValueError, match="cm_KK"):
         plots.plot_confusion(tmp_path / "cm.png", cm, "t")
     assert not (tmp_path / "cm.png").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# Without a path: the figure comes back (a notebook shows it), nothing is written.
+
+
+def _written(folder):
+    return sorted(p.name for p in folder.rglob("*"))
+
+
+def test_without_a_path_every_plot_returns_its_figure(tmp_path, monkeypatch):
+    from matplotlib.figure import Figure
+
+    monkeypatch.chdir(tmp_path)
+    rng = np.random.default_rng(0)
+    x = np.arange(5.0)
+    figs = [
+        plots.plot_curves(None, {"a": (x, x**2)}, xlabel="x", ylabel="y", title="curves"),
+        plots.plot_side_by_side(
+            None, [dict(series={"a": (x, x)}, xlabel="x", ylabel="y", title="p")], suptitle="row"
+        ),
+        plots.plot_bar(None, ["a", "b"], [0.5, 0.7], ylabel="y", title="bars"),
+        plots.plot_heatmap(
+            None, [[0.1, 0.2]], ["r"], ["c0", "c1"], xlabel="lr", ylabel="l2", title="heat"
+        ),
+        plots.plot_weight_images(None, {"w": rng.normal(size=(3, 784))}, title="weights"),
+        plots.plot_image_grid(None, rng.random((2, 28, 28)), ["a", "b"], 1, 2, "grid"),
+        plots.plot_confusion(None, np.eye(3, dtype=int) * 5, "confusions"),
+        *plots.plot_history(None, None, HISTORY, "run"),
+    ]
+    assert all(isinstance(f, Figure) for f in figs)
+    titles = [f.axes[0].get_title() for f in figs[:4]]
+    assert titles == ["curves", "p", "bars", "heat"]
+    assert figs[-2].axes[0].get_title() == "run: loss"
+    assert figs[-1].axes[0].get_title() == "run: accuracy"
+    assert _written(tmp_path) == []
+    # The figure renders as it would have been written: the same PNG bytes.
+    path = plots.save_figure(figs[2], tmp_path / "bars.png")
+    again = plots.plot_bar(tmp_path / "again.png", ["a", "b"], [0.5, 0.7], ylabel="y", title="bars")
+    assert again == tmp_path / "again.png"
+    assert path.read_bytes() == again.read_bytes()
+    # One path of two: the other figure comes back.
+    loss, acc = plots.plot_history(tmp_path / "l.png", None, HISTORY, "run")
+    assert loss == tmp_path / "l.png" and isinstance(acc, Figure)
+    read_png(loss)
+
+
+def test_confusion_axes_speak_of_the_classes_they_are_given():
+    names = ["T-shirt/top", "Trouser", "Pullover"]
+    fig = plots.plot_confusion(None, np.eye(3, dtype=int), "t", class_names=names, noun="class")
+    ax = fig.axes[0]
+    assert (ax.get_xlabel(), ax.get_ylabel()) == ("predicted class", "true class")
+    assert [t.get_text() for t in ax.get_xticklabels()] == names
+    assert [t.get_text() for t in ax.get_yticklabels()] == names
+    ax = plots.plot_confusion(None, np.eye(2, dtype=int), "t", noun="digit").axes[0]
+    assert ax.get_xlabel() == "predicted digit"
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["0", "1"]
+    with pytest.raises(ValueError, match="2 class names"):
+        plots.plot_confusion(None, np.eye(3, dtype=int), "t", class_names=names[:2])
+
+
+def test_importing_the_plots_and_the_experiments_does_not_import_matplotlib():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "import jaxlr.report.plots, experiments.registry\n"
+        "assert 'matplotlib' not in sys.modules, 'matplotlib imported at import time'\n"
+        "from jaxlr.report import plots\n"
+        "plots.new_figure((1, 1))\n"
+        "assert 'matplotlib' in sys.modules\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]

@@ -290,3 +290,34 @@ def test_summary_table_refuses_bad_input():
 def test_csv_text_writes_the_first_rows_keys_as_columns():
     rows = [{"index": 0, "lr": 0.1, "note": "a,b"}, {"index": 1, "lr": 1.0, "note": ""}]
     assert tables.csv_text(rows) == 'index,lr,note\n0,0.1,"a,b"\n1,1.0,\n'
+
+
+# ---------------------------------------------------------------------------------------------
+# The exact optimum beside trained points.
+
+
+def _opt_row(converged, gap):
+    return dict(optimum_objective=0.25, gap=gap, lr_limit=0.5, lr_over_limit=0.2,
+                unstable=False, converged=converged, no_finite_optimum=not converged)  # fmt: skip
+
+
+def test_merge_optimum_copies_the_fields_and_blanks_what_is_no_number():
+    rows = [{"index": 0}, {"index": 1}, {"index": 2}]
+    opt = [_opt_row(True, 0.01), _opt_row(False, None), _opt_row(True, 0.02)]
+    got = tables.merge_optimum(rows, opt, extra={"no_finite": "no_finite_optimum"})
+    assert got is rows
+    assert rows[0] == {"index": 0, "optimum_objective": 0.25, "gap": 0.01, "lr_limit": 0.5,
+                       "lr_over_limit": 0.2, "unstable": False, "no_finite": False}  # fmt: skip
+    assert rows[1]["optimum_objective"] == 0.25 and rows[1]["gap"] is None
+    assert rows[1]["no_finite"] is True
+    # The sweep's table: no objective where the solve did not converge, no gap for a
+    # diverged point.
+    rows = [{}, {}, {}]
+    tables.merge_optimum(rows, opt, diverged=[False, False, True], converged_only=True)
+    assert [r["optimum_objective"] for r in rows] == [0.25, None, 0.25]
+    assert [r["gap"] for r in rows] == [0.01, None, None]
+    assert set(rows[0]) == set(tables.OPTIMUM_FIELDS)
+    with pytest.raises(ValueError, match="2 result rows for 3 optimum rows"):
+        tables.merge_optimum([{}, {}], opt)
+    with pytest.raises(ValueError, match="1 diverged flags"):
+        tables.merge_optimum([{}, {}, {}], opt, diverged=[True])

@@ -107,6 +107,18 @@ def test_make_grid_order_axes_and_reshape():
     assert res.reshape(val)[1, 2, 0] == 10.0
     assert res.best_index("val_loss") == 1  # point 0 diverged
     assert res.best_index("val_accuracy") == 11
+    # Ties of the first metric go to the better second one, then to the lower index.
+    tied = dataclasses.replace(
+        res,
+        metrics={
+            "val_accuracy": np.array([0.9, 0.8, 0.9, 0.9, 0.7] + [0.1] * 7),
+            "val_cross_entropy": np.array([0.1, 0.1, 0.3, 0.2, 0.1] + [0.5] * 7),
+        },
+    )
+    assert tied.best_index("val_accuracy") == 2  # point 0 diverged; first of the ties
+    assert tied.best_index("val_accuracy", then="val_cross_entropy") == 3
+    with pytest.raises(ValueError, match="unknown metric 'val_ce'"):
+        tied.best_index("val_accuracy", then="val_ce")
     means = jsweep.mean_over(res, val)
     assert means.shape == (2, 3)
     assert np.isnan(means[0, 0]) and means[1, 2] == pytest.approx(10.5)

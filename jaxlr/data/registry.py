@@ -67,10 +67,27 @@ class FileSpec:
     shape: tuple[int, ...] | None
 
 
+DIGITS = tuple(str(k) for k in range(10))
+FASHION_MNIST_CLASSES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
+
+
 @dataclasses.dataclass(frozen=True)
 class DatasetSpec:
     """A registered data set: its four files, download mirrors (base URLs), number of classes,
-    subfolder names it may live under, and system folders that may hold it."""
+    subfolder names it may live under, system folders that may hold it, and the words that
+    reports use for its classes: `class_names[k]` names label k, `noun` / `plural` say what
+    one class is ("digit" / "digits" for MNIST, "class" / "classes" for Fashion-MNIST)."""
 
     name: str
     files: tuple[FileSpec, ...]
@@ -78,9 +95,19 @@ class DatasetSpec:
     num_classes: int = 10
     folder_names: tuple[str, ...] = ()
     system_dirs: tuple[str, ...] = ()
+    class_names: tuple[str, ...] = DIGITS
+    noun: str = "digit"
+    plural: str = "digits"
+
+    def __post_init__(self):
+        if len(self.class_names) != self.num_classes:
+            raise ValueError(
+                f"data set {self.name}: {len(self.class_names)} class names for "
+                f"{self.num_classes} classes"
+            )
 
 
-def _mnist_like(name, sha256s, mirrors, folder_names, system_dirs=()) -> DatasetSpec:
+def _mnist_like(name, sha256s, mirrors, folder_names, system_dirs=(), **words) -> DatasetSpec:
     names = (
         "train-images-idx3-ubyte.gz",
         "train-labels-idx1-ubyte.gz",
@@ -89,7 +116,9 @@ def _mnist_like(name, sha256s, mirrors, folder_names, system_dirs=()) -> Dataset
     )
     shapes = ((60000, 28, 28), (60000,), (10000, 28, 28), (10000,))
     files = tuple(FileSpec(*f) for f in zip(ROLES, names, sha256s, shapes, strict=True))
-    return DatasetSpec(name, files, tuple(mirrors), 10, tuple(folder_names), tuple(system_dirs))
+    return DatasetSpec(
+        name, files, tuple(mirrors), 10, tuple(folder_names), tuple(system_dirs), **words
+    )
 
 
 DATASETS: dict[str, DatasetSpec] = {
@@ -121,9 +150,13 @@ DATASETS: dict[str, DatasetSpec] = {
         ),
         folder_names=("fashion_mnist", "fashion-mnist"),
         system_dirs=("/usr/share/datasets/fashion-mnist",),
+        class_names=FASHION_MNIST_CLASSES,
+        noun="class",
+        plural="classes",
     ),
     # Tiny random MNIST-like files for tests (`jaxlr.data.fake.write_fake_dataset`): the
-    # same file names, any sizes, no checksum, nothing to download; give `data_dir`.
+    # same file names, any sizes, no checksum, nothing to download; give `data_dir`. Its
+    # classes are fake digits, named as MNIST's.
     "fake": DatasetSpec(
         "fake",
         tuple(

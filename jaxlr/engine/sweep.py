@@ -108,24 +108,35 @@ class SweepResult:
     def __repr__(self) -> str:
         return summary_text(self)
 
-    def best_index(self, by: str = "val_loss") -> int:
-        """Index of the best point that did not diverge.
+    def best_index(self, by: str = "val_loss", then: str | None = None) -> int:
+        """Index of the best point that did not diverge (the one best-point rule).
 
         Args:
           by: a key of `metrics`; losses are minimised, accuracies maximised.
+          then: a second key that breaks ties of `by` (same sense rule); further ties go to
+            the lower index.
         Returns:
           The point's index in the flattened grid.
         Raises:
           ValueError: unknown metric, or every point diverged.
         """
-        if by not in self.metrics:
-            raise ValueError(f"best_index: unknown metric {by!r}; valid: {sorted(self.metrics)}")
+        for key in (by, then):
+            if key is not None and key not in self.metrics:
+                raise ValueError(
+                    f"best_index: unknown metric {key!r}; valid: {sorted(self.metrics)}"
+                )
         values = np.asarray(self.metrics[by], np.float64)
         ok = ~np.asarray(self.diverged) & np.isfinite(values)
         if not ok.any():
             raise ValueError("best_index: every point diverged (no finite metric)")
-        sign = -1.0 if "accuracy" in by else 1.0
-        return int(np.argmin(np.where(ok, sign * values, np.inf)))
+
+        def ranked(key):
+            sign = -1.0 if "accuracy" in key else 1.0
+            v = sign * np.asarray(self.metrics[key], np.float64)
+            return np.where(ok & np.isfinite(v), v, np.inf)
+
+        keys = (ranked(then), ranked(by)) if then is not None else (ranked(by),)
+        return int(np.lexsort(keys)[0])
 
     def reshape(self, values_S) -> np.ndarray:
         """Per-point values [S, ...] reshaped to the grid: grid.shape + trailing dims."""

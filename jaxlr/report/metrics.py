@@ -1,8 +1,8 @@
 """Metrics computed on the host from a run's outputs: curves, confusions, weights, mistakes.
 
 Everything here is NumPy on host arrays (the experiments' reports and figures read these
-numbers), except `predict_logits` and `most_confident_mistakes`, which call the model or
-`jaxlr.core.losses.confidence` through JAX and return NumPy arrays.
+numbers), except `predict_logits`, `evaluate` and `most_confident_mistakes`, which call the
+model or `jaxlr.core.losses.confidence` through JAX and return NumPy arrays.
 
 Dimension legend:
   N  examples
@@ -14,7 +14,8 @@ Dimension legend:
 
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -25,7 +26,9 @@ from jaxlr.core.losses import confidence, l2_weights
 __all__ = [
     "class_mean_images_KP",
     "confusion_matrix",
+    "Evaluation",
     "epochs_done",
+    "evaluate",
     "late_jitter",
     "most_confident_mistakes",
     "pearson_rows",
@@ -295,6 +298,57 @@ def predict_logits(model: Any, params: Any, x_ND: Any, chunk: int = 10000) -> np
         return np.asarray(apply(params, x_ND))
     parts = [np.asarray(apply(params, x_ND[i : i + chunk])) for i in range(0, len(x_ND), chunk)]
     return np.concatenate(parts)
+
+
+class Evaluation(NamedTuple):
+    """A model's numbers on one split (`evaluate`)."""
+
+    logits: np.ndarray  # logits_N (binary) or logits_NK
+    predictions: np.ndarray  # pred_N: class indices (binary: 1 when the logit is >= 0)
+    loss: float  # mean cross-entropy
+    objective: float  # loss + the L2 penalty of `l2` (the training objective's form)
+    accuracy: float  # correct / total, in float64
+    correct: int
+    total: int
+
+
+def evaluate(
+    model: Any, params: Any, x_ND: Any, y_N: Any, l2: float = 0.0, *, float64: bool = False
+) -> Evaluation:
+    """Loss, accuracy and predictions of `params` on any split (training, validation, test).
+
+    The logits come from `predict_logits` (jitted, in chunks); the loss and objective from
+    `model.loss` on the whole split; the accuracy is the count of correct predictions over
+    the split's size (float64, whatever the model's dtype).
+
+    Args:
+      model: a `jaxlr.core.objective.Model` (`apply`, `loss`).
+      params: its params.
+      x_ND: inputs of the split.
+      y_N: integer labels (binary: 0/1).
+      l2: the L2 strength of the objective (the loss does not depend on it).
+      float64: evaluate in float64 (params and inputs cast, JAX's 64-bit mode on for the
+        call), e.g. for the exact optimum of `jaxlr.core.solver`.
+
+    Returns:
+      `Evaluation`.
+    """
+    y_N = np.asarray(y_N)
+    x = np.asarray(x_ND, np.float64) if float64 else x_ND
+    with jax.enable_x64(True) if float64 else contextlib.nullcontext():
+        if float64:
+            params = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
+        logits = predict_logits(model, params, x)
+        objective, ce = model.loss(params, jnp.asarray(x), jnp.asarray(y_N), l2)
+        objective, ce = float(objective), float(ce)
+    pred_N = (logits >= 0).astype(np.int32) if logits.ndim == 1 else np.argmax(logits, axis=1)
+    if pred_N.shape != y_N.shape:
+        raise ValueError(
+            f"y_N must have shape {pred_N.shape} (one label per input), got {y_N.shape}"
+        )
+    correct = int(np.sum(pred_N == y_N))
+    total = int(y_N.shape[0])
+    return Evaluation(logits, pred_N, ce, objective, correct / max(total, 1), correct, total)
 
 
 def most_confident_mistakes(

@@ -1,10 +1,18 @@
-"""Figures for experiment reports (host side only): curves, image grids, heatmaps, bars.
+"""Figure primitives and generic panels for reports (host side only).
 
-Every function takes numpy-convertible arrays, draws one figure and writes it as a PNG
-atomically (rendered into memory, then `jaxlr.host.io.atomic_write_bytes`), so a reader never
-sees a half-written image. Figures are built with `matplotlib.figure.Figure` on an Agg
-canvas, never through `pyplot`: no global figure registry to leak into, no interactive
-backend is touched, and the figure is released as soon as the function returns.
+Primitives: curves, a row of curve panels, bars, heatmaps, image grids, weights as images, a
+confusion matrix. Generic panels built from them: the loss and accuracy of a training history
+(`plot_history` and the series / limits it uses) and the figures of a sweep (heatmaps, curves,
+random-search scatter). A figure that only one experiment draws lives in that experiment's
+module (`experiments/*.py`), built from these.
+
+Every `plot_*` function takes numpy-convertible arrays and draws one figure. Given a path, it
+writes the figure as a PNG atomically (rendered into memory, then
+`jaxlr.host.io.atomic_write_bytes`), so a reader never sees a half-written image, releases it
+and returns the path; given `path=None` it returns the `matplotlib.figure.Figure` (a notebook
+shows it inline). Figures are built with `matplotlib.figure.Figure` on an Agg canvas, never
+through `pyplot`: no global figure registry to leak into, no interactive backend is touched.
+matplotlib is imported on the first figure, not with this module.
 
 Dimension legend:
   N  images
@@ -22,14 +30,15 @@ import math
 import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 
 from jaxlr.host.io import atomic_write_bytes
-from jaxlr.report.metrics import epochs_done, running_mean
+from jaxlr.report.metrics import running_mean
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 __all__ = [
     "DPI",
@@ -43,14 +52,17 @@ __all__ = [
     "plot_bar",
     "plot_confusion",
     "plot_curves",
-    "plot_epoch_history",
     "plot_heatmap",
     "plot_history",
     "plot_image_grid",
+    "plot_search_scatter",
     "plot_side_by_side",
+    "plot_sweep_curves",
+    "plot_sweep_heatmaps",
     "plot_weight_images",
     "robust_ylim",
     "save_figure",
+    "sweep_point_label",
 ]
 
 DPI = 120
@@ -58,7 +70,7 @@ _PANEL_SIZE = (6.4, 4.4)  # inches per curve panel: readable at DPI in a Markdow
 
 
 def new_figure(figsize: tuple[float, float]) -> Figure:
-    """Makes an empty figure on an Agg canvas (no pyplot state).
+    """Makes an empty figure on an Agg canvas (no pyplot state); imports matplotlib.
 
     Args:
       figsize: (width, height) in inches.
@@ -66,6 +78,9 @@ def new_figure(figsize: tuple[float, float]) -> Figure:
     Returns:
       The figure; add axes with `fig.subplots(...)` and write it with `save_figure`.
     """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=figsize)
     FigureCanvasAgg(fig)
     return fig
@@ -80,7 +95,7 @@ def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = DPI) -> Path:
       dpi: resolution.
 
     Returns:
-      The destination as a Path.
+      The destination as a Path, or the Figure when `path` is None.
     """
     buf = io.BytesIO()
     try:
@@ -92,8 +107,10 @@ def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = DPI) -> Path:
     return atomic_write_bytes(path, buf.getvalue())
 
 
-def _draw(build: Callable[[], Figure], path: str | os.PathLike, dpi: int) -> Path:
+def _draw(build: Callable[[], Figure], path: str | os.PathLike | None, dpi: int) -> Path | Figure:
     fig = build()
+    if path is None:
+        return fig
     try:
         return save_figure(fig, path, dpi=dpi)
     finally:
@@ -157,7 +174,7 @@ def _draw_curves(
 
 
 def plot_curves(
-    path: str | os.PathLike,
+    path: str | os.PathLike | None,
     series: Mapping[str, tuple[Any, Any]],
     *,
     xlabel: str,
@@ -171,11 +188,11 @@ def plot_curves(
     vlines: Mapping[str, Any] | None = None,
     figsize: tuple[float, float] = _PANEL_SIZE,
     dpi: int = DPI,
-) -> Path:
+) -> Path | Figure:
     """Draws several named curves on one axes and writes the PNG.
 
     Args:
-      path: destination PNG.
+      path: destination PNG, or None to get the figure back.
       series: legend label -> (x, y), two 1-D arrays of equal length each; NaN values
         leave gaps (e.g. a diverged run).
       xlabel, ylabel, title: axis labels and title.
@@ -189,7 +206,7 @@ def plot_curves(
       dpi: resolution.
 
     Returns:
-      The destination as a Path.
+      The destination as a Path, or the Figure when `path` is None.
     """
 
     def build():
@@ -227,18 +244,18 @@ _PANEL_KEYS = {
 
 
 def plot_side_by_side(
-    path: str | os.PathLike,
+    path: str | os.PathLike | None,
     panels: Sequence[Mapping[str, Any]],
     *,
     suptitle: str | None = None,
     sharey: bool = False,
     panel_size: tuple[float, float] = _PANEL_SIZE,
     dpi: int = DPI,
-) -> Path:
+) -> Path | Figure:
     """Draws a row of curve panels (each like `plot_curves`) and writes the PNG.
 
     Args:
-      path: destination PNG.
+      path: destination PNG, or None to get the figure back.
       panels: one dict per axes, left to right, with the keyword arguments of
         `plot_curves`: "series", "xlabel", "ylabel", "title" (required) and optionally
         "ylim", "logy", "logx", "marker", "styles", "vlines".
@@ -248,7 +265,7 @@ def plot_side_by_side(
       dpi: resolution.
 
     Returns:
-      The destination as a Path.
+      The destination as a Path, or the Figure when `path` is None.
     """
     if not panels:
         raise ValueError("plot_side_by_side: no panels")
@@ -295,7 +312,7 @@ def _images_NHW(images: Any, image_shape: tuple[int, int] | None, what: str) -> 
 
 
 def plot_weight_images(
-    path: str | os.PathLike,
+    path: str | os.PathLike | None,
     rows: Mapping[str, Any],
     *,
     col_labels: Sequence[str] | None = None,
@@ -304,11 +321,11 @@ def plot_weight_images(
     cmap: str = "gray",
     scale: str = "each",
     dpi: int = DPI,
-) -> Path:
+) -> Path | Figure:
     """Draws rows of per-class weight images (e.g. ten 28x28 images per row), labelled.
 
     Args:
-      path: destination PNG.
+      path: destination PNG, or None to get the figure back.
       rows: row label -> weights_KP (one flattened image per class; drop the bias row
         of a `w_DK` first, e.g. `w_DK[:-1].T`) or images_KHW. Every row has K images.
       col_labels: K column titles (default "0", "1", ...).
@@ -321,7 +338,7 @@ def plot_weight_images(
       dpi: resolution.
 
     Returns:
-      The destination as a Path.
+      The destination as a Path, or the Figure when `path` is None.
     """
     if not rows:
         raise ValueError("plot_weight_images: no rows")
@@ -367,7 +384,7 @@ def plot_weight_images(
 
 
 def plot_image_grid(
-    path: str | os.PathLike,
+    path: str | os.PathLike | None,
     images_NHW: Any,
     titles: Sequence[str] | None,
     nrows: int,
@@ -377,11 +394,11 @@ def plot_image_grid(
     cmap: str = "gray",
     image_shape: tuple[int, int] | None = None,
     dpi: int = DPI,
-) -> Path:
+) -> Path | Figure:
     """Draws images on an nrows x ncols grid (row by row), each with its own title.
 
     Args:
-      path: destination PNG.
+      path: destination PNG, or None to get the figure back.
       images_NHW: N <= nrows * ncols images, [N, H, W] or flattened [N, H*W].
       titles: N titles (or None for none).
       nrows, ncols: grid size; cells beyond N stay empty.
@@ -391,7 +408,7 @@ def plot_image_grid(
       dpi: resolution.
 
     Returns:
-      The destination as a Path.
+      The destination as a Path, or the Figure when `path` is None.
     """
     imgs = _images_NHW(images_NHW, image_shape, "images_NHW")
     n = imgs.shape[0]
@@ -420,7 +437,7 @@ def plot_image_grid(
 
 
 def plot_heatmap(
-    path: str | os.PathLike,
+    path: str | os.PathLike | None,
     values_2d: Any,
     row_labels: Sequence[str],
     col_labels: Sequence[str],
@@ -432,11 +449,11 @@ def plot_heatmap(
     cmap: str = "viridis",
     colorbar_label: str | None = None,
     dpi: int = DPI,
-) -> Path:
+) -> Path | Figure:
     """Draws a matrix as a coloured grid with every cell's value written in it.
 
     Args:
-      path: destination PNG.
+      path: destination PNG, or None to get the figure back.
       values_2d: values_RC; NaN / inf cells (e.g. diverged runs) are left blank and
         marked "nan" / "inf".
       row_labels: R labels, top to bottom (y axis).
@@ -448,7 +465,7 @@ def plot_heatmap(
       dpi: resolution.
 
     Returns:
-      The destination as a Path.
+      The destination as a Path, or the Figure when `path` is None.
     """
     values_RC = np.asarray(values_2d, dtype=np.float64)
     if values_RC.ndim != 2:
@@ -489,7 +506,7 @@ def plot_heatmap(
 
 
 def plot_bar(
-    path: str | os.PathLike,
+    path: str | os.PathLike | None,
     labels: Sequence[str],
     values: Any,
     *,
@@ -501,11 +518,11 @@ def plot_bar(
     ylim: tuple[float, float] | None = None,
     logy: bool = False,
     dpi: int = DPI,
-) -> Path:
+) -> Path | Figure:
     """Draws one bar per label, optionally with error bars and value annotations.
 
     Args:
-      path: destination PNG.
+      path: destination PNG, or None to get the figure back.
       labels: bar labels (x axis).
       values: one value per label.
       xlabel, ylabel, title: axis labels and title.
@@ -516,7 +533,7 @@ def plot_bar(
       dpi: resolution.
 
     Returns:
-      The destination as a Path.
+      The destination as a Path, or the Figure when `path` is None.
     """
     vals = _as_1d(values, "values")
     if len(labels) != vals.size:
@@ -695,13 +712,13 @@ def early_stopping_vlines(es: Mapping[str, Any] | None, label: str = "") -> dict
 
 
 def plot_history(
-    loss_path: str | os.PathLike,
-    accuracy_path: str | os.PathLike,
+    loss_path: str | os.PathLike | None,
+    accuracy_path: str | os.PathLike | None,
     history: Mapping[str, Any],
     title: str,
     *,
     early_stopping: Mapping[str, Any] | None = None,
-) -> tuple[Path, Path]:
+) -> tuple[Path | Figure, Path | Figure]:
     """The loss and the accuracy figure of one run against the training step.
 
     Loss: batch loss (faint), its running mean over an epoch, validation loss; accuracy:
@@ -709,13 +726,13 @@ def plot_history(
     training and marked with the early-stopping checks when `early_stopping` is given.
 
     Args:
-      loss_path, accuracy_path: destination PNGs.
+      loss_path, accuracy_path: destination PNGs (None: that figure is returned).
       history: a `jaxlr.engine.train` history.
       title: prefix of both titles (": loss", ": accuracy" follow).
       early_stopping: the run's `early_stopping` metrics, or None.
 
     Returns:
-      (loss_path, accuracy_path) as Paths.
+      (loss, accuracy): each the Path written, or the Figure when its path is None.
     """
     vl = early_stopping_vlines(early_stopping)
     series = loss_series(history)
@@ -741,107 +758,32 @@ def plot_history(
     return a, b
 
 
-def plot_epoch_history(
-    loss_path: str | os.PathLike,
-    accuracy_path: str | os.PathLike,
-    history: Mapping[str, Any],
-    steps_per_epoch: int,
-    final: Mapping[str, float],
+def plot_confusion(
+    path: str | os.PathLike | None,
+    cm_KK: Any,
     title: str,
-    test_name: str,
-    n_train_eval: int,
-) -> tuple[Path, Path]:
-    """Loss and accuracy figures of one run against epochs, ending with a final test point.
-
-    Loss: batch loss (faint), its running mean over M // 10 batches, and the `test_name`
-    loss at the checks plus `final["test_loss"]` at the end; y from 0 to 1.15 times the
-    highest smoothed loss after the first window (at least 0.1). Accuracy: the training
-    accuracy at the checks and the `test_name` accuracy plus `final["test_accuracy"]`,
-    zoomed on the second half of training (from just below the lowest value there, or
-    0.975 at most, to 1.0005).
-
-    Args:
-      loss_path, accuracy_path: destination PNGs.
-      history: a `jaxlr.engine.train` history.
-      steps_per_epoch: M, for the x axis (epochs completed after each step).
-      final: {"test_loss": ..., "test_accuracy": ...} after the last step.
-      title: prefix of both titles.
-      test_name: what the checks evaluate ("test" or "validation").
-      n_train_eval: training images each check scores (for the legend).
-
-    Returns:
-      (loss_path, accuracy_path) as Paths.
-    """
-    m = int(steps_per_epoch)
-    window = max(1, m // 10)
-    h = {k: np.asarray(v) for k, v in history.items()}
-    ep = epochs_done(h["step"], m)
-    cep = epochs_done(h["check_step"], m)
-    last = float(ep[-1]) if len(ep) else 0.0
-    smooth = running_mean(h["train_loss"], window)
-    loss = {
-        "training loss (batch)": (ep, h["train_loss"]),
-        f"training loss (mean of last {window} batches)": (ep, smooth),
-        f"{test_name} loss": (
-            np.append(cep, last),
-            np.append(h["val_loss"], final["test_loss"]),
-        ),
-    }
-    hi = max(float(np.nanmax(smooth[window:])) if len(smooth) > window else 1.0, 0.1)
-    a = plot_curves(
-        loss_path,
-        loss,
-        styles={
-            "training loss (batch)": {"alpha": 0.25, "linewidth": 0.5, "color": "C0"},
-            f"training loss (mean of last {window} batches)": {"color": "C0", "linewidth": 1.8},
-            f"{test_name} loss": {"color": "C1", "marker": "o", "linewidth": 1.5},
-        },
-        xlabel="epoch",
-        ylabel="cross-entropy loss",
-        title=f"{title}: loss",
-        ylim=(0.0, 1.15 * hi),
-    )
-    acc = {
-        f"training accuracy (first {n_train_eval} training images)": (cep, h["train_accuracy"]),
-        f"{test_name} accuracy": (
-            np.append(cep, last),
-            np.append(h["val_accuracy"], final["test_accuracy"]),
-        ),
-    }
-    # Zoomed on the second half of training: the first checks (10% at step 0) would squash
-    # the differences that matter near 98%.
-    late = cep >= 0.5 * last
-    vals = np.concatenate(
-        [h["train_accuracy"][late], h["val_accuracy"][late], [final["test_accuracy"]]]
-    )
-    lo = float(np.nanmin(vals)) if np.isfinite(vals).any() else 0.9
-    b = plot_curves(
-        accuracy_path,
-        acc,
-        marker="o",
-        xlabel="epoch",
-        ylabel="accuracy",
-        title=f"{title}: accuracy",
-        ylim=(max(0.0, min(lo, 0.98) - 0.005), 1.0005),
-    )
-    return a, b
-
-
-def plot_confusion(path: str | os.PathLike, cm_KK: Any, title: str, *, dpi: int = DPI) -> Path:
+    *,
+    class_names: Sequence[str] | None = None,
+    noun: str = "class",
+    dpi: int = DPI,
+) -> Path | Figure:
     """Confusion matrix with every non-zero count written in its cell.
 
-    Colours follow log(1 + count): on a linear scale the diagonal (about 1000 per digit)
+    Colours follow log(1 + count): on a linear scale the diagonal (about 1000 per class)
     would leave the handful of errors per cell invisible.
 
     Args:
-      path: destination PNG.
+      path: destination PNG, or None to get the figure back.
       cm_KK: counts, row = true class, column = predicted class (e.g.
         `jaxlr.report.metrics.confusion_matrix`).
       title: the figure's title.
+      class_names: K tick labels (default "0", "1", ...), e.g. the data set's
+        (`jaxlr.data.registry.DatasetSpec.class_names`).
+      noun: what a class is, for the axis labels ("predicted digit", "true class").
       dpi: resolution.
 
     Returns:
-      The destination as a Path.
+      The destination as a Path, or the Figure when `path` is None.
     """
     cm_KK = np.asarray(cm_KK)
     if cm_KK.ndim != 2 or cm_KK.shape[0] != cm_KK.shape[1] or cm_KK.size == 0:
@@ -849,7 +791,12 @@ def plot_confusion(path: str | os.PathLike, cm_KK: Any, title: str, *, dpi: int 
     if np.any(cm_KK < 0) or not np.all(np.isfinite(cm_KK)):
         raise ValueError("cm_KK must hold counts >= 0, got negative or non-finite entries")
     k = cm_KK.shape[0]
+    labels = [str(i) for i in range(k)] if class_names is None else list(class_names)
+    if len(labels) != k:
+        raise ValueError(f"{len(labels)} class names for a {k} x {k} confusion matrix")
     shade_KK = np.log1p(cm_KK.astype(np.float64))
+    # Names longer than a few characters ("Ankle boot") would overlap on the x axis.
+    slanted = max(len(t) for t in labels) > 3
 
     def build():
         fig = new_figure((0.75 * k + 2.0, 0.65 * k + 1.2))
@@ -859,10 +806,13 @@ def plot_confusion(path: str | os.PathLike, cm_KK: Any, title: str, *, dpi: int 
         ticks = [t for t in (0, 1, 10, 100, 1000, 10000) if t <= max(1, cm_KK.max())]
         cbar.set_ticks(np.log1p(ticks), labels=[str(t) for t in ticks])
         cbar.set_label("images (log scale)")
-        ax.set_xticks(range(k), labels=[str(i) for i in range(k)])
-        ax.set_yticks(range(k), labels=[str(i) for i in range(k)])
-        ax.set_xlabel("predicted digit")
-        ax.set_ylabel("true digit")
+        if slanted:
+            ax.set_xticks(range(k), labels=labels, rotation=35, ha="right")
+        else:
+            ax.set_xticks(range(k), labels=labels)
+        ax.set_yticks(range(k), labels=labels)
+        ax.set_xlabel(f"predicted {noun}")
+        ax.set_ylabel(f"true {noun}")
         ax.set_title(title)
         top = shade_KK.max() or 1.0
         for i in range(k):
@@ -875,213 +825,6 @@ def plot_confusion(path: str | os.PathLike, cm_KK: Any, title: str, *, dpi: int 
         return fig
 
     return _draw(build, path, dpi)
-
-
-# ---------------------------------------------------------------------------------------------
-# Figures that compare runs (one per experiment that trains several).
-
-
-def plot_validation_comparison(
-    path: str | os.PathLike,
-    histories: Mapping[str, Mapping[str, Any]],
-    early_stopping: Mapping[str, Mapping[str, Any] | None],
-    *,
-    suptitle: str,
-) -> Path:
-    """Validation loss and accuracy of several runs side by side, early stops marked.
-
-    Args:
-      path: destination PNG.
-      histories: run name -> history (one colour per run, in order).
-      early_stopping: run name -> its `early_stopping` metrics (None: no marker).
-      suptitle: title over both panels.
-    """
-    loss, acc, vlines, styles = {}, {}, {}, {}
-    for i, (key, h) in enumerate(histories.items()):
-        loss[f"validation loss, {key}"] = (h["check_step"], h["val_loss"])
-        acc[f"validation accuracy, {key}"] = (h["check_step"], h["val_accuracy"])
-        styles[f"validation loss, {key}"] = styles[f"validation accuracy, {key}"] = {
-            "color": f"C{i}"
-        }
-        es = early_stopping.get(key)
-        if es and es["stopped"]:
-            vlines[f"early stop, {key} (step {es['step']})"] = {"x": es["step"], "color": f"C{i}"}
-    hs = list(histories.values())
-    return plot_side_by_side(
-        path,
-        [
-            dict(
-                series=loss,
-                xlabel="training step",
-                ylabel="cross-entropy loss",
-                title="validation loss",
-                styles=styles,
-                ylim=robust_ylim([h["val_loss"] for h in hs], lo_q=0, hi_q=98, floor=0.0),
-                vlines=vlines,
-            ),
-            dict(
-                series=acc,
-                xlabel="training step",
-                ylabel="accuracy",
-                title="validation accuracy",
-                styles=styles,
-                ylim=robust_ylim([h["val_accuracy"] for h in hs], lo_q=2, hi_q=100, ceil=1.001),
-                vlines=vlines,
-            ),
-        ],
-        suptitle=suptitle,
-    )
-
-
-def plot_history_side_by_side(
-    loss_path: str | os.PathLike,
-    accuracy_path: str | os.PathLike,
-    histories: Mapping[str, Mapping[str, Any]],
-    *,
-    suptitle: str,
-) -> tuple[Path, Path]:
-    """Loss and accuracy figures with one panel per run (panel title = run name), shared y."""
-    hs = list(histories.values())
-    loss_lim, acc_lim = loss_ylim(*hs), accuracy_ylim(*hs)
-    a = plot_side_by_side(
-        loss_path,
-        [
-            dict(
-                series=loss_series(h),
-                styles=loss_styles(loss_series(h)),
-                xlabel="training step",
-                ylabel="cross-entropy loss",
-                title=name,
-                ylim=loss_lim,
-            )
-            for name, h in histories.items()
-        ],
-        suptitle=f"{suptitle}: loss",
-        sharey=True,
-    )
-    b = plot_side_by_side(
-        accuracy_path,
-        [
-            dict(
-                series=accuracy_series(h),
-                xlabel="training step",
-                ylabel="accuracy",
-                title=name,
-                ylim=acc_lim,
-            )
-            for name, h in histories.items()
-        ],
-        suptitle=f"{suptitle}: accuracy",
-        sharey=True,
-    )
-    return a, b
-
-
-def plot_l2_curves(
-    accuracy_path: str | os.PathLike,
-    norm_path: str | os.PathLike,
-    histories: Mapping[float, Mapping[str, Any]],
-    norms: Mapping[float, float],
-) -> tuple[Path, Path]:
-    """Validation accuracy of each L2 strength, and the weight norm against lambda.
-
-    Args:
-      accuracy_path, norm_path: destination PNGs.
-      histories: lambda -> history; lambda 0 (the reference) is drawn last, black, dotted.
-      norms: lambda -> ||w||_2 of the final weights (lambda 0 drawn as a dashed level).
-    """
-    acc = {}
-    for lam in [*(v for v in histories if v != 0.0), 0.0]:
-        h = histories[lam]
-        label = f"$\\lambda$ = {lam:g}" + (" (no penalty)" if lam == 0 else "")
-        acc[label] = (h["check_step"], h["val_accuracy"])
-    a = plot_curves(
-        accuracy_path,
-        acc,
-        xlabel="training step",
-        ylabel="validation accuracy",
-        title="Validation accuracy for each L2 strength $\\lambda$, $R(w) = \\sum w^2$",
-        ylim=robust_ylim([s[1] for s in acc.values()], lo_q=0, hi_q=100, ceil=1.001),
-        styles={"$\\lambda$ = 0 (no penalty)": {"color": "black", "linestyle": ":"}},
-    )
-    pos = sorted(v for v in norms if v != 0.0)
-    norm0 = norms[0.0]
-    ref = f"$\\lambda$ = 0 (no penalty): {norm0:.2f}"
-    b = plot_curves(
-        norm_path,
-        {"final weights": (pos, [norms[v] for v in pos]), ref: ([pos[0], pos[-1]], [norm0, norm0])},
-        xlabel="$\\lambda$ (log scale)",
-        ylabel="$\\|w\\|_2$",
-        title="L2 norm of the final weights against $\\lambda$",
-        logx=True,
-        marker="o",
-        styles={ref: {"linestyle": "--", "marker": ""}},
-    )
-    return a, b
-
-
-def plot_batch_size_comparison(
-    accuracy_path: str | os.PathLike,
-    throughput_path: str | os.PathLike,
-    histories: Mapping[str, Mapping[str, Any]],
-    runs: Mapping[str, Mapping[str, Any]],
-    *,
-    suptitle: str,
-) -> tuple[Path, Path]:
-    """Test accuracy against epochs and against training time, and steps/s, of each run.
-
-    Args:
-      histories: run name -> history (checks: the test accuracy).
-      runs: run name -> {"steps_per_epoch", "steps_per_second", "test_accuracy"}.
-    Checks happen at regular steps and a compiled epoch runs at a steady rate, so the
-    training time at a check is its step count over the measured throughput.
-    """
-    curves = {}
-    for key, h in histories.items():
-        m, sps = runs[key]["steps_per_epoch"], runs[key]["steps_per_second"]
-        steps = len(h["step"])
-        cstep = np.asarray(h["check_step"], np.float64) + 1.0
-        curves[key] = {
-            "epoch": np.append(cstep / m, steps / m),
-            "time": np.append(cstep / sps, steps / sps),
-            "acc": np.append(h["val_accuracy"], runs[key]["test_accuracy"]),
-        }
-    acc_lo = min(float(np.nanpercentile(c["acc"], 10)) for c in curves.values())
-    ylim = (max(0.0, acc_lo - 0.02), 1.0)
-    a = plot_side_by_side(
-        accuracy_path,
-        [
-            {
-                "series": {k: (c["epoch"], c["acc"]) for k, c in curves.items()},
-                "xlabel": "epoch",
-                "ylabel": "test accuracy",
-                "title": "test accuracy vs epochs",
-                "ylim": ylim,
-                "marker": ".",
-            },
-            {
-                # Without the check after step 0: one step's time would stretch the log axis.
-                "series": {k: (c["time"][1:], c["acc"][1:]) for k, c in curves.items()},
-                "xlabel": "training time (s, checks excluded; log scale)",
-                "ylabel": "test accuracy",
-                "title": "test accuracy vs training time",
-                "ylim": ylim,
-                "logx": True,
-                "marker": ".",
-            },
-        ],
-        suptitle=suptitle,
-    )
-    b = plot_bar(
-        throughput_path,
-        list(runs),
-        [r["steps_per_second"] for r in runs.values()],
-        ylabel="steps / s (log scale)",
-        title="training throughput (one epoch, compiled, no checks)",
-        fmt="{:,.0f}",
-        logy=True,
-    )
-    return a, b
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1101,10 +844,11 @@ def sweep_point_label(point: Mapping[str, Any], grid: Any) -> str:
     return ", ".join(parts)
 
 
-def plot_sweep_heatmaps(result: Any, folder: str | os.PathLike) -> list[str]:
+def plot_sweep_heatmaps(result: Any, folder: str | os.PathLike | None = None) -> list:
     """Validation accuracy over lambda (rows) x learning rate (columns), mean over seeds.
 
-    One heatmap per momentum value when the grid has several. Returns the file names.
+    One heatmap per momentum value when the grid has several. Returns the file names written
+    into `folder`, or the Figures when `folder` is None.
     """
     from jaxlr.engine.sweep import mean_over
 
@@ -1118,8 +862,8 @@ def plot_sweep_heatmaps(result: Any, folder: str | os.PathLike) -> list[str]:
     for j, mom in enumerate(grid.values.get("momentum", (None,))):
         values = mean[..., j] if mom is not None else mean
         name = "heatmap_val_accuracy.png" if mom is None else f"heatmap_val_accuracy_mom{mom:g}.png"
-        plot_heatmap(
-            Path(folder) / name,
+        drawn = plot_heatmap(
+            None if folder is None else Path(folder) / name,
             values,
             rows,
             cols,
@@ -1129,12 +873,15 @@ def plot_sweep_heatmaps(result: Any, folder: str | os.PathLike) -> list[str]:
             fmt="{:.4f}",
             colorbar_label="validation accuracy",
         )
-        names.append(name)
+        names.append(name if folder is not None else drawn)
     return names
 
 
-def plot_sweep_curves(result: Any, folder: str | os.PathLike) -> str:
-    """Validation accuracy against the step for every point; returns the file name."""
+def plot_sweep_curves(result: Any, folder: str | os.PathLike | None = None) -> str | Figure:
+    """Validation accuracy against the step for every point.
+
+    Returns the file name written into `folder`, or the Figure when `folder` is None.
+    """
     import matplotlib
 
     grid = result.grid
@@ -1145,14 +892,14 @@ def plot_sweep_curves(result: Any, folder: str | os.PathLike) -> str:
             sweep_point_label(grid.point(i), grid): (h["check_step"], h["val_accuracy"])
             for i, h in enumerate(result.histories)
         }
-        plot_curves(
-            Path(folder) / name,
+        drawn = plot_curves(
+            None if folder is None else Path(folder) / name,
             series,
             xlabel="training step",
             ylabel="validation accuracy",
             title=title,
         )
-        return name
+        return name if folder is not None else drawn
     # Many points: one colour per learning rate (log scale), no per-point legend.
     fig = new_figure((7.5, 4.8))
     ax = fig.subplots()
@@ -1170,88 +917,19 @@ def plot_sweep_curves(result: Any, folder: str | os.PathLike) -> str:
     ax.set_ylabel("validation accuracy")
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
+    if folder is None:
+        return fig
     save_figure(fig, Path(folder) / name)
     return name
 
 
-def plot_grid_figures(
-    folder: str | os.PathLike, result: Any, grid: Any, *, num_val: int, num_epochs: int
-) -> list[str]:
-    """The three figures of a lambda x learning-rate grid of one seed.
-
-    `grid_val_accuracy.png` (heatmap), `grid_objective.png` (log10 of the final training
-    objective) and `grid_curves.png` (validation accuracy against epochs, one panel per
-    lambda). Diverged points are blank in the heatmaps. Returns the file names.
-    """
-    folder = Path(folder)
-    ok = ~np.asarray(result.diverged)
-    l2_vals, lr_vals = grid.values["l2"], grid.values["learning_rate"]
-    val_acc = np.asarray(result.metrics["val_accuracy"], np.float64)
-    acc_RC = np.where(ok, val_acc, np.nan).reshape(len(l2_vals), len(lr_vals))
-    obj_RC = np.where(ok, result.metrics["train_objective"], np.nan).reshape(acc_RC.shape)
-    rows = [f"lambda={v:g}" for v in l2_vals]
-    cols = [f"lr={v:g}" for v in lr_vals]
-    plot_heatmap(
-        folder / "grid_val_accuracy.png",
-        acc_RC,
-        rows,
-        cols,
-        xlabel="learning rate",
-        ylabel="L2 strength lambda",
-        title=f"validation accuracy ({num_val} held-out images), {num_epochs} epochs",
-        fmt="{:.4f}",
-        colorbar_label="validation accuracy",
-    )
-    # The objective spans orders of magnitude (an oscillating point grows large): log10.
-    with np.errstate(divide="ignore", invalid="ignore"):
-        log_obj = np.log10(obj_RC)
-    plot_heatmap(
-        folder / "grid_objective.png",
-        log_obj,
-        rows,
-        cols,
-        xlabel="learning rate",
-        ylabel="L2 strength lambda",
-        title="log10 of the final training objective (cross-entropy + lambda ||w||^2)",
-        fmt="{:.2f}",
-        colorbar_label="log10 objective",
-    )
-    m = result.num_batches or 1
-    lo = float(np.nanmin(acc_RC)) if np.isfinite(acc_RC).any() else 0.5
-    panels = []
-    for j, lam in enumerate(l2_vals):
-        idx = [j * len(lr_vals) + k for k in range(len(lr_vals))]
-        panels.append(
-            {
-                "series": {
-                    f"lr={grid.point(i)['learning_rate']:g}": (
-                        epochs_done(result.histories[i]["check_step"], m),
-                        result.histories[i]["val_accuracy"],
-                    )
-                    for i in idx
-                },
-                "xlabel": "epoch (one full-batch step each)",
-                "ylabel": "validation accuracy",
-                "title": f"lambda = {lam:g}",
-                "logx": True,
-                "ylim": (max(0.0, lo - 0.05), 1.0),
-            }
-        )
-    plot_side_by_side(
-        folder / "grid_curves.png",
-        panels,
-        suptitle="validation accuracy of every grid point during training",
-        sharey=True,
-        panel_size=(4.8, 3.8),
-    )
-    return ["grid_val_accuracy.png", "grid_objective.png", "grid_curves.png"]
-
-
-def plot_search_scatter(result: Any, folder: str | os.PathLike, by: str = "val_loss") -> str:
+def plot_search_scatter(
+    result: Any, folder: str | os.PathLike | None = None, by: str = "val_loss"
+) -> str | Figure:
     """Random search: `by` of every point against its learning rate, colour = log10 lambda.
 
     Points stopped by successive halving are hollow, diverged ones left out. Returns the
-    file name.
+    file name written into `folder`, or the Figure when `folder` is None.
     """
     import matplotlib
 
@@ -1293,5 +971,7 @@ def plot_search_scatter(result: Any, folder: str | os.PathLike, by: str = "val_l
     ax.set_title(f"{by.replace('_', ' ')} of {int(ok.sum())} points (diverged left out)")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
+    if folder is None:
+        return fig
     save_figure(fig, Path(folder) / name)
     return name

@@ -27,9 +27,11 @@ from jaxlr.engine.train import history_records
 from jaxlr.host.io import atomic_write_text
 
 __all__ = [
+    "OPTIMUM_FIELDS",
     "image_link",
     "jsonable",
     "markdown_table",
+    "merge_optimum",
     "runs_table",
     "slug",
     "summary_table",
@@ -475,3 +477,48 @@ def sweep_markdown(
     bold = () if np.all(result.diverged) else (result.best_index(best_by),)
     cells = [[_sweep_cell(k, v) for k, v in r.items()] for r in rows]
     return markdown_table(list(rows[0]), cells, bold=bold) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# The exact optimum beside trained points.
+
+# What every result row gains from its point's optimum row (`jaxlr.core.solver.optimum_report`
+# rows with "unstable", as `experiments.common.optimum_for` gives them).
+OPTIMUM_FIELDS = ("optimum_objective", "gap", "lr_limit", "lr_over_limit", "unstable")
+
+
+def merge_optimum(
+    rows: Sequence[dict],
+    optimum_rows: Sequence[Mapping[str, Any]],
+    *,
+    extra: Mapping[str, str] | None = None,
+    diverged: Sequence[bool] | None = None,
+    converged_only: bool = False,
+) -> Sequence[dict]:
+    """Adds each point's exact-optimum numbers (`OPTIMUM_FIELDS`) to its result row, in place.
+
+    Args:
+      rows: one result row (dict) per trained point.
+      optimum_rows: the optimum's row of each point, same order.
+      extra: result key -> optimum-row key of further fields to copy (e.g.
+        {"optimum_converged": "converged", "no_finite_optimum": "no_finite_optimum"}).
+      diverged: per point, whether its run diverged: its gap is then None (the objective of a
+        diverged run is no distance to anything).
+      converged_only: "optimum_objective" is None when the solve did not converge (otherwise
+        it is the solver's last objective, which is then no optimum).
+
+    Returns:
+      `rows`. The gap is None where the solve did not converge (the solver's rule).
+    """
+    if len(rows) != len(optimum_rows):
+        raise ValueError(f"{len(rows)} result rows for {len(optimum_rows)} optimum rows")
+    if diverged is not None and len(diverged) != len(rows):
+        raise ValueError(f"{len(diverged)} diverged flags for {len(rows)} result rows")
+    for i, (row, opt) in enumerate(zip(rows, optimum_rows)):
+        row.update({k: opt[k] for k in OPTIMUM_FIELDS})
+        if converged_only and not opt["converged"]:
+            row["optimum_objective"] = None
+        if diverged is not None and diverged[i]:
+            row["gap"] = None
+        row.update({k: opt[src] for k, src in (extra or {}).items()})
+    return rows
