@@ -24,7 +24,7 @@ from experiments.common import RunDir, data_text
 from experiments.config import ExperimentConfig, register
 from jaxlr.core import solver
 from jaxlr.data.config import DataConfig
-from jaxlr.data.splits import load_splits
+from jaxlr.data.splits import features, load_splits, optimum_features
 from jaxlr.engine.config import ConfigError, TrainConfig, check_count, check_nonneg, check_values
 from jaxlr.engine.train import model_for
 from jaxlr.report import plots, tables
@@ -124,7 +124,11 @@ def regularization_path(cfg: RegPath, run: RunDir) -> dict:
     """
     splits = load_splits(cfg.data)
     data = splits.data
-    x, y = np.asarray(data.x_train), np.asarray(data.y_train)
+    # The optimum of the images: float64 features rebuilt from the uint8 training images,
+    # whatever --dtype; the accuracies likewise on float64 validation and test features.
+    x, y = optimum_features(cfg.data, splits), np.asarray(data.y_train)
+    x_val = features(cfg.data, splits.images_val, np.float64)
+    x_test = x_val if splits.test_is_val else features(cfg.data, splits.images_test, np.float64)
     model = model_for(cfg.train, x.shape[1], x.dtype)
     lambdas = cfg.lambdas
     t0 = time.perf_counter()
@@ -136,8 +140,8 @@ def regularization_path(cfg: RegPath, run: RunDir) -> dict:
     num = len(lambdas)
     acc = {
         "train": _accuracy(model, path.params, x, y, num),
-        "val": _accuracy(model, path.params, data.x_val, data.y_val, num),
-        "test": _accuracy(model, path.params, splits.x_test, splits.y_test, num),
+        "val": _accuracy(model, path.params, x_val, data.y_val, num),
+        "test": _accuracy(model, path.params, x_test, splits.y_test, num),
     }
     per_lambda = _path_entries(lambdas, rep.rows, acc)
     metrics = {f"lambda={e['l2']:g}": e for e in per_lambda}

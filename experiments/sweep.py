@@ -186,11 +186,12 @@ def _write_histories(run: RunDir, result: jsweep.SweepResult, grid: jgrid.Grid) 
     return histories
 
 
-def _add_optimum(tcfg: TrainConfig, data, result: jsweep.SweepResult, rows, records):
+def _add_optimum(cfg: Sweep, splits, result: jsweep.SweepResult, rows, records):
     """Adds each point's exact optimum, gap and learning-rate limit to its row and record."""
     opt = optimum_for(
-        tcfg,
-        data,
+        cfg.train,
+        cfg.data,
+        splits,
         [r["l2"] for r in rows],
         [r["learning_rate"] for r in rows],
         np.asarray(result.metrics["train_objective"], np.float64),
@@ -291,7 +292,8 @@ def sweep(cfg: Sweep, run: RunDir) -> dict:
              <= 0.001, 0.89 at lr 0.001, and 0.62 at lr 0.1 with lambda 0.1 (the step is too
              large for the penalty: the accuracy oscillates).
     """
-    data = load_splits(cfg.data).data
+    splits = load_splits(cfg.data)
+    data = splits.data
     tcfg = cfg.train
     grid = grid_of(cfg, np.asarray(data.x_train).dtype)
     prune = Halving(cfg.rung_epochs, cfg.keep_fraction) if cfg.prune == "halving" else None
@@ -314,7 +316,7 @@ def sweep(cfg: Sweep, run: RunDir) -> dict:
     records = result.records()
     opt = None
     if cfg.optimum and tcfg.model != "mlp":
-        opt = _add_optimum(tcfg, data, result, rows, records)
+        opt = _add_optimum(cfg, splits, result, rows, records)
     for rec in records:
         rec["history"] = histories[rec["index"]]
     table = _sweep_tables(run, result, rows)
