@@ -161,7 +161,7 @@ def regularization_path(cfg: RegPath, run: RunDir) -> dict:
         f"{seconds:.1f} s with compilation); {n_conv} of {num} converged.",
         "## Path\n\n" + table,
         "## Figures\n\n![regularization path](path.png)\n\nThe learning-rate limit is "
-        "2 / lambda_max of the Hessian of the objective (power iteration on Hessian-vector "
+        "2 / lambda_max of the Hessian of the objective (Lanczos on Hessian-vector "
         "products): gradient descent with a larger constant rate cannot settle at the optimum.",
     ]
     tables.write_report(
