@@ -5,6 +5,13 @@ neither jax nor jaxlr: it reads the MNIST IDX files itself, with numpy.
 
     /tmp/sklenv/bin/python benchmarks/sklearn_path.py --data_dir=../shared/data
         --l2=1,0.5,... [--solver=newton-cg] [--tol=1e-10] [--repeats=1]
+        [--jaxlr_metrics=W/metrics.json]
+
+With ``--jaxlr_metrics`` (the metrics.json of a `regularization_path` run of the same
+protocol, e.g. ``python -m experiments.main --experiment=regularization_path --workdir=W
+--l2=0.01,0.5,1``) it also prints, per lambda, jaxlr's optimum objective and its relative
+difference to scikit-learn's (``(jaxlr - sklearn) / sklearn``: negative when jaxlr's is
+lower), and adds them to the JSON (``agreement``).
 
 Protocol (jaxlr's hw3_logreg_grid): digits 9 (label 1) vs 4 (label 0) among the first 50,000
 training images, pixels / 255 (784 features), an unpenalised intercept, float64. jaxlr's
@@ -118,6 +125,7 @@ def main(argv=None):
     ap.add_argument("--tol", type=float, default=1e-10)
     ap.add_argument("--max_iter", type=int, default=1000)
     ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--jaxlr_metrics", default=None, help="a regularization_path metrics.json")
     args = ap.parse_args(argv)
     lambdas = [float(v) for v in args.l2.split(",")]
     x_ND, y_N = load_9_vs_4(args.data_dir)
@@ -125,9 +133,24 @@ def main(argv=None):
     for _ in range(args.repeats):
         seconds, results = run_path(x_ND, y_N, lambdas, args.solver, args.tol, args.max_iter)
         times.append(seconds)
+    agreement = None
+    if args.jaxlr_metrics:
+        jm = json.loads(Path(args.jaxlr_metrics).read_text())
+        agreement = []
+        for r in results:
+            e = jm.get(f"lambda={r['l2']:g}")
+            if e is None:
+                continue
+            rel = (e["objective"] - r["objective"]) / r["objective"]
+            agreement.append(
+                dict(l2=r["l2"], jaxlr=e["objective"], sklearn=r["objective"], rel=rel)
+            )
+            print(f"lambda {r['l2']:g}: jaxlr {e['objective']:.15g}, scikit-learn "
+                  f"{r['objective']:.15g}, relative difference {rel:.2e}")  # fmt: skip
     print(
         json.dumps(
             dict(
+                agreement=agreement,
                 solver=args.solver,
                 tol=args.tol,
                 num_train=len(y_N),

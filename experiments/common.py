@@ -21,6 +21,7 @@ import numpy as np
 from experiments.config import EXPERIMENTS, make_config
 from jaxlr.data.config import DataConfig
 from jaxlr.data.registry import DatasetSpec, get_spec
+from jaxlr.data.splits import optimum_features
 from jaxlr.engine.config import TrainConfig, make_hparams
 from jaxlr.engine.step import Data, schedule_numbers
 from jaxlr.engine.train import TrainResult, fit, model_for
@@ -213,12 +214,16 @@ class Optimum(NamedTuple):
     model: Any
 
 
-def optimum_for(tcfg: TrainConfig, data: Data, l2_S, learning_rates=None, finals=None):
+def optimum_for(tcfg: TrainConfig, data_cfg: DataConfig, splits, l2_S, learning_rates=None,
+                finals=None):  # fmt: skip
     """Solves each distinct lambda of `l2_S` to its optimum (float64) on the training set.
 
-    Every row gains "unstable": the learning rate exceeds the gradient-descent limit
-    2 / lambda_max of the Hessian at the optimum (lr / lr_limit > 1), so gradient descent
-    at that rate cannot settle at the optimum.
+    The solver gets the float64 features rebuilt from the uint8 training images of `splits`
+    (`jaxlr.data.splits.optimum_features`: same examples, same preprocessing), whatever
+    `data_cfg.dtype` the runs trained in: the optimum is the optimum of the images, so a
+    float32 run and a float64 run report the same one. Every row gains "unstable": the
+    learning rate exceeds the gradient-descent limit 2 / lambda_max of the Hessian at the
+    optimum (lr / lr_limit > 1), so gradient descent at that rate cannot settle there.
 
     Returns:
       `Optimum`, or None for models without a convex objective (the MLP).
@@ -227,7 +232,8 @@ def optimum_for(tcfg: TrainConfig, data: Data, l2_S, learning_rates=None, finals
 
     if tcfg.model not in ("logistic", "softmax"):
         return None
-    x, y = np.asarray(data.x_train), np.asarray(data.y_train)
+    x = optimum_features(data_cfg, splits)
+    y = np.asarray(splits.data.y_train)
     model = model_for(tcfg, x.shape[1], x.dtype)
     rep = solver.optimum_report(
         model,

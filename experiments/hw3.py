@@ -53,7 +53,7 @@ from experiments.hw3_config import (
     Misclassified,
     Mlp,
 )
-from jaxlr.data.splits import float_dtype, load_splits, test_subset
+from jaxlr.data.splits import features, float_dtype, load_splits, test_subset
 from jaxlr.engine.config import (
     ConfigError,
     TrainConfig,
@@ -541,7 +541,7 @@ def hw3_logreg_grid(cfg: LogregGrid, run: RunDir) -> dict:
         tables.write_history(run.out / f"history_{i:02d}.jsonl", res.histories[i])
     opt_text = ""
     if cfg.optimum:
-        optimum_test = _grid_optimum(tcfg, data, points, hp.l2, x_test, y_test)
+        optimum_test = _grid_optimum(cfg, tcfg, splits, points, hp.l2, images, y_test)
         opt_text = _optimum_text(cfg, points, optimum_test, len(y_test))
     _grid_figures(run.out, res, grid, num_val=len(data.y_val), num_epochs=tcfg.num_epochs)
     metrics = {
@@ -613,19 +613,26 @@ def _grid_points(res, grid) -> list[dict]:
     ]
 
 
-def _grid_optimum(tcfg: TrainConfig, data, points: list, lambdas, x_test, y_test) -> dict:
-    """Adds the exact optimum's numbers to every point; returns lambda -> its test count."""
+def _grid_optimum(cfg, tcfg: TrainConfig, splits, points: list, lambdas, images_test,
+                  y_test) -> dict:  # fmt: skip
+    """Adds the exact optimum's numbers to every point; returns lambda -> its test count.
+
+    The optimum is solved on the float64 features of the training images and scored on the
+    float64 features of the test images (`images_test`, uint8), whatever the training dtype.
+    """
     opt = optimum_for(
         tcfg,
-        data,
+        cfg.data,
+        splits,
         [p["l2"] for p in points],
         [p["learning_rate"] for p in points],
         [p["train_objective"] for p in points],
     )
+    x_test64 = features(cfg.data, images_test, np.float64)
     tables.merge_optimum(points, opt.rows)
     return {
         lam: jmetrics.evaluate(
-            opt.model, optimum_params(opt, lam), x_test, y_test, float64=True
+            opt.model, optimum_params(opt, lam), x_test64, y_test, float64=True
         ).correct
         for lam in lambdas
     }

@@ -19,7 +19,7 @@ import numpy as np
 from experiments.common import RunDir, data_text, task_name
 from experiments.regpath_config import RegPath
 from jaxlr.core import solver
-from jaxlr.data.splits import load_splits
+from jaxlr.data.splits import features, load_splits, optimum_features
 from jaxlr.engine.train import model_for
 from jaxlr.report import metrics as jmetrics
 from jaxlr.report import plots, tables
@@ -50,7 +50,11 @@ def regularization_path(cfg: RegPath, run: RunDir) -> dict:
     """
     splits = load_splits(cfg.data)
     data = splits.data
-    x, y = np.asarray(data.x_train), np.asarray(data.y_train)
+    # The optimum of the images: float64 features rebuilt from the uint8 training images,
+    # whatever --dtype; the accuracies likewise on float64 validation and test features.
+    x, y = optimum_features(cfg.data, splits), np.asarray(data.y_train)
+    x_val = features(cfg.data, splits.images_val, np.float64)
+    x_test = x_val if splits.test_is_val else features(cfg.data, splits.images_test, np.float64)
     model = model_for(cfg.train, x.shape[1], x.dtype)
     lambdas = cfg.lambdas
     t0 = time.perf_counter()
@@ -62,8 +66,8 @@ def regularization_path(cfg: RegPath, run: RunDir) -> dict:
     num = len(lambdas)
     acc = {
         "train": _accuracy(model, path.params, x, y, num),
-        "val": _accuracy(model, path.params, data.x_val, data.y_val, num),
-        "test": _accuracy(model, path.params, splits.x_test, splits.y_test, num),
+        "val": _accuracy(model, path.params, x_val, data.y_val, num),
+        "test": _accuracy(model, path.params, x_test, splits.y_test, num),
     }
     per_lambda = _path_entries(lambdas, rep.rows, acc)
     metrics = {f"lambda={e['l2']:g}": e for e in per_lambda}
@@ -83,7 +87,7 @@ def regularization_path(cfg: RegPath, run: RunDir) -> dict:
         f"{seconds:.1f} s with compilation); {n_conv} of {num} converged.",
         "## Path\n\n" + table,
         "## Figures\n\n![regularization path](path.png)\n\nThe learning-rate limit is "
-        "2 / lambda_max of the Hessian of the objective (power iteration on Hessian-vector "
+        "2 / lambda_max of the Hessian of the objective (Lanczos on Hessian-vector "
         "products): gradient descent with a larger constant rate cannot settle at the optimum.",
     ]
     tables.write_report(

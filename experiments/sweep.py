@@ -30,7 +30,7 @@ from jaxlr.data.splits import load_splits
 from jaxlr.engine import grid as jgrid
 from jaxlr.engine import shards as jshards
 from jaxlr.engine import sweep as jsweep
-from jaxlr.engine.config import ConfigError, TrainConfig
+from jaxlr.engine.config import ConfigError
 from jaxlr.engine.grid import random_points
 from jaxlr.engine.halving import Halving
 from jaxlr.host.io import atomic_write_text
@@ -183,11 +183,12 @@ def _write_tensorboard(cfg: Sweep, run: RunDir, result, records: list, live: boo
         )
 
 
-def _add_optimum(tcfg: TrainConfig, data, result: jsweep.SweepResult, rows, records):
+def _add_optimum(cfg: Sweep, splits, result: jsweep.SweepResult, rows, records):
     """Adds each point's exact optimum, gap and learning-rate limit to its row and record."""
     opt = optimum_for(
-        tcfg,
-        data,
+        cfg.train,
+        cfg.data,
+        splits,
         [r["l2"] for r in rows],
         [r["learning_rate"] for r in rows],
         np.asarray(result.metrics["train_objective"], np.float64),
@@ -269,7 +270,8 @@ def sweep(cfg: Sweep, run: RunDir) -> dict:
              large for the penalty: the accuracy oscillates).
     """
     shard = shard_of(cfg, os.environ)
-    data = load_splits(cfg.data).data
+    splits = load_splits(cfg.data)
+    data = splits.data
     grid = grid_of(cfg, np.asarray(data.x_train).dtype)
     prune = Halving(cfg.rung_epochs, cfg.keep_fraction) if cfg.prune == "halving" else None
     # The points' curves are written live; their HParams rows once the optimum is known.
@@ -283,13 +285,13 @@ def sweep(cfg: Sweep, run: RunDir) -> dict:
     if shard is not None:
         return _write_shard(cfg, run, data, grid, shard, train_args)
     result = jsweep.run_sweep(cfg.train, grid, data, prune=prune, **train_args)
-    return write_sweep_outputs(cfg, run, data, result, live_tensorboard=True)
+    return write_sweep_outputs(cfg, run, splits, result, live_tensorboard=True)
 
 
 def write_sweep_outputs(
     cfg: Sweep,
     run: RunDir,
-    data,
+    splits,
     result: jsweep.SweepResult,
     how: str | None = None,
     live_tensorboard: bool = False,
@@ -304,7 +306,8 @@ def write_sweep_outputs(
     Args:
       cfg: the sweep's config.
       run: where to write.
-      data: the preprocessed arrays (the exact optimum is solved on them; counts for the report).
+      splits: the config's `jaxlr.data.splits.Splits` (the exact optimum is solved on the
+        float64 features of its images; counts for the report).
       result: every point of the grid.
       how: how the points were trained, for the report (default: one vmapped sweep and its
         wall time).
@@ -314,6 +317,7 @@ def write_sweep_outputs(
     Raises:
       RunFailed: every point diverged.
     """
+    data = splits.data
     tcfg = cfg.train
     grid = result.grid
     if bool(np.all(result.diverged)):
@@ -326,7 +330,7 @@ def write_sweep_outputs(
     records = result.records()
     opt = None
     if cfg.optimum and tcfg.model != "mlp":
-        opt = _add_optimum(tcfg, data, result, rows, records)
+        opt = _add_optimum(cfg, splits, result, rows, records)
     _write_tensorboard(cfg, run, result, records, live_tensorboard)
     for rec in records:
         rec["history"] = histories[rec["index"]]

@@ -87,7 +87,8 @@ def sweep_merge(cfg: SweepMerge, run: RunDir) -> dict:
         )
     if sweep_cfg.data.dtype == "float64":  # the launcher switches it on from --dtype only
         jax.config.update("jax_enable_x64", True)
-    data = load_splits(sweep_cfg.data).data
+    splits = load_splits(sweep_cfg.data)
+    data = splits.data
     grid = grid_of(sweep_cfg, np.asarray(data.x_train).dtype)
     here = jshards.sweep_fingerprint(fingerprint_config(sweep_cfg), grid, data)
     if here != shards[0].fingerprint:
@@ -103,7 +104,7 @@ def sweep_merge(cfg: SweepMerge, run: RunDir) -> dict:
         f"trained in {count} shards (vmapped sweeps of their own), {result.wall_seconds:.1f} s "
         f"in all, the longest {longest:.1f} s"
     )
-    metrics = write_sweep_outputs(sweep_cfg, run, data, result, how=how)
+    metrics = write_sweep_outputs(sweep_cfg, run, splits, result, how=how)
     metrics["shards"] = [
         {
             "workdir": names[j],

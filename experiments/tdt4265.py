@@ -337,7 +337,8 @@ def task4(cfg: L2Path, run: RunDir) -> dict:
     lambdas = [float(v) for v in cfg.l2s]
     # lambda 0 is always trained: it is the reference row of the weight images.
     grid = [0.0] + sorted(set(lambdas), reverse=True)
-    data = load_splits(cfg.data).data
+    splits = load_splits(cfg.data)
+    data = splits.data
     runs = train_l2_runs(cfg, data, run, grid)
     l2_bias, bias_feature = cfg.train.l2_bias, cfg.data.bias_feature
     metrics, hists = {}, {}
@@ -366,7 +367,7 @@ def task4(cfg: L2Path, run: RunDir) -> dict:
         {lam: runs[lam][1] for lam in grid},
         {lam: metrics[f"lambda={lam:g}"]["weight_norm"] for lam in grid},
     )
-    opt_text = _l2_optimum(cfg, data, grid, metrics) if cfg.optimum else ""
+    opt_text = _l2_optimum(cfg, splits, grid, metrics) if cfg.optimum else ""
     metrics["weight_norm_by_lambda"] = {
         f"{lam:g}": metrics[f"lambda={lam:g}"]["weight_norm"] for lam in grid
     }
@@ -397,12 +398,13 @@ def task4(cfg: L2Path, run: RunDir) -> dict:
     return metrics
 
 
-def _l2_optimum(cfg: L2Path, data, grid: list, metrics: dict) -> str:
+def _l2_optimum(cfg: L2Path, splits, grid: list, metrics: dict) -> str:
     """Adds each lambda's exact optimum and gap to its metrics; returns the report section."""
     keys = [f"lambda={lam:g}" for lam in grid]
     opt = optimum_for(
         cfg.train,
-        data,
+        cfg.data,
+        splits,
         grid,
         [cfg.hparams.lr] * len(grid),
         [metrics[k]["train_objective"] for k in keys],

@@ -185,3 +185,59 @@ def test_gradient_descent_on_logistic_regression_at_0_9_and_1_1_of_the_limit():
 def test_bad_num_iter():
     with pytest.raises(ValueError, match="num_iter"):
         curvature.power_iteration(lambda v: v, jnp.ones(3), num_iter=0)
+
+
+def test_lanczos_on_a_small_gap_beats_power_iteration():
+    """Top eigenvalues 3.99 and 4 among 200: power iteration crawls, Lanczos does not."""
+    eigs = np.r_[np.linspace(0.01, 3.9, 198), 3.99, 4.0]
+    a_PP, _ = _quadratic(eigs, seed=5)
+    v0_P = jax.random.normal(jax.random.key(0), (200,), jnp.float64)
+    lz = jax.jit(lambda v: curvature.lanczos(lambda u: a_PP @ u, v))(v0_P)
+    pw = jax.jit(lambda v: curvature.power_iteration(lambda u: a_PP @ u, v))(v0_P)
+    assert bool(lz.converged)
+    # The returned residual is the true one of the returned unit vector and value.
+    y_P = np.asarray(lz.vector)
+    assert np.linalg.norm(y_P) == pytest.approx(1.0, abs=1e-12)
+    assert float(lz.value) == pytest.approx(y_P @ np.asarray(a_PP) @ y_P, rel=1e-14)
+    true_res = np.linalg.norm(np.asarray(a_PP) @ y_P - float(lz.value) * y_P)
+    assert float(lz.residual) == pytest.approx(true_res, rel=1e-6, abs=1e-15)
+    assert abs(float(lz.value) - 4.0) <= float(lz.residual) + ROUND["rtol"] * 4.0
+    assert float(lz.residual) <= curvature.DEFAULT_RTOL["float64"] * float(lz.value)
+    assert int(lz.iterations) * 5 < int(pw.iterations)
+
+
+@pytest.mark.parametrize("block", [3, 8, curvature.LANCZOS_BLOCK])
+def test_lanczos_restarts_reach_the_same_eigenvalue(block):
+    eigs = np.r_[np.linspace(0.1, 2.0, 48), 2.5, 3.0]
+    a_PP, _ = _quadratic(eigs, seed=6)
+    v0_P = jax.random.normal(jax.random.key(1), (50,), jnp.float64)
+    res = curvature.lanczos(lambda u: a_PP @ u, v0_P, block=block)
+    assert bool(res.converged) and int(res.iterations) < curvature.DEFAULT_NUM_ITER
+    assert abs(float(res.value) - 3.0) <= float(res.residual) + ROUND["rtol"] * 3.0
+    # Out of products: not converged, and it says so.
+    short = curvature.lanczos(lambda u: a_PP @ u, v0_P, block=block, num_iter=3)
+    assert int(short.iterations) <= 3 and not bool(short.converged)
+
+
+@pytest.mark.parametrize("kind", ["logistic", "softmax"])
+def test_lanczos_and_power_limits_agree_at_the_optimum(kind):
+    x_ND, y_N = _data(kind)
+    model = _model(kind)
+    params = solver.solve(model, None, x_ND, y_N, 0.01).params
+
+    def f(p):
+        return model.loss(p, x_ND, y_N, 0.01)[0]
+
+    expected = _dense_eigvalsh(f, params)[-1]
+    for method in curvature.EIGEN_METHODS:
+        got = float(curvature.lr_limit(model, params, x_ND, y_N, 0.01, method=method))
+        assert got == pytest.approx(2 / expected, rel=curvature.DEFAULT_RTOL["float64"]), method
+
+
+def test_bad_lanczos_arguments():
+    with pytest.raises(ValueError, match="num_iter"):
+        curvature.lanczos(lambda v: v, jnp.ones(3), num_iter=1)
+    with pytest.raises(ValueError, match="block"):
+        curvature.lanczos(lambda v: v, jnp.ones(3), block=0)
+    with pytest.raises(ValueError, match="method"):
+        curvature.hessian_max_eigenvalue(lambda p: jnp.sum(p**2), jnp.ones(3), method="qr")

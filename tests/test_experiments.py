@@ -34,7 +34,9 @@ from experiments import (
 )
 from experiments.common import run_experiment
 from experiments.config import EXPERIMENTS, flag_fields, make_config
+from jaxlr.data.config import DataConfig
 from jaxlr.data.fake import fake_arrays, write_fake_dataset
+from jaxlr.data.splits import load_splits, optimum_features
 from jaxlr.host import checkpoint as ckpt
 from jaxlr.report import plots
 
@@ -828,10 +830,11 @@ def test_regularization_path(run):
     table = (r.workdir / "table.md").read_text()
     assert table.strip() in report and len(table.strip().splitlines()) == 2 + len(lambdas)
 
-    # Each optimum by hand (float64 Newton in numpy) on the same examples: float32 pixels
-    # x / 255 (scale unit) plus the bias feature, as the experiment reads them.
+    # Each optimum by hand (float64 Newton in numpy) on the same examples: float64 pixels
+    # x / 255 (scale unit) plus the bias feature, the optimum of the images (not of the
+    # float32 features the runs train on).
     def features(images):
-        return pixels(images, "unit", True).astype(np.float32).astype(np.float64)
+        return pixels(images, "unit", True)
 
     (x_tr, y_tr), (x_va, y_va), (x_te, y_te, _) = _grid_sets(100)
     x_tr, x_va, x_te = features(x_tr), features(x_va), features(x_te)
@@ -860,6 +863,60 @@ def test_regularization_path(run):
     # More penalty, smaller weights.
     norms = [m[k]["weight_norm"] for k in keys]
     assert norms == sorted(norms, reverse=True)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        dict(digits=GRID_DIGITS, split="holdout", num_train=1200, num_val=700, scale="unit"),
+        dict(num_train=None, scale="symmetric"),  # tdt4265: ten digits in [-1, 1]
+        dict(num_train=None, max_examples=300, bias_feature=False),
+    ],
+)
+def test_optimum_features_are_the_float64_preprocessing_of_the_images(fake_dir, data):
+    cfg = DataConfig(dataset="fake", data_dir=str(fake_dir), **data)
+    splits = load_splits(cfg)
+    x_ND = optimum_features(cfg, splits)
+    # Independently, in numpy float64: the same examples, the same scaling and bias column.
+    xs, ys = ARRAYS["train_images"], ARRAYS["train_labels"]
+    if cfg.binary:
+        images = two_digits(xs[:1200], ys[:1200], GRID_DIGITS)[0]
+    else:
+        images = xs[: cfg.max_examples]
+    expected = pixels(images, cfg.scale, cfg.bias_feature)
+    assert x_ND.dtype == np.float64 and x_ND.shape == expected.shape
+    np.testing.assert_array_equal(x_ND, expected)
+    # Not the float32 training features upcast: those differ from the exact values.
+    x32 = np.asarray(splits.data.x_train)
+    assert x32.dtype == np.float32 and not np.array_equal(x32.astype(np.float64), x_ND)
+
+
+def test_float32_and_float64_runs_report_the_same_optimum(run, tmp_path, fake_dir):
+    """The optimum belongs to the images: a float32 run's is a float64 run's, to rounding."""
+    r32 = run("regularization_path")
+    assert r32.overrides.get("dtype", "float32") == "float32"
+    over64 = dict(overrides_for("regularization_path", fake_dir), dtype="float64")
+    m64 = run_experiment("regularization_path", tmp_path / "f64", over64)
+    keys = [k for k in r32.metrics if k.startswith("lambda=")]
+    assert keys and keys == [k for k in m64 if k.startswith("lambda=")]
+    for key in keys:
+        a, b = r32.metrics[key], m64[key]
+        assert a["converged"] and b["converged"]
+        assert a["objective"] == pytest.approx(b["objective"], rel=1e-12, abs=0), key
+        assert a["weight_norm"] == pytest.approx(b["weight_norm"], rel=1e-9), key
+        assert a["lr_limit"] == pytest.approx(b["lr_limit"], rel=1e-6), key
+    # The test can fail: the optimum of the float32 features upcast is off by far more.
+    from jaxlr.core import solver
+    from jaxlr.engine.train import model_for
+
+    cfg = make_config("regularization_path", overrides_for("regularization_path", fake_dir))
+    splits = load_splits(cfg.data)
+    x32 = np.asarray(splits.data.x_train).astype(np.float64)
+    lam = float(r32.metrics[keys[0]]["l2"])
+    model = model_for(cfg.train, x32.shape[1], np.float64)
+    upcast = solver.solve(model, None, x32, splits.data.y_train, lam)
+    exact = r32.metrics[keys[0]]["objective"]
+    assert abs(float(upcast.objective) - exact) > 1e-12 * abs(exact)
 
 
 # ---------------------------------------------------------------------------------------------

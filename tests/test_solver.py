@@ -212,6 +212,28 @@ def test_float32_agrees_with_float64(kind):
     assert g64 <= 10 * solver.DEFAULT_TOL["float32"]
 
 
+@pytest.mark.parametrize("kind", ["logistic", "softmax"])
+def test_float32_hessian_products_reach_the_same_float64_optimum(kind):
+    """HVPs in float32 (the default) or float64 only change the route, not the optimum."""
+    x_ND, y_N = _data(kind, seed=4)
+    model = _model(kind, x_ND, l2_convention="sum", l2_bias=True)
+    lam = 0.002  # ill-conditioned enough for CG to take many products
+    assert solver.HVP_DTYPE == "float32"
+    fast = solver.solve(model, None, x_ND, y_N, lam)
+    exact = solver.solve(model, None, x_ND, y_N, lam, hvp_dtype=jnp.float64)
+    for r in (fast, exact):
+        assert bool(r.converged) and float(r.grad_norm) <= TOL64 and int(r.hvps) > 0
+        assert r.params["w"].dtype == F64
+    # Both certified by their own float64 gradient: mu = 2 lambda bounds the distance.
+    bound = (float(fast.grad_norm) + float(exact.grad_norm)) / (2 * lam)
+    assert _dist(fast.params, exact.params) <= bound
+    assert float(fast.objective) == _approx(float(exact.objective), LOSS64)
+    path = solver.solve_path(model, x_ND, y_N, [lam, 10 * lam], hvp_dtype="float64")
+    assert int(path.iterations[0]) == int(exact.iterations)
+    with pytest.raises(ValueError, match="hvp_dtype"):
+        solver.solve(model, None, x_ND, y_N, lam, hvp_dtype=jnp.int32)
+
+
 @pytest.mark.parametrize("method", solver.METHODS)
 def test_path_equals_loop_of_single_solves(method):
     x_ND, y_N = _data("softmax")

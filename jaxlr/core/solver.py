@@ -21,7 +21,11 @@ cross-check.
 
 Stopping: the Euclidean norm of the gradient of the objective (all parameters flattened),
 ``||grad f||_2 <= tol``, absolute; the objective is a mean over examples, so the scale does
-not grow with N. Defaults (``DEFAULT_TOL``): 1e-10 in float64, 1e-5 in float32 (float32
+not grow with N. The Hessian-vector products inside CG run in ``hvp_dtype`` (default
+``HVP_DTYPE``, float32, also for a float64 solve: cheaper, and the step is still a Newton
+step up to a relative Hessian error ~1e-7); objective, gradient, line search and the stopping
+test run in the solve dtype, so a converged float64 result is certified in float64.
+Defaults (``DEFAULT_TOL``): 1e-10 in float64, 1e-5 in float32 (float32
 gradients carry rounding noise of ~1e-7 to 1e-6 on MNIST). ``iterations`` counts Newton
 (or L-BFGS) iterations, ``hvps`` the Hessian-vector products. With strong convexity ``mu``
 (``mu >= 2 lambda`` for ``R = sum w^2`` with the bias penalised, ``>= lambda`` for
@@ -89,6 +93,13 @@ CONVEX_KINDS = ("logistic", "softmax")
 DEFAULT_TOL: dict[str, float] = {"float64": 1e-10, "float32": 1e-5}
 DEFAULT_MAX_ITER = 100
 DEFAULT_MAX_CG_ITER = 250
+# The Hessian-vector products inside CG run in float32 by default, also for a float64 solve
+# (about 1.6-2x cheaper on a CPU; tdt4265_task4: WORKSPACE.md). The Newton step is then the
+# CG solution of a slightly perturbed Hessian (relative error ~1e-7), which only changes how
+# fast the iterates converge: the objective, the gradient, the line search and the stopping
+# test ||grad f||_2 <= tol stay in the solve dtype, so a converged result is still certified
+# by its float64 gradient.
+HVP_DTYPE = "float32"
 ARMIJO_C1 = 1e-4
 MAX_BACKTRACKS = 40
 # Relative rise of f tolerated by the approximate Armijo test, in units of the dtype's eps.
@@ -353,13 +364,23 @@ def _newton_running(c: _NewtonState, tol, stop, max_iter):
     return (c.gnorm > tol) & (c.it < max_iter) & ~c.stalled & ~stop_now & xp.isfinite(c.f)
 
 
-def _newton_iteration(fun, sep_fun, c: _NewtonState, max_cg_iter) -> _NewtonState:
+def _hessian_matvec(hess_fun, p_P):
+    """``v -> H(p) v`` from ``hess_fun`` (the objective in the Hessian dtype, on flat
+    parameters), linearised once at ``p_P``; vectors in and out in ``p_P``'s dtype."""
+    fun, hdtype = hess_fun
+    _, matvec = jax.linearize(jax.grad(fun), p_P.astype(hdtype))
+    if hdtype == p_P.dtype:
+        return matvec
+    return lambda v_P: matvec(v_P.astype(hdtype)).astype(p_P.dtype)
+
+
+def _newton_iteration(fun, sep_fun, hess_fun, c: _NewtonState, max_cg_iter) -> _NewtonState:
     """One Newton-CG iteration: CG on the HVPs at ``c.p_P``, then the line search."""
     p_P, f, g_P, gnorm = c.p_P, c.f, c.g_P, c.gnorm
     dtype = p_P.dtype
     eps_rise = APPROX_RISE_EPS * jnp.finfo(dtype).eps
     value_and_grad = jax.value_and_grad(fun)
-    _, matvec = jax.linearize(jax.grad(fun), p_P)
+    matvec = _hessian_matvec(hess_fun, p_P)
     d_P, k = _cg(matvec, g_P, gnorm, max_cg_iter)
     slope = jnp.vdot(g_P, d_P)
 
@@ -398,10 +419,10 @@ def _newton_iteration(fun, sep_fun, c: _NewtonState, max_cg_iter) -> _NewtonStat
     )
 
 
-def _newton_cg(fun, sep_fun, p_P, tol, stop, max_iter, max_cg_iter):
+def _newton_cg(fun, sep_fun, hess_fun, p_P, tol, stop, max_iter, max_cg_iter):
     c = jax.lax.while_loop(
         lambda c: _newton_running(c, tol, stop, max_iter),
-        lambda c: _newton_iteration(fun, sep_fun, c, max_cg_iter),
+        lambda c: _newton_iteration(fun, sep_fun, hess_fun, c, max_cg_iter),
         _newton_start(fun, sep_fun, p_P),
     )
     return c.p_P, c.it, c.hvps, c.stalled
@@ -440,8 +461,10 @@ def _lbfgs(fun, sep_fun, p_P, tol, stop, max_iter):
     return p_out, it, zero, jnp.asarray(False)
 
 
-def _problem(model, unravel, x_ND, y_N, l2, mask_N):
-    """The objective and the separation test of one lambda, on flat parameters."""
+def _problem(model, unravel, x_ND, y_N, l2, mask_N, hvp_dtype=None):
+    """The objective, the separation test and the Hessian's objective of one lambda, on flat
+    parameters. ``hvp_dtype`` (a dtype name; None: the data's): the dtype the Hessian-vector
+    products run in (``(fun, dtype)``, data and lambda cast to it)."""
 
     def fun(p_P):
         return model.loss(unravel(p_P), x_ND, y_N, l2, mask_N)[0]
@@ -449,7 +472,18 @@ def _problem(model, unravel, x_ND, y_N, l2, mask_N):
     def sep_fun(p_P):
         return _separated(model, unravel(p_P), x_ND, y_N, mask_N)
 
-    return fun, sep_fun
+    hdtype = x_ND.dtype if hvp_dtype is None else jnp.dtype(hvp_dtype)
+    if hdtype == x_ND.dtype:
+        return fun, sep_fun, (fun, hdtype)
+    unravel_h = _unravel_for(model, hdtype)
+    x_h = x_ND.astype(hdtype)
+    mask_h = None if mask_N is None else mask_N.astype(hdtype)
+    l2_h = jnp.asarray(l2).astype(hdtype)
+
+    def hess(p_P):
+        return model.loss(unravel_h(p_P), x_h, y_N, l2_h, mask_h)[0]
+
+    return fun, sep_fun, (hess, hdtype)
 
 
 def _result(model, unravel, p_P, it, hvps, stalled, x_ND, y_N, l2, mask_N, tol, certified):
@@ -465,31 +499,35 @@ def _result(model, unravel, p_P, it, hvps, stalled, x_ND, y_N, l2, mask_N, tol, 
     return SolveResult(params, f, ce, gnorm, it, hvps, converged, separated, stalled, none)
 
 
-def _solve_impl(model, method, max_iter, max_cg_iter, params0, x_ND, y_N, l2, mask_N, tol):
+def _solve_impl(model, method, max_iter, max_cg_iter, hvp_dtype, params0, x_ND, y_N, l2, mask_N,
+                tol):  # fmt: skip
     """``solve`` on arrays already cast to one dtype (traceable; no validation)."""
     p0_P, unravel = ravel_pytree(params0)
     dtype = p0_P.dtype
     tol = jnp.asarray(tol, dtype)
     l2 = jnp.asarray(l2, dtype)
-    fun, sep_fun = _problem(model, unravel, x_ND, y_N, l2, mask_N)
+    fun, sep_fun, hess_fun = _problem(model, unravel, x_ND, y_N, l2, mask_N, hvp_dtype)
     certified = _one_class_certificate(model, params0, x_ND, y_N, mask_N)
     stop = (l2 == 0, (l2 == 0) & certified)
     if method == "newton_cg":
-        p_P, it, hvps, stalled = _newton_cg(fun, sep_fun, p0_P, tol, stop, max_iter, max_cg_iter)
+        p_P, it, hvps, stalled = _newton_cg(
+            fun, sep_fun, hess_fun, p0_P, tol, stop, max_iter, max_cg_iter
+        )
     else:
         p_P, it, hvps, stalled = _lbfgs(fun, sep_fun, p0_P, tol, stop, max_iter)
     return _result(model, unravel, p_P, it, hvps, stalled, x_ND, y_N, l2, mask_N, tol, certified)
 
 
-_STATIC = ("model", "method", "max_iter", "max_cg_iter")
+_STATIC = ("model", "method", "max_iter", "max_cg_iter", "hvp_dtype")
 _solve_jit = jax.jit(_solve_impl, static_argnames=_STATIC)
 
 
 @functools.partial(jax.jit, static_argnames=(*_STATIC, "batched_params"))
 def _solve_path_jit(
-    model, method, max_iter, max_cg_iter, params0, x_ND, y_N, l2_L, mask_N, tol, batched_params
-):
-    one = functools.partial(_solve_impl, model, method, max_iter, max_cg_iter)
+    model, method, max_iter, max_cg_iter, hvp_dtype, params0, x_ND, y_N, l2_L, mask_N, tol,
+    batched_params,
+):  # fmt: skip
+    one = functools.partial(_solve_impl, model, method, max_iter, max_cg_iter, hvp_dtype)
     in_axes = (0 if batched_params else None, None, None, 0, None, None)
     return jax.vmap(one, in_axes=in_axes)(params0, x_ND, y_N, l2_L, mask_N, tol)
 
@@ -514,23 +552,24 @@ def _path_start(model, params0_L, x_ND, y_N, l2_L, mask_N):
 
     def one(params0, l2):
         p0_P, unravel = ravel_pytree(params0)
-        return _newton_start(*_problem(model, unravel, x_ND, y_N, l2, mask_N), p0_P)
+        fun, sep_fun, _ = _problem(model, unravel, x_ND, y_N, l2, mask_N)
+        return _newton_start(fun, sep_fun, p0_P)
 
     return jax.vmap(one)(params0_L, l2_L), certified
 
 
-@functools.partial(jax.jit, static_argnames=("model", "max_cg_iter"))
-def _path_iteration_jit(model, max_cg_iter, c_B, x_ND, y_N, l2_B, mask_N):
-    return _path_iteration(model, max_cg_iter, c_B, x_ND, y_N, l2_B, mask_N)
+@functools.partial(jax.jit, static_argnames=("model", "max_cg_iter", "hvp_dtype"))
+def _path_iteration_jit(model, max_cg_iter, c_B, x_ND, y_N, l2_B, mask_N, hvp_dtype=None):
+    return _path_iteration(model, max_cg_iter, c_B, x_ND, y_N, l2_B, mask_N, hvp_dtype)
 
 
-def _path_iteration(model, max_cg_iter, c_B, x_ND, y_N, l2_B, mask_N):
+def _path_iteration(model, max_cg_iter, c_B, x_ND, y_N, l2_B, mask_N, hvp_dtype=None):
     """One Newton-CG iteration of each of B lanes (compiled once per block size B)."""
     unravel = _unravel_for(model, x_ND.dtype)
 
     def one(c, l2):
-        fun, sep_fun = _problem(model, unravel, x_ND, y_N, l2, mask_N)
-        return _newton_iteration(fun, sep_fun, c, max_cg_iter)
+        fun, sep_fun, hess_fun = _problem(model, unravel, x_ND, y_N, l2, mask_N, hvp_dtype)
+        return _newton_iteration(fun, sep_fun, hess_fun, c, max_cg_iter)
 
     return jax.vmap(one)(c_B, l2_B)
 
@@ -557,7 +596,7 @@ def _block_size(active: int, total: int) -> int:
 
 
 def _solve_path_host(model, max_iter, max_cg_iter, params0_L, x_ND, y_N, l2_L, mask_N, tol,
-                     progress):  # fmt: skip
+                     progress, hvp_dtype=None):  # fmt: skip
     """Newton-CG over a path, each lambda leaving the batch as soon as it is done."""
     t0 = time.perf_counter()
     num = int(l2_L.shape[0])
@@ -596,6 +635,7 @@ def _solve_path_host(model, max_iter, max_cg_iter, params0_L, x_ND, y_N, l2_L, m
             y_N,
             jnp.asarray(lam_L[idx]),
             mask_N,
+            hvp_dtype,
         )
         for mine, new in zip(c, out, strict=True):
             mine[active] = np.asarray(new)[: active.size]
@@ -638,6 +678,7 @@ def solve(
     method: str = "newton_cg",
     max_cg_iter: int = DEFAULT_MAX_CG_ITER,
     dtype=jnp.float64,
+    hvp_dtype=None,
 ) -> SolveResult:
     """Minimises the model's objective ``model.loss(params, x_ND, y_N, l2, mask_N)[0]``.
 
@@ -657,6 +698,9 @@ def solve(
       max_cg_iter: the most Hessian-vector products per Newton iteration.
       dtype: float64 (default; needs ``jax_enable_x64``) or float32; data and parameters
         are cast to it.
+      hvp_dtype: the dtype of the Hessian-vector products inside CG (None: ``HVP_DTYPE``,
+        float32). Objective, gradients, line search and the stopping test stay in ``dtype``,
+        so the tolerance means the same; the products only shape the Newton step.
 
     Returns:
       ``SolveResult`` of scalars.
@@ -666,14 +710,15 @@ def solve(
         max_iter, l2 or data shape, or float64 without 64-bit JAX.
     """
     dtype, common = _checked_inputs(
-        "solve", model, x_ND, y_N, mask_N, l2, 0, tol, max_iter, method, max_cg_iter, dtype
-    )
+        "solve", model, x_ND, y_N, mask_N, l2, 0, tol, max_iter, method, max_cg_iter, dtype,
+        hvp_dtype,
+    )  # fmt: skip
     params0 = _zeros_like_model(model, dtype) if params0 is None else _cast(params0, dtype)
     return _solve_jit(params0=params0, l2=jnp.asarray(l2).astype(dtype), **common)
 
 
 def _checked_inputs(where, model, x_ND, y_N, mask_N, l2, l2_ndim, tol, max_iter, method,
-                    max_cg_iter, dtype):  # fmt: skip
+                    max_cg_iter, dtype, hvp_dtype=None):  # fmt: skip
     """Checks the arguments shared by `solve` and `solve_path`; returns (dtype, the
     keyword arguments of the compiled solvers other than params0 and lambda)."""
     _check_model(model, where)
@@ -682,11 +727,15 @@ def _checked_inputs(where, model, x_ND, y_N, mask_N, l2, l2_ndim, tol, max_iter,
     tol = _resolve_tol(where, tol, dtype)
     _check_l2(where, l2, l2_ndim)
     _check_data(where, x_ND, y_N, mask_N)
+    hvp_dtype = jnp.dtype(HVP_DTYPE if hvp_dtype is None else hvp_dtype)
+    if hvp_dtype.name not in DEFAULT_TOL:
+        raise ValueError(f"{where}: hvp_dtype must be float32 or float64, got {hvp_dtype.name!r}")
     return dtype, dict(
         model=model,
         method=method,
         max_iter=int(max_iter),
         max_cg_iter=int(max_cg_iter),
+        hvp_dtype=hvp_dtype.name,
         x_ND=jnp.asarray(x_ND).astype(dtype),
         y_N=jnp.asarray(y_N),
         mask_N=None if mask_N is None else jnp.asarray(mask_N).astype(dtype),
@@ -707,6 +756,7 @@ def solve_path(
     method: str = "newton_cg",
     max_cg_iter: int = DEFAULT_MAX_CG_ITER,
     dtype=jnp.float64,
+    hvp_dtype=None,
     progress: bool = True,
 ) -> SolveResult:
     """Solves a whole regularization path; each lambda stops as soon as it is done.
@@ -719,7 +769,8 @@ def solve_path(
     lambdas of the same length reuses the compiled functions.
 
     Args:
-      model, x_ND, y_N, mask_N, tol, max_iter, method, max_cg_iter, dtype: as in ``solve``.
+      model, x_ND, y_N, mask_N, tol, max_iter, method, max_cg_iter, dtype, hvp_dtype: as in
+        ``solve``.
       l2_L: the L lambdas (1-D, each >= 0).
       params0: None (zeros for every lambda), one pytree shared by every lambda, or a
         pytree whose leaves carry a leading L axis (a warm start per lambda, e.g. the
@@ -736,8 +787,9 @@ def solve_path(
     """
     where = "solve_path"
     dtype, common = _checked_inputs(
-        where, model, x_ND, y_N, mask_N, l2_L, 1, tol, max_iter, method, max_cg_iter, dtype
-    )
+        where, model, x_ND, y_N, mask_N, l2_L, 1, tol, max_iter, method, max_cg_iter, dtype,
+        hvp_dtype,
+    )  # fmt: skip
     num = int(np.shape(l2_L)[0])
     template = _zeros_like_model(model, dtype)
     if params0 is None:
@@ -776,6 +828,7 @@ def solve_path(
         common["mask_N"],
         common["tol"],
         progress,
+        common["hvp_dtype"],
     )
 
 
@@ -823,6 +876,7 @@ def optimum_report(
     dtype=jnp.float64,
     key: jax.Array | None = None,
     progress: bool = True,
+    hvp_dtype=None,
 ) -> OptimumReport:
     """Optimum, gap and gradient-descent limit for each point of a sweep (host side).
 
@@ -842,8 +896,8 @@ def optimum_report(
       mask_N: optional 0/1 example weights.
       include_bias: whether ``weight_norm`` counts the bias (pass ``TrainConfig.l2_bias`` to
         match the penalty).
-      tol, max_iter, method, dtype: as in ``solve``.
-      key: PRNG key of the power iteration (default ``PRNGKey(0)``).
+      tol, max_iter, method, dtype, hvp_dtype: as in ``solve``.
+      key: PRNG key of the Lanczos start vector (default ``PRNGKey(0)``).
       progress: log the solve's progress and the time of the limits (``jaxlr.solver``).
 
     Returns:
@@ -875,6 +929,7 @@ def optimum_report(
             max_iter=max_iter,
             method=method,
             dtype=dtype,
+            hvp_dtype=hvp_dtype,
             progress=progress,
         )
         x = jnp.asarray(x_ND).astype(dtype)
@@ -882,9 +937,9 @@ def optimum_report(
         y = jnp.asarray(y_N)
         lam_L = jnp.asarray(l2_L).astype(dtype)
         t0 = time.perf_counter()
-        # One lambda at a time: each power iteration stops at its own count (at the optimum
-        # of lambda 1 of tdt4265_task4 it takes 394 products, the others 72-87), where a
-        # vmapped one would run every lambda for 394.
+        # Lanczos (curvature.lr_limit's default), one lambda at a time: each stops at its own
+        # count (tdt4265_task4: 13-18 products at the optima, where power iteration took
+        # 72-394), where a vmapped loop would run every lambda as long as the slowest.
         limits = jnp.concatenate(
             [
                 _limits(model, jax.tree.map(lambda a, i=i: a[i : i + 1], path.params), x, y,

@@ -35,6 +35,8 @@ class Splits(NamedTuple):
       test_index: index of every test example in the data set's test set [M].
       test_is_val: whether the test arrays are the validation arrays.
       num_train_images: images taken from the training set before digits were selected.
+      images_train: the raw uint8 training images [N, 28, 28], the source of
+        `optimum_features` (the float64 features every exact optimum is solved on).
     """
 
     data: Data
@@ -45,6 +47,7 @@ class Splits(NamedTuple):
     test_index: Any
     test_is_val: bool
     num_train_images: int
+    images_train: Any = None
 
 
 def float_dtype(cfg: DataConfig) -> np.dtype:
@@ -145,12 +148,37 @@ def load_splits(cfg: DataConfig) -> Splits:
             xte, yte, test_idx = xte[: cfg.num_test], yte[: cfg.num_test], test_idx[: cfg.num_test]
 
     def prep(x):
-        return jimages.preprocess(x, scale=cfg.scale, bias=cfg.bias_feature, dtype=dtype)
+        return features(cfg, x, dtype)
 
+    xtr = np.asarray(xtr)
     data = Data(prep(xtr), np.asarray(ytr, np.int32), prep(xva), np.asarray(yva, np.int32))
     if xte is not None:
-        return Splits(data, prep(xte), np.asarray(yte, np.int32), xva, xte, test_idx, False, n)
-    return Splits(data, data.x_val, data.y_val, xva, xva, test_idx, True, n)
+        return Splits(data, prep(xte), np.asarray(yte, np.int32), xva, xte, test_idx, False, n, xtr)
+    return Splits(data, data.x_val, data.y_val, xva, xva, test_idx, True, n, xtr)
+
+
+def features(cfg: DataConfig, images, dtype) -> np.ndarray:
+    """The features of uint8 `images` [N, 28, 28] under `cfg`'s preprocessing, in `dtype`.
+
+    Scaling and the bias column as `cfg` says; computed in `dtype` from the integers (a
+    float64 result is not a float32 one upcast). Returns x_ND [N, D].
+    """
+    return jimages.preprocess(
+        np.asarray(images), scale=cfg.scale, bias=cfg.bias_feature, dtype=np.dtype(dtype)
+    )
+
+
+def optimum_features(cfg: DataConfig, splits: Splits) -> np.ndarray:
+    """The float64 training features of `splits`: what every exact optimum is solved on.
+
+    The same examples, in the same order, and the same preprocessing (scale, bias column) as
+    `splits.data.x_train`, but rebuilt from the uint8 images in float64 whatever `cfg.dtype`
+    is, so a float32 run's optimum is the optimum of the images, equal to a float64 run's.
+    Needs no 64-bit JAX (numpy on the host). Returns x_ND [N, D] float64.
+    """
+    if splits.images_train is None:
+        raise ValueError("optimum_features: these splits carry no training images")
+    return features(cfg, splits.images_train, np.float64)
 
 
 def test_subset(cfg: DataConfig):
