@@ -419,7 +419,9 @@ def run_sweep(
     # Balanced blocks: as few as the cap allows, of equal size (padding < one point per
     # device and block); the cap itself is the top of the ladder.
     g_full = nd * blocks.ceil_div(blocks.ceil_div(s, blocks.ceil_div(s, cap)), nd)
-    ladder = blocks.block_ladder(g_full, nd, blocks.LADDER_STEPS_PER_OCTAVE)
+    ladder = blocks.block_ladder(
+        g_full, nd, blocks.LADDER_STEPS_PER_OCTAVE, blocks.smallest_block(model, d)
+    )
     shared_seed = bool(np.all(hp_all.seed == hp_all.seed[0]))
     # Refuse, in one line and before anything is allocated, a block that cannot fit.
     per_device = max(1, g_full // nd)
@@ -456,6 +458,7 @@ def run_sweep(
         compact,
         prune,
         dtype,
+        log_fn or log.info,
     )
     description = (
         f"sweep: {s} points, blocks of sizes {list(ladder) if compact else [g_full]}"
@@ -500,8 +503,10 @@ class _SweepRunner:
         compact,
         prune,
         dtype,
+        log_fn,
     ):
         s = grid.size
+        self.log_fn = log_fn
         self.config, self.grid, self.fns = config, grid, fns
         self.num_points, self.num_batches = s, fns.engine.num_batches
         self.hp_all, self.data_dev, self.put_hp = hp_all, data_dev, put_hp
@@ -624,6 +629,8 @@ class _SweepRunner:
     def finish(self, histories: list[dict], info) -> tuple[SweepResult, list[dict]]:
         self.sync()
         self.programs.close()
+        if self.programs.summary():
+            self.log_fn("sweep: " + self.programs.summary())
         s, grid = self.num_points, self.grid
         # Final numbers of the returned parameters, in blocks of the ladder's sizes.
         params_all = returned_params(self.host)
