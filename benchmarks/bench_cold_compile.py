@@ -17,7 +17,10 @@ training, histories, figures: what a user waits for), the children's CPU seconds
 count on a shared machine.
 
     python -m benchmarks.bench_cold_compile --data_dir=../shared/data [--repeats=3]
-        [--grid=64] [--extra=--block_size=64] [--out=cold.json]
+        [--grid=64] [--extra=--block_size=64] [--tree=DIR] [--out=cold.json]
+
+`--tree=DIR` launches the experiments from another checkout (e.g. `git archive COMMIT | tar -x
+-C DIR`), to compare before and after.
 
 Target (issue "Defaults that are fast and honest"): cold es <= 0.5 x cold off.
 
@@ -81,14 +84,14 @@ def command(case: str, workdir: Path, args) -> list[str]:
     ]
 
 
-def run_one(cmd: list[str], cache: Path) -> dict:
+def run_one(cmd: list[str], cache: Path, tree: Path = REPO) -> dict:
     """Runs one launcher process with its own cache folder; wall, CPU, load, sweep seconds."""
-    env = dict(os.environ, XDG_CACHE_HOME=str(cache), MPLBACKEND="Agg")
+    env = dict(os.environ, XDG_CACHE_HOME=str(cache), MPLBACKEND="Agg", PYTHONPATH=str(tree))
     env.pop("JAXLR_COMPILATION_CACHE", None)
     load = os.getloadavg()[0]
     ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, check=False)
+    proc = subprocess.run(cmd, cwd=tree, env=env, capture_output=True, text=True, check=False)
     wall = time.perf_counter() - t0
     ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode != 0:
@@ -172,6 +175,7 @@ def main(argv=None) -> int:
     parser.add_argument("--grid", type=int, default=64, help="64 or 256 points")
     parser.add_argument("--extra", default="", help="more launcher flags for both cases")
     parser.add_argument("--out", default=None)
+    parser.add_argument("--tree", default=str(REPO), help="checkout to launch from")
     parser.add_argument("--sizes", default="", help="time these block sizes' programs instead")
     parser.add_argument("--epochs", type=int, default=15, help="timed epochs per size (--sizes)")
     args = parser.parse_args(argv)
@@ -189,7 +193,9 @@ def main(argv=None) -> int:
                 cache = tmp / f"cache_{r}_{case}"
                 for temp in ("cold", "warm"):
                     workdir = tmp / f"w_{r}_{case}_{temp}"
-                    row[f"{case}_{temp}"] = run_one(command(case, workdir, args), cache)
+                    row[f"{case}_{temp}"] = run_one(
+                        command(case, workdir, args), cache, Path(args.tree).resolve()
+                    )
                 shutil.rmtree(cache, ignore_errors=True)
             runs.append(row)
             print(
@@ -205,7 +211,10 @@ def main(argv=None) -> int:
             )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    print(f"\n{args.grid}-point grid, {args.repeats} round(s); whole processes, median (min, max)")
+    print(
+        f"\n{args.grid}-point grid, {args.repeats} round(s), tree {args.tree}; whole processes, "
+        "median (min, max)"
+    )
     print("| case | wall s | CPU s | sweep s | load |")
     print("|---|---|---|---|---|")
     for key in ("es_cold", "es_warm", "off_cold", "off_warm"):
