@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import NamedTuple
@@ -35,6 +36,10 @@ _CPU_BUDGET_CAP = 4 << 30
 # compile for tdt4265_task2, more than the padding it saves: on the 64-point early-stopping
 # grid 1 took 21.5 CPU-s and 2 took 29.1 CPU-s (benchmarks/bench_sweep_scale.py --ladder).
 LADDER_STEPS_PER_OCTAVE = 1
+# Weight columns (points x parameters per input feature) below which a block's chunk costs no
+# less than at this size (`smallest_block`). tdt4265_task2 (one column a point), CPU ms per
+# epoch by block size: see WORKSPACE.md (benchmarks/bench_cold_compile.py --sizes).
+FLOOR_COLUMNS = 8
 
 
 def param_count(model: Model) -> int:
@@ -119,21 +124,26 @@ def _pad_indices(indices: np.ndarray, size: int) -> np.ndarray:
     return np.concatenate([indices, np.resize(indices, size - len(indices))])
 
 
-def block_ladder(cap: int, num_devices: int = 1, steps_per_octave: int = 1) -> tuple[int, ...]:
+def block_ladder(
+    cap: int, num_devices: int = 1, steps_per_octave: int = 1, smallest: int = 2
+) -> tuple[int, ...]:
     """The block sizes a compacting sweep may use: a fixed geometric ladder up to `cap`.
 
     With `steps_per_octave=1` (default) the sizes are num_devices * 2^j below `cap`, then
     `cap`: a block is at most half padding, and there are about log2(cap) compiled programs.
     With 2: num_devices * (2, 3, 4, 6, 8, 12, 16, 24, ...), at most a third of padding and
     twice the programs (`run_sweep` uses `LADDER_STEPS_PER_OCTAVE`). The smallest size is
-    2 * num_devices (when `cap` allows): with a single point per device XLA drops the batch
-    dimension and picks other kernels, whose rounding differs; with two or more a point's
-    numbers are the same bits in blocks of any size (per-point seeds).
+    `smallest` * num_devices (when `cap` allows; `smallest` a power of two >= 2): with a single
+    point per device XLA drops the batch dimension and picks other kernels, whose rounding
+    differs; with two or more a point's numbers are the same bits in blocks of any size
+    (per-point seeds). `run_sweep` raises `smallest` where smaller blocks cost no less
+    (`smallest_block`).
 
     Args:
       cap: the largest block (a multiple of `num_devices`).
       num_devices: devices the sweep axis is sharded over.
       steps_per_octave: 1 (powers of two) or 2 (powers of two and 1.5 times them).
+      smallest: points per device of the smallest block (a power of two >= 2).
     Returns:
       Increasing sizes, each a multiple of `num_devices`; one compiled program each.
     """
@@ -143,13 +153,38 @@ def block_ladder(cap: int, num_devices: int = 1, steps_per_octave: int = 1) -> t
         )
     if steps_per_octave not in (1, 2):
         raise ValueError(f"block_ladder: steps_per_octave must be 1 or 2, got {steps_per_octave}")
-    sizes, g = [], 2
+    if smallest < 2 or smallest & (smallest - 1):
+        raise ValueError(f"block_ladder: smallest must be a power of two >= 2, got {smallest}")
+    sizes, g = [], smallest
     while g * num_devices < cap:
         sizes.append(g * num_devices)
         if steps_per_octave == 2 and 3 * g // 2 * num_devices < cap:
             sizes.append(3 * g // 2 * num_devices)
         g *= 2
     return tuple(sizes) + (cap,)
+
+
+def smallest_block(model: Model, num_features: int) -> int:
+    """Points per device of the smallest block worth its own program (a power of two >= 2).
+
+    A block's chunk costs at least the passes over the data (every step's batch, the
+    training and validation sets at every check), whatever its size; the points add a
+    product with [D, G * C] weights, C = parameters per input feature (1 for logistic
+    regression, K for softmax, the first hidden width and more for an MLP). Below about
+    `FLOOR_COLUMNS` weight columns the data passes dominate, so a smaller block runs no
+    faster and only adds a program to compile.
+
+    Args:
+      model: the bound model.
+      num_features: D.
+    Returns:
+      The smallest power of two >= 2 with that many points times C >= `FLOOR_COLUMNS`.
+    """
+    columns = max(1.0, param_count(model) / max(num_features, 1))
+    g = 2
+    while g * columns < FLOOR_COLUMNS:
+        g *= 2
+    return g
 
 
 def plan_blocks(indices, cap: int, ladder: Sequence[int] | None = None) -> list[np.ndarray]:
@@ -186,8 +221,17 @@ class Programs:
         self._lock = threading.Lock()
         self._done: dict = {}
         self._pool = ThreadPoolExecutor(1, "jaxlr-sweep-compile") if background else None
+        # (g, k) -> [compile seconds, seconds a chunk waited for it, compiled ahead of need,
+        # used by a chunk]
+        self.timings: dict = {}
 
-    def _compile(self, g: int, k: int):
+    def _compile(self, g: int, k: int, ahead: bool = False):
+        t0 = time.perf_counter()
+        out = self._lower_and_compile(g, k)
+        self.timings[(g, k)] = [time.perf_counter() - t0, 0.0, ahead, False]
+        return out
+
+    def _lower_and_compile(self, g: int, k: int):
         def spec(shape_dtype, sharding):
             shape, dtype = shape_dtype
             return jax.ShapeDtypeStruct((g,) + tuple(shape), dtype, sharding=sharding)
@@ -204,21 +248,40 @@ class Programs:
         with self._lock:
             if self._pool is None or (g, k) in self._done:
                 return
-            self._done[(g, k)] = self._pool.submit(self._compile, g, k)
+            self._done[(g, k)] = self._pool.submit(self._compile, g, k, True)
 
     def get(self, g: int, k: int):
         """The compiled program of (g, k): (state, hparams, data, start_epoch) -> (state, logs)."""
         with self._lock:
             item = self._done.get((g, k))
-        if item is None:
-            item = self._compile(g, k)
-            with self._lock:
-                self._done[(g, k)] = item
-        elif isinstance(item, Future):
-            item = item.result()
+        if item is None or isinstance(item, Future):
+            t0 = time.perf_counter()
+            item = self._compile(g, k) if item is None else item.result()
+            self.timings[(g, k)][1] = time.perf_counter() - t0
+            self.timings[(g, k)][3] = True
             with self._lock:
                 self._done[(g, k)] = item
         return item
+
+    def summary(self) -> str:
+        """One line: the programs compiled, their compile time, and how long chunks waited."""
+        if not self.timings:
+            return ""
+        t = self.timings
+
+        def name(g, k):
+            return f"{g}" + ("" if k == 1 else f"x{k}")
+
+        sizes = ", ".join(
+            name(g, k) + ("*" if t[g, k][2] else "") + ("" if t[g, k][3] else " unused")
+            for g, k in sorted(t)
+        )
+        waits = ", ".join(f"{name(g, k)}: {v[1]:.1f}" for (g, k), v in t.items() if v[1] >= 0.05)
+        return (
+            f"compiled {len(t)} program(s) (block sizes {sizes}; * ahead of need) in "
+            f"{sum(v[0] for v in t.values()):.1f} s; chunks waited "
+            f"{sum(v[1] for v in t.values()):.1f} s for the compiler ({waits or 'none'})"
+        )
 
     def close(self) -> None:
         if self._pool is not None:
@@ -248,6 +311,7 @@ def scatter(host, idx, values):
 
 
 __all__ = [
+    "FLOOR_COLUMNS",
     "LADDER_STEPS_PER_OCTAVE",
     "Block",
     "Programs",
@@ -259,5 +323,6 @@ __all__ = [
     "param_count",
     "plan_blocks",
     "scatter",
+    "smallest_block",
     "take",
 ]

@@ -473,7 +473,9 @@ def run_sweep(
     if int(min_block) < 1:
         raise ValueError(f"run_sweep: min_block must be >= 1, got {min_block!r}")
     g_full = max(g_full, min(cap, nd * blocks.ceil_div(int(min_block), nd)))
-    ladder = blocks.block_ladder(g_full, nd, blocks.LADDER_STEPS_PER_OCTAVE)
+    ladder = blocks.block_ladder(
+        g_full, nd, blocks.LADDER_STEPS_PER_OCTAVE, blocks.smallest_block(model, d)
+    )
     if shared_seed is None:
         shared_seed = bool(np.all(hp_all.seed == hp_all.seed[0]))
     shared_seed = bool(shared_seed)
@@ -514,6 +516,7 @@ def run_sweep(
         compact,
         prune,
         dtype,
+        log_fn or log.info,
     )
     description = (
         f"sweep: {s} points, blocks of sizes {list(ladder) if compact else [g_full]}"
@@ -558,8 +561,10 @@ class _SweepRunner:
         compact,
         prune,
         dtype,
+        log_fn,
     ):
         s = grid.size
+        self.log_fn = log_fn
         self.config, self.grid, self.fns = config, grid, fns
         self.num_points, self.num_batches = s, fns.engine.num_batches
         self.hp_all, self.data_dev, self.put_hp = hp_all, data_dev, put_hp
@@ -682,6 +687,8 @@ class _SweepRunner:
     def finish(self, histories: list[dict], info) -> tuple[SweepResult, list[dict]]:
         self.sync()
         self.programs.close()
+        if self.programs.summary():
+            self.log_fn("sweep: " + self.programs.summary())
         s, grid = self.num_points, self.grid
         # Final numbers of the returned parameters, in blocks of the ladder's sizes.
         params_all = returned_params(self.host)
