@@ -13,6 +13,9 @@ from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import jax.numpy as jnp
+import numpy as np
+
+from jaxlr.core.inputs import format_number
 
 MODELS = ("logistic", "softmax", "mlp")
 GRADS = ("analytic", "autodiff")
@@ -161,7 +164,12 @@ def make_hparams(learning_rate, l2=0.0, momentum=0.0, seed=0, dtype=None) -> HPa
       dtype: float dtype of the continuous knobs (default: JAX's default float).
     Returns:
       HParams of jnp arrays.
+    Raises:
+      ValueError: one line naming the knob and the value as given: a learning rate that is
+        not finite and > 0, an L2 strength that is not finite and >= 0, a momentum outside
+        [0, 1).
     """
+    check_hparam_values(learning_rate, l2, momentum, where="make_hparams")
     dtype = dtype or jnp.zeros(()).dtype
     return HParams(
         learning_rate=jnp.asarray(learning_rate, dtype),
@@ -169,6 +177,34 @@ def make_hparams(learning_rate, l2=0.0, momentum=0.0, seed=0, dtype=None) -> HPa
         momentum=jnp.asarray(momentum, dtype),
         seed=jnp.asarray(seed, jnp.int32),
     )
+
+
+_HPARAM_RULES = (
+    ("learning_rate", "finite and > 0", lambda v: np.isfinite(v) & (v > 0)),
+    ("l2", "finite and >= 0", lambda v: np.isfinite(v) & (v >= 0)),
+    ("momentum", "in [0, 1)", lambda v: (v >= 0) & (v < 1)),
+)
+
+
+def check_hparam_values(learning_rate, l2, momentum, *, where: str) -> None:
+    """Refuses knob values no run can train with (host values; tracers are not checked).
+
+    Raises:
+      ValueError: one line naming `where`, the knob, the first bad value as it was given
+        (0.01, not the 0.009999999776482582 of a float32) and what is allowed.
+    """
+    for (name, allowed, ok), value in zip(_HPARAM_RULES, (learning_rate, l2, momentum)):
+        try:
+            a = np.asarray(value)
+        except Exception:  # noqa: BLE001 - a tracer under jit / vmap
+            continue
+        if a.dtype == object or not (np.issubdtype(a.dtype, np.number) or a.dtype == bool):
+            raise ValueError(f"{where}: {name} must be a number, got {value!r}")
+        bad = np.flatnonzero(~ok(a.astype(np.float64)).reshape(-1))
+        if len(bad):
+            shown = format_number(a.reshape(-1)[bad[0]])
+            which = f" (point {int(bad[0])})" if a.ndim else ""
+            raise ValueError(f"{where}: {name} must be {allowed}, got {shown}{which}")
 
 
 def _check_choice(name: str, value, valid) -> None:

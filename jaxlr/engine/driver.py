@@ -22,6 +22,7 @@ Dimensions: S points (1 for a single run), T steps of a chunk, M batches per epo
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -516,7 +517,8 @@ def drive(
       rung_epochs: with a pruning rule, its rung length: chunks end at rung ends.
       checkpoint_path: file to checkpoint into after every chunk (atomically, process 0
         writes); an existing checkpoint with the same `fingerprint` is resumed, one with
-        another is refused.
+        another is refused. Its lock (`jaxlr.host.checkpoint.checkpoint_lock`) is held for
+        the whole call: a second process training into it is refused at once.
       resume: False: an existing checkpoint is not read (it is overwritten after the first
         chunk).
       fingerprint: JSON-ready dict of what a checkpoint must match (config, hparams, grid,
@@ -530,14 +532,74 @@ def drive(
       (the runner's result, the `End` event).
     Raises:
       jaxlr.host.checkpoint.CheckpointError: `checkpoint_path` holds a checkpoint of other
-        work (one line naming what changed); what the runner raises.
+        work (one line naming what changed), a corrupt one, or is in use by another process
+        (one line naming it); what the runner raises.
     """
+    path = Path(checkpoint_path) if checkpoint_path is not None else None
+    held = contextlib.ExitStack()
+    if path is not None:
+        _lock(held, path)
+    try:
+        return _drive_held(
+            runner,
+            path,
+            config=config,
+            points=points,
+            num_epochs=num_epochs,
+            epochs_per_call=epochs_per_call,
+            rung_epochs=rung_epochs,
+            fingerprint=fingerprint,
+            resume=resume,
+            observers=observers,
+            stop_after_epochs=stop_after_epochs,
+            description=description,
+            dtype=dtype,
+        )
+    finally:
+        held.close()
+
+
+def _lock(held: contextlib.ExitStack, path: Path) -> None:
+    """Takes the checkpoint's lock into `held` (process 0; every process learns whether it
+    could, so all of them fail together)."""
+    err = None
+    if jax.process_index() == 0:
+        try:
+            held.enter_context(ckpt.checkpoint_lock(path))
+        except (ckpt.CheckpointError, OSError) as e:
+            err = e
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        ok = np.asarray(multihost_utils.process_allgather(np.asarray([err is None])))
+        if err is None and not ok.all():
+            held.close()
+            raise ckpt.CheckpointError(f"process 0 could not take checkpoint {path}")
+    if err is not None:
+        raise err
+
+
+def _drive_held(
+    runner: Runner,
+    path: Path | None,
+    *,
+    config,
+    points,
+    num_epochs,
+    epochs_per_call,
+    rung_epochs,
+    fingerprint,
+    resume,
+    observers,
+    stop_after_epochs,
+    description,
+    dtype,
+) -> tuple[Any, End]:
     m = runner.num_batches
     s = runner.num_points
     done: list[dict | None] = [None] * s  # per point: history up to the last concatenation
     parts: list[list[dict]] = [[] for _ in range(s)]  # per point: chunks since then
     epoch, chunks, computed = 0, 0, 0
-    path = Path(checkpoint_path) if checkpoint_path is not None else None
     resumed = path is not None and resume and path.exists()
     agree([int(resumed)], "whether a checkpoint exists")
     if resumed:
