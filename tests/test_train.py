@@ -709,8 +709,18 @@ def test_run_sweep_refuses_labels_data_and_knobs_before_training():
     y = data.y_val.astype(np.float32)
     with pytest.raises(InputError, match=r"data\.y_val must hold integer class labels"):
         run_sweep(BASE, make_grid(learning_rate=(0.1,)), synthetic()._replace(y_val=y))
-    grid = grid_from_points([{"learning_rate": 0.01}, {"learning_rate": -0.01}], np.float32)
-    with pytest.raises(ValueError, match=r"learning_rate must be finite and > 0, got -0\.01 "):
+    points = [{"learning_rate": 0.01}, {"learning_rate": -0.01}]
+    with pytest.raises(
+        InputError, match=r"^grid: learning_rate must be finite and > 0, got -0\.01 "
+    ):
+        grid_from_points(points, np.float32)
+    with pytest.raises(InputError, match=r"^grid: l2 1e\+39 \(point 1\) becomes inf in float32"):
+        make_grid(learning_rate=0.1, l2=(0.0, 1e39), dtype=np.float32)
+    good = grid_from_points([{"learning_rate": 0.01}] * 2, np.float32)
+    grid = good._replace(hparams=good.hparams._replace(momentum=np.float32([0.0, 1.0])))
+    with pytest.raises(
+        InputError, match=r"run_sweep: grid: momentum must be in \[0, 1\), got 1\.0"
+    ):
         run_sweep(BASE, grid, synthetic(), progress=False)
 
 
@@ -726,11 +736,16 @@ def test_run_sweep_refuses_labels_data_and_knobs_before_training():
         (dict(learning_rate=0.1, momentum=1.0), "momentum must be in [0, 1), got 1.0"),
         (dict(learning_rate=0.1, momentum=-0.5), "momentum must be in [0, 1), got -0.5"),
         (dict(learning_rate=[0.1, 0.0]), "got 0.0 (point 1)"),
+        (dict(learning_rate=1e300), "learning_rate 1e+300 becomes inf in float32"),
+        (dict(learning_rate=1e-50), "learning_rate 1e-50 becomes 0.0 in float32"),
     ],
 )
 def test_make_hparams_refuses_knobs_no_run_trains_with(kwargs, message):
-    with pytest.raises(ValueError) as info:
-        make_hparams(**kwargs)
+    import warnings
+
+    with pytest.raises(ValueError) as info, warnings.catch_warnings():
+        warnings.simplefilter("error")  # no numpy overflow warning beside the one line
+        make_hparams(**kwargs, dtype=jnp.float32)
     text = str(info.value)
     assert text.startswith("make_hparams: ") and message in text and "\n" not in text
 
@@ -769,3 +784,12 @@ def test_solver_refuses_labels_the_model_cannot_represent():
         solver.solve_path(model, x, data.y_train, [0.01])
     with pytest.raises(InputError, match=r"solve: y_N must hold integer class labels"):
         solver.solve(model, None, data.x_train, data.y_train.astype(np.float64), 0.01)
+
+
+def test_solver_prints_a_float32_lambda_as_given():
+    from jaxlr.core import solver
+
+    data = synthetic()
+    model = model_for(BASE, data.x_train.shape[1], jnp.float64)
+    with pytest.raises(ValueError, match=r"l2 must be finite and >= 0, got \[0\.01, -0\.01\]$"):
+        solver.solve_path(model, data.x_train, data.y_train, np.float32([0.01, -0.01]))

@@ -72,7 +72,7 @@ import optax
 from jax.flatten_util import ravel_pytree
 
 from jaxlr.core import curvature, losses
-from jaxlr.core.inputs import check_finite, check_labels
+from jaxlr.core.inputs import check_finite, check_labels, format_number
 
 __all__ = [
     "CONVEX_KINDS",
@@ -192,7 +192,8 @@ def _check_l2(where: str, l2, ndim: int) -> None:
         what = "a scalar" if ndim == 0 else "a non-empty 1-D array"
         raise ValueError(f"{where}: l2 must be {what}, got shape {a.shape}")
     if not np.all(np.isfinite(a)) or np.any(a < 0):
-        raise ValueError(f"{where}: l2 must be finite and >= 0, got {a.tolist()}")
+        shown = format_number(np.asarray(l2))  # as given: 0.01, not a float32's 0.00999...
+        raise ValueError(f"{where}: l2 must be finite and >= 0, got {shown}")
 
 
 def _check_data(where: str, x_ND, y_N, mask_N) -> None:

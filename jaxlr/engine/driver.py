@@ -10,7 +10,9 @@ gives `drive` a `Runner` that knows those; `drive` owns everything around them, 
   appended as they arrive;
 - checkpoints: after every chunk the runner's state, the histories so far and the loop's
   counters go to one file, atomically (process 0 writes); an existing checkpoint of the same
-  work (same `fingerprint`) is resumed, one of other work is refused in one line;
+  work (same `fingerprint`) is resumed, one of other work is refused in one line; the
+  checkpoint's lock (`jaxlr.host.checkpoint.checkpoint_lock`) is held for the whole drive, so a
+  second process training into the same file is refused at once, before it trains;
 - observers (`Observer`): `on_start` (with the histories of a resumed run), `on_chunk` with
   each chunk's new rows per point, `on_end` with every point's final record. Progress lines
   (`ProgressLog`), a progress bar (`ProgressBar`) and TensorBoard output

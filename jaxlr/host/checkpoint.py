@@ -121,7 +121,7 @@ def load_flat(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict]:
         )
     if not zipfile.is_zipfile(path):
         size = path.stat().st_size
-        raise _corrupt(path, f"not an .npz archive: {size} bytes of something else")
+        raise _corrupt(path, f"not a complete .npz archive: {size} bytes, no zip directory")
     try:
         with np.load(path, allow_pickle=False) as npz:
             flat = {k: npz[k] for k in npz.files}
