@@ -732,6 +732,9 @@ class Misclassified(ExperimentConfig):
     data: DataConfig = _LOGREG_DATA
     checkpoint: str = f"{GRID_WORKDIR}/{CHECKPOINT_NAME}"
     num_shown: int = 20
+    # --checkpoint is what this run reads, not a folder to resume from (the launcher's
+    # interrupt line must not offer it).
+    CHECKPOINT_IS_INPUT: ClassVar = True
     # Digits, scaling and the bias feature are the checkpoint's; its data set and dtype must
     # be this run's (a mismatch is refused in one line naming the flag to add).
     FIXED: ClassVar = (

@@ -272,8 +272,11 @@ def _interrupt_message(signame: str = "") -> str:
         return f"{how} before the run started; nothing was written"
     where = f" at {_LastProgress.text}" if _LastProgress.text else " before the first epoch ended"
     exp = parsed.experiment
-    # hw3_misclassified's --checkpoint is its input, not a folder to resume from.
-    resumable = "checkpoint" in flag_fields(exp.config_cls) and exp.name != "hw3_misclassified"
+    # Only a --checkpoint the experiment resumes from is offered (hw3_misclassified's is
+    # its input; hw3_logreg_grid has none).
+    resumable = "checkpoint" in flag_fields(exp.config_cls) and not getattr(
+        exp.config_cls, "CHECKPOINT_IS_INPUT", False
+    )
     ckpt = getattr(parsed.config, "checkpoint", "") if resumable else ""
     if ckpt:
         resume = f"the checkpoint in {ckpt} is kept: the same command resumes"

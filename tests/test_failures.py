@@ -458,3 +458,24 @@ def test_os_errors_name_the_path_and_say_what_failed():
         line = _error_line(err)
     assert line.startswith("cannot write /tmp/jaxlr-test-enospc/metrics.json: no space left"), line
     shutil.rmtree("/tmp/jaxlr-test-enospc", ignore_errors=True)
+
+
+def test_interrupt_line_only_offers_flags_the_experiment_has():
+    import re
+
+    from experiments import main as launcher
+    from experiments.config import EXPERIMENTS, flag_fields
+
+    saved = dict(launcher._RUNNING)
+    try:
+        for name, exp in sorted(EXPERIMENTS.items()):
+            parsed = launcher.parse(["main", f"--experiment={name}", "--workdir=w"])
+            launcher._RUNNING["parsed"] = parsed
+            line = launcher._interrupt_message()
+            for flag in re.findall(r"--([a-z_]+)", line):
+                assert flag in flag_fields(exp.config_cls), (name, line)
+            if getattr(exp.config_cls, "CHECKPOINT_IS_INPUT", False):
+                assert "--checkpoint" not in line and "does not resume" in line, line
+    finally:
+        launcher._RUNNING.clear()
+        launcher._RUNNING.update(saved)
