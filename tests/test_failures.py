@@ -479,3 +479,18 @@ def test_interrupt_line_only_offers_flags_the_experiment_has():
     finally:
         launcher._RUNNING.clear()
         launcher._RUNNING.update(saved)
+
+
+def test_hw3_mlp_report_counts_the_training_images_its_checks_use():
+    """--train_eval_size above the training set: the checks use every image, and say so."""
+    import collections
+
+    import numpy as np
+
+    from experiments import hw3
+
+    cfg = hw3.Mlp()  # train_eval_size 10000
+    metrics = collections.defaultdict(float, test_correct=1, test_total=2)
+    text = "\n".join(hw3._mlp_sections(cfg, 784, 1000, 31, 500, "test", metrics, np.eye(10)))
+    assert "and the first 1000 training images." in text, text
+    assert "10000 training images" not in text
