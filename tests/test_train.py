@@ -793,3 +793,13 @@ def test_solver_prints_a_float32_lambda_as_given():
     model = model_for(BASE, data.x_train.shape[1], jnp.float64)
     with pytest.raises(ValueError, match=r"l2 must be finite and >= 0, got \[0\.01, -0\.01\]$"):
         solver.solve_path(model, data.x_train, data.y_train, np.float32([0.01, -0.01]))
+
+
+def test_a_checkpoint_of_another_run_names_the_change_as_given(tmp_path):
+    data = synthetic(dtype=np.float32)
+    cfg = dataclasses.replace(BASE, num_epochs=1)
+    path = tmp_path / "run.npz"
+    fit(cfg, make_hparams(0.025, dtype=jnp.float32), data, checkpoint_path=path, progress=False)
+    with pytest.raises(ckpt.CheckpointError) as info:
+        fit(cfg, make_hparams(0.1, dtype=jnp.float32), data, checkpoint_path=path)
+    assert "hparams (learning_rate 0.025 -> 0.1)" in str(info.value), str(info.value)

@@ -451,6 +451,16 @@ def default_observers(
 # Checkpoints.
 
 
+def _shown(value) -> str:
+    """A fingerprint value as the user gave it: a float32 knob widened to a Python float
+    (0.02500000037252903) is written as the float32 it is (0.025)."""
+    if isinstance(value, float) and math.isfinite(value):
+        f32 = np.float32(value)
+        if float(f32) == value:
+            return str(f32)
+    return repr(value)
+
+
 def fingerprint_diff(saved: Mapping, now: Mapping) -> str:
     """One phrase naming what changed between two fingerprints (dicts of dicts)."""
     parts = []
@@ -460,10 +470,10 @@ def fingerprint_diff(saved: Mapping, now: Mapping) -> str:
             continue
         if isinstance(a, dict) and isinstance(b, dict):
             fields = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
-            shown = ", ".join(f"{k} {a.get(k)!r} -> {b.get(k)!r}" for k in fields[:3])
+            shown = ", ".join(f"{k} {_shown(a.get(k))} -> {_shown(b.get(k))}" for k in fields[:3])
             parts.append(f"{key} ({shown})")
         else:
-            parts.append(f"{key} ({a!r} -> {b!r})")
+            parts.append(f"{key} ({_shown(a)} -> {_shown(b)})")
     return "; ".join(parts)
 
 
