@@ -94,11 +94,20 @@ def run_experiment(
     return metrics
 
 
-def checkpoint_file(folder: str, run: RunDir, key: str | None) -> Path | None:
-    """The resumable checkpoint of run `key` in `folder` (relative to the workdir); '' = none."""
+def checkpoint_dir(folder: str, run: RunDir) -> Path | None:
+    """The `--checkpoint` folder (relative to the workdir; '' = none), refused in one line
+    inside what runs publish and remove (`latest`, `.runs`, a staging folder)."""
+    from jaxlr.host import workdir as jworkdir
+
     if not folder:
         return None
-    return resolve_path(folder, run.workdir) / f"{tables.slug(key or 'run')}.npz"
+    return jworkdir.check_own_folder(run.workdir, resolve_path(folder, run.workdir))
+
+
+def checkpoint_file(folder: str, run: RunDir, key: str | None) -> Path | None:
+    """The resumable checkpoint of run `key` in `folder` (relative to the workdir); '' = none."""
+    where = checkpoint_dir(folder, run)
+    return None if where is None else where / f"{tables.slug(key or 'run')}.npz"
 
 
 def train_one(cfg, data: Data, run: RunDir, key: str | None = None, **changes) -> TrainResult:

@@ -17,8 +17,15 @@ from typing import ClassVar
 
 import numpy as np
 
-from experiments.common import RunDir, RunFailed, optimum_for, protocol_text, stability_text
-from experiments.config import ExperimentConfig, register, resolve_path
+from experiments.common import (
+    RunDir,
+    RunFailed,
+    checkpoint_dir,
+    optimum_for,
+    protocol_text,
+    stability_text,
+)
+from experiments.config import ExperimentConfig, register
 from jaxlr.data.config import DataConfig
 from jaxlr.data.splits import load_splits
 from jaxlr.engine import grid as jgrid
@@ -302,7 +309,7 @@ def sweep(cfg: Sweep, run: RunDir) -> dict:
         block_size=cfg.block_size,
         log_fn=log.info,
         prune=prune,
-        checkpoint_dir=resolve_path(cfg.checkpoint, run.workdir) if cfg.checkpoint else None,
+        checkpoint_dir=checkpoint_dir(cfg.checkpoint, run),
     )
     if bool(np.all(result.diverged)):
         raise RunFailed(

@@ -494,3 +494,13 @@ def test_hw3_mlp_report_counts_the_training_images_its_checks_use():
     text = "\n".join(hw3._mlp_sections(cfg, 784, 1000, 31, 500, "test", metrics, np.eye(10)))
     assert "and the first 1000 training images." in text, text
     assert "10000 training images" not in text
+
+
+@pytest.mark.parametrize("folder", ["latest", "latest/ck", ".runs"])
+def test_a_checkpoint_inside_the_published_run_is_refused(fake, finished, tmp_path, folder):
+    workdir = _copy(finished[0], tmp_path / "wd")
+    before = _snapshot(workdir)
+    r = _run(_cmd(fake, workdir, "--num_epochs=2", f"--checkpoint={folder}"))
+    line = _refused_before_training(r, f"folder {workdir / folder} lies inside", "publish")
+    assert "give a folder of its own" in line
+    assert _snapshot(workdir) == before  # nothing written into the published run
