@@ -108,12 +108,21 @@ def run_experiment(
     return metrics
 
 
-def checkpoint_file(folder: str, key: str | None) -> Path | None:
-    """The resumable checkpoint of run `key` in `folder` (relative to the current folder, as
-    every path flag); '' = none."""
+def checkpoint_dir(folder: str, run: RunDir) -> Path | None:
+    """The `--checkpoint` folder (relative to the current folder, as every path flag; '' =
+    none), refused in one line inside what runs publish and remove (`latest`, `.runs`, a
+    staging folder)."""
+    from jaxlr.host import workdir as jworkdir
+
     if not folder:
         return None
-    return Path(folder).expanduser() / f"{tables.slug(key or 'run')}.npz"
+    return jworkdir.check_own_folder(run.workdir, Path(folder).expanduser())
+
+
+def checkpoint_file(folder: str, run: RunDir, key: str | None) -> Path | None:
+    """The resumable checkpoint of run `key` in `folder` (see `checkpoint_dir`); '' = none."""
+    where = checkpoint_dir(folder, run)
+    return None if where is None else where / f"{tables.slug(key or 'run')}.npz"
 
 
 def train_one(cfg, data: Data, run: RunDir, key: str | None = None, **changes) -> TrainResult:
@@ -138,7 +147,7 @@ def train_one(cfg, data: Data, run: RunDir, key: str | None = None, **changes) -
         tcfg,
         hparams,
         data,
-        checkpoint_path=checkpoint_file(getattr(cfg, "checkpoint", ""), key),
+        checkpoint_path=checkpoint_file(getattr(cfg, "checkpoint", ""), run, key),
         log_fn=lambda msg: log.info("%s%s", prefix, msg),
         observers=[tensorboard_observer(run, key, config={**cfg.flat(), **changes})],
     )

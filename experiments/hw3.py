@@ -60,7 +60,7 @@ from jaxlr.engine.config import (
     make_hparams,
 )
 from jaxlr.engine.grid import make_grid
-from jaxlr.engine.step import schedule_numbers
+from jaxlr.engine.step import schedule_numbers, train_eval_count
 from jaxlr.engine.sweep import run_sweep
 from jaxlr.engine.train import fit, measure_step_rate, model_for
 from jaxlr.host import checkpoint as ckpt
@@ -155,7 +155,7 @@ def _mlp_figures(
         final_curve,
         title,
         test_name,
-        tcfg.train_eval_size or n,
+        train_eval_count(tcfg, n),
     )
     plots.plot_bar(
         run.out / "per_class_accuracy.png",
@@ -292,7 +292,7 @@ def _mlp_sections(
         f"{cfg.data.dataset} (split `{cfg.data.split}`, shuffled every epoch: {tcfg.shuffle}), "
         f"gradients `{tcfg.grad}`, dtype {cfg.data.dtype}. Checks every {tcfg.eval_every} "
         f"steps on the {num_val} {test_name} images and the first "
-        f"{tcfg.train_eval_size or n} training images.",
+        f"{train_eval_count(tcfg, n)} training images.",
         "## Result\n\n" + result_table + "\n\nWall time includes compilation and the checks. "
         f"Most frequent confusions: {confusions or 'none'}.",
         "## Figures\n\n"

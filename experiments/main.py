@@ -25,6 +25,7 @@ with `--nocompilation_cache` or `JAXLR_COMPILATION_CACHE=0`.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import signal
@@ -291,7 +292,11 @@ def _interrupt_message(signame: str = "") -> str:
         return f"{how} before the run started; nothing was written"
     where = f" at {_LastProgress.text}" if _LastProgress.text else " before the first epoch ended"
     exp = parsed.experiment
-    resumable = "checkpoint" in flag_fields(exp.config_cls)
+    # Only a --checkpoint the experiment resumes from is offered (hw3_misclassified's is
+    # its input; hw3_logreg_grid has none).
+    resumable = "checkpoint" in flag_fields(exp.config_cls) and not getattr(
+        exp.config_cls, "CHECKPOINT_IS_INPUT", False
+    )
     ckpt = getattr(parsed.config, "checkpoint", "") if resumable else ""
     if ckpt:
         resume = f"the checkpoint in {ckpt} is kept: the same command resumes"
@@ -302,8 +307,60 @@ def _interrupt_message(signame: str = "") -> str:
     return f"{how}{where}; {parsed.workdir} keeps its earlier outputs unchanged; {resume}"
 
 
+# What an OSError's errno means for the path it names, in words.
+_OS_WORDS = {
+    errno.EEXIST: "a file of that name is in the way",
+    errno.ENOTDIR: "a part of the path is a file, not a folder",
+    errno.EISDIR: "it is a folder, not a file",
+    errno.ENOENT: "no such file or folder",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+    errno.EROFS: "the file system is read-only",
+    errno.ENOSPC: "no space left on the device",
+    errno.EDQUOT: "the disk quota is exhausted",
+    errno.ENAMETOOLONG: "the name is too long",
+    errno.ELOOP: "too many levels of symbolic links",
+    errno.EIO: "input/output error (a failing disk or network file system?)",
+    errno.EMFILE: "too many open files",
+}
+# The innermost function of a traceback that says what was being done with the path.
+_OS_ACTIONS = (
+    (("mkdir", "makedirs"), "cannot create the folder"),
+    (("symlink", "atomic_symlink", "link"), "cannot make the link"),
+    (("replace", "rename"), "cannot rename"),
+    (("unlink", "rmtree", "rmdir", "remove"), "cannot remove"),
+    (("_mkstemp_inner", "mkstemp", "atomic_open", "write", "fsync", "ftruncate"), "cannot write"),
+    (("load", "read_bytes", "read_text", "scandir", "listdir", "stat"), "cannot read"),
+)
+
+
+def _error_line(err: BaseException) -> str:
+    """The one line of an expected error; an OSError names its path and what failed, in words
+    ("cannot create the folder X: a file of that name is in the way (File exists)")."""
+    if not isinstance(err, OSError) or err.errno is None:
+        return " ".join(str(err).split())
+    names = []
+    tb = err.__traceback__
+    while tb is not None:
+        names.append(tb.tb_frame.f_code.co_name)
+        tb = tb.tb_next
+    action = "cannot write" if err.errno in (errno.ENOSPC, errno.EDQUOT) else "cannot use"
+    for name in reversed(names):
+        hit = next((a for keys, a in _OS_ACTIONS if name in keys), None)
+        if hit:
+            action = hit
+            break
+    words = _OS_WORDS.get(err.errno, (err.strerror or "").lower() or f"errno {err.errno}")
+    raw = f" ({err.strerror})" if err.strerror and err.strerror.lower() != words else ""
+    if err.filename is None:
+        return f"{action} a file: {words}{raw}"
+    target = str(err.filename) + (f" -> {err.filename2}" if err.filename2 else "")
+    return f"{action} {target}: {words}{raw}"
+
+
 def _expected_errors() -> tuple[type, ...]:
     from experiments.common import RunFailed
+    from jaxlr.core.inputs import InputError
     from jaxlr.data import idx as jidx
     from jaxlr.engine.distributed import DistributedError
     from jaxlr.engine.resources import ResourceError
@@ -313,6 +370,7 @@ def _expected_errors() -> tuple[type, ...]:
 
     return (
         OSError,
+        InputError,
         jidx.DataError,
         checkpoint.CheckpointError,
         DistributedError,
@@ -353,7 +411,7 @@ def run_main() -> None:
         sys.stderr.write(_interrupt_message(name) + "\n")
         code = 128 + signum
     except _expected_errors() as err:
-        sys.stderr.write(f"error: {err}\n")
+        sys.stderr.write(f"error: {_error_line(err)}\n")
         code = 1
     sys.stdout.flush()
     sys.exit(code)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import os
-from pathlib import Path
 
 import numpy as np
 
@@ -20,6 +19,7 @@ from experiments.common import (
     TENSORBOARD_DIR,
     RunDir,
     RunFailed,
+    checkpoint_dir,
     optimum_for,
     protocol_text,
     stability_text,
@@ -279,7 +279,7 @@ def sweep(cfg: Sweep, run: RunDir) -> dict:
     train_args = dict(
         block_size=cfg.block_size,
         log_fn=log.info,
-        checkpoint_dir=Path(cfg.checkpoint).expanduser() if cfg.checkpoint else None,
+        checkpoint_dir=checkpoint_dir(cfg.checkpoint, run),
         observers=[board],
     )
     if shard is not None:

@@ -3,6 +3,8 @@
 (Round trips of whole training states and resuming live in tests/test_train.py.)
 """
 
+import os
+
 import numpy as np
 import pytest
 
@@ -114,3 +116,84 @@ def test_save_params_refuses_bad_kinds(tmp_path, kwargs, message):
     with pytest.raises(ValueError, match=message):
         ckpt.save_params(tmp_path / "p.npz", PARAMS, step=1, **kwargs)
     assert not (tmp_path / "p.npz").exists()
+
+
+@pytest.mark.parametrize("case", ["random bytes", "truncated", "pickled", "folder", "no meta"])
+def test_corrupt_checkpoint_is_one_line_without_numpys_advice(tmp_path, case):
+    path = tmp_path / "sweep.npz"
+    if case == "random bytes":
+        path.write_bytes(np.random.default_rng(0).bytes(5000))
+        expected = "(not a complete .npz archive: 5000 bytes, no zip directory)"
+    elif case == "truncated":
+        blob = ckpt.save_checkpoint(path, {"w": np.zeros(1000)}, step=1).read_bytes()
+        path.write_bytes(blob[: len(blob) - 200])
+        expected = "(not a complete .npz archive"  # the zip directory at the end is gone
+    elif case == "pickled":
+        np.savez(path, w=np.array([{"a": 1}], dtype=object))
+        expected = "(it holds pickled objects)"
+    elif case == "folder":
+        path.mkdir()
+        expected = "is a folder, not a checkpoint file"
+    else:
+        np.savez(path, w=np.zeros(3))
+        expected = "(no __meta__ entry)"
+    with pytest.raises(ckpt.CheckpointError) as err:
+        ckpt.load_flat(path)
+    _one_line_naming(err, f"checkpoint {path}", expected)
+    assert "allow_pickle" not in str(err.value) and "Errno" not in str(err.value)
+    if case != "folder":
+        assert "is corrupt or not a jaxlr checkpoint (" in str(err.value)
+        assert str(err.value).endswith("): remove it or give another path")
+
+
+def test_checkpoint_lock_refuses_a_second_holder_and_names_the_first(tmp_path):
+    path = tmp_path / "ck" / "sweep.npz"  # the folder is made for the lock
+    with ckpt.checkpoint_lock(path):
+        assert ckpt.lock_path(path).exists()
+        with pytest.raises(ckpt.CheckpointError) as err:  # not re-entrant, even in-process
+            with ckpt.checkpoint_lock(path):
+                pass
+        _one_line_naming(err, f"checkpoint {path} is in use by process {os.getpid()}")
+        assert "give another checkpoint path" in str(err.value)
+    with ckpt.checkpoint_lock(path):  # released
+        pass
+
+
+_WRITER = """
+import sys, time
+from jaxlr.host import io
+with io.atomic_open(sys.argv[1], "wb") as f:
+    f.write(b"x" * 3_000_000)
+    f.flush()
+    print("writing", flush=True)
+    time.sleep(600)
+"""
+
+
+def test_a_write_killed_midway_leaves_a_temporary_that_the_lock_removes(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    path = tmp_path / "sweep.npz"
+    repo = Path(__file__).resolve().parents[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _WRITER, str(path)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=str(repo)),
+    )
+    try:
+        assert proc.stdout.readline().strip() == "writing"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    left = [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    assert len(left) == 1 and left[0].stat().st_size == 3_000_000
+    assert left[0].name.startswith(f".sweep.npz.{proc.pid}.")
+    with ckpt.checkpoint_lock(path):
+        assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+    assert not path.exists()

@@ -353,3 +353,157 @@ def test_misclassified_on_the_checkpoints_data_set(fake, grid, tmp_path):
     m = json.loads((workdir / "metrics.json").read_text())
     assert m["test_total"] == 20
     assert json.loads((workdir / "config.json").read_text())["data"]["dataset"] == "fake"
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad inputs refused before training, checkpoints shared by two runs, OS errors in words.
+
+
+def _refused_before_training(r, *parts):
+    assert r.returncode == 1, r.stderr
+    line = _one_line(r.stderr)
+    for part in parts:
+        assert part in line, line
+    assert "epoch" not in r.stderr, r.stderr  # nothing trained
+    return line
+
+
+@pytest.mark.parametrize(
+    "experiment, flags, parts",
+    [
+        (
+            "sweep",
+            ("--smoke", "--model=softmax", "--num_classes=3"),
+            ("run_sweep: data.y_train holds label", "the softmax model has 3 classes"),
+        ),
+        (
+            "tdt4265_task2",
+            ("--smoke", "--max_examples=5"),
+            ("fit: batch_size 128 is larger than the", "training examples"),
+        ),
+    ],
+)
+def test_data_the_run_cannot_train_on_is_one_line_exit_1(fake, tmp_path, experiment, flags, parts):
+    r = _run(_cmd(fake, tmp_path / "wd", *flags, experiment=experiment))
+    _refused_before_training(r, "error: ", *parts)
+    assert not (tmp_path / "wd" / "metrics.json").exists()
+
+
+def test_a_checkpoint_path_that_is_a_file_is_refused_in_words(fake, tmp_path):
+    path = tmp_path / "a_file"
+    path.write_text("mine")
+    r = _run(_cmd(fake, tmp_path / "wd", "--smoke", f"--checkpoint={path}", experiment="sweep"))
+    line = _refused_before_training(r, f"cannot create the folder {path}", "in the way")
+    assert "Errno" not in line and path.read_text() == "mine"
+
+
+def test_a_corrupt_checkpoint_is_one_line_naming_it(fake, tmp_path):
+    ckdir = tmp_path / "ck"
+    ckdir.mkdir()
+    (ckdir / "sweep.npz").write_bytes(os.urandom(4000))
+    r = _run(_cmd(fake, tmp_path / "wd", "--smoke", f"--checkpoint={ckdir}", experiment="sweep"))
+    line = _refused_before_training(r, f"checkpoint {ckdir / 'sweep.npz'} is corrupt")
+    assert line.endswith("remove it or give another path") and "allow_pickle" not in line
+
+
+def test_two_sweeps_sharing_one_checkpoint_the_second_is_refused_at_once(fake, tmp_path):
+    ckdir = tmp_path / "shared"
+    common = ["--smoke", f"--checkpoint={ckdir}", "--num_epochs=5000"]
+    log = tmp_path / "first.err"
+    with log.open("w") as err:
+        first = subprocess.Popen(
+            _cmd(fake, tmp_path / "wd1", *common, experiment="sweep"),
+            cwd=REPO,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            env=_env(),
+        )
+    try:
+        _wait_for(first, log, "epoch 3/5000")
+        stamp = (ckdir / "sweep.npz").stat().st_mtime_ns
+        # Another sweep (another grid, another workdir) into the same checkpoint folder.
+        r = _run(_cmd(fake, tmp_path / "wd2", *common, "--lr=0.5", experiment="sweep"))
+        _refused_before_training(r, f"in use by process {first.pid}", str(ckdir / "sweep.npz"))
+        assert (ckdir / "sweep.npz").stat().st_mtime_ns >= stamp  # still the first's
+        first.send_signal(signal.SIGINT)
+        assert first.wait(timeout=60) == 130
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert not (tmp_path / "wd2" / "metrics.json").exists()
+
+
+def test_os_errors_name_the_path_and_say_what_failed():
+    import errno
+
+    from experiments.main import _error_line
+
+    def mkdir(path, code):  # how pathlib's mkdir fails
+        raise OSError(code, os.strerror(code), path)
+
+    for code, words in (
+        (errno.EACCES, "cannot create the folder /r/wd: permission denied"),
+        (errno.EROFS, "cannot create the folder /r/wd: the file system is read-only"),
+        (errno.EEXIST, "cannot create the folder /r/wd: a file of that name is in the way"),
+        (errno.ENOTDIR, "a part of the path is a file, not a folder"),
+    ):
+        try:
+            mkdir("/r/wd", code)
+        except OSError as err:
+            line = _error_line(err)
+        assert words in line and "Errno" not in line, line
+    from jaxlr.host import io
+
+    try:  # write() fails without a file name: atomic_open adds the destination
+        with io.atomic_open("/tmp/jaxlr-test-enospc/metrics.json", "w"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    except OSError as err:
+        line = _error_line(err)
+    assert line.startswith("cannot write /tmp/jaxlr-test-enospc/metrics.json: no space left"), line
+    shutil.rmtree("/tmp/jaxlr-test-enospc", ignore_errors=True)
+
+
+def test_interrupt_line_only_offers_flags_the_experiment_has():
+    import re
+
+    from experiments import main as launcher
+    from experiments.config import EXPERIMENTS, flag_fields
+
+    saved = dict(launcher._RUNNING)
+    try:
+        for name, exp in sorted(EXPERIMENTS.items()):
+            parsed = launcher.parse(["main", f"--experiment={name}", "--workdir=w"])
+            launcher._RUNNING["parsed"] = parsed
+            line = launcher._interrupt_message()
+            for flag in re.findall(r"--([a-z_]+)", line):
+                assert flag in flag_fields(exp.config_cls), (name, line)
+            if getattr(exp.config_cls, "CHECKPOINT_IS_INPUT", False):
+                assert "--checkpoint" not in line and "does not resume" in line, line
+    finally:
+        launcher._RUNNING.clear()
+        launcher._RUNNING.update(saved)
+
+
+def test_hw3_mlp_report_counts_the_training_images_its_checks_use():
+    """--train_eval_size above the training set: the checks use every image, and say so."""
+    import collections
+
+    import numpy as np
+
+    from experiments import hw3
+
+    cfg = hw3.Mlp()  # train_eval_size 10000
+    metrics = collections.defaultdict(float, test_correct=1, test_total=2)
+    text = "\n".join(hw3._mlp_sections(cfg, 784, 1000, 31, 500, "test", metrics, np.eye(10)))
+    assert "and the first 1000 training images." in text, text
+    assert "10000 training images" not in text
+
+
+@pytest.mark.parametrize("folder", ["latest", "latest/ck", ".runs"])
+def test_a_checkpoint_inside_the_published_run_is_refused(fake, finished, tmp_path, folder):
+    workdir = _copy(finished[0], tmp_path / "wd")
+    before = _snapshot(workdir)
+    r = _run(_cmd(fake, workdir, "--num_epochs=2", f"--checkpoint={folder}"))
+    line = _refused_before_training(r, f"folder {workdir / folder} lies inside", "publish")
+    assert "give a folder of its own" in line
+    assert _snapshot(workdir) == before  # nothing written into the published run

@@ -82,3 +82,44 @@ def test_atomic_symlink_replaces_files_and_links(tmp_path):
         io.atomic_symlink("a", tmp_path / "folder")
     assert (tmp_path / "folder").is_dir()
     assert _leftovers(tmp_path) == []
+
+
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_temporaries_name_their_process_and_stale_ones_are_removed(tmp_path):
+    import time
+
+    target = tmp_path / "sweep.npz"
+    with io.atomic_open(target, "wb") as f:
+        assert os.path.basename(f.name).startswith(f".sweep.npz.{os.getpid()}.")
+        f.write(b"x")
+    dead = tmp_path / f".sweep.npz.{_dead_pid()}.abc123.tmp"
+    alive = tmp_path / f".sweep.npz.{os.getppid()}.def456.tmp"
+    old_format = tmp_path / ".sweep.npz.k2j4h5.tmp"
+    other = tmp_path / f".other.npz.{_dead_pid()}.abc.tmp"
+    mine = tmp_path / f".sweep.npz.{os.getpid()}.mine.tmp"
+    for p in (dead, alive, old_format, other, mine):
+        p.write_bytes(b"half a checkpoint")
+    assert io.remove_stale_temporaries(target) == [dead]  # its writer is dead
+    # A caller holding the destination's lock: every older temporary but this process's own.
+    removed = io.remove_stale_temporaries(target, older_than=time.time() + 1)
+    assert sorted(removed) == sorted([alive, old_format])
+    assert sorted(os.listdir(tmp_path)) == sorted([other.name, mine.name, "sweep.npz"])
+
+
+def test_a_write_error_without_a_file_names_the_destination(tmp_path):
+    import errno
+
+    target = tmp_path / "metrics.json"
+    with pytest.raises(OSError) as info:
+        with io.atomic_open(target, "w"):
+            raise OSError(errno.ENOSPC, "No space left on device")  # what write() raises
+    assert info.value.errno == errno.ENOSPC and info.value.filename == str(target)
+    assert _leftovers(tmp_path) == [] and not target.exists()

@@ -202,7 +202,9 @@ def test_shuffling_changes_the_order_every_epoch():
     data = synthetic()
     cfg = dataclasses.replace(BASE, shuffle=True, init="normal", init_std=1.0)
     eng = make_engine(cfg, model_for(cfg, data.x_train.shape[1], jnp.float64), 240)
-    hp = make_hparams(0.0)  # lr 0: losses depend only on which batch is drawn
+    # lr 0: losses depend only on which batch is drawn (make_hparams refuses lr 0, the
+    # engine takes it).
+    hp = make_hparams(1.0)._replace(learning_rate=jnp.asarray(0.0))
     state = eng.init(hp)
     jdata = Data(*(jnp.asarray(a) for a in data))
     _, logs = jax.jit(eng.run, static_argnums=4)(state, hp, jdata, 0, 2)
@@ -626,3 +628,178 @@ def test_measure_step_rate():
     assert np.isfinite(rate) and rate > 0
     with pytest.raises(ValueError, match="repeats must be >= 1"):
         measure_step_rate(cfg, make_hparams(0.1), data, repeats=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# What enters the library: labels the model can represent, finite data, a batch that fits,
+# hyper-parameters a run can train with (jaxlr.core.inputs; refused before anything compiles).
+
+
+def _labels(data, split, y):
+    return data._replace(**{f"y_{split}": np.asarray(y)})
+
+
+@pytest.mark.parametrize(
+    "model, split, bad, pattern",
+    [
+        ("logistic", "train", 5, r"fit: data\.y_train holds label 5 but the logistic model is"),
+        ("logistic", "val", -1, r"data\.y_val holds label -1 .*labels must be 0 or 1"),
+        (
+            "softmax",
+            "val",
+            12,
+            r"fit: data\.y_val holds label 12 but the softmax model has 10 classes "
+            r"\(labels must be in \[0, 10\)\)",
+        ),
+        ("softmax", "train", 12, r"data\.y_train holds label 12"),
+    ],
+)
+def test_fit_refuses_labels_the_model_cannot_represent(model, split, bad, pattern):
+    from jaxlr.core.inputs import InputError
+
+    data = synthetic(k=None if model == "logistic" else 10)
+    y = np.array(getattr(data, f"y_{split}"))
+    y[3] = bad
+    cfg = dataclasses.replace(BASE, model=model)
+    with pytest.raises(InputError, match=pattern):
+        fit(cfg, make_hparams(0.1), _labels(data, split, y), progress=False)
+
+
+def test_fit_refuses_float_labels_and_non_finite_data():
+    from jaxlr.core.inputs import InputError
+
+    data = synthetic()
+    y = data.y_train.astype(np.float64)
+    y[7] = 0.5
+    with pytest.raises(InputError, match=r"data\.y_train must hold integer .*e\.g\. 0\.5"):
+        fit(BASE, make_hparams(0.1), data._replace(y_train=y), progress=False)
+    x = np.array(data.x_val)
+    x[4, 2] = np.nan
+    with pytest.raises(InputError, match=r"data\.x_val holds nan at row 4, feature 2"):
+        fit(BASE, make_hparams(0.1), data._replace(x_val=x), progress=False)
+    x = np.array(data.x_train)
+    x[0, 0] = -np.inf
+    with pytest.raises(InputError, match=r"measure_step_rate: data\.x_train holds -inf"):
+        measure_step_rate(BASE, make_hparams(0.1), data._replace(x_train=x))
+
+
+def test_batch_larger_than_the_data_is_refused_in_one_line():
+    from jaxlr.core.inputs import InputError
+    from jaxlr.engine.grid import make_grid
+    from jaxlr.engine.sweep import run_sweep
+
+    data = synthetic(n=40)
+    for drop_last in (True, False):
+        cfg = dataclasses.replace(BASE, batch_size=64, drop_last=drop_last)
+        with pytest.raises(InputError, match="fit: batch_size 64 is larger than the 40 training"):
+            fit(cfg, make_hparams(0.1), data, progress=False)
+    with pytest.raises(InputError, match="run_sweep: batch_size 64 is larger than the 40"):
+        run_sweep(cfg, make_grid(learning_rate=(0.1,)), data, progress=False)
+
+
+def test_run_sweep_refuses_labels_data_and_knobs_before_training():
+    from jaxlr.core.inputs import InputError
+    from jaxlr.engine.grid import grid_from_points, make_grid
+    from jaxlr.engine.sweep import run_sweep
+
+    data = synthetic(k=10)
+    cfg = dataclasses.replace(BASE, model="softmax", num_classes=3)
+    with pytest.raises(InputError, match=r"run_sweep: data\.y_train holds label \d but the "):
+        run_sweep(cfg, make_grid(learning_rate=(0.1,)), data, progress=False)
+    y = data.y_val.astype(np.float32)
+    with pytest.raises(InputError, match=r"data\.y_val must hold integer class labels"):
+        run_sweep(BASE, make_grid(learning_rate=(0.1,)), synthetic()._replace(y_val=y))
+    points = [{"learning_rate": 0.01}, {"learning_rate": -0.01}]
+    with pytest.raises(
+        InputError, match=r"^grid: learning_rate must be finite and > 0, got -0\.01 "
+    ):
+        grid_from_points(points, np.float32)
+    with pytest.raises(InputError, match=r"^grid: l2 1e\+39 \(point 1\) becomes inf in float32"):
+        make_grid(learning_rate=0.1, l2=(0.0, 1e39), dtype=np.float32)
+    good = grid_from_points([{"learning_rate": 0.01}] * 2, np.float32)
+    grid = good._replace(hparams=good.hparams._replace(momentum=np.float32([0.0, 1.0])))
+    with pytest.raises(
+        InputError, match=r"run_sweep: grid: momentum must be in \[0, 1\), got 1\.0"
+    ):
+        run_sweep(BASE, grid, synthetic(), progress=False)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(learning_rate=0.0), "learning_rate must be finite and > 0, got 0.0"),
+        (dict(learning_rate=-0.01), "learning_rate must be finite and > 0, got -0.01"),
+        (dict(learning_rate=np.float32(-0.01)), "got -0.01"),  # not -0.009999999776482582
+        (dict(learning_rate=float("inf")), "learning_rate must be finite and > 0, got inf"),
+        (dict(learning_rate=0.1, l2=-0.01), "l2 must be finite and >= 0, got -0.01"),
+        (dict(learning_rate=0.1, l2=float("nan")), "l2 must be finite and >= 0, got nan"),
+        (dict(learning_rate=0.1, momentum=1.0), "momentum must be in [0, 1), got 1.0"),
+        (dict(learning_rate=0.1, momentum=-0.5), "momentum must be in [0, 1), got -0.5"),
+        (dict(learning_rate=[0.1, 0.0]), "got 0.0 (point 1)"),
+        (dict(learning_rate=1e300), "learning_rate 1e+300 becomes inf in float32"),
+        (dict(learning_rate=1e-50), "learning_rate 1e-50 becomes 0.0 in float32"),
+    ],
+)
+def test_make_hparams_refuses_knobs_no_run_trains_with(kwargs, message):
+    import warnings
+
+    with pytest.raises(ValueError) as info, warnings.catch_warnings():
+        warnings.simplefilter("error")  # no numpy overflow warning beside the one line
+        make_hparams(**kwargs, dtype=jnp.float32)
+    text = str(info.value)
+    assert text.startswith("make_hparams: ") and message in text and "\n" not in text
+
+
+def test_fit_records_knobs_as_given_not_as_float32():
+    from jaxlr.engine.driver import Observer
+
+    class Keep(Observer):
+        def on_start(self, start):
+            self.points = start.points
+
+        def on_end(self, end):
+            self.records = end.records
+
+    keep = Keep()
+    data = synthetic(dtype=np.float32)
+    hp = make_hparams(0.01, l2=0.001, dtype=jnp.float32)
+    fit(dataclasses.replace(BASE, num_epochs=1), hp, data, observers=[keep], progress=False)
+    for d in (keep.points[0], keep.records[0]):
+        assert (d["learning_rate"], d["l2"]) == (0.01, 0.001), d
+
+
+def test_solver_refuses_labels_the_model_cannot_represent():
+    from jaxlr.core import solver
+    from jaxlr.core.inputs import InputError
+
+    data = synthetic()
+    model = model_for(BASE, data.x_train.shape[1], jnp.float64)
+    y = np.array(data.y_train)
+    y[0] = 5
+    with pytest.raises(InputError, match=r"optimum_report: y_N holds label 5 but the logistic"):
+        solver.optimum_report(model, data.x_train, y, [0.01], progress=False)
+    x = np.array(data.x_train)
+    x[1, 1] = np.nan
+    with pytest.raises(InputError, match=r"solve_path: x_ND holds nan at row 1, feature 1"):
+        solver.solve_path(model, x, data.y_train, [0.01])
+    with pytest.raises(InputError, match=r"solve: y_N must hold integer class labels"):
+        solver.solve(model, None, data.x_train, data.y_train.astype(np.float64), 0.01)
+
+
+def test_solver_prints_a_float32_lambda_as_given():
+    from jaxlr.core import solver
+
+    data = synthetic()
+    model = model_for(BASE, data.x_train.shape[1], jnp.float64)
+    with pytest.raises(ValueError, match=r"l2 must be finite and >= 0, got \[0\.01, -0\.01\]$"):
+        solver.solve_path(model, data.x_train, data.y_train, np.float32([0.01, -0.01]))
+
+
+def test_a_checkpoint_of_another_run_names_the_change_as_given(tmp_path):
+    data = synthetic(dtype=np.float32)
+    cfg = dataclasses.replace(BASE, num_epochs=1)
+    path = tmp_path / "run.npz"
+    fit(cfg, make_hparams(0.025, dtype=jnp.float32), data, checkpoint_path=path, progress=False)
+    with pytest.raises(ckpt.CheckpointError) as info:
+        fit(cfg, make_hparams(0.1, dtype=jnp.float32), data, checkpoint_path=path)
+    assert "hparams (learning_rate 0.025 -> 0.1)" in str(info.value), str(info.value)

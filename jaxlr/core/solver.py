@@ -76,6 +76,7 @@ import optax
 from jax.flatten_util import ravel_pytree
 
 from jaxlr.core import curvature, losses
+from jaxlr.core.inputs import check_finite, check_labels, format_number
 
 __all__ = [
     "CONVEX_KINDS",
@@ -202,7 +203,8 @@ def _check_l2(where: str, l2, ndim: int) -> None:
         what = "a scalar" if ndim == 0 else "a non-empty 1-D array"
         raise ValueError(f"{where}: l2 must be {what}, got shape {a.shape}")
     if not np.all(np.isfinite(a)) or np.any(a < 0):
-        raise ValueError(f"{where}: l2 must be finite and >= 0, got {a.tolist()}")
+        shown = format_number(np.asarray(l2))  # as given: 0.01, not a float32's 0.00999...
+        raise ValueError(f"{where}: l2 must be finite and >= 0, got {shown}")
 
 
 def _check_data(where: str, x_ND, y_N, mask_N) -> None:
@@ -213,6 +215,13 @@ def _check_data(where: str, x_ND, y_N, mask_N) -> None:
         raise ValueError(f"{where}: y_N has shape {ys}, expected {xs[0]} labels for x_ND {xs}")
     if mask_N is not None and np.shape(mask_N) != (xs[0],):
         raise ValueError(f"{where}: mask_N has shape {np.shape(mask_N)}, expected ({xs[0]},)")
+
+
+def _check_values(where: str, model, x_ND, y_N) -> None:
+    """Labels the model can represent and finite features (host values; one pass each)."""
+    k = 2 if model.kind == "logistic" else int(model.num_classes)
+    check_labels(y_N, k, name="y_N", where=where, model=model.kind)
+    check_finite(x_ND, name="x_ND", where=where)
 
 
 def _zeros_like_model(model, dtype):
@@ -707,7 +716,9 @@ def solve(
 
     Raises:
       ValueError: a model that is not convex (MLP), an unknown method, a bad tol,
-        max_iter, l2 or data shape, or float64 without 64-bit JAX.
+        max_iter, l2 or data shape, or float64 without 64-bit JAX; an
+        ``jaxlr.core.inputs.InputError`` (a ValueError) for labels the model cannot
+        represent (not integers in [0, K)) or features that are not finite.
     """
     dtype, common = _checked_inputs(
         "solve", model, x_ND, y_N, mask_N, l2, 0, tol, max_iter, method, max_cg_iter, dtype,
@@ -730,6 +741,7 @@ def _checked_inputs(where, model, x_ND, y_N, mask_N, l2, l2_ndim, tol, max_iter,
     hvp_dtype = jnp.dtype(HVP_DTYPE if hvp_dtype is None else hvp_dtype)
     if hvp_dtype.name not in DEFAULT_TOL:
         raise ValueError(f"{where}: hvp_dtype must be float32 or float64, got {hvp_dtype.name!r}")
+    _check_values(where, model, x_ND, y_N)
     return dtype, dict(
         model=model,
         method=method,
@@ -911,6 +923,8 @@ def optimum_report(
       of the optimum's weights).
     """
     _check_model(model, "optimum_report")
+    _check_data("optimum_report", x_ND, y_N, mask_N)
+    _check_values("optimum_report", model, x_ND, y_N)
     l2_S = np.asarray(l2_S, dtype=np.float64).reshape(-1)
     num = int(l2_S.size)
     _check_l2("optimum_report", l2_S, 1)

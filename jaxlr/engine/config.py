@@ -13,6 +13,10 @@ import numbers
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
+import numpy as np
+
+from jaxlr.core.inputs import InputError, format_number
+
 MODELS = ("logistic", "softmax", "mlp")
 GRADS = ("analytic", "autodiff")
 OPTIMIZERS = ("sgd", "momentum", "adam")
@@ -193,16 +197,88 @@ def make_hparams(learning_rate, l2=0.0, momentum=0.0, seed=0, dtype=None) -> HPa
       dtype: float dtype of the continuous knobs (default: JAX's default float).
     Returns:
       HParams of jnp arrays.
+    Raises:
+      jaxlr.core.inputs.InputError (a ValueError): one line naming the knob and the value
+        as given: a learning rate that is not finite and > 0, an L2 strength that is not
+        finite and >= 0, a momentum outside [0, 1) (also after the cast to `dtype`: 1e300
+        is inf in float32).
     """
     import jax.numpy as jnp  # here, not at the top: configs are checked without JAX
 
+    check_hparam_values(learning_rate, l2, momentum, where="make_hparams")
     dtype = dtype or jnp.zeros(()).dtype
+    knobs = (learning_rate, l2, momentum)
+    # A value fine in float64 may not be in the run's dtype (1e300 -> inf, 1e-50 -> 0):
+    # cast quietly (no RuntimeWarning line), then refuse it naming the value as given.
+    with np.errstate(all="ignore"):
+        cast = [np.asarray(np.asarray(v), np.dtype(dtype)) if _on_host(v) else v for v in knobs]
+    check_hparam_values(*cast, where="make_hparams", given=knobs)
     return HParams(
-        learning_rate=jnp.asarray(learning_rate, dtype),
-        l2=jnp.asarray(l2, dtype),
-        momentum=jnp.asarray(momentum, dtype),
+        learning_rate=jnp.asarray(cast[0], dtype),
+        l2=jnp.asarray(cast[1], dtype),
+        momentum=jnp.asarray(cast[2], dtype),
         seed=jnp.asarray(seed, jnp.int32),
     )
+
+
+def _on_host(value) -> bool:
+    try:
+        np.asarray(value)
+    except Exception:  # noqa: BLE001 - a tracer
+        return False
+    return True
+
+
+_HPARAM_RULES = (
+    ("learning_rate", "finite and > 0", lambda v: np.isfinite(v) & (v > 0)),
+    ("l2", "finite and >= 0", lambda v: np.isfinite(v) & (v >= 0)),
+    ("momentum", "in [0, 1)", lambda v: (v >= 0) & (v < 1)),
+)
+
+
+def check_hparam_values(learning_rate, l2, momentum, *, where: str, given=None) -> None:
+    """Refuses knob values no run can train with (host values; tracers are not checked).
+
+    Args:
+      learning_rate, l2, momentum: scalars or arrays [S].
+      where: the entry point, for the message.
+      given: the values as the caller gave them, when the three are their cast to the run's
+        dtype: a value that only the cast made bad is named as given, with what it became.
+    Raises:
+      jaxlr.core.inputs.InputError (a ValueError): one line naming `where`, the knob, the
+        first bad value as it was given (0.01, not the 0.009999999776482582 of a float32)
+        and what is allowed.
+    """
+    given = given or (None, None, None)
+    values = (learning_rate, l2, momentum)
+    for (name, allowed, ok), value, orig in zip(_HPARAM_RULES, values, given, strict=True):
+        try:
+            a = np.asarray(value)
+        except Exception:  # noqa: BLE001 - a tracer under jit / vmap
+            continue
+        if a.dtype == object or not (np.issubdtype(a.dtype, np.number) or a.dtype == bool):
+            raise InputError(f"{where}: {name} must be a number, got {value!r}")
+        if orig is not None:  # the values as given first, then what the cast made of them
+            check_hparam_values(
+                *(orig if n == name else 0.5 for n, _, _ in _HPARAM_RULES), where=where
+            )
+        bad = np.flatnonzero(~ok(a.astype(np.float64)).reshape(-1))
+        if len(bad):
+            i = int(bad[0])
+            shown = format_number(a.reshape(-1)[i])
+            which = f" (point {i})" if a.ndim else ""
+            if orig is not None:
+                was = format_number(np.asarray(orig).reshape(-1)[i])
+                raise InputError(
+                    f"{where}: {name} {was}{which} becomes {shown} in {a.dtype}; it must be "
+                    f"{allowed} (use float64 data, or another value)"
+                )
+            raise InputError(f"{where}: {name} must be {allowed}, got {shown}{which}")
+
+
+def _check_choice(name: str, value, valid) -> None:
+    if value not in valid:
+        raise ValueError(f"TrainConfig.{name}={value!r} is not one of {list(valid)}")
 
 
 _INT32_MAX = 2**31 - 1

@@ -10,7 +10,9 @@ gives `drive` a `Runner` that knows those; `drive` owns everything around them, 
   appended as they arrive;
 - checkpoints: after every chunk the runner's state, the histories so far and the loop's
   counters go to one file, atomically (process 0 writes); an existing checkpoint of the same
-  work (same `fingerprint`) is resumed, one of other work is refused in one line;
+  work (same `fingerprint`) is resumed, one of other work is refused in one line; the
+  checkpoint's lock (`jaxlr.host.checkpoint.checkpoint_lock`) is held for the whole drive, so a
+  second process training into the same file is refused at once, before it trains;
 - observers (`Observer`): `on_start` (with the histories of a resumed run), `on_chunk` with
   each chunk's new rows per point, `on_end` with every point's final record. Progress lines
   (`ProgressLog`), a progress bar (`ProgressBar`) and TensorBoard output
@@ -22,6 +24,7 @@ Dimensions: S points (1 for a single run), T steps of a chunk, M batches per epo
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -447,6 +450,16 @@ def default_observers(
 # Checkpoints.
 
 
+def _shown(value) -> str:
+    """A fingerprint value as the user gave it: a float32 knob widened to a Python float
+    (0.02500000037252903) is written as the float32 it is (0.025)."""
+    if isinstance(value, float) and math.isfinite(value):
+        f32 = np.float32(value)
+        if float(f32) == value:
+            return str(f32)
+    return repr(value)
+
+
 def fingerprint_diff(saved: Mapping, now: Mapping) -> str:
     """One phrase naming what changed between two fingerprints (dicts of dicts)."""
     parts = []
@@ -456,10 +469,10 @@ def fingerprint_diff(saved: Mapping, now: Mapping) -> str:
             continue
         if isinstance(a, dict) and isinstance(b, dict):
             fields = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
-            shown = ", ".join(f"{k} {a.get(k)!r} -> {b.get(k)!r}" for k in fields[:3])
+            shown = ", ".join(f"{k} {_shown(a.get(k))} -> {_shown(b.get(k))}" for k in fields[:3])
             parts.append(f"{key} ({shown})")
         else:
-            parts.append(f"{key} ({a!r} -> {b!r})")
+            parts.append(f"{key} ({_shown(a)} -> {_shown(b)})")
     return "; ".join(parts)
 
 
@@ -515,7 +528,8 @@ def drive(
       rung_epochs: with a pruning rule, its rung length: chunks end at rung ends.
       checkpoint_path: file to checkpoint into after every chunk (atomically, process 0
         writes); an existing checkpoint with the same `fingerprint` is resumed, one with
-        another is refused.
+        another is refused. Its lock (`jaxlr.host.checkpoint.checkpoint_lock`) is held for
+        the whole call: a second process training into it is refused at once.
       resume: False: an existing checkpoint is not read (it is overwritten after the first
         chunk).
       fingerprint: JSON-ready dict of what a checkpoint must match (config, hparams, grid,
@@ -529,14 +543,74 @@ def drive(
       (the runner's result, the `End` event).
     Raises:
       jaxlr.host.checkpoint.CheckpointError: `checkpoint_path` holds a checkpoint of other
-        work (one line naming what changed); what the runner raises.
+        work (one line naming what changed), a corrupt one, or is in use by another process
+        (one line naming it); what the runner raises.
     """
+    path = Path(checkpoint_path) if checkpoint_path is not None else None
+    held = contextlib.ExitStack()
+    if path is not None:
+        _lock(held, path)
+    try:
+        return _drive_held(
+            runner,
+            path,
+            config=config,
+            points=points,
+            num_epochs=num_epochs,
+            epochs_per_call=epochs_per_call,
+            rung_epochs=rung_epochs,
+            fingerprint=fingerprint,
+            resume=resume,
+            observers=observers,
+            stop_after_epochs=stop_after_epochs,
+            description=description,
+            dtype=dtype,
+        )
+    finally:
+        held.close()
+
+
+def _lock(held: contextlib.ExitStack, path: Path) -> None:
+    """Takes the checkpoint's lock into `held` (process 0; every process learns whether it
+    could, so all of them fail together)."""
+    err = None
+    if jax.process_index() == 0:
+        try:
+            held.enter_context(ckpt.checkpoint_lock(path))
+        except (ckpt.CheckpointError, OSError) as e:
+            err = e
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        ok = np.asarray(multihost_utils.process_allgather(np.asarray([err is None])))
+        if err is None and not ok.all():
+            held.close()
+            raise ckpt.CheckpointError(f"process 0 could not take checkpoint {path}")
+    if err is not None:
+        raise err
+
+
+def _drive_held(
+    runner: Runner,
+    path: Path | None,
+    *,
+    config,
+    points,
+    num_epochs,
+    epochs_per_call,
+    rung_epochs,
+    fingerprint,
+    resume,
+    observers,
+    stop_after_epochs,
+    description,
+    dtype,
+) -> tuple[Any, End]:
     m = runner.num_batches
     s = runner.num_points
     done: list[dict | None] = [None] * s  # per point: history up to the last concatenation
     parts: list[list[dict]] = [[] for _ in range(s)]  # per point: chunks since then
     epoch, chunks, computed = 0, 0, 0
-    path = Path(checkpoint_path) if checkpoint_path is not None else None
     resumed = path is not None and resume and path.exists()
     agree([int(resumed)], "whether a checkpoint exists")
     if resumed:

@@ -18,7 +18,7 @@ from typing import NamedTuple
 import jax.numpy as jnp
 import numpy as np
 
-from jaxlr.engine.config import HParams
+from jaxlr.engine.config import HParams, check_hparam_values
 
 
 def _range(values, name: str) -> tuple[float, float] | None:
@@ -151,6 +151,16 @@ def _float_dtype(dtype):
     return np.dtype(dtype) if dtype is not None else np.dtype(jnp.zeros(()).dtype)
 
 
+def _cast(lr, l2, momentum, seed, dtype) -> HParams:
+    """The grid's columns in the knobs' dtype; a value the cast spoils (1e300 -> inf in
+    float32) is refused naming it as given, without numpy's overflow warning."""
+    dt = _float_dtype(dtype)
+    with np.errstate(all="ignore"):
+        cast = [np.asarray(v, dt) for v in (lr, l2, momentum)]
+    check_hparam_values(*cast, where="grid", given=(lr, l2, momentum))
+    return HParams(*cast, seed=np.asarray(seed, np.int32))
+
+
 def _as_tuple(values, what: str) -> tuple:
     if np.ndim(values) == 0:
         values = (values,)
@@ -192,13 +202,7 @@ def make_grid(
     cols = {a: [p[j] for p in prod] for j, a in enumerate(axes)}
     for a in HPARAM_NAMES:
         cols.setdefault(a, [vals[a][0]] * len(prod))
-    dt = _float_dtype(dtype)
-    hp = HParams(
-        learning_rate=np.asarray(cols["learning_rate"], dt),
-        l2=np.asarray(cols["l2"], dt),
-        momentum=np.asarray(cols["momentum"], dt),
-        seed=np.asarray(cols["seed"], np.int32),
-    )
+    hp = _cast(cols["learning_rate"], cols["l2"], cols["momentum"], cols["seed"], dtype)
     shape = tuple(len(vals[a]) for a in axes)
     return Grid(hp, axes, shape, {a: vals[a] for a in axes})
 
@@ -221,11 +225,11 @@ def grid_from_points(points: Sequence[dict], dtype=None) -> Grid:
             raise ValueError(f"grid_from_points: unknown keys {sorted(unknown)}")
         if "learning_rate" not in p:
             raise ValueError(f"grid_from_points: point {p} has no learning_rate")
-    dt = _float_dtype(dtype)
-    hp = HParams(
-        learning_rate=np.asarray([p["learning_rate"] for p in points], dt),
-        l2=np.asarray([p.get("l2", 0.0) for p in points], dt),
-        momentum=np.asarray([p.get("momentum", 0.0) for p in points], dt),
-        seed=np.asarray([p.get("seed", 0) for p in points], np.int32),
+    hp = _cast(
+        [p["learning_rate"] for p in points],
+        [p.get("l2", 0.0) for p in points],
+        [p.get("momentum", 0.0) for p in points],
+        [p.get("seed", 0) for p in points],
+        dtype,
     )
     return Grid(hp, ("point",), (len(points),), {"point": tuple(range(len(points)))})

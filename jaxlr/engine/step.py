@@ -260,6 +260,12 @@ def schedule_numbers(config: TrainConfig, num_train: int) -> Schedule:
     return Schedule(m, e, int(config.num_epochs) * m)
 
 
+def train_eval_count(config: TrainConfig, num_train: int) -> int:
+    """How many training examples the training accuracy of a check uses: the first
+    `config.train_eval_size` (all when 0, and at most the N there are)."""
+    return min(int(config.train_eval_size) or int(num_train), int(num_train))
+
+
 def is_check_step(step, eval_every: int):
     """True where a validation check follows the update of `step` (steps 0, E, 2E, ...)."""
     return step % eval_every == 0
@@ -395,7 +401,7 @@ def validation_check(
     val_loss = logged_loss(config, obj, ce)
     val_acc = model.accuracy(model.apply(state.params, data.x_val), data.y_val)
     num_train = data.x_train.shape[0]
-    n_eval = min(config.train_eval_size or num_train, num_train)
+    n_eval = train_eval_count(config, num_train)
     x_t, y_t = data.x_train[:n_eval], data.y_train[:n_eval]
     train_acc = model.accuracy(model.apply(state.params, x_t), y_t)
     # A non-finite cross-entropy makes the objective non-finite, so checking the objective

@@ -37,12 +37,14 @@ from jax.sharding import PartitionSpec as P
 
 from jaxlr.core.objective import Model
 from jaxlr.engine import blocks, resources
-from jaxlr.engine.config import HParams, TrainConfig
+from jaxlr.engine.config import HParams, TrainConfig, check_hparam_values
 from jaxlr.engine.driver import ChunkOut, Observer, default_observers, drive
 from jaxlr.engine.grid import Grid
 from jaxlr.engine.halving import prune_rung
 from jaxlr.engine.step import Data, StepLog
 from jaxlr.engine.train import (
+    check_data,
+    check_inputs,
     early_stopping_summary,
     make_engine,
     model_for,
@@ -433,13 +435,18 @@ def run_sweep(
     Returns:
       `SweepResult` (diverged points are flagged, not raised).
     Raises:
-      ValueError: bad arguments; `jaxlr.host.checkpoint.CheckpointError` (a ValueError) when
-        `checkpoint_dir` holds a checkpoint of another sweep (config, grid, data or rule).
+      ValueError: bad arguments; `jaxlr.core.inputs.InputError` (a ValueError): labels the
+        model cannot represent, non-finite data, a batch larger than the training set;
+        `jaxlr.host.checkpoint.CheckpointError` (a ValueError) when `checkpoint_dir` holds a
+        checkpoint of another sweep (config, grid, data or rule), or one in use.
     """
     x_train = np.asarray(data.x_train)
     dtype = x_train.dtype
     if not np.issubdtype(dtype, np.floating):
         raise ValueError(f"run_sweep: x_train must be floating point, got {dtype}")
+    check_data(data, "run_sweep")
+    check_inputs(config, data, "run_sweep", model)
+    check_hparam_values(*grid.hparams[:3], where="run_sweep: grid")
     data = Data(
         x_train,
         np.asarray(data.y_train, np.int32),

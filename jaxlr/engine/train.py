@@ -29,9 +29,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxlr.core.inputs import InputError, check_finite, check_labels, format_number
 from jaxlr.core.objective import Model, make_model
 from jaxlr.engine import resources
-from jaxlr.engine.config import HParams, TrainConfig
+from jaxlr.engine.config import HParams, TrainConfig, check_hparam_values
 from jaxlr.engine.driver import ChunkOut, Observer, default_observers, drive
 from jaxlr.engine.step import (
     Data,
@@ -393,6 +394,36 @@ def check_data(data: Data, what: str = "fit") -> tuple[int, int, int]:
     return x_tr[0], x_va[0], x_tr[1]
 
 
+def check_inputs(
+    config: TrainConfig, data: Data, what: str = "fit", model: Model | None = None
+) -> None:
+    """Checks what `data` holds against the model and the batch (host values, one pass each).
+
+    Call after `check_data` (shapes). Labels must be integers in [0, K) (K = 2 for the
+    logistic model, else `model.num_classes` or `config.num_classes`), the features finite,
+    and the batch no larger than the training set.
+
+    Raises:
+      jaxlr.core.inputs.InputError: one line naming the array, the offending value and what
+        the model allows; or the batch size and the number of training examples.
+    """
+    kind = model.kind if model is not None else config.model
+    if kind == "logistic":
+        k = 2
+    else:
+        k = int(model.num_classes if model is not None else config.num_classes)
+    for name in ("y_train", "y_val"):
+        check_labels(getattr(data, name), k, name=f"data.{name}", where=what, model=kind)
+    for name in ("x_train", "x_val"):
+        check_finite(getattr(data, name), name=f"data.{name}", where=what)
+    n = _shape(data.x_train)[0]
+    if int(config.batch_size) > n:
+        raise InputError(
+            f"{what}: batch_size {config.batch_size} is larger than the {n} training examples "
+            f"of data.x_train; use a batch of at most {n}"
+        )
+
+
 def _check_scalar_hparams(hparams: HParams, what: str = "fit") -> None:
     if not isinstance(hparams, HParams):
         raise ValueError(f"{what}: hparams must be an HParams (jaxlr.engine.config.make_hparams)")
@@ -402,6 +433,7 @@ def _check_scalar_hparams(hparams: HParams, what: str = "fit") -> None:
                 f"{what}: hparams.{name} must be a scalar (one run), got shape {np.shape(v)}; "
                 "train a grid with jaxlr.engine.sweep.run_sweep"
             )
+    check_hparam_values(*hparams[:3], where=f"{what}: hparams")
 
 
 @functools.lru_cache(maxsize=64)
@@ -457,6 +489,7 @@ def fit(
     """
     num_train, num_val, num_features = check_data(data)
     _check_scalar_hparams(hparams)
+    check_inputs(config, data, "fit", model)
     dtype = jax.dtypes.canonicalize_dtype(_dtype_of(data.x_train))
     p = (
         _default_num_params(config, num_features, np.dtype(dtype).name)
@@ -490,7 +523,7 @@ def fit(
         epochs_per_call=1 if time_epochs else config.epochs_per_call,
         checkpoint_path=checkpoint_path,
         resume=resume,
-        fingerprint={"config": config.to_dict(), "hparams": point},
+        fingerprint={"config": config.to_dict(), "hparams": _hparams_dict(hparams, exact=True)},
         observers=[*default_observers(log_fn, log.info, progress), *observers],
         stop_after_epochs=stop_after_epochs,
         dtype=np.dtype(x_train.dtype),
@@ -628,6 +661,7 @@ def measure_step_rate(
         raise ValueError(f"measure_step_rate: repeats must be >= 1, got {repeats!r}")
     n, _, d = check_data(data, "measure_step_rate")
     _check_scalar_hparams(hparams, "measure_step_rate")
+    check_inputs(config, data, "measure_step_rate", model)
     m = schedule_numbers(config, n).batches_per_epoch
     # Checks follow steps 0, E, 2E, ...: with E = 2M, none falls in epoch 1 (steps M..2M-1).
     quiet = dataclasses.replace(config, eval_every=2 * m)
@@ -657,16 +691,14 @@ def _compiled_engine(config: TrainConfig, num_features: int, dtype: str, num_tra
     return (engine, *_jit_engine(engine))
 
 
-def _shortest(value) -> float:
-    """A float at its own precision's shortest text (float32 0.1 -> 0.1, not 0.10000000149)."""
-    return float(str(np.asarray(value)[()]))
-
-
-def _hparams_dict(hparams: HParams) -> dict:
+def _hparams_dict(hparams: HParams, exact: bool = False) -> dict:
+    """A run's knobs as Python numbers: as given (0.01 for a float32 0.01), or with `exact`
+    the float32 value widened (what checkpoint fingerprints have always recorded)."""
+    num = float if exact else (lambda v: float(format_number(v)))
     return {
-        "learning_rate": _shortest(hparams.learning_rate),
-        "l2": _shortest(hparams.l2),
-        "momentum": _shortest(hparams.momentum),
+        "learning_rate": num(hparams.learning_rate),
+        "l2": num(hparams.l2),
+        "momentum": num(hparams.momentum),
         "seed": int(hparams.seed),
     }
 
@@ -685,6 +717,7 @@ __all__ = [
     "TrainState",
     "TrainingDiverged",
     "check_data",
+    "check_inputs",
     "divergence_error",
     "early_stopping_summary",
     "fit",

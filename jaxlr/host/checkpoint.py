@@ -5,21 +5,36 @@ its path in the tree (e.g. `state/params/w`) and a JSON `__meta__` entry (format
 step, config and what the caller adds). It is written to a temporary file in the same folder
 and renamed into place, so a crash never leaves a half-written checkpoint. Reading back into
 a template checks every path, shape and dtype: a checkpoint of another model is refused.
+
+`checkpoint_lock` holds `<checkpoint>.lock` (flock) while a run trains into a checkpoint, so
+two runs never write one checkpoint in turn; taking it removes the temporaries that a writer
+killed mid-write left beside the checkpoint.
 """
 
 from __future__ import annotations
 
+import contextlib
+import datetime
+import fcntl
 import io
 import json
+import logging
 import os
+import socket
+import time
 import zipfile
+import zlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import jax
 import numpy as np
 
-from jaxlr.host.io import atomic_write_bytes
+from jaxlr.host import workdir as _workdir
+from jaxlr.host.io import atomic_write_bytes, remove_stale_temporaries
+
+log = logging.getLogger("jaxlr.checkpoint")
 
 FORMAT_VERSION = 1
 _META = "__meta__"
@@ -82,34 +97,118 @@ def save_checkpoint(
     return path
 
 
+def _corrupt(path: Path, reason: str) -> CheckpointError:
+    return CheckpointError(
+        f"checkpoint {path} is corrupt or not a jaxlr checkpoint ({reason}): remove it or give "
+        "another path"
+    )
+
+
 def load_flat(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict]:
     """Reads a checkpoint as a flat dict of arrays and its metadata.
 
     Raises:
-      CheckpointError: missing, not a checkpoint, or corrupt.
+      CheckpointError: missing, a folder, not a checkpoint, or corrupt (one line naming the
+        path and what is wrong with it, in words).
+      OSError: the file cannot be read (permissions): the launcher names the path.
     """
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist")
+    if path.is_dir():
+        raise CheckpointError(
+            f"checkpoint {path} is a folder, not a checkpoint file: give the path of the .npz"
+        )
+    if not zipfile.is_zipfile(path):
+        size = path.stat().st_size
+        raise _corrupt(path, f"not a complete .npz archive: {size} bytes, no zip directory")
     try:
         with np.load(path, allow_pickle=False) as npz:
             flat = {k: npz[k] for k in npz.files}
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError, KeyError) as err:
-        raise CheckpointError(
-            f"checkpoint {path} is corrupt or not a jaxlr checkpoint: {err}"
-        ) from err
+    except ValueError as err:
+        # numpy's advice about allow_pickle is not for a checkpoint: jaxlr never pickles.
+        what = "it holds pickled objects" if "pickle" in str(err) else _one_line(err)
+        raise _corrupt(path, what) from err
+    except (zipfile.BadZipFile, EOFError, KeyError, zlib.error) as err:
+        raise _corrupt(path, f"damaged archive: {_one_line(err)}") from err
     if _META not in flat:
-        raise CheckpointError(f"{path} is not a jaxlr checkpoint (no {_META} entry)")
+        raise _corrupt(path, f"no {_META} entry")
     try:
         meta = json.loads(flat.pop(_META).tobytes().decode())
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise CheckpointError(f"checkpoint {path} has corrupt metadata: {err}") from err
+        raise _corrupt(path, f"unreadable metadata: {_one_line(err)}") from err
+    if not isinstance(meta, dict):
+        raise _corrupt(path, "metadata that is not a JSON object")
     if meta.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(
             f"checkpoint {path} has format version {meta.get('format_version')}, "
             f"this jaxlr reads {FORMAT_VERSION}"
         )
     return flat, meta
+
+
+def lock_path(path: str | os.PathLike) -> Path:
+    """The lock file of checkpoint `path`: `<path>.lock` beside it."""
+    path = Path(path)
+    return path.with_name(path.name + ".lock")
+
+
+@contextlib.contextmanager
+def checkpoint_lock(path: str | os.PathLike) -> Iterator[Path]:
+    """Holds checkpoint `path` for the `with` block: no other process may train into it.
+
+    `fcntl.flock` on `<path>.lock` (created with its folder; it holds the holder's pid, host,
+    start time and command). The kernel releases the lock when the process dies, so a killed
+    run never blocks the next. Taking it removes the temporaries of `path` that a writer
+    killed mid-write left (`jaxlr.host.io.remove_stale_temporaries`: every one older than
+    the lock, whose writer must have held it). Not re-entrant: a second lock of the same
+    checkpoint, also in the same process, is refused.
+
+    Yields:
+      `path` as a Path.
+    Raises:
+      CheckpointError: another process holds it (one line naming the process), at once.
+      OSError: the folder or the lock file cannot be made (the launcher names the path).
+    """
+    path = Path(path)
+    lock = lock_path(path)
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    locked = False
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _workdir._read_info(fd)
+            for _ in range(20):  # the holder may be between flock and writing its info
+                if holder is not None:
+                    break
+                time.sleep(0.01)
+                holder = _workdir._read_info(fd)
+            raise CheckpointError(
+                f"checkpoint {path} is in use by {_workdir._describe(holder)}; wait for it "
+                "to end or give another checkpoint path"
+            ) from None
+        locked = True
+        taken = time.time()
+        me = _workdir.LockInfo(
+            os.getpid(),
+            socket.gethostname(),
+            datetime.datetime.now().isoformat(timespec="seconds"),
+            _workdir._command_line(),
+        )
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(me._asdict()) + "\n").encode(), 0)
+        for tmp in remove_stale_temporaries(path, older_than=taken):
+            log.info("removed %s, left by a write into %s that never finished", tmp, path)
+        yield path
+    finally:
+        if locked:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, 0)
+            with contextlib.suppress(OSError):
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
 
 
 def restore_tree(flat: dict[str, np.ndarray], template, prefix: str = "", path: Any = "") -> Any:

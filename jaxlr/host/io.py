@@ -4,8 +4,14 @@ Every writer here writes a temporary file in the destination's own folder (so th
 rename stays on one file system), flushes and fsyncs it, `os.replace`s it over the
 destination, then fsyncs the folder so that the rename itself survives a crash. Missing
 parent folders are created. If anything fails, or the process is interrupted before the
-rename, the destination is untouched and the temporary file (named `.<name>.<random>.tmp`,
-so it never looks like the real file) is removed.
+rename, the destination is untouched and the temporary file (named `.<name>.<pid>.<random>.tmp`,
+so it never looks like the real file and names the process that writes it) is removed. A
+process killed outright (SIGKILL, power loss) cannot remove it: `remove_stale_temporaries`
+finds such leftovers of one destination by their names and removes those of dead processes
+(or all older than a given time, for a writer that holds a lock on the destination).
+
+An `OSError` of a write that names no file (ENOSPC, EIO, EDQUOT from `write` or `fsync`) is
+raised again with the destination as its `filename`, so the error says which file failed.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -46,7 +53,7 @@ def atomic_open(
         raise ValueError(f"atomic_open: mode must be 'wb' or 'w', got {mode!r}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_temp_prefix(path), suffix=".tmp")
     try:
         os.close(fd)
         os.chmod(tmp, 0o666 & ~_UMASK)
@@ -56,11 +63,70 @@ def atomic_open(
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(err, OSError) and err.filename is None and err.errno is not None:
+            # write() and fsync() name no file: say which one could not be written.
+            raise OSError(err.errno, err.strerror or os.strerror(err.errno), str(path)) from err
         raise
     fsync_dir(path.parent)
+
+
+def _temp_prefix(path: Path) -> str:
+    return f".{path.name}.{os.getpid()}."
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: it exists, under another user
+        return True
+    return True
+
+
+def remove_stale_temporaries(
+    path: str | os.PathLike, *, older_than: float | None = None
+) -> list[Path]:
+    """Removes the temporary files the atomic writers left beside `path` and never renamed.
+
+    A temporary of `path` is `.<name>.<pid>.<random>.tmp` in its folder (`.<name>.<random>.tmp`
+    from before the pid was part of the name). One is stale when the process in its name is
+    no longer alive, or, with `older_than` (a `time.time()` value), when it was last modified
+    before then: a caller that holds a lock on `path` (the only writer) passes the time it
+    took the lock. This process's own temporaries are never removed.
+
+    Args:
+      path: the destination whose temporaries to look for.
+      older_than: also remove those modified before this time, whatever their process.
+    Returns:
+      The temporaries removed.
+    """
+    path = Path(path)
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.(?:(\d+)\.)?[A-Za-z0-9_]+\.tmp")
+    removed = []
+    try:
+        entries = list(os.scandir(path.parent))
+    except OSError:
+        return removed
+    for entry in entries:
+        m = pattern.fullmatch(entry.name)
+        if m is None:
+            continue
+        pid = int(m.group(1)) if m.group(1) else None
+        if pid == os.getpid():
+            continue
+        stale = pid is not None and not _alive(pid)
+        if not stale and older_than is not None:
+            with contextlib.suppress(OSError):
+                stale = entry.stat(follow_symlinks=False).st_mtime < older_than
+        if stale:
+            with contextlib.suppress(OSError):
+                os.unlink(entry.path)
+                removed.append(Path(entry.path))
+    return removed
 
 
 def fsync_dir(folder: str | os.PathLike) -> None:
@@ -97,7 +163,7 @@ def atomic_symlink(target: str | os.PathLike, path: str | os.PathLike) -> Path:
     """
     path = Path(path)
     for _ in range(100):
-        tmp = path.parent / f".{path.name}.{os.urandom(6).hex()}.tmp"
+        tmp = path.parent / f"{_temp_prefix(path)}{os.urandom(6).hex()}.tmp"
         try:
             os.symlink(target, tmp)
             break

@@ -120,6 +120,41 @@ def _first_file_component(path: Path) -> Path | None:
     return None
 
 
+def check_own_folder(workdir: str | os.PathLike, folder: str | os.PathLike) -> Path:
+    """Refuses a folder a run writes in place (a checkpoint folder) inside what runs manage.
+
+    `latest` (the published run, through its link), `.runs/` and the staging folders are
+    replaced and removed by runs: a checkpoint written there would change the published
+    outputs while the run trains, and be deleted when it publishes.
+
+    Returns:
+      `folder` as a Path.
+    Raises:
+      WorkdirError: one line naming the folder and the managed place it lies in.
+    """
+    folder, workdir = Path(folder), Path(workdir)
+    real = Path(os.path.realpath(folder))
+    top = Path(os.path.realpath(workdir))
+    managed = [top / RUNS_NAME]
+    latest = workdir / LATEST_NAME
+    if latest.is_symlink() or latest.exists():
+        managed.append(Path(os.path.realpath(latest)))
+        managed.append(top / LATEST_NAME)
+    for place in managed:
+        if real == place or place in real.parents:
+            raise WorkdirError(
+                f"folder {folder} lies inside {place}, which runs of workdir {workdir} publish "
+                "and remove: give a folder of its own (e.g. ckpt, relative to the workdir)"
+            )
+    rel = real.relative_to(top).parts if top in real.parents else ()
+    if rel and rel[0].startswith(STAGING_PREFIX):
+        raise WorkdirError(
+            f"folder {folder} lies inside the staging folder {top / rel[0]} of workdir "
+            f"{workdir}: give a folder of its own (e.g. ckpt, relative to the workdir)"
+        )
+    return folder
+
+
 def ensure_workdir(path: str | os.PathLike) -> Path:
     """Creates the workdir (and its parents) if needed and checks that it is a writable folder.
 
