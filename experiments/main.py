@@ -83,6 +83,7 @@ def _help(name: str | None) -> str:
     out.append("launcher flags:")
     out.append("  --workdir  folder of config.json, metrics.json, figures and report.md (required)")
     out.append("  --[no]compilation_cache  JAX's persistent compilation cache (default: on)")
+    out.append("  --[no]tensorboard  TensorBoard event files in the workdir (default: on)")
     smoke = " ".join(f"--{k}={format_value(v)}" for k, v in exp.smoke.items())
     out.append(f"  --smoke  a seconds-long run: {smoke or 'the defaults'}")
     return "\n".join(out)
@@ -106,6 +107,9 @@ def _define_flags(exp) -> flags.FlagValues:
     flags.DEFINE_bool("list", False, "List the experiments and exit.", flag_values=fv)
     flags.DEFINE_bool(
         "compilation_cache", True, "JAX's persistent compilation cache.", flag_values=fv
+    )
+    flags.DEFINE_bool(
+        "tensorboard", True, "TensorBoard event files in the workdir.", flag_values=fv
     )
     flags.DEFINE_bool(
         "smoke",
@@ -217,6 +221,7 @@ class Parsed(NamedTuple):
     overrides: dict
     config: Any
     compilation_cache: bool
+    tensorboard: bool = True
 
 
 def parse(argv: list[str]) -> Parsed | str:
@@ -250,7 +255,7 @@ def parse(argv: list[str]) -> Parsed | str:
     if fv.smoke:
         overrides = {**exp.smoke, **overrides}
     cfg = make_config(exp.name, overrides)
-    return Parsed(exp, fv.workdir, overrides, cfg, fv.compilation_cache)
+    return Parsed(exp, fv.workdir, overrides, cfg, fv.compilation_cache, fv.tensorboard)
 
 
 _RUNNING: dict = {}
@@ -276,7 +281,9 @@ def main(argv: list[str]) -> int:
         distributed.initialize(cfg.coordinator_address or None, cfg.num_processes, cfg.process_id)
     # ConfigError may still come from checks that need the loaded data (e.g. --max_examples
     # beyond the images there are): a usage error like the others.
-    metrics = run_experiment(exp.name, parsed.workdir, parsed.overrides)
+    metrics = run_experiment(
+        exp.name, parsed.workdir, parsed.overrides, tensorboard=parsed.tensorboard
+    )
     import jax
 
     if jax.process_index() == 0:  # the process that wrote the workdir

@@ -184,8 +184,11 @@ def test_config_json_is_nested_by_section():
 
 def test_checkpoint_means_one_thing(tmp_path):
     # --checkpoint is the run's own resume folder, relative to the current folder.
-    assert checkpoint_file("ckpt", None) == Path("ckpt") / "run.npz"
-    assert checkpoint_file("", "x") is None
+    from experiments.common import RunDir
+
+    run = RunDir(tmp_path / "out", tmp_path / "wd")
+    assert checkpoint_file("ckpt", run, None) == Path("ckpt") / "run.npz"
+    assert checkpoint_file("", run, "x") is None
     readers = sorted(n for n, e in EXPERIMENTS.items() if "checkpoint" in flag_fields(e.config_cls))
     assert "hw3_misclassified" not in readers and "sweep" in readers
     # hw3_misclassified's input is --grid_checkpoint.

@@ -494,3 +494,77 @@ def test_tensorboard_server_shows_the_sweep(sweep, tmp_path):
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(timeout=15)
+
+
+# ---------------------------------------------------------------------------------------------
+# Runs of experiments: TensorBoard inside the published set.
+
+
+@pytest.fixture(scope="module")
+def fake_folder(tmp_path_factory):
+    return jfake.write_fake_dataset(tmp_path_factory.mktemp("fake_exp"), 3000, 600, seed=0)
+
+
+def _overrides(name, folder, **more):
+    import experiments.registry  # noqa: F401  (registers the experiments)
+    from experiments.config import EXPERIMENTS
+
+    return {
+        **EXPERIMENTS[name].smoke,
+        "dataset": "fake",
+        "data_dir": str(folder),
+        "num_train": None,
+        **more,
+    }
+
+
+def test_an_experiment_publishes_tensorboard_equal_to_its_history(fake_folder, tmp_path):
+    from experiments.common import run_experiment
+
+    w = tmp_path / "wd"
+    run_experiment("tdt4265_task2", w, _overrides("tdt4265_task2", fake_folder))
+    history = [json.loads(line) for line in (w / "history.jsonl").read_text().splitlines()]
+    acc = _accumulator(w / "tensorboard" / "run")
+    steps, values = _series(acc, "train/loss")
+    assert list(steps) == [r["step"] for r in history]
+    np.testing.assert_array_equal(values, np.float32([r["train_loss"] for r in history]))
+    checks = [r for r in history if "val_loss" in r]
+    steps, values = _series(acc, "val/loss")
+    assert list(steps) == [r["step"] for r in checks]
+    np.testing.assert_array_equal(values, np.float32([r["val_loss"] for r in checks]))
+    ((_, text),) = _text(acc, "config")
+    assert '"learning_rate"' in text or '"lr"' in text, text
+    # The event files are published with the rest (a link into latest/).
+    assert (w / "tensorboard").is_symlink()
+
+
+def test_no_tensorboard_and_a_failed_run_leave_no_event_files(fake_folder, tmp_path):
+    from experiments.common import run_experiment
+    from jaxlr.engine.train import TrainingDiverged
+
+    w = tmp_path / "off"
+    run_experiment("tdt4265_task2", w, _overrides("tdt4265_task2", fake_folder), tensorboard=False)
+    assert (w / "metrics.json").exists() and not (w / "tensorboard").exists()
+    bad = tmp_path / "bad"
+    with pytest.raises(TrainingDiverged):
+        run_experiment("tdt4265_task2", bad, _overrides("tdt4265_task2", fake_folder, lr=1e6))
+    assert not list(bad.rglob("events.out.tfevents*"))
+
+
+def test_a_sweep_experiment_has_one_hparams_row_per_point_with_the_optimum(fake_folder, tmp_path):
+    from experiments.common import run_experiment
+
+    w = tmp_path / "sweep"
+    m = run_experiment("sweep", w, _overrides("sweep", fake_folder))
+    root = w / "tensorboard"
+    points = m["points"]
+    assert len([p for p in root.iterdir() if p.is_dir()]) == len(points) == 4
+    for p in points:
+        folder = tracking.sweep_point_dir(
+            root, {k: p[k] for k in ("learning_rate", "l2", "momentum", "seed")}
+        )
+        acc = _accumulator(folder)
+        tags = set(acc.Tags()["scalars"])
+        assert {"train/loss", "val/loss", "hparams/best_val_loss", "hparams/lr_over_limit"} <= tags
+        (ev,) = acc.Scalars("hparams/lr_over_limit")
+        assert np.float32(ev.value) == np.float32(p["lr_over_limit"])
