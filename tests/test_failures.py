@@ -503,7 +503,7 @@ def test_hw3_mlp_report_counts_the_training_images_its_checks_use():
 def test_a_checkpoint_inside_the_published_run_is_refused(fake, finished, tmp_path, folder):
     workdir = _copy(finished[0], tmp_path / "wd")
     before = _snapshot(workdir)
-    r = _run(_cmd(fake, workdir, "--num_epochs=2", f"--checkpoint={folder}"))
+    r = _run(_cmd(fake, workdir, "--num_epochs=2", f"--checkpoint={workdir / folder}"))
     line = _refused_before_training(r, f"folder {workdir / folder} lies inside", "publish")
     assert "give a folder of its own" in line
     assert _snapshot(workdir) == before  # nothing written into the published run

@@ -19,6 +19,7 @@ from realdata import DATA_DIR, PNG_MAGIC, needs_data, require_data
 
 from experiments import (
     hw3,
+    hw3_config,
     registry,  # noqa: F401  (registers the experiments)
 )
 from experiments.common import run_experiment
@@ -225,7 +226,7 @@ def grid_run(tmp_path_factory):
     grid_metrics = _read(workdir)
     before = _tree(workdir)
     mis_dir = tmp_path_factory.mktemp("hw3_misclassified")
-    overrides = dict(TINY_MIS, grid_checkpoint=str(workdir / hw3.CHECKPOINT_NAME))
+    overrides = dict(TINY_MIS, grid_checkpoint=str(workdir / hw3_config.CHECKPOINT_NAME))
     run_experiment("hw3_misclassified", mis_dir, overrides)
     assert _tree(workdir) == before, "hw3_misclassified changed the grid's workdir"
     return workdir, grid_metrics, mis_dir
@@ -267,7 +268,7 @@ def test_hw3_logreg_grid_checkpoint_and_test_count(grid_run):
 
     # The checkpoint on disk (published beside the report): the logistic weights w_D1
     # (785 x 1), step = 20 full-batch steps.
-    assert m["checkpoint"] == hw3.CHECKPOINT_NAME
+    assert m["checkpoint"] == hw3_config.CHECKPOINT_NAME
     path = workdir / m["checkpoint"]
     params, meta = ckpt.load_checkpoint(
         path, {"w": np.zeros((785, 1), np.float32)}, prefix="params"
@@ -308,7 +309,9 @@ def test_hw3_misclassified_lists_the_most_confident_mistakes(grid_run):
     # Its own workdir, config, metrics and report; the grid's are left alone (fixture).
     config = json.loads((workdir / "config.json").read_text())
     assert config["experiment"] == "hw3_misclassified"
-    assert config["grid_checkpoint"] == str(grid_dir / hw3.CHECKPOINT_NAME) == m["checkpoint"]
+    assert (
+        config["grid_checkpoint"] == str(grid_dir / hw3_config.CHECKPOINT_NAME) == m["checkpoint"]
+    )
     assert "grid" not in m
     report = (workdir / "report.md").read_text()
     assert report.startswith("# hw3: most confidently misclassified test images, 9 vs 4\n")
@@ -318,7 +321,7 @@ def test_hw3_misclassified_lists_the_most_confident_mistakes(grid_run):
     assert m["shown"] == min(20, m["num_misclassified"]) == len(m["misclassified"])
 
     # Recompute the ranking by hand from the checkpoint's weights.
-    w = _grid_weights(grid_dir / hw3.CHECKPOINT_NAME)
+    w = _grid_weights(grid_dir / hw3_config.CHECKPOINT_NAME)
     ds = _mnist()
     x_test, y_test, idx = _four_nine(np.asarray(ds.x_test), np.asarray(ds.y_test), 100)
     p = 1.0 / (1.0 + np.exp(-(x_test @ w)))
@@ -354,13 +357,13 @@ def test_hw3_misclassified_lists_the_most_confident_mistakes(grid_run):
 
 def test_hw3_misclassified_reads_the_grid_workdir_by_default():
     assert make_config("hw3_misclassified").grid_checkpoint == (
-        f"{hw3.GRID_WORKDIR}/{hw3.CHECKPOINT_NAME}"
+        f"{hw3_config.GRID_WORKDIR}/{hw3_config.CHECKPOINT_NAME}"
     )
-    assert hw3.GRID_WORKDIR == "runs/hw3_logreg_grid"
+    assert hw3_config.GRID_WORKDIR == "runs/hw3_logreg_grid"
 
 
 def test_hw3_misclassified_refuses_a_missing_checkpoint(tmp_path):
-    path = tmp_path / "grid" / hw3.CHECKPOINT_NAME
+    path = tmp_path / "grid" / hw3_config.CHECKPOINT_NAME
     with pytest.raises(ckpt.CheckpointError) as err:
         run_experiment("hw3_misclassified", tmp_path / "mis", {"grid_checkpoint": str(path)})
     msg = str(err.value)

@@ -480,9 +480,10 @@ def run_sweep(
     if int(min_block) < 1:
         raise ValueError(f"run_sweep: min_block must be >= 1, got {min_block!r}")
     g_full = max(g_full, min(cap, nd * blocks.ceil_div(int(min_block), nd)))
-    ladder = blocks.block_ladder(
-        g_full, nd, blocks.LADDER_STEPS_PER_OCTAVE, blocks.smallest_block(model, d)
-    )
+    # One device: no block below the width where an epoch stops getting cheaper
+    # (`smallest_block`); several: 2 per device, so compaction still frees devices' work.
+    smallest = blocks.smallest_block(model, d) if nd == 1 else 2
+    ladder = blocks.block_ladder(g_full, nd, blocks.LADDER_STEPS_PER_OCTAVE, smallest)
     if shared_seed is None:
         shared_seed = bool(np.all(hp_all.seed == hp_all.seed[0]))
     shared_seed = bool(shared_seed)
