@@ -163,8 +163,9 @@ def test_fashion_softmax_smoke_on_the_real_files(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     cfg = json.loads((tmp_path / "config.json").read_text())
     m = json.loads((tmp_path / "metrics.json").read_text())
-    assert cfg["dataset"] == "fashion_mnist" and cfg["max_examples"] == 512
-    assert cfg["lr"] == 0.01 and cfg["shuffle"] is True and cfg["batch_size"] == 128
+    assert cfg["data"]["dataset"] == "fashion_mnist" and cfg["data"]["max_examples"] == 512
+    assert cfg["hparams"]["lr"] == 0.01
+    assert cfg["train"]["shuffle"] is True and cfg["train"]["batch_size"] == 128
     assert m["steps"] == 2 * (512 // 128)
     assert set(m["per_class_val_accuracy"]) == set(NAMES)
     cm_KK = np.asarray(m["confusion_matrix"])
