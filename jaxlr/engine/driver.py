@@ -17,7 +17,8 @@ gives `drive` a `Runner` that knows those; `drive` owns everything around them, 
   each chunk's new rows per point, `on_end` with every point's final record. Progress lines
   (`ProgressLog`), a progress bar (`ProgressBar`) and TensorBoard output
   (`jaxlr.report.tracking.TensorBoardObserver`) are observers; `default_observers` picks the
-  progress display.
+  progress display. The events and `Observer` live in `jaxlr.engine.events`, the progress
+  displays in `jaxlr.engine.progress`; this module re-exports both.
 
 Dimensions: S points (1 for a single run), T steps of a chunk, M batches per epoch.
 """
@@ -28,17 +29,23 @@ import contextlib
 import logging
 import math
 import os
-import shutil
-import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
 import jax
 import numpy as np
 
-from jaxlr.engine.step import DIVERGE_REASONS, StepLog
+from jaxlr.engine.events import Chunk, End, Observer, Start
+from jaxlr.engine.progress import (
+    ProgressBar,
+    ProgressLog,
+    bar_wanted,
+    default_observers,
+    fmt_time,
+)
+from jaxlr.engine.step import StepLog
 from jaxlr.host import checkpoint as ckpt
 
 log = logging.getLogger("jaxlr.driver")
@@ -173,79 +180,6 @@ class Runner(Protocol):
         """Releases what the runner holds (called whatever happens)."""
 
 
-class Start(NamedTuple):
-    """What observers learn before the first chunk.
-
-    Attributes:
-      kind: "run" or "sweep".
-      points: one dict of hyper-parameters per point (learning_rate, l2, momentum, seed).
-      config: the static `TrainConfig`.
-      num_epochs: epochs of the full run.
-      num_batches: M.
-      epoch: the first epoch this call trains (> 0 when resumed).
-      histories: per point, the history a resumed run already has (None: nothing yet).
-      description: the runner's one-line description (blocks, devices; "" if none).
-      resumed: where the run was resumed from, as a line ("" when it starts afresh).
-    """
-
-    kind: str
-    points: list[dict]
-    config: Any
-    num_epochs: int
-    num_batches: int
-    epoch: int
-    histories: list[dict | None]
-    description: str
-    resumed: str
-
-
-class Chunk(NamedTuple):
-    """What observers learn after each chunk.
-
-    Attributes:
-      epoch: epochs done after the chunk (of `num_epochs`).
-      num_epochs: epochs of the full run.
-      new: point index -> the history rows the chunk added (points that ran).
-      active: [S] bool, points still training.
-      steps_ran: steps run in the chunk, summed over points.
-      seconds: wall time of the chunk.
-      elapsed: wall time since the driver started.
-      epochs_done: epochs trained in this call (not counting a resumed run's earlier ones).
-      note: what the runner's rules did (e.g. halving), "" if nothing.
-      detail: the runner's `ChunkOut.detail`.
-    """
-
-    epoch: int
-    num_epochs: int
-    new: dict[int, dict]
-    active: np.ndarray
-    steps_ran: int
-    seconds: float
-    elapsed: float
-    epochs_done: int
-    note: str
-    detail: dict
-
-
-class End(NamedTuple):
-    """What observers learn at the end.
-
-    Attributes:
-      records: one final record per point (metrics of the returned parameters, steps,
-        stopping and divergence; see `jaxlr.engine.sweep.SweepResult.records`).
-      histories: every point's whole history.
-      wall_seconds: wall time of the driver.
-      epoch: the last epoch reached.
-      chunks: chunks run in all (a resumed run's earlier ones included).
-    """
-
-    records: list[dict]
-    histories: list[dict]
-    wall_seconds: float
-    epoch: int
-    chunks: int
-
-
 class Drive(NamedTuple):
     """The driver's own numbers, handed to `Runner.finish`.
 
@@ -261,193 +195,6 @@ class Drive(NamedTuple):
     wall_seconds: float
     chunk_seconds: list[float]
     chunk_steps: list[int]
-
-
-class Observer:
-    """Receives the driver's events; every method is a no-op here (override what you need)."""
-
-    def on_start(self, start: Start) -> None:
-        pass
-
-    def on_chunk(self, chunk: Chunk) -> None:
-        pass
-
-    def on_end(self, end: End) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-# ---------------------------------------------------------------------------------------------
-# Progress.
-
-
-def fmt_time(seconds: float) -> str:
-    """Seconds as m:ss, or h:mm:ss from an hour on."""
-    seconds = max(0, int(round(seconds))) if math.isfinite(seconds) else 0
-    h, rem = divmod(seconds, 3600)
-    mnt, s = divmod(rem, 60)
-    return f"{h}:{mnt:02d}:{s:02d}" if h else f"{mnt:d}:{s:02d}"
-
-
-class ProgressLog(Observer):
-    """Progress as one log line per chunk (what a pipe, a file or CI shows).
-
-    A run's line: epoch, mean training loss of the chunk, the last check's numbers, steps/s,
-    elapsed and time left; a sweep's: epoch, points active, blocks, best validation accuracy
-    so far, point-steps/s, elapsed and an upper bound of the time left.
-    """
-
-    def __init__(self, log_fn: Callable[[str], None], chunks: bool = True):
-        self._log = log_fn
-        self._chunks = chunks  # False: start and end lines only (a bar shows the chunks)
-        self._kind = "run"
-        self._best_acc = math.nan
-        self._size = 1
-
-    def on_start(self, start: Start) -> None:
-        self._kind, self._size = start.kind, len(start.points)
-        if start.resumed:
-            self._log(start.resumed)
-        if start.description:
-            self._log(start.description)
-
-    def on_chunk(self, c: Chunk) -> None:
-        if not self._chunks:
-            return
-        rate = c.steps_ran / max(c.seconds, 1e-9)
-        if self._kind == "run":
-            part = c.new.get(0)
-            losses = part["train_loss"] if part is not None else ()
-            loss = float(np.mean(losses)) if len(losses) else float("nan")
-            msg = f"epoch {c.epoch}/{c.num_epochs}  train_loss {loss:.4f}"
-            if part is not None and len(part["val_loss"]):
-                msg += (
-                    f"  val_loss {part['val_loss'][-1]:.4f}  val_acc "
-                    f"{part['val_accuracy'][-1]:.4f}  train_acc {part['train_accuracy'][-1]:.4f}"
-                )
-            left = (c.num_epochs - c.epoch) * c.elapsed / max(c.epochs_done, 1)
-            msg += f"  {rate:,.0f} steps/s  elapsed {fmt_time(c.elapsed)}  left {fmt_time(left)}"
-            if not c.active.any():
-                if c.detail.get("diverged"):
-                    reason = DIVERGE_REASONS.get(int(c.detail.get("diverge_reason", 0)), "?")
-                    msg += f"  (DIVERGED at step {int(c.detail['diverge_step'])}: {reason})"
-                else:
-                    msg += "  (stopped)"
-            self._log(msg)
-            return
-        for part in c.new.values():
-            acc = np.asarray(part["val_accuracy"], np.float64)
-            if np.isfinite(acc).any():
-                self._best_acc = float(np.nanmax([np.nanmax(acc), self._best_acc]))
-        left = c.elapsed * (c.num_epochs - c.epoch) / max(c.epochs_done, 1)
-        self._log(
-            f"epoch {c.epoch}/{c.num_epochs}  active {int(c.active.sum())}/{self._size}  "
-            f"block(s) {c.detail.get('blocks', [])}  best val_acc {self._best_acc:.4f}  "
-            f"{rate:,.0f} point-steps/s  elapsed {fmt_time(c.elapsed)}  "
-            f"left <= {fmt_time(left)}{'  ' + c.note if c.note else ''}"
-        )
-
-    def on_end(self, end: End) -> None:
-        if self._kind == "sweep":
-            self._log(
-                f"sweep done in {end.wall_seconds:.1f} s: {end.epoch} epochs, {end.chunks} chunks"
-            )
-
-
-class ProgressBar(Observer):
-    """A tqdm progress bar over epochs (rate and time left; a sweep shows points active).
-
-    `tqdm.auto` gives a widget in a notebook and a text bar in a terminal.
-    """
-
-    def __init__(self, desc: str = ""):
-        self._desc = desc
-        self._bar = None
-        self._size = 1
-        self._kind = "run"
-
-    def on_start(self, start: Start) -> None:
-        from tqdm.auto import tqdm
-
-        self._kind, self._size = start.kind, len(start.points)
-        desc = self._desc or (start.kind if start.kind == "sweep" else "train")
-        self._bar = tqdm(
-            total=start.num_epochs,
-            initial=start.epoch,
-            desc=desc,
-            unit="epoch",
-            # A terminal that reports no size (0 x 0, e.g. a bare pty) would hide the bar.
-            ncols=None if _in_notebook() else shutil.get_terminal_size((100, 20)).columns,
-            nrows=None if _in_notebook() else shutil.get_terminal_size((100, 20)).lines,
-            leave=True,
-        )
-
-    def on_chunk(self, c: Chunk) -> None:
-        if self._bar is None:
-            return
-        post = {}
-        if self._kind == "sweep":
-            post["active"] = f"{int(c.active.sum())}/{self._size}"
-        else:
-            part = c.new.get(0)
-            if part is not None and len(part["val_loss"]):
-                post["val_loss"] = f"{part['val_loss'][-1]:.4f}"
-                post["val_acc"] = f"{part['val_accuracy'][-1]:.4f}"
-        if c.note:
-            post["note"] = c.note.strip()
-        self._bar.set_postfix(post, refresh=False)
-        self._bar.update(c.epoch - self._bar.n)
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
-            self._bar = None
-
-
-def _in_notebook() -> bool:
-    shell = sys.modules.get("IPython")
-    if shell is None or "ipykernel" not in sys.modules:
-        return False
-    try:
-        return shell.get_ipython() is not None
-    except Exception:  # noqa: BLE001
-        return False
-
-
-def bar_wanted(progress: bool | str) -> bool:
-    """Whether to show a progress bar: `progress` True, or "auto" when stderr is a terminal
-    or the code runs in a notebook kernel (and tqdm can be imported); process 0 only."""
-    if progress is False or progress is None or jax.process_index() != 0:
-        return False
-    if progress == "auto":
-        isatty = getattr(sys.stderr, "isatty", None)
-        if not ((isatty is not None and isatty()) or _in_notebook()):
-            return False
-    elif progress is not True:
-        raise ValueError(f"progress must be True, False or 'auto', got {progress!r}")
-    try:
-        import tqdm.auto  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def default_observers(
-    log_fn: Callable[[str], None] | None, default_log: Callable[[str], None], progress
-) -> list[Observer]:
-    """The progress display: a bar where one is wanted (`bar_wanted`), else a line per chunk.
-
-    Lines go to `log_fn` (default `default_log`); beside a bar only the start and end lines.
-    """
-    bar = bar_wanted(progress)
-    lines = ProgressLog(log_fn or default_log, chunks=not bar)
-    return [ProgressBar(), lines] if bar else [lines]
-
-
-# ---------------------------------------------------------------------------------------------
-# Checkpoints.
 
 
 def _shown(value) -> str:
@@ -590,6 +337,52 @@ def _lock(held: contextlib.ExitStack, path: Path) -> None:
         raise err
 
 
+def _resume(runner: Runner, path: Path | None, fingerprint, resume) -> tuple:
+    """Reads a checkpoint of the same work, if there is one to resume.
+
+    Returns:
+      (per point its history so far or None, epoch, chunks, computed, whether it resumed).
+    """
+    done: list[dict | None] = [None] * runner.num_points
+    epoch, chunks, computed = 0, 0, 0
+    resumed = path is not None and resume and path.exists()
+    agree([int(resumed)], "whether a checkpoint exists")
+    if resumed:
+        flat, meta = ckpt.load_flat(path)
+        if meta.get("fingerprint") != fingerprint:
+            raise ckpt.CheckpointError(
+                f"checkpoint {path} belongs to another {runner.kind}: "
+                f"{fingerprint_diff(meta.get('fingerprint') or {}, fingerprint or {})} changed; "
+                "remove it or use another checkpoint path"
+            )
+        runner.restore(flat, path)
+        done = _unpack_histories(flat, runner.num_points)
+        epoch, chunks, computed = int(meta["epoch"]), int(meta["chunk"]), int(meta["computed"])
+        agree([epoch, chunks], "the checkpoint's epoch and chunk")
+    return done, epoch, chunks, computed, resumed
+
+
+def _merge_parts(done: list[dict | None], parts: list[list[dict]]) -> list[dict | None]:
+    """Each point's history so far: its chunks in `parts` appended to `done` (both updated)."""
+    out = []
+    for i in range(len(done)):
+        if parts[i]:
+            done[i] = concat_histories(([done[i]] if done[i] else []) + parts[i])
+            parts[i] = []
+        out.append(done[i])
+    return out
+
+
+def _chunk_rows(out: ChunkOut, parts: list[list[dict]], m: int, epoch: int) -> dict[int, dict]:
+    """A chunk's history rows per point that ran, also appended to that point's `parts`."""
+    new = {}
+    for i, logs in out.logs.items():
+        part = history_from_logs(logs, m, start_step=epoch * m)
+        parts[i].append(part)
+        new[i] = part
+    return new
+
+
 def _drive_held(
     runner: Runner,
     path: Path | None,
@@ -607,34 +400,8 @@ def _drive_held(
     dtype,
 ) -> tuple[Any, End]:
     m = runner.num_batches
-    s = runner.num_points
-    done: list[dict | None] = [None] * s  # per point: history up to the last concatenation
-    parts: list[list[dict]] = [[] for _ in range(s)]  # per point: chunks since then
-    epoch, chunks, computed = 0, 0, 0
-    resumed = path is not None and resume and path.exists()
-    agree([int(resumed)], "whether a checkpoint exists")
-    if resumed:
-        flat, meta = ckpt.load_flat(path)
-        if meta.get("fingerprint") != fingerprint:
-            raise ckpt.CheckpointError(
-                f"checkpoint {path} belongs to another {runner.kind}: "
-                f"{fingerprint_diff(meta.get('fingerprint') or {}, fingerprint or {})} changed; "
-                "remove it or use another checkpoint path"
-            )
-        runner.restore(flat, path)
-        done = _unpack_histories(flat, s)
-        epoch, chunks, computed = int(meta["epoch"]), int(meta["chunk"]), int(meta["computed"])
-        agree([epoch, chunks], "the checkpoint's epoch and chunk")
-
-    def histories() -> list[dict | None]:
-        out = []
-        for i in range(s):
-            if parts[i]:
-                done[i] = concat_histories(([done[i]] if done[i] else []) + parts[i])
-                parts[i] = []
-            out.append(done[i])
-        return out
-
+    done, epoch, chunks, computed, resumed = _resume(runner, path, fingerprint, resume)
+    parts: list[list[dict]] = [[] for _ in range(runner.num_points)]  # chunks since `done`
     t0 = time.perf_counter()
     try:
         note = f"{runner.kind}: resumed from {path} at epoch {epoch} (chunk {chunks})"
@@ -659,46 +426,30 @@ def _drive_held(
                 k = min(k, rung_epochs - epoch % rung_epochs)
             t_chunk = time.perf_counter()
             out = runner.run_chunk(epoch, k)
-            new = {}
-            for i, logs in out.logs.items():
-                part = history_from_logs(logs, m, start_step=epoch * m)
-                parts[i].append(part)
-                new[i] = part
+            new = _chunk_rows(out, parts, m, epoch)
             epoch += k
             chunks += 1
             epochs_done += k
             computed += out.computed
             note = runner.after_chunk(epoch)
             if path is not None:
-                meta = {
-                    "kind": runner.kind,
-                    "fingerprint": fingerprint,
-                    "epoch": epoch,
-                    "chunk": chunks,
-                    "computed": computed,
-                }
-                _save(path, runner, histories(), meta)
+                meta = {"kind": runner.kind, "fingerprint": fingerprint, "epoch": epoch}
+                meta.update(chunk=chunks, computed=computed)
+                _save(path, runner, _merge_parts(done, parts), meta)
             active = np.asarray(runner.active(), bool)
             dt = time.perf_counter() - t_chunk
             chunk_seconds.append(dt)
             chunk_steps.append(out.steps_ran)
+            elapsed = time.perf_counter() - t0
+            ran = out.steps_ran
             event = Chunk(
-                epoch,
-                num_epochs,
-                new,
-                active,
-                out.steps_ran,
-                dt,
-                time.perf_counter() - t0,
-                epochs_done,
-                note,
-                out.detail,
+                epoch, num_epochs, new, active, ran, dt, elapsed, epochs_done, note, out.detail
             )
             for ob in observers:
                 ob.on_chunk(event)
             if stop_after_epochs is not None and epochs_done >= stop_after_epochs:
                 break
-        whole = [h if h is not None else empty_history(m, dtype) for h in histories()]
+        whole = [h if h is not None else empty_history(m, dtype) for h in _merge_parts(done, parts)]
         info = Drive(epoch, chunks, computed, time.perf_counter() - t0, chunk_seconds, chunk_steps)
         result, records = runner.finish(whole, info)
         end = End(records, whole, time.perf_counter() - t0, epoch, chunks)
