@@ -31,7 +31,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from jaxlr.host import workdir as _workdir
+from jaxlr.host import workdir_lock
 from jaxlr.host.io import atomic_write_bytes, remove_stale_temporaries
 
 log = logging.getLogger("jaxlr.checkpoint")
@@ -179,23 +179,23 @@ def checkpoint_lock(path: str | os.PathLike) -> Iterator[Path]:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = _workdir._read_info(fd)
+            holder = workdir_lock._read_info(fd)
             for _ in range(20):  # the holder may be between flock and writing its info
                 if holder is not None:
                     break
                 time.sleep(0.01)
-                holder = _workdir._read_info(fd)
+                holder = workdir_lock._read_info(fd)
             raise CheckpointError(
-                f"checkpoint {path} is in use by {_workdir._describe(holder)}; wait for it "
+                f"checkpoint {path} is in use by {workdir_lock._describe(holder)}; wait for it "
                 "to end or give another checkpoint path"
             ) from None
         locked = True
         taken = time.time()
-        me = _workdir.LockInfo(
+        me = workdir_lock.LockInfo(
             os.getpid(),
             socket.gethostname(),
             datetime.datetime.now().isoformat(timespec="seconds"),
-            _workdir._command_line(),
+            workdir_lock._command_line(),
         )
         os.ftruncate(fd, 0)
         os.pwrite(fd, (json.dumps(me._asdict()) + "\n").encode(), 0)

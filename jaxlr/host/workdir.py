@@ -58,319 +58,37 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import errno
-import fcntl
-import json
 import logging
 import os
-import re
 import shutil
 import signal
-import socket
 import sys
 import threading
-import time
 from collections.abc import Iterator
-from pathlib import Path, PurePosixPath
-from typing import NamedTuple
+from pathlib import Path
 
 from jaxlr.host import io
+from jaxlr.host.workdir_checks import (
+    _TMP_LINK,
+    LATEST_NAME,
+    LOCK_NAME,
+    RUN_INFO_NAME,
+    RUNS_NAME,
+    STAGING_PREFIX,
+    WorkdirBusy,
+    WorkdirError,
+    _managed_links,
+    _not_ours,
+    check_output_name,
+    check_own_folder,
+    check_takeover,
+    ensure_workdir,
+    latest_run,
+    published_names,
+)
+from jaxlr.host.workdir_lock import LockInfo, _held_here, lock_workdir, read_lock_info
 
 log = logging.getLogger("jaxlr.workdir")
-
-LOCK_NAME = ".lock"
-RUNS_NAME = ".runs"
-LATEST_NAME = "latest"
-STAGING_PREFIX = ".staging-"
-RUN_INFO_NAME = ".run.json"
-_RESERVED = {LATEST_NAME}
-_TMP_LINK = re.compile(r"^\..+\.[0-9a-f]{12}\.tmp$")  # io.atomic_symlink's temporary names
-
-
-# Locks this process holds: (st_dev, st_ino) of the workdir -> (thread id, LockInfo). Lets a
-# `Staging` inside `lock_workdir` of the same folder, in the same thread, use that lock.
-_HELD: dict[tuple[int, int], tuple[int, LockInfo]] = {}
-
-
-class WorkdirError(OSError):
-    """The workdir cannot be used; the one-line message names the path and the problem."""
-
-
-class WorkdirBusy(WorkdirError):
-    """Another run holds the workdir's lock; the message names the process."""
-
-
-class LockInfo(NamedTuple):
-    """Who holds (or held) a workdir's lock, as written into `WORKDIR/.lock`."""
-
-    pid: int
-    host: str
-    started: str  # local time, ISO 8601 to the second
-    command: str
-
-
-# ---------------------------------------------------------------------------------------------
-# Checks of the folder itself.
-
-
-def _first_file_component(path: Path) -> Path | None:
-    for p in [*reversed(path.parents), path]:
-        if p.exists() and not p.is_dir():
-            return p
-    return None
-
-
-def check_own_folder(workdir: str | os.PathLike, folder: str | os.PathLike) -> Path:
-    """Refuses a folder a run writes in place (a checkpoint folder) inside what runs manage.
-
-    `latest` (the published run, through its link), `.runs/` and the staging folders are
-    replaced and removed by runs: a checkpoint written there would change the published
-    outputs while the run trains, and be deleted when it publishes.
-
-    Returns:
-      `folder` as a Path.
-    Raises:
-      WorkdirError: one line naming the folder and the managed place it lies in.
-    """
-    folder, workdir = Path(folder), Path(workdir)
-    real = Path(os.path.realpath(folder))
-    top = Path(os.path.realpath(workdir))
-    managed = [top / RUNS_NAME]
-    latest = workdir / LATEST_NAME
-    if latest.is_symlink() or latest.exists():
-        managed.append(Path(os.path.realpath(latest)))
-        managed.append(top / LATEST_NAME)
-    for place in managed:
-        if real == place or place in real.parents:
-            raise WorkdirError(
-                f"folder {folder} lies inside {place}, which runs of workdir {workdir} publish "
-                "and remove: give a folder of its own (e.g. ckpt, relative to the workdir)"
-            )
-    rel = real.relative_to(top).parts if top in real.parents else ()
-    if rel and rel[0].startswith(STAGING_PREFIX):
-        raise WorkdirError(
-            f"folder {folder} lies inside the staging folder {top / rel[0]} of workdir "
-            f"{workdir}: give a folder of its own (e.g. ckpt, relative to the workdir)"
-        )
-    return folder
-
-
-def ensure_workdir(path: str | os.PathLike) -> Path:
-    """Creates the workdir (and its parents) if needed and checks that it is a writable folder.
-
-    Args:
-      path: the workdir.
-
-    Returns:
-      `path` as a Path.
-
-    Raises:
-      WorkdirError: it is a file, a parent is a file, it cannot be created, or it is not
-        writable (the message names the path and the reason).
-    """
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise WorkdirError(f"workdir {path} is a file, not a folder; choose another --workdir")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except (FileExistsError, NotADirectoryError):
-        blocker = _first_file_component(path)
-        raise WorkdirError(
-            f"workdir {path} cannot be created: {blocker or 'a parent'} is a file, not a folder"
-        ) from None
-    except OSError as e:
-        raise WorkdirError(
-            f"workdir {path} cannot be created: {e.strerror or e} ({e.filename or path})"
-        ) from None
-    return path
-
-
-def _describe(info: LockInfo | None) -> str:
-    if info is None:
-        return "an unknown process (its lock file is not readable yet)"
-    where = "" if info.host == socket.gethostname() else f" on host {info.host}"
-    return f"process {info.pid}{where} ({info.command}, started {info.started})"
-
-
-def _read_info(fd: int) -> LockInfo | None:
-    try:
-        raw = os.pread(fd, 1 << 16, 0)
-        d = json.loads(raw.decode("utf-8"))
-        return LockInfo(int(d["pid"]), str(d["host"]), str(d["started"]), str(d["command"]))
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
-def read_lock_info(path: str | os.PathLike) -> LockInfo | None:
-    """Who holds the lock of workdir `path` (or last held it without releasing it cleanly).
-
-    Returns:
-      The LockInfo written into `WORKDIR/.lock`, or None if there is none (never locked,
-      released cleanly, or unreadable).
-    """
-    try:
-        fd = os.open(Path(path) / LOCK_NAME, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        return None
-    try:
-        return _read_info(fd)
-    finally:
-        os.close(fd)
-
-
-def _command_line() -> str:
-    try:  # the command as typed, e.g. "python -m experiments.main --workdir=..."
-        with open("/proc/self/cmdline", "rb") as f:
-            parts = [p.decode(errors="replace") for p in f.read().split(b"\0") if p]
-        parts[0] = os.path.basename(parts[0])
-    except (OSError, IndexError):
-        parts = [os.path.basename(sys.executable), *sys.argv]
-    text = " ".join(parts).replace("\n", " ")
-    return text if len(text) <= 160 else text[:157] + "..."
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _folder_key(path: Path) -> tuple[int, int]:
-    st = os.stat(path)
-    return st.st_dev, st.st_ino
-
-
-def _held_here(path: Path) -> LockInfo | None:
-    """This thread's lock of workdir `path`, if it holds one (via `lock_workdir`)."""
-    try:
-        held = _HELD.get(_folder_key(path))
-    except OSError:
-        return None
-    return held[1] if held and held[0] == threading.get_ident() else None
-
-
-@contextlib.contextmanager
-def lock_workdir(path: str | os.PathLike) -> Iterator[LockInfo]:
-    """Holds the workdir's lock for the `with` block; refuses at once if another run holds it.
-
-    The lock is released when the block exits in any way (also on KeyboardInterrupt), and by
-    the kernel if the process dies. It is not re-entrant: a second `lock_workdir` of the same
-    folder in the same process is refused like any other. A `Staging` of the same folder
-    entered inside the block, in the same thread, uses this lock.
-
-    Args:
-      path: the workdir (created if needed).
-
-    Yields:
-      This process's LockInfo (as written into `WORKDIR/.lock`).
-
-    Raises:
-      WorkdirBusy: another run holds it (the message names its pid, command and start time).
-      WorkdirError: see `ensure_workdir`; or the lock file cannot be opened.
-    """
-    path = ensure_workdir(path)
-    lock_path = path / LOCK_NAME
-    try:
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    except OSError as e:
-        reason = "permission denied" if e.errno in (errno.EACCES, errno.EPERM) else e.strerror
-        if e.errno == errno.EROFS:
-            reason = "read-only file system"
-        raise WorkdirError(f"workdir {path} is not writable: {reason} ({lock_path})") from None
-    locked = False
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = _read_info(fd)
-            for _ in range(20):  # the holder may be between flock and writing its info
-                if holder is not None:
-                    break
-                time.sleep(0.01)
-                holder = _read_info(fd)
-            raise WorkdirBusy(f"workdir {path} is in use by {_describe(holder)}") from None
-        locked = True
-        previous = _read_info(fd)
-        if previous is not None:
-            state = (
-                "dead"
-                if previous.host == socket.gethostname() and not _pid_alive(previous.pid)
-                else "no longer running"
-            )
-            log.warning(
-                "took over the stale lock of %s process %d of workdir %s (%s, started %s)",
-                state,
-                previous.pid,
-                path,
-                previous.command,
-                previous.started,
-            )
-        me = LockInfo(
-            os.getpid(),
-            socket.gethostname(),
-            datetime.datetime.now().isoformat(timespec="seconds"),
-            _command_line(),
-        )
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, (json.dumps(me._asdict()) + "\n").encode(), 0)
-        os.fsync(fd)
-        key = _folder_key(path)
-        _HELD[key] = (threading.get_ident(), me)
-        try:
-            yield me
-        finally:
-            _HELD.pop(key, None)
-    finally:
-        if locked:
-            with contextlib.suppress(OSError):
-                os.ftruncate(fd, 0)  # released cleanly: not stale
-            with contextlib.suppress(OSError):
-                fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
-
-
-# ---------------------------------------------------------------------------------------------
-# The published set.
-
-
-def _link_target(p: Path) -> str | None:
-    try:
-        return os.readlink(p)
-    except OSError:
-        return None
-
-
-def latest_run(path: str | os.PathLike) -> Path | None:
-    """The folder of the published run of workdir `path` (`WORKDIR/.runs/<id>`), or None."""
-    target = _link_target(Path(path) / LATEST_NAME)
-    if target is None or len(PurePosixPath(target).parts) != 2:
-        return None
-    if PurePosixPath(target).parts[0] != RUNS_NAME:  # a link this module did not make
-        return None
-    run = Path(path) / target
-    return run if run.is_dir() else None
-
-
-def published_names(path: str | os.PathLike) -> list[str]:
-    """The top-level names of the published run (the links at the workdir's top), sorted."""
-    run = latest_run(path)
-    if run is None:
-        return []
-    return sorted(n for n in os.listdir(run) if not n.startswith("."))
-
-
-def _managed_links(workdir: Path) -> dict[str, str]:
-    out = {}
-    for entry in os.scandir(workdir):
-        if entry.is_symlink():
-            target = _link_target(Path(entry.path))
-            if target == f"{LATEST_NAME}/{entry.name}":
-                out[entry.name] = target
-    return out
 
 
 def _rmtree(p: Path) -> None:
@@ -423,75 +141,6 @@ def recover(path: str | os.PathLike) -> list[str]:
     return notes
 
 
-def _run_kind(run: Path) -> str | None:
-    """The kind of published run `run`: `.run.json` "kind", else config.json "experiment"."""
-    for name, key in ((RUN_INFO_NAME, "kind"), ("config.json", "experiment")):
-        try:
-            value = json.loads((run / name).read_text(encoding="utf-8")).get(key)
-        except (OSError, ValueError, AttributeError):
-            continue
-        if isinstance(value, str) and value:
-            return value
-    return None
-
-
-def _not_ours(workdir: Path, name: str) -> str | None:
-    """What stands at top-level `name` if it is not this module's link (None: free or ours)."""
-    p = workdir / name
-    if not os.path.lexists(p):
-        return None
-    if p.is_symlink():
-        target = _link_target(p)
-        return None if target == f"{LATEST_NAME}/{name}" else f"a link to {target}"
-    return "a folder" if p.is_dir() else "a file"
-
-
-def check_takeover(
-    path: str | os.PathLike, kind: str | None = None, outputs: tuple[str, ...] = ()
-) -> None:
-    """Refuses a workdir that a run of `kind` announcing `outputs` cannot take over.
-
-    Call while holding the lock, before writing anything (see "Taking over" in the module
-    docstring). Changes nothing.
-
-    Raises:
-      WorkdirError: one line naming the path, what is there and what to do.
-    """
-    workdir = Path(path)
-    latest = workdir / LATEST_NAME
-    names: list[str] = []
-    if os.path.lexists(latest):
-        if not latest.is_symlink():
-            what = "folder" if latest.is_dir() else "file"
-            raise WorkdirError(
-                f"workdir {workdir}: {latest} exists and is not the link to the published run "
-                f"that runs keep there (a real {what}); nothing was changed: move it away or "
-                "choose another --workdir"
-            )
-        target = _link_target(latest) or ""
-        run = latest_run(workdir)
-        if run is None:
-            raise WorkdirError(
-                f"workdir {workdir}: its link {latest} points to {target}, which is not a run "
-                f"folder; nothing was changed (the folders in {workdir / RUNS_NAME} are kept): "
-                "restore the link or choose another --workdir"
-            )
-        published = _run_kind(run)
-        if kind and published and published != kind:
-            raise WorkdirError(
-                f"workdir {workdir} holds the published outputs of {published}; a run of "
-                f"{kind} would replace them: choose another --workdir"
-            )
-        names = published_names(workdir)
-    for name in sorted(set(names) | set(outputs)):
-        what = _not_ours(workdir, name)
-        if what is not None:
-            raise WorkdirError(
-                f"workdir {workdir}: {workdir / name} is {what} that no run published there; "
-                "a run would replace it: move it away or choose another --workdir"
-            )
-
-
 def _fsync_tree(root: Path) -> None:
     for folder, _, files in os.walk(root):
         for name in files:
@@ -536,26 +185,6 @@ def _run_id(runs: Path) -> str:
     while (runs / run_id).exists():
         run_id, n = f"{base}-{n}", n + 1
     return run_id
-
-
-def check_output_name(name: str | os.PathLike) -> PurePosixPath:
-    """Checks a staged output's name (a relative path, subfolders allowed).
-
-    Raises:
-      ValueError: absolute, empty, with "..", or a reserved or hidden top-level name.
-    """
-    rel = PurePosixPath(os.fspath(name))
-    if rel.is_absolute() or not rel.parts or rel.parts == (".",) or ".." in rel.parts:
-        raise ValueError(
-            f"output name must be a relative path inside the workdir without '..', got {name!r}"
-        )
-    top = rel.parts[0]
-    if top in _RESERVED or top.startswith("."):
-        raise ValueError(
-            f"output name {name!r} is reserved: top-level names may not be {LATEST_NAME!r} "
-            "or start with '.'"
-        )
-    return rel
 
 
 class Staging:
@@ -753,3 +382,25 @@ class Staging:
             io.fsync_dir(workdir)
         except OSError as e:
             log.warning("workdir %s: tidying after publishing failed (%s)", workdir, e)
+
+
+__all__ = [
+    "LATEST_NAME",
+    "LOCK_NAME",
+    "RUNS_NAME",
+    "RUN_INFO_NAME",
+    "STAGING_PREFIX",
+    "LockInfo",
+    "Staging",
+    "WorkdirBusy",
+    "WorkdirError",
+    "check_output_name",
+    "check_own_folder",
+    "check_takeover",
+    "ensure_workdir",
+    "latest_run",
+    "lock_workdir",
+    "published_names",
+    "read_lock_info",
+    "recover",
+]
