@@ -12,6 +12,8 @@ freezes every state leaf. `fit` is the host loop of a single run: it refuses wha
 in memory (`jaxlr.engine.resources`), calls the compiled `run` one chunk of epochs at a time, logs
 progress, writes checkpoints, resumes from them, stops early, optionally times every epoch,
 and raises `TrainingDiverged` (step, learning rate and rule) when the run diverges.
+The results and the divergence error are in `jaxlr.engine.results`, the checks of the inputs in
+`jaxlr.engine.data_checks`; this module re-exports their public names.
 """
 
 from __future__ import annotations
@@ -23,17 +25,31 @@ import math
 import os
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxlr.core.inputs import InputError, check_finite, check_labels, format_number
+from jaxlr.core.inputs import format_number
 from jaxlr.core.objective import Model, make_model
 from jaxlr.engine import resources
-from jaxlr.engine.config import HParams, TrainConfig, check_hparam_values
+from jaxlr.engine.config import HParams, TrainConfig
+from jaxlr.engine.data_checks import (
+    _check_scalar_hparams,
+    _dtype_of,
+    check_data,
+    check_inputs,
+)
 from jaxlr.engine.driver import ChunkOut, Observer, default_observers, drive
+from jaxlr.engine.results import (
+    TrainingDiverged,
+    TrainResult,
+    divergence_error,
+    early_stopping_summary,
+    history_records,
+    summary_text,
+)
 from jaxlr.engine.step import (
     Data,
     Schedule,
@@ -41,7 +57,6 @@ from jaxlr.engine.step import (
     TrainState,
     after_all,
     chunk_end_rule,
-    describe_divergence,
     epoch_inputs,
     init_state,
     keys_for,
@@ -160,280 +175,6 @@ def make_engine(config: TrainConfig, model: Model, num_train: int) -> Engine:
 def returned_params(state: TrainState):
     """The parameters a run returns: those of the best check with early stopping."""
     return state.best_params if state.best_params is not None else state.params
-
-
-class TrainingDiverged(RuntimeError):
-    """A run diverged (see `jaxlr.engine.step`); `str(err)` is one line naming step, rate and rule.
-
-    Attributes:
-      step: the global step that diverged (its update was not applied); -1 if unknown.
-      epoch: its epoch.
-      learning_rate: the run's (initial) learning rate.
-      reason: the rule that fired, a key of `jaxlr.engine.step.DIVERGE_REASONS`.
-      reason_text: the rule in words with its numbers.
-      value: the objective that fired it (NaN for a non-finite parameter).
-      initial_objective: the run's initial objective (the factor rule's reference).
-      diverge_factor: the config's factor.
-      state: the final `TrainState` (host arrays), frozen where the run diverged.
-      history: the history up to the divergence (see `history_from_logs`).
-    """
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        step: int = -1,
-        epoch: int = -1,
-        learning_rate: float = math.nan,
-        reason: int = 0,
-        reason_text: str = "",
-        value: float = math.nan,
-        initial_objective: float = math.nan,
-        diverge_factor: float = math.nan,
-        state: TrainState | None = None,
-        history: dict | None = None,
-    ):
-        super().__init__(message)
-        self.message = message
-        self.step = step
-        self.epoch = epoch
-        self.learning_rate = learning_rate
-        self.reason = reason
-        self.reason_text = reason_text
-        self.value = value
-        self.initial_objective = initial_objective
-        self.diverge_factor = diverge_factor
-        self.state = state
-        self.history = history
-
-
-def divergence_error(
-    state: TrainState,
-    learning_rate: float,
-    config: TrainConfig,
-    num_batches_per_epoch: int,
-    history: dict | None = None,
-) -> TrainingDiverged:
-    """The `TrainingDiverged` of a diverged run's final state (host or device arrays)."""
-    step = int(state.diverge_step)
-    reason = int(state.diverge_reason)
-    value = float(state.diverge_value)
-    initial = float(state.initial_objective)
-    text = describe_divergence(reason, value, initial, config.diverge_factor)
-    epoch = step // num_batches_per_epoch if step >= 0 else -1
-    msg = (
-        f"training diverged at step {step} (epoch {epoch}) with learning rate "
-        f"{float(learning_rate):g}: {text} (rule {reason}); lower the learning rate or the "
-        "L2 strength; no weights were returned"
-    )
-    return TrainingDiverged(
-        msg,
-        step=step,
-        epoch=epoch,
-        learning_rate=float(learning_rate),
-        reason=reason,
-        reason_text=text,
-        value=value,
-        initial_objective=initial,
-        diverge_factor=config.diverge_factor,
-        state=jax.device_get(state),
-        history=history,
-    )
-
-
-@dataclasses.dataclass
-class TrainResult:
-    """What `fit` returns (host-side numpy values).
-
-    Attributes:
-      params: returned parameters (best check's with early stopping).
-      state: final `TrainState`.
-      history: dict of numpy arrays (see `history_from_logs`).
-      metrics: final numbers from `params`, plus "steps" and "early_stopping".
-      wall_seconds: host time of the training loop (compilation included).
-      timing: with `fit(time_epochs=True)`: "compile_seconds" (the epoch program, compiled
-        before the loop), "epoch" (indices of the timed epochs), "epoch_seconds" (wall time
-        of each, checks included, compilation excluded), "steps" (steps that ran in each),
-        "run_seconds" (their sum) and "steps_per_second" (steps / run_seconds); else None.
-    """
-
-    params: Any
-    state: TrainState
-    history: dict
-    metrics: dict
-    wall_seconds: float
-    timing: dict | None = None
-
-    def __repr__(self) -> str:
-        return summary_text(self)
-
-
-def _number_text(value) -> str:
-    if isinstance(value, bool) or value is None:
-        return str(value)
-    if isinstance(value, float):
-        return f"{value:.6g}"
-    return str(value)
-
-
-def summary_text(result: TrainResult) -> str:
-    """A few lines on a run: final numbers, steps, stopping, parameter shapes, time."""
-    m = result.metrics
-    shapes = ", ".join(
-        f"{'/'.join(str(getattr(k, 'key', k)) for k in path)} {tuple(np.shape(leaf))}"
-        for path, leaf in jax.tree_util.tree_flatten_with_path(result.params)[0]
-    )
-    lines = [
-        f"TrainResult({m.get('steps', 0)} steps, {m.get('epochs', 0)} epochs, "
-        f"{result.wall_seconds:.1f} s)"
-    ]
-    for split in ("train", "val"):
-        if f"{split}_loss" in m:
-            lines.append(
-                f"  {split}: loss {_number_text(m[f'{split}_loss'])}  accuracy "
-                f"{_number_text(m.get(f'{split}_accuracy'))}"
-            )
-    es = m.get("early_stopping")
-    if es:
-        stop = f"stopped at step {es['step']}" if es.get("stopped") else "did not stop"
-        lines.append(
-            f"  early stopping: {stop}; best check step {es['best_step']} "
-            f"(val_loss {_number_text(es['best_val_loss'])})"
-        )
-    lines.append(f"  params: {shapes}")
-    lines.append(
-        f"  history: {len(result.history.get('step', ()))} steps, "
-        f"{len(result.history.get('check_step', ()))} checks"
-    )
-    return "\n".join(lines)
-
-
-def history_records(history: dict) -> list[dict]:
-    """JSON-lines records of a history: one per step, checks merged into their step."""
-    checks = {int(s): i for i, s in enumerate(history.get("check_step", []))}
-    records = []
-    for i, s in enumerate(history["step"]):
-        rec = {
-            "step": int(s),
-            "epoch": int(history["epoch"][i]),
-            "train_loss": float(history["train_loss"][i]),
-        }
-        j = checks.get(int(s))
-        if j is not None:
-            rec["val_loss"] = float(history["val_loss"][j])
-            rec["val_accuracy"] = float(history["val_accuracy"][j])
-            rec["train_accuracy"] = float(history["train_accuracy"][j])
-        records.append(rec)
-    return records
-
-
-def early_stopping_summary(state: TrainState, m: int) -> dict:
-    """The early-stopping numbers of one run's final state (0-based steps and epochs)."""
-    stop_step = int(state.stop_step)
-    best_step = int(state.best_step)
-    return {
-        "stopped": stop_step >= 0,
-        "step": stop_step if stop_step >= 0 else None,
-        "epoch": stop_step // m if stop_step >= 0 else None,
-        "best_step": best_step,
-        "best_epoch": best_step // m if best_step >= 0 else None,
-        "best_val_loss": float(state.best_loss),
-    }
-
-
-def _dtype_of(x) -> np.dtype:
-    # np.dtype objects are falsy (no fields), so no `or` here.
-    dtype = getattr(x, "dtype", None)
-    return np.dtype(dtype) if dtype is not None else np.asarray(x).dtype
-
-
-def _shape(x) -> tuple[int, ...]:
-    return tuple(int(d) for d in np.shape(x))
-
-
-def check_data(data: Data, what: str = "fit") -> tuple[int, int, int]:
-    """Checks the shapes of `data` without copying it; returns (N, V, D).
-
-    Raises:
-      ValueError: one line in words naming the arrays and their sizes: x not [N, D] or
-        not floating point, labels not [N], lengths of x and y that differ, feature
-        counts of training and validation that differ, or an empty split.
-    """
-    if not isinstance(data, tuple) or len(data) != 4:
-        raise ValueError(
-            f"{what}: data must be a Data(x_train, y_train, x_val, y_val), got {type(data)}"
-        )
-    x_tr, y_tr, x_va, y_va = (_shape(a) for a in data)
-    for name, shp in (("x_train", x_tr), ("x_val", x_va)):
-        if len(shp) != 2:
-            raise ValueError(f"{what}: data.{name} must be [examples, features], got shape {shp}")
-    for name, shp in (("y_train", y_tr), ("y_val", y_va)):
-        if len(shp) != 1:
-            raise ValueError(
-                f"{what}: data.{name} must be integer labels [examples], got shape {shp}"
-            )
-    for split, xs, ys in (("train", x_tr, y_tr), ("val", x_va, y_va)):
-        if xs[0] != ys[0]:
-            raise ValueError(
-                f"{what}: data.x_{split} has {xs[0]} examples but data.y_{split} has "
-                f"{ys[0]} labels; they must be the same length"
-            )
-        if xs[0] == 0:
-            raise ValueError(f"{what}: data.x_{split} has no examples")
-    if x_tr[1] != x_va[1]:
-        raise ValueError(
-            f"{what}: data.x_train has {x_tr[1]} features but data.x_val has {x_va[1]}; "
-            "they must match"
-        )
-    dtype = _dtype_of(data.x_train)
-    if not np.issubdtype(dtype, np.floating):
-        raise ValueError(
-            f"{what}: data.x_train must be floating point (see jaxlr.data.images.preprocess), "
-            f"got {dtype}"
-        )
-    return x_tr[0], x_va[0], x_tr[1]
-
-
-def check_inputs(
-    config: TrainConfig, data: Data, what: str = "fit", model: Model | None = None
-) -> None:
-    """Checks what `data` holds against the model and the batch (host values, one pass each).
-
-    Call after `check_data` (shapes). Labels must be integers in [0, K) (K = 2 for the
-    logistic model, else `model.num_classes` or `config.num_classes`), the features finite,
-    and the batch no larger than the training set.
-
-    Raises:
-      jaxlr.core.inputs.InputError: one line naming the array, the offending value and what
-        the model allows; or the batch size and the number of training examples.
-    """
-    kind = model.kind if model is not None else config.model
-    if kind == "logistic":
-        k = 2
-    else:
-        k = int(model.num_classes if model is not None else config.num_classes)
-    for name in ("y_train", "y_val"):
-        check_labels(getattr(data, name), k, name=f"data.{name}", where=what, model=kind)
-    for name in ("x_train", "x_val"):
-        check_finite(getattr(data, name), name=f"data.{name}", where=what)
-    n = _shape(data.x_train)[0]
-    if int(config.batch_size) > n:
-        raise InputError(
-            f"{what}: batch_size {config.batch_size} is larger than the {n} training examples "
-            f"of data.x_train; use a batch of at most {n}"
-        )
-
-
-def _check_scalar_hparams(hparams: HParams, what: str = "fit") -> None:
-    if not isinstance(hparams, HParams):
-        raise ValueError(f"{what}: hparams must be an HParams (jaxlr.engine.config.make_hparams)")
-    for name, v in zip(HParams._fields, hparams, strict=True):
-        if np.ndim(v) != 0:
-            raise ValueError(
-                f"{what}: hparams.{name} must be a scalar (one run), got shape {np.shape(v)}; "
-                "train a grid with jaxlr.engine.sweep.run_sweep"
-            )
-    check_hparam_values(*hparams[:3], where=f"{what}: hparams")
 
 
 @functools.lru_cache(maxsize=64)
