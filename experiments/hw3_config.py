@@ -1,4 +1,6 @@
-"""Configs and registrations of the homework 3 experiments (run by `experiments.hw3`).
+"""Configs and registrations of the homework 3 experiments (run by `experiments.hw3_mlp`,
+`experiments.hw3_online_vs_minibatch`, `experiments.hw3_logreg_grid` and
+`experiments.hw3_misclassified`).
 
 Light on purpose (no JAX, no matplotlib): `--list` and `--help` import this module only.
 """
@@ -159,7 +161,7 @@ class Misclassified(_Tested):
 register(
     "hw3_mlp",
     Mlp,
-    "experiments.hw3:hw3_mlp",
+    "experiments.hw3_mlp:hw3_mlp",
     smoke=dict(
         hidden=(24, 12), max_examples=1000, num_epochs=2, eval_every=10, train_eval_size=200
     ),
@@ -176,7 +178,7 @@ register(
 register(
     "hw3_online_vs_minibatch",
     BatchSizes,
-    "experiments.hw3:hw3_online_vs_minibatch",
+    "experiments.hw3_online_vs_minibatch:hw3_online_vs_minibatch",
     smoke=dict(
         hidden=(16,), max_examples=600, batch_sizes=(1, 32), num_epochs=1, checks_per_epoch=4
     ),
@@ -185,7 +187,7 @@ register(
 register(
     "hw3_logreg_grid",
     LogregGrid,
-    "experiments.hw3:hw3_logreg_grid",
+    "experiments.hw3_logreg_grid:hw3_logreg_grid",
     smoke=dict(num_train=3000, num_val=2000, num_test=100, num_epochs=20, epochs_per_call=10),
     headline=(
         "l2",
@@ -202,7 +204,7 @@ register(
 register(
     "hw3_misclassified",
     Misclassified,
-    "experiments.hw3:hw3_misclassified",
+    "experiments.hw3_misclassified:hw3_misclassified",
     smoke=dict(num_test=100),
     list_args=f"--grid_checkpoint={GRID_WORKDIR}/{CHECKPOINT_NAME}",
     headline=("test_correct", "test_total", "num_misclassified", "test_accuracy", "shown"),

@@ -258,7 +258,9 @@ try:
     runpy.run_module("experiments.main", run_name="__main__")
 except SystemExit as e:
     assert e.code == 0, e.code
-heavy = ("matplotlib", "jax", "experiments.tdt4265", "experiments.hw3")
+heavy = ("matplotlib", "jax", "experiments.tdt4265", "experiments.hw3", "experiments.hw3_mlp",
+         "experiments.hw3_online_vs_minibatch", "experiments.hw3_logreg_grid",
+         "experiments.hw3_misclassified")
 heavy = [m for m in heavy if m in sys.modules]
 print("HEAVY", heavy, file=sys.stderr)
 """
