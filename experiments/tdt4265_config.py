@@ -1,4 +1,5 @@
-"""Configs and registrations of the TDT4265 Assignment 1 experiments (run by `experiments.tdt4265`).
+"""Configs and registrations of the TDT4265 Assignment 1 experiments (run by `experiments.tdt4265`,
+`experiments.tdt4265_task4` and `experiments.tdt4265_annealing`).
 
 Light on purpose (no JAX, no matplotlib): `--list` and `--help` import this module only.
 """
@@ -153,14 +154,14 @@ register(
 register(
     "tdt4265_task4",
     L2Path,
-    "experiments.tdt4265:task4",
+    "experiments.tdt4265_task4:task4",
     headline=("l2", "val_accuracy", "val_loss", "weight_norm", "gap", "lr_over_limit", "steps"),
     smoke=dict(_SMOKE_SOFTMAX, l2s=(1.0, 0.1)),
 )
 register(
     "lr_annealing",
     Annealing,
-    "experiments.tdt4265:lr_annealing",
+    "experiments.tdt4265_annealing:lr_annealing",
     headline=(*HEADLINE, "final_learning_rate", "late_val_loss_jitter"),
     smoke=dict(num_epochs=2, max_examples=256, anneal_steps=2.0),
 )
