@@ -19,7 +19,7 @@ import pytest
 from jax.flatten_util import ravel_pytree
 from realdata import DATA_DIR, needs_data
 
-from jaxlr.core import curvature, solver, testing
+from jaxlr.core import curvature, newton, solver, testing
 from jaxlr.core.objective import make_model
 from jaxlr.data import images as jimages
 from jaxlr.data import registry as jregistry
@@ -267,8 +267,8 @@ def test_lbfgs_and_newton_cg_agree():
 def test_warm_start_per_lambda_and_no_recompile(monkeypatch):
     x_ND, y_N = _data("logistic")
     model = _model("logistic", x_ND, l2_convention="sum", l2_bias=False)
-    counted = testing.count_traces(solver._path_iteration)
-    monkeypatch.setattr(solver, "_path_iteration", counted)
+    counted = testing.count_traces(newton.path_iteration)
+    monkeypatch.setattr(newton, "path_iteration", counted)
     # Shapes unique to this test, so the compiled iterations are not shared with another test.
     l2_L = np.array([0.01, 0.1, 1.0, 10.0, 100.0])
     cold = solver.solve_path(model, x_ND, y_N, l2_L)
@@ -290,14 +290,14 @@ def test_path_lambdas_leave_the_batch_when_done(monkeypatch, caplog):
     x_ND, y_N = _data("softmax", seed=3)
     model = _model("softmax", x_ND, l2_convention="sum", l2_bias=True)
     sizes = []
-    real = solver._path_iteration_jit
+    real = newton.path_iteration_jit
 
     def spy(model, max_cg_iter, c_B, *args):
         sizes.append(int(c_B.it.shape[0]))
         return real(model, max_cg_iter, c_B, *args)
 
-    monkeypatch.setattr(solver, "_path_iteration_jit", spy)
-    monkeypatch.setattr(solver, "PROGRESS_SECONDS", 0.0)
+    monkeypatch.setattr(newton, "path_iteration_jit", spy)
+    monkeypatch.setattr(newton, "PROGRESS_SECONDS", 0.0)
     l2_L = np.array([3.0, 0.3, 0.03, 0.003, 0.0003])
     with caplog.at_level("INFO", logger="jaxlr.solver"):
         path = solver.solve_path(model, x_ND, y_N, l2_L, max_iter=500)
@@ -318,7 +318,7 @@ def test_path_lambdas_leave_the_batch_when_done(monkeypatch, caplog):
 
 def _certified(model, x_ND, y_N, mask_N=None):
     params = model.init(jax.random.key(0))
-    return bool(solver._one_class_certificate(model, params, x_ND, y_N, mask_N))
+    return bool(newton.one_class_certificate(model, params, x_ND, y_N, mask_N))
 
 
 def _one_class_data(bias):

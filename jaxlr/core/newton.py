@@ -1,0 +1,519 @@
+"""The compiled Newton-CG and L-BFGS iterations behind ``jaxlr.core.solver``, on flat parameters.
+
+``jaxlr.core.solver`` validates the inputs and holds the public API (``solve``, ``solve_path``,
+``optimum_report``); this module holds what runs: the separation test and the one-class
+certificate, truncated CG, the Newton iteration with its line search, optax's L-BFGS, the
+jitted single solve and vmapped path, and the host-driven path that runs one compiled,
+vmapped Newton iteration over the lambdas still running. The method, the stopping rule and
+the certificates are described in ``jaxlr.core.solver``'s docstring. Inputs are trusted here:
+arrays already cast to one dtype, options already checked.
+
+Dimension legend:
+  N  examples
+  D  input features (785 for MNIST with the bias trick)
+  K  classes
+  P  scalar parameters (all leaves flattened)
+  L  points of a regularization path (distinct lambdas)
+  B  lanes of one compiled path iteration (a block of the lambdas still running)
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.flatten_util import ravel_pytree
+
+ARMIJO_C1 = 1e-4
+MAX_BACKTRACKS = 40
+# Relative rise of f tolerated by the approximate Armijo test, in units of the dtype's eps.
+APPROX_RISE_EPS = 100.0
+LBFGS_MEMORY = 10
+# At most one progress line this often (seconds) during a host-driven path.
+PROGRESS_SECONDS = 5.0
+
+log = logging.getLogger("jaxlr.solver")
+
+
+class SolveResult(NamedTuple):
+    """Result of ``solve`` (scalars) or ``solve_path`` (every field with a leading L axis).
+
+    Attributes:
+      params: the solution, a pytree like the model's params, in the solve dtype.
+      objective: ``f(params)`` = mean cross-entropy + lambda R(w).
+      cross_entropy: the mean cross-entropy part of ``objective``.
+      grad_norm: ``||grad f(params)||_2``.
+      iterations: Newton (or L-BFGS) iterations taken (int32).
+      hvps: Hessian-vector products taken (int32; 0 for L-BFGS).
+      converged: ``grad_norm <= tol`` and not ``no_finite_optimum``.
+      separated: every (unmasked) example is strictly correctly classified at ``params``;
+        with lambda = 0 this certifies that no finite optimum exists.
+      stalled: the line search found no acceptable step (rounding floor reached before
+        ``tol``: raise ``tol`` or use float64); always False for "lbfgs", whose line search
+        does not report failure (it then runs to ``max_iter``).
+      no_finite_optimum: lambda = 0 and either ``separated`` or the one-class-feature
+        certificate holds on the data (checked before iterating; such a lambda takes no
+        iteration and ``params`` is its start): the infimum is not attained.
+    """
+
+    params: Any
+    objective: jax.Array
+    cross_entropy: jax.Array
+    grad_norm: jax.Array
+    iterations: jax.Array
+    hvps: jax.Array
+    converged: jax.Array
+    separated: jax.Array
+    stalled: jax.Array
+    no_finite_optimum: jax.Array
+
+
+def zeros_like_model(model, dtype):
+    """Zero parameters of `model`'s shapes in `dtype` (no key needed: only the shapes)."""
+    shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0))
+    return jax.tree.map(lambda s: jnp.zeros(s.shape, dtype), shapes)
+
+
+# ---------------------------------------------------------------------------------------------
+# The algorithms, on flat parameter vectors p_P.
+
+
+def is_separated(model, params, x_ND, y_N, mask_N) -> jax.Array:
+    """Every unmasked example strictly correctly classified (a positive margin)."""
+    logits = model.apply(params, x_ND)
+    if logits.ndim == 1:
+        sign_N = 2.0 * jnp.asarray(y_N).astype(logits.dtype) - 1.0
+        margin_N = sign_N * logits
+    else:
+        y = jnp.argmax(y_N, axis=-1) if jnp.ndim(y_N) == 2 else y_N
+        true_N = jnp.take_along_axis(logits, y[:, None].astype(jnp.int32), axis=1)[:, 0]
+        others_NK = jnp.where(jax.nn.one_hot(y, logits.shape[1], dtype=bool), -jnp.inf, logits)
+        margin_N = true_N - jnp.max(others_NK, axis=1)
+    ok_N = margin_N > 0
+    if mask_N is not None:
+        ok_N = ok_N | (jnp.asarray(mask_N) == 0)
+    return jnp.all(ok_N)
+
+
+def one_class_certificate(model, params0, x_ND, y_N, mask_N) -> jax.Array:
+    """A feature that certifies, at lambda = 0, that no finite optimum exists.
+
+    Feature j certifies it when its (sign-flipped, for the second pass) values rise above
+    their minimum c only in (unmasked) examples of one class k: moving the class-k weight of
+    j by t and class k's bias by -t c (the explicit bias, or the constant feature of the
+    bias trick) changes only those examples' true-class logits, which rise, so every loss
+    falls along that direction from any point and the gradient never vanishes. The
+    direction is built in parameter space and checked through ``model.apply`` (every margin
+    change >= 0, one > 0), so a model without a bias fails the check rather than passing
+    wrongly. Cost: about two passes over ``x_ND``.
+    """
+    dtype = x_ND.dtype
+    num_classes = model.num_classes
+    keep_N = jnp.ones(x_ND.shape[0], bool) if mask_N is None else jnp.asarray(mask_N) > 0
+    y = jnp.asarray(y_N).astype(jnp.int32)
+    onehot_NK = jax.nn.one_hot(y, num_classes, dtype=dtype) * keep_N[:, None]
+    lo_D = jnp.min(jnp.where(keep_N[:, None], x_ND, jnp.inf), axis=0)
+    hi_D = jnp.max(jnp.where(keep_N[:, None], x_ND, -jnp.inf), axis=0)
+    const_D = (lo_D == hi_D) & (lo_D != 0)
+    bias_col = jnp.argmax(const_D)
+    template = jax.tree.map(jnp.zeros_like, params0)
+
+    def holds(sign):
+        u_ND = sign * x_ND
+        c_D = jnp.where(sign > 0, lo_D, -hi_D)
+        counts_KD = onehot_NK.T @ (u_ND > c_D).astype(dtype)
+        one_class_D = jnp.sum(counts_KD > 0, axis=0) == 1
+        j = jnp.argmax(one_class_D)
+        k = jnp.argmax(counts_KD[:, j] > 0)
+        # Logistic regression has one output: class 1 pushes it up, class 0 down.
+        col, up = (0, 2.0 * k - 1.0) if num_classes == 2 and model.kind == "logistic" else (k, 1.0)
+        w = template["w"].at[j, col].add(sign * up)
+        d = dict(template, w=w)
+        if "b" in template:
+            d["b"] = template["b"].at[col].add(-up * c_D[j])
+        else:
+            d["w"] = w.at[bias_col, col].add(
+                jnp.where(const_D[bias_col], -up * c_D[j] / lo_D[bias_col], 0)
+            )
+        z = model.apply(d, x_ND)
+        if z.ndim == 1:
+            gain_NK = ((2.0 * y - 1.0) * z)[:, None]
+        else:
+            gain_NK = jnp.take_along_axis(z, y[:, None], axis=1) - z
+        gain_NK = jnp.where(keep_N[:, None], gain_NK, 0)
+        return jnp.any(one_class_D) & jnp.all(gain_NK >= 0) & jnp.any(gain_NK > 0)
+
+    return holds(jnp.asarray(1, dtype)) | holds(jnp.asarray(-1, dtype))
+
+
+def cg(matvec, g_P, gnorm, max_cg_iter):
+    """Truncated CG for ``H d = -g`` to ``||H d + g|| <= min(0.5, sqrt(||g||)) ||g||``.
+
+    Stops early on non-positive curvature (then ``d = -g`` if it happens at once).
+    Returns ``(d_P, products)``.
+    """
+    target = jnp.minimum(0.5, jnp.sqrt(gnorm)) * gnorm
+    r_P = -g_P
+    rr = jnp.vdot(r_P, r_P)
+
+    def cond(c):
+        _, _, _, rr, k, done = c
+        return (k < max_cg_iter) & ~done & (jnp.sqrt(rr) > target)
+
+    def body(c):
+        d_P, r_P, s_P, rr, k, _ = c
+        hs_P = matvec(s_P)
+        shs = jnp.vdot(s_P, hs_P)
+        flat = shs <= 0
+        alpha = rr / jnp.where(flat, 1, shs)
+        d_new = d_P + alpha * s_P
+        r_new = r_P - alpha * hs_P
+        rr_new = jnp.vdot(r_new, r_new)
+        s_new = r_new + (rr_new / rr) * s_P
+        d_flat = jnp.where(k == 0, -g_P, d_P)
+        return (
+            jnp.where(flat, d_flat, d_new),
+            jnp.where(flat, r_P, r_new),
+            jnp.where(flat, s_P, s_new),
+            jnp.where(flat, rr, rr_new),
+            k + 1,
+            flat,
+        )
+
+    init = (jnp.zeros_like(g_P), r_P, r_P, rr, jnp.asarray(0, jnp.int32), jnp.asarray(False))
+    d_P, _, _, _, k, _ = jax.lax.while_loop(cond, body, init)
+    return d_P, k
+
+
+class NewtonState(NamedTuple):
+    """The Newton-CG loop's carry (scalars; a leading lane axis in the host-driven path)."""
+
+    p_P: jax.Array
+    f: jax.Array
+    g_P: jax.Array
+    gnorm: jax.Array
+    it: jax.Array
+    hvps: jax.Array
+    stalled: jax.Array
+    separated: jax.Array
+
+
+def newton_start(fun, sep_fun, p_P) -> NewtonState:
+    f, g_P = jax.value_and_grad(fun)(p_P)
+    zero = jnp.asarray(0, jnp.int32)
+    return NewtonState(
+        p_P, f, g_P, jnp.linalg.norm(g_P), zero, zero, jnp.asarray(False), sep_fun(p_P)
+    )
+
+
+def newton_running(c: NewtonState, tol, stop, max_iter):
+    """Whether the loop takes another iteration; ``stop``: lambda 0 with separated iterates
+    (``stop`` & ``separated``) or an up-front certificate (``stop`` alone) ends it."""
+    xp = jnp if isinstance(c.f, jax.Array) else np
+    stop_now = stop[1] | (stop[0] & c.separated)
+    return (c.gnorm > tol) & (c.it < max_iter) & ~c.stalled & ~stop_now & xp.isfinite(c.f)
+
+
+def hessian_matvec(hess_fun, p_P):
+    """``v -> H(p) v`` from ``hess_fun`` (the objective in the Hessian dtype, on flat
+    parameters), linearised once at ``p_P``; vectors in and out in ``p_P``'s dtype."""
+    fun, hdtype = hess_fun
+    _, matvec = jax.linearize(jax.grad(fun), p_P.astype(hdtype))
+    if hdtype == p_P.dtype:
+        return matvec
+    return lambda v_P: matvec(v_P.astype(hdtype)).astype(p_P.dtype)
+
+
+def newton_iteration(fun, sep_fun, hess_fun, c: NewtonState, max_cg_iter) -> NewtonState:
+    """One Newton-CG iteration: CG on the HVPs at ``c.p_P``, then the line search."""
+    p_P, f, g_P, gnorm = c.p_P, c.f, c.g_P, c.gnorm
+    dtype = p_P.dtype
+    eps_rise = APPROX_RISE_EPS * jnp.finfo(dtype).eps
+    value_and_grad = jax.value_and_grad(fun)
+    matvec = hessian_matvec(hess_fun, p_P)
+    d_P, k = cg(matvec, g_P, gnorm, max_cg_iter)
+    slope = jnp.vdot(g_P, d_P)
+
+    def trial(t):
+        q_P = p_P + t * d_P
+        fq, gq_P = value_and_grad(q_P)
+        gq = jnp.linalg.norm(gq_P)
+        armijo = fq <= f + ARMIJO_C1 * t * slope
+        approx = (fq <= f + eps_rise * jnp.abs(f)) & (gq < gnorm)
+        ok = jnp.isfinite(fq) & (armijo | approx)
+        return q_P, fq, gq_P, gq, ok
+
+    def ls_cond(ls):
+        *_, ok, n = ls
+        return ~ok & (n < MAX_BACKTRACKS)
+
+    def ls_body(ls):
+        t, *_, n = ls
+        t = 0.5 * t
+        return (t, *trial(t), n + 1)
+
+    one = jnp.asarray(1, dtype)
+    _, q_P, fq, gq_P, gq, ok, _ = jax.lax.while_loop(
+        ls_cond, ls_body, (one, *trial(one), jnp.asarray(1, jnp.int32))
+    )
+    p_P = jnp.where(ok, q_P, p_P)
+    return NewtonState(
+        p_P,
+        jnp.where(ok, fq, f),
+        jnp.where(ok, gq_P, g_P),
+        jnp.where(ok, gq, gnorm),
+        c.it + 1,
+        c.hvps + k,
+        ~ok,
+        sep_fun(p_P),
+    )
+
+
+def newton_cg(fun, sep_fun, hess_fun, p_P, tol, stop, max_iter, max_cg_iter):
+    c = jax.lax.while_loop(
+        lambda c: newton_running(c, tol, stop, max_iter),
+        lambda c: newton_iteration(fun, sep_fun, hess_fun, c, max_cg_iter),
+        newton_start(fun, sep_fun, p_P),
+    )
+    return c.p_P, c.it, c.hvps, c.stalled
+
+
+def lbfgs(fun, sep_fun, p_P, tol, stop, max_iter):
+    opt = optax.lbfgs(memory_size=LBFGS_MEMORY)
+    value_and_grad = optax.value_and_grad_from_state(fun)
+    zero = jnp.asarray(0, jnp.int32)
+
+    def gnorm_of(state):
+        return jnp.linalg.norm(optax.tree.get(state, "grad"))
+
+    def cond(c):
+        _, state, it, sep = c
+        stop_sep = stop[0] & sep
+        return (it == 0) | ((it < max_iter) & (gnorm_of(state) > tol) & ~stop_sep)
+
+    def body(c):
+        p_P, state, it, _ = c
+        f, g_P = value_and_grad(p_P, state=state)
+        updates, state = opt.update(g_P, state, p_P, value=f, grad=g_P, value_fn=fun)
+        p_P = optax.apply_updates(p_P, updates)
+        return p_P, state, it + 1, sep_fun(p_P)
+
+    f0, g0 = jax.value_and_grad(fun)(p_P)
+    # Iteration 0 is forced by `cond`; skip it when the start already meets the tolerance.
+    done0 = (jnp.linalg.norm(g0) <= tol) | (stop[0] & sep_fun(p_P)) | stop[1]
+    state = opt.init(p_P)
+    p_out, _, it, _ = jax.lax.cond(
+        done0,
+        lambda: (p_P, state, zero, jnp.asarray(False)),
+        lambda: jax.lax.while_loop(cond, body, (p_P, state, zero, jnp.asarray(False))),
+    )
+    del f0
+    return p_out, it, zero, jnp.asarray(False)
+
+
+def problem(model, unravel, x_ND, y_N, l2, mask_N, hvp_dtype=None):
+    """The objective, the separation test and the Hessian's objective of one lambda, on flat
+    parameters. ``hvp_dtype`` (a dtype name; None: the data's): the dtype the Hessian-vector
+    products run in (``(fun, dtype)``, data and lambda cast to it)."""
+
+    def fun(p_P):
+        return model.loss(unravel(p_P), x_ND, y_N, l2, mask_N)[0]
+
+    def sep_fun(p_P):
+        return is_separated(model, unravel(p_P), x_ND, y_N, mask_N)
+
+    hdtype = x_ND.dtype if hvp_dtype is None else jnp.dtype(hvp_dtype)
+    if hdtype == x_ND.dtype:
+        return fun, sep_fun, (fun, hdtype)
+    unravel_h = unravel_for(model, hdtype)
+    x_h = x_ND.astype(hdtype)
+    mask_h = None if mask_N is None else mask_N.astype(hdtype)
+    l2_h = jnp.asarray(l2).astype(hdtype)
+
+    def hess(p_P):
+        return model.loss(unravel_h(p_P), x_h, y_N, l2_h, mask_h)[0]
+
+    return fun, sep_fun, (hess, hdtype)
+
+
+def make_result(model, unravel, p_P, it, hvps, stalled, x_ND, y_N, l2, mask_N, tol, certified):
+    """The ``SolveResult`` of one lambda at its last iterate."""
+    params = unravel(p_P)
+    (f, ce), g = jax.value_and_grad(lambda p: model.loss(p, x_ND, y_N, l2, mask_N), has_aux=True)(
+        params
+    )
+    gnorm = jnp.linalg.norm(ravel_pytree(g)[0])
+    separated = is_separated(model, params, x_ND, y_N, mask_N)
+    none = (l2 == 0) & (separated | certified)
+    converged = (gnorm <= tol) & ~none
+    return SolveResult(params, f, ce, gnorm, it, hvps, converged, separated, stalled, none)
+
+
+def solve_impl(model, method, max_iter, max_cg_iter, hvp_dtype, params0, x_ND, y_N, l2, mask_N,
+                tol):  # fmt: skip
+    """``solve`` on arrays already cast to one dtype (traceable; no validation)."""
+    p0_P, unravel = ravel_pytree(params0)
+    dtype = p0_P.dtype
+    tol = jnp.asarray(tol, dtype)
+    l2 = jnp.asarray(l2, dtype)
+    fun, sep_fun, hess_fun = problem(model, unravel, x_ND, y_N, l2, mask_N, hvp_dtype)
+    certified = one_class_certificate(model, params0, x_ND, y_N, mask_N)
+    stop = (l2 == 0, (l2 == 0) & certified)
+    if method == "newton_cg":
+        p_P, it, hvps, stalled = newton_cg(
+            fun, sep_fun, hess_fun, p0_P, tol, stop, max_iter, max_cg_iter
+        )
+    else:
+        p_P, it, hvps, stalled = lbfgs(fun, sep_fun, p0_P, tol, stop, max_iter)
+    return make_result(
+        model, unravel, p_P, it, hvps, stalled, x_ND, y_N, l2, mask_N, tol, certified
+    )
+
+
+_STATIC = ("model", "method", "max_iter", "max_cg_iter", "hvp_dtype")
+solve_jit = jax.jit(solve_impl, static_argnames=_STATIC)
+
+
+@functools.partial(jax.jit, static_argnames=(*_STATIC, "batched_params"))
+def solve_path_jit(
+    model, method, max_iter, max_cg_iter, hvp_dtype, params0, x_ND, y_N, l2_L, mask_N, tol,
+    batched_params,
+):  # fmt: skip
+    one = functools.partial(solve_impl, model, method, max_iter, max_cg_iter, hvp_dtype)
+    in_axes = (0 if batched_params else None, None, None, 0, None, None)
+    return jax.vmap(one, in_axes=in_axes)(params0, x_ND, y_N, l2_L, mask_N, tol)
+
+
+# ---------------------------------------------------------------------------------------------
+# The host-driven path: one compiled Newton iteration over the lambdas still running.
+
+
+def unravel_for(model, dtype):
+    return ravel_pytree(zeros_like_model(model, dtype))[1]
+
+
+@functools.partial(jax.jit, static_argnames=("model",))
+def path_start_jit(model, params0_L, x_ND, y_N, l2_L, mask_N):
+    return path_start(model, params0_L, x_ND, y_N, l2_L, mask_N)
+
+
+def path_start(model, params0_L, x_ND, y_N, l2_L, mask_N):
+    """Every lambda's start state, and the certificate (one, independent of lambda)."""
+    template = zeros_like_model(model, x_ND.dtype)
+    certified = one_class_certificate(model, template, x_ND, y_N, mask_N)
+
+    def one(params0, l2):
+        p0_P, unravel = ravel_pytree(params0)
+        fun, sep_fun, _ = problem(model, unravel, x_ND, y_N, l2, mask_N)
+        return newton_start(fun, sep_fun, p0_P)
+
+    return jax.vmap(one)(params0_L, l2_L), certified
+
+
+@functools.partial(jax.jit, static_argnames=("model", "max_cg_iter", "hvp_dtype"))
+def path_iteration_jit(model, max_cg_iter, c_B, x_ND, y_N, l2_B, mask_N, hvp_dtype=None):
+    return path_iteration(model, max_cg_iter, c_B, x_ND, y_N, l2_B, mask_N, hvp_dtype)
+
+
+def path_iteration(model, max_cg_iter, c_B, x_ND, y_N, l2_B, mask_N, hvp_dtype=None):
+    """One Newton-CG iteration of each of B lanes (compiled once per block size B)."""
+    unravel = unravel_for(model, x_ND.dtype)
+
+    def one(c, l2):
+        fun, sep_fun, hess_fun = problem(model, unravel, x_ND, y_N, l2, mask_N, hvp_dtype)
+        return newton_iteration(fun, sep_fun, hess_fun, c, max_cg_iter)
+
+    return jax.vmap(one)(c_B, l2_B)
+
+
+@functools.partial(jax.jit, static_argnames=("model",))
+def path_result_jit(model, c_L, x_ND, y_N, l2_L, mask_N, tol, certified):
+    unravel = unravel_for(model, x_ND.dtype)
+
+    def one(c, l2):
+        return make_result(
+            model, unravel, c.p_P, c.it, c.hvps, c.stalled, x_ND, y_N, l2, mask_N, tol, certified
+        )
+
+    return jax.vmap(one)(c_L, l2_L)
+
+
+def block_size(active: int, total: int) -> int:
+    """The smallest block that holds ``active`` lanes: a power of two below ``total``, or
+    ``total`` (so at most log2(L) + 1 programs compile)."""
+    size = 1
+    while size < active:
+        size *= 2
+    return min(size, total)
+
+
+def solve_path_host(model, max_iter, max_cg_iter, params0_L, x_ND, y_N, l2_L, mask_N, tol,
+                     progress, hvp_dtype=None):  # fmt: skip
+    """Newton-CG over a path, each lambda leaving the batch as soon as it is done."""
+    t0 = time.perf_counter()
+    num = int(l2_L.shape[0])
+    c_dev, certified = path_start_jit(model, params0_L, x_ND, y_N, l2_L, mask_N)
+    c = NewtonState(*(np.array(a) for a in c_dev))
+    lam_L = np.asarray(l2_L)
+    certified = bool(certified)
+    stop = (lam_L == 0, (lam_L == 0) & certified)
+    tol_host = np.asarray(tol)
+    done_at = [0.0 if stop[1][i] else None for i in range(num)]
+    last_log = t0
+    while True:
+        running = newton_running(c, tol_host, stop, max_iter)
+        now = time.perf_counter() - t0
+        for i in np.flatnonzero(~running):
+            done_at[i] = now if done_at[i] is None else done_at[i]
+        active = np.flatnonzero(running)
+        if active.size == 0:
+            break
+        if progress and time.perf_counter() - last_log >= PROGRESS_SECONDS:
+            last_log = time.perf_counter()
+            slow = active[np.argmax(c.gnorm[active])]
+            log.info(
+                "optimum: Newton iteration %d, ||grad|| %.2e (lambda %g, slowest), %d of %d "
+                "lambdas left, %.1f s",
+                int(c.it[active].max()), float(c.gnorm[slow]), float(lam_L[slow]),
+                active.size, num, now,
+            )  # fmt: skip
+        size = block_size(active.size, num)
+        idx = np.concatenate([active, np.repeat(active[:1], size - active.size)])
+        out = path_iteration_jit(
+            model,
+            max_cg_iter,
+            NewtonState(*(a[idx] for a in c)),
+            x_ND,
+            y_N,
+            jnp.asarray(lam_L[idx]),
+            mask_N,
+            hvp_dtype,
+        )
+        for mine, new in zip(c, out, strict=True):
+            mine[active] = np.asarray(new)[: active.size]
+    result = path_result_jit(
+        model, NewtonState(*map(jnp.asarray, c)), x_ND, y_N, l2_L, mask_N, tol, certified
+    )
+    if progress:
+        log.info(
+            "optimum: %d lambdas in %.1f s: %s",
+            num,
+            time.perf_counter() - t0,
+            "; ".join(
+                f"lambda {lam_L[i]:g} "
+                + (
+                    "no finite optimum (certified, not iterated)"
+                    if stop[1][i]
+                    else f"{int(c.it[i])} iterations, {int(c.hvps[i])} HVPs, done at "
+                    f"{done_at[i]:.1f} s"
+                )
+                for i in range(num)
+            ),
+        )
+    return result
