@@ -41,7 +41,7 @@ from jaxlr.engine.config import HParams, TrainConfig, check_hparam_values
 from jaxlr.engine.driver import ChunkOut, Observer, default_observers, drive
 from jaxlr.engine.grid import Grid
 from jaxlr.engine.halving import prune_rung
-from jaxlr.engine.step import Data, StepLog
+from jaxlr.engine.step import Data, StepLog, one_point_at_a_time
 from jaxlr.engine.train import (
     check_data,
     check_inputs,
@@ -312,10 +312,11 @@ def sweep_functions(
 
         return jax.vmap(one, in_axes=(0, hp_axes))(state, hparams)
 
+    # One point at a time (on CPU): a point's final numbers do not depend on its block's width.
+    evaluate_one = one_point_at_a_time(lambda p, h, d: engine.evaluate(p, h, d))
+
     def evaluate(params, hparams, data):
-        return jax.vmap(lambda p, h: engine.evaluate(p, h, data), in_axes=(0, hp_axes))(
-            params, hparams
-        )
+        return jax.vmap(evaluate_one, in_axes=(0, hp_axes, None))(params, hparams, data)
 
     return SweepFns(
         init=jax.jit(init, out_shardings=sweep),
