@@ -217,16 +217,17 @@ def tree_all_finite(tree) -> jax.Array:
 def one_point_at_a_time(fn):
     """`fn` whose vmap (on CPU) computes the points one after another with `lax.map`.
 
-    A vmapped product of batched parameters [G, D, K] with unbatched data [N, D] is one
-    matrix product [N, D] x [D, G K], and XLA's CPU kernels sum it, and the reductions after
-    it, in an order that depends on G: the same point's validation loss differed by up to
-    2e-7 (float32) between blocks of 1, 2, 3, 8 and 12 points. Mapped one point at a time,
-    each point's computation has the same shapes in a block of any width, so its numbers
-    are the same bits (and those of an unvmapped run). Only for numbers on shared data, not
-    for training steps (their batches are gathered per point, a batched product whose
-    points are independent) nor under autodiff (`custom_vmap` has no derivative rule). On
-    other backends, where one wide product is much faster than G narrow ones, the plain
-    vmap is kept.
+    Under vmap XLA's CPU backend computes a point's numbers in an order that depends on G,
+    the number of points vmapped together: a product of batched parameters [G, D, K] with
+    shared data [N, D] is one product [N, D] x [D, G K] whose sums depend on G K, and a
+    reduction of [G, B, K] over B (a loss's mean, a gradient's sum) is vectorised one way
+    below 16 points and another from 16 (measured, float32: a point's validation loss moved
+    by up to 2.4e-7 and its parameters after one epoch by 1.5e-7 between blocks of 1-12 and
+    16-36 points). Mapped one point at a time, each point's computation has the same shapes
+    in a block of any width, so its numbers are the same bits (an unvmapped run's too).
+    `fn` itself is not differentiated (`custom_vmap` has no derivative rule here), though it
+    may differentiate inside. On other backends, where one wide product is much faster than
+    G narrow ones, the plain vmap is kept.
 
     Args:
       fn: a function of arrays (pytrees of arrays) to arrays.
@@ -521,7 +522,12 @@ def train_step(
     idx_B, mask_B, step = batch
     x, y = data.x_train[idx_B], data.y_train[idx_B]
     mask = None if config.drop_last else mask_B
-    obj, ce, grads = loss_and_grad(config, model, state.params, x, y, hparams.l2, mask)
+    # One point at a time in a sweep (on CPU): XLA CPU's reductions over a batch of G points
+    # (the loss's mean, the gradient's sums) round in an order that depends on G.
+    step_numbers = one_point_at_a_time(
+        lambda p, x, y, l2, m: loss_and_grad(config, model, p, x, y, l2, m)
+    )
+    obj, ce, grads = step_numbers(state.params, x, y, hparams.l2, mask)
     grads = after_all(grads)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
