@@ -293,8 +293,9 @@ def sweep_functions(
       num_train: N.
       devices: devices of the mesh (default: all of `jax.devices()`).
       shared_seed: every point has the same seed; it is then passed unbatched, so the
-        data order and the mini-batch gather are shared by all points (one matrix product
-        [B, D] x [D, G K] instead of G products).
+        data order and the mini-batch gather are shared by all points (on accelerators one
+        matrix product [B, D] x [D, G K] instead of G products; on CPU the points still run
+        one at a time, see `jaxlr.engine.step.one_point_at_a_time`).
     Returns:
       `SweepFns`.
     """
@@ -402,8 +403,9 @@ def run_sweep(
     into the fewest blocks of at most `block_size` points, each padded (with copies of its
     own points, whose results are dropped) to the smallest size of `block_ladder`: stopped
     points cost nothing, and the number of compiled programs stays bounded. A point's
-    numbers do not depend on the block it ran in (bit for bit when every point has its own
-    seed; with one shared seed the batch product of all points may round differently).
+    numbers do not depend on the block it ran in: on CPU bit for bit (its loss, gradient,
+    checks and final numbers are computed one point at a time,
+    `jaxlr.engine.step.one_point_at_a_time`); on other backends up to rounding.
 
     Args:
       config: static config (shared by every point).
@@ -432,7 +434,7 @@ def run_sweep(
       min_block: the fewest points a block holds (padded with copies; rounded up to a
         multiple of the device count, at most `block_size`). A shard passes the whole
         grid's smallest block (2 per device), so a shard of one point does not run alone in
-        a block (XLA would drop the batch dimension and round differently).
+        a block (on accelerators XLA would drop the batch dimension and round differently).
     Returns:
       `SweepResult` (diverged points are flagged, not raised).
     Raises:
