@@ -242,7 +242,7 @@ def one_point_at_a_time(fn):
         flags = jax.tree.leaves(in_batched)
         if jax.default_backend() != "cpu":
             axes = jax.tree.unflatten(treedef, [0 if b else None for b in flags])
-            out = jax.vmap(wrapped, in_axes=tuple(axes))(*args)
+            out = jax.vmap(fn, in_axes=tuple(axes))(*args)
             return out, jax.tree.map(lambda _: True, out)
 
         def one(batched):
