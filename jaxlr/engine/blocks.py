@@ -133,11 +133,11 @@ def block_ladder(
     `cap`: a block is at most half padding, and there are about log2(cap) compiled programs.
     With 2: num_devices * (2, 3, 4, 6, 8, 12, 16, 24, ...), at most a third of padding and
     twice the programs (`run_sweep` uses `LADDER_STEPS_PER_OCTAVE`). The smallest size is
-    `smallest` * num_devices (when `cap` allows; `smallest` a power of two >= 2): with a single
-    point per device XLA drops the batch dimension and picks other kernels, whose rounding
-    differs; with two or more a point's numbers are the same bits in blocks of any size
-    (per-point seeds). `run_sweep` raises `smallest` where smaller blocks cost no less
-    (`smallest_block`).
+    `smallest` * num_devices (when `cap` allows; `smallest` a power of two >= 2): on
+    accelerators, with a single point per device XLA drops the batch dimension and picks
+    other kernels, whose rounding differs (on CPU a point's numbers are the same bits in
+    blocks of any size, `jaxlr.engine.step.one_point_at_a_time`). `run_sweep` raises
+    `smallest` where smaller blocks cost no less (`smallest_block`).
 
     Args:
       cap: the largest block (a multiple of `num_devices`).

@@ -21,7 +21,6 @@ examples, V validation examples, D features, K outputs.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import hashlib
 import logging
@@ -41,7 +40,8 @@ from jaxlr.engine.config import HParams, TrainConfig, check_hparam_values
 from jaxlr.engine.driver import ChunkOut, Observer, default_observers, drive
 from jaxlr.engine.grid import Grid
 from jaxlr.engine.halving import prune_rung
-from jaxlr.engine.step import Data, StepLog
+from jaxlr.engine.step import Data, StepLog, one_point_at_a_time
+from jaxlr.engine.sweep_result import SweepResult, mean_over, py_scalar, summary_text
 from jaxlr.engine.train import (
     check_data,
     check_inputs,
@@ -55,197 +55,6 @@ from jaxlr.host import checkpoint as ckpt
 log = logging.getLogger("jaxlr.sweep")
 
 SWEEP_AXIS = "sweep"
-
-
-# ---------------------------------------------------------------------------------------------
-# Grids.
-
-
-# ---------------------------------------------------------------------------------------------
-# Results.
-
-
-@dataclasses.dataclass
-class SweepResult:
-    """What `run_sweep` returns (host-side numpy values, point i of the flattened grid).
-
-    Attributes:
-      grid: the grid.
-      params: returned parameters of every point (the best check's with early stopping),
-        leaves stacked [S, ...].
-      metrics: name -> [S]: final numbers of the returned parameters ("train_loss",
-        "val_loss", "train_accuracy", "val_accuracy" and their "_cross_entropy" /
-        "_objective" variants, see `Engine.evaluate`), plus "steps" (steps trained).
-      early_stopping: name -> [S]: "stopped" (bool), "step", "epoch" (-1 when not
-        stopped), "best_step", "best_epoch" (-1 before the first check), "best_val_loss".
-      diverged: [S] bool, the point produced a non-finite loss or parameter.
-      diverge_step: [S] the step that did (-1 if none).
-      histories: one history dict per point (the keys of `jaxlr.engine.train.history_from_logs`).
-      wall_seconds: host time of the training loops (compilation included).
-      config: the static config.
-      num_batches: M, batches per epoch.
-      point_steps: steps the points actually ran, summed over points (= metrics["steps"]).
-      computed_point_steps: steps the compiled blocks computed, summed over block slots
-        (stopped points and padding included; point_steps of a perfect compaction).
-      pruned_rung: [S] the successive-halving rung (1, 2, ...) at which the point was
-        stopped, -1 if it was not; None when no pruning rule was used.
-      prune: the pruning rule (`jaxlr.engine.halving.Halving`) or None.
-    """
-
-    grid: Grid
-    params: Any
-    metrics: dict[str, np.ndarray]
-    early_stopping: dict[str, np.ndarray]
-    diverged: np.ndarray
-    diverge_step: np.ndarray
-    histories: list[dict]
-    wall_seconds: float
-    config: TrainConfig | None = None
-    num_batches: int = 0
-    point_steps: int = 0
-    computed_point_steps: int = 0
-    pruned_rung: np.ndarray | None = None
-    prune: Any = None
-
-    def __repr__(self) -> str:
-        return summary_text(self)
-
-    def best_index(self, by: str = "val_loss", then: str | None = None) -> int:
-        """Index of the best point that did not diverge (the one best-point rule).
-
-        Args:
-          by: a key of `metrics`; losses are minimised, accuracies maximised.
-          then: a second key that breaks ties of `by` (same sense rule); further ties go to
-            the lower index.
-        Returns:
-          The point's index in the flattened grid.
-        Raises:
-          ValueError: unknown metric, or every point diverged.
-        """
-        for key in (by, then):
-            if key is not None and key not in self.metrics:
-                raise ValueError(
-                    f"best_index: unknown metric {key!r}; valid: {sorted(self.metrics)}"
-                )
-        values = np.asarray(self.metrics[by], np.float64)
-        ok = ~np.asarray(self.diverged) & np.isfinite(values)
-        if not ok.any():
-            raise ValueError("best_index: every point diverged (no finite metric)")
-
-        def ranked(key):
-            sign = -1.0 if "accuracy" in key else 1.0
-            v = sign * np.asarray(self.metrics[key], np.float64)
-            return np.where(ok & np.isfinite(v), v, np.inf)
-
-        keys = (ranked(then), ranked(by)) if then is not None else (ranked(by),)
-        return int(np.lexsort(keys)[0])
-
-    def reshape(self, values_S) -> np.ndarray:
-        """Per-point values [S, ...] reshaped to the grid: grid.shape + trailing dims."""
-        values = np.asarray(values_S)
-        return values.reshape(tuple(self.grid.shape) + values.shape[1:])
-
-    def point_params(self, i: int):
-        """The returned parameters of point `i`."""
-        return jax.tree.map(lambda a: a[i], self.params)
-
-    def point_metrics(self, i: int) -> dict:
-        """Point `i`'s numbers in the form of `jaxlr.engine.train.fit`'s `TrainResult.metrics`.
-
-        Final metrics (floats), "steps", "epochs" (epochs in which it trained) and, with
-        early stopping, "early_stopping" as `jaxlr.engine.train.early_stopping_summary` gives it.
-        """
-        out = {k: py_scalar(v[i]) for k, v in self.metrics.items()}
-        steps = int(self.metrics["steps"][i])
-        out["epochs"] = -(-steps // self.num_batches) if self.num_batches else 0
-        if self.config is not None and self.config.early_stopping:
-            es = {k: py_scalar(v[i]) for k, v in self.early_stopping.items()}
-            for k in ("step", "epoch", "best_epoch"):
-                if es[k] < 0:
-                    es[k] = None
-            out["early_stopping"] = es
-        return out
-
-    def records(self) -> list[dict]:
-        """One JSON-ready dict per point: hyper-parameters, metrics, stopping, divergence."""
-        out = []
-        for i in range(self.grid.size):
-            rec = {"index": i, **self.grid.point(i)}
-            rec.update({k: py_scalar(v[i]) for k, v in self.metrics.items()})
-            rec["diverged"] = bool(self.diverged[i])
-            rec["diverge_step"] = int(self.diverge_step[i])
-            rec["early_stopping"] = {k: py_scalar(v[i]) for k, v in self.early_stopping.items()}
-            if self.pruned_rung is not None:
-                rec["pruned_rung"] = int(self.pruned_rung[i])
-            out.append(rec)
-        return out
-
-    def work(self) -> dict:
-        """The sweep's cost for metrics.json: point_steps, computed_point_steps,
-        wall_seconds, and with a pruning rule the rule and the number of points it stopped."""
-        out = {
-            "point_steps": int(self.point_steps),
-            "computed_point_steps": int(self.computed_point_steps),
-            "wall_seconds": float(self.wall_seconds),
-        }
-        if self.prune is not None:
-            out["prune"] = self.prune.to_dict()
-            out["num_pruned"] = int((np.asarray(self.pruned_rung) >= 0).sum())
-        return out
-
-
-def summary_text(result: SweepResult, rows: int = 10) -> str:
-    """At most ~25 lines on a sweep: its grid, cost, and its best `rows` points by
-    validation loss (all rows: `jaxlr.report.tables.sweep_rows`)."""
-    g = result.grid
-    axes = ", ".join(f"{a} {list(g.values[a])}" for a in g.axes) if g.axes else "points"
-    div = int(np.asarray(result.diverged).sum())
-    lines = [
-        f"SweepResult({g.size} points: {axes}; {result.point_steps} point-steps, "
-        f"{result.wall_seconds:.1f} s; {div} diverged)"
-    ]
-    loss = np.where(result.diverged, np.inf, np.asarray(result.metrics["val_loss"], np.float64))
-    order = np.argsort(loss, kind="stable")[:rows]
-    lines.append("  best by val_loss:")
-    lines.append("    index  learning_rate         l2  momentum  seed   val_loss  val_acc  steps")
-    for i in order:
-        p = g.point(int(i))
-        lines.append(
-            f"    {int(i):5d}  {p['learning_rate']:13.4g}  {p['l2']:9.4g}  {p['momentum']:8.3g}"
-            f"  {int(p['seed']):4d}  {float(result.metrics['val_loss'][i]):9.4f}"
-            f"  {float(result.metrics['val_accuracy'][i]):7.4f}"
-            f"  {int(result.metrics['steps'][i]):5d}"
-        )
-    if g.size > rows:
-        lines.append(f"    ... {g.size - rows} more (every row: jaxlr.report.tables.sweep_rows)")
-    return "\n".join(lines)
-
-
-def py_scalar(x):
-    x = np.asarray(x)
-    if x.dtype == bool:
-        return bool(x)
-    if np.issubdtype(x.dtype, np.integer):
-        return int(x)
-    return float(x)
-
-
-def mean_over(result: SweepResult, values_S, axes: Sequence[str] = ("seed",)) -> np.ndarray:
-    """Per-point values reshaped to the grid and averaged over the named axes.
-
-    Diverged points count as NaN (a cell with any diverged seed is NaN).
-
-    Args:
-      result: a sweep result.
-      values_S: [S] values.
-      axes: grid axes to average over (absent ones are ignored).
-    Returns:
-      Array over the remaining axes of `result.grid.axes`, in their order.
-    """
-    v = np.where(result.diverged, np.nan, np.asarray(values_S, np.float64))
-    grid_v = result.reshape(v)
-    drop = tuple(result.grid.axes.index(a) for a in axes if a in result.grid.axes)
-    return grid_v.mean(axis=drop) if drop else grid_v
 
 
 # ---------------------------------------------------------------------------------------------
@@ -293,8 +102,9 @@ def sweep_functions(
       num_train: N.
       devices: devices of the mesh (default: all of `jax.devices()`).
       shared_seed: every point has the same seed; it is then passed unbatched, so the
-        data order and the mini-batch gather are shared by all points (one matrix product
-        [B, D] x [D, G K] instead of G products).
+        data order and the mini-batch gather are shared by all points (on accelerators one
+        matrix product [B, D] x [D, G K] instead of G products; on CPU the points still run
+        one at a time, see `jaxlr.engine.step.one_point_at_a_time`).
     Returns:
       `SweepFns`.
     """
@@ -312,10 +122,11 @@ def sweep_functions(
 
         return jax.vmap(one, in_axes=(0, hp_axes))(state, hparams)
 
+    # One point at a time (on CPU): a point's final numbers do not depend on its block's width.
+    evaluate_one = one_point_at_a_time(lambda p, h, d: engine.evaluate(p, h, d))
+
     def evaluate(params, hparams, data):
-        return jax.vmap(lambda p, h: engine.evaluate(p, h, data), in_axes=(0, hp_axes))(
-            params, hparams
-        )
+        return jax.vmap(evaluate_one, in_axes=(0, hp_axes, None))(params, hparams, data)
 
     return SweepFns(
         init=jax.jit(init, out_shardings=sweep),
@@ -349,7 +160,9 @@ def _to_host(tree):
 
 
 # ---------------------------------------------------------------------------------------------
-# Block size.
+# The sweep.
+
+
 def _fingerprint(config, grid, data, prune) -> dict:
     """What a sweep checkpoint must match to be resumed."""
     h = hashlib.sha256()
@@ -401,8 +214,9 @@ def run_sweep(
     into the fewest blocks of at most `block_size` points, each padded (with copies of its
     own points, whose results are dropped) to the smallest size of `block_ladder`: stopped
     points cost nothing, and the number of compiled programs stays bounded. A point's
-    numbers do not depend on the block it ran in (bit for bit when every point has its own
-    seed; with one shared seed the batch product of all points may round differently).
+    numbers do not depend on the block it ran in: on CPU bit for bit (its loss, gradient,
+    checks and final numbers are computed one point at a time,
+    `jaxlr.engine.step.one_point_at_a_time`); on other backends up to rounding.
 
     Args:
       config: static config (shared by every point).
@@ -431,7 +245,7 @@ def run_sweep(
       min_block: the fewest points a block holds (padded with copies; rounded up to a
         multiple of the device count, at most `block_size`). A shard passes the whole
         grid's smallest block (2 per device), so a shard of one point does not run alone in
-        a block (XLA would drop the batch dimension and round differently).
+        a block (on accelerators XLA would drop the batch dimension and round differently).
     Returns:
       `SweepResult` (diverged points are flagged, not raised).
     Raises:
@@ -440,55 +254,18 @@ def run_sweep(
         `jaxlr.host.checkpoint.CheckpointError` (a ValueError) when `checkpoint_dir` holds a
         checkpoint of another sweep (config, grid, data or rule), or one in use.
     """
-    x_train = np.asarray(data.x_train)
-    dtype = x_train.dtype
-    if not np.issubdtype(dtype, np.floating):
-        raise ValueError(f"run_sweep: x_train must be floating point, got {dtype}")
-    check_data(data, "run_sweep")
-    check_inputs(config, data, "run_sweep", model)
-    check_hparam_values(*grid.hparams[:3], where="run_sweep: grid")
-    data = Data(
-        x_train,
-        np.asarray(data.y_train, np.int32),
-        np.asarray(data.x_val, dtype),
-        np.asarray(data.y_val, np.int32),
-    )
-    if prune is not None and not hasattr(prune, "rung_epochs"):
-        raise ValueError(
-            f"run_sweep: prune must be None or a jaxlr.engine.halving.Halving, got {prune!r}"
-        )
-    n, d = x_train.shape
+    data = _checked_data(config, grid, data, model, prune)
+    dtype = data.x_train.dtype
+    n, d = data.x_train.shape
     if model is None:
         model = _default_model(config, d, np.dtype(dtype))
     devices = tuple(devices) if devices else tuple(jax.devices())
     nd = len(devices)
     s = grid.size
-    hp_all = HParams(
-        *(np.asarray(v, dtype) for v in grid.hparams[:3]), np.asarray(grid.hparams.seed, np.int32)
-    )
-    if hp_all.learning_rate.shape != (s,):
-        raise ValueError(f"grid.hparams must be arrays [{s}], got {hp_all.learning_rate.shape}")
+    hp_all = _grid_hparams(grid, dtype)
     shape = (n, data.x_val.shape[0], d)
-    if block_size is None:
-        block_size = blocks.default_block_size(config, model, shape, dtype.itemsize, s, nd)
-    if int(block_size) < 1:
-        raise ValueError(f"run_sweep: block_size must be >= 1 or None, got {block_size!r}")
-    cap = nd * blocks.ceil_div(int(block_size), nd)
-    # Balanced blocks: as few as the cap allows, of equal size (padding < one point per
-    # device and block); the cap itself is the top of the ladder.
-    g_full = nd * blocks.ceil_div(blocks.ceil_div(s, blocks.ceil_div(s, cap)), nd)
-    if int(min_block) < 1:
-        raise ValueError(f"run_sweep: min_block must be >= 1, got {min_block!r}")
-    g_full = max(g_full, min(cap, nd * blocks.ceil_div(int(min_block), nd)))
-    # One device: no block below the width where an epoch stops getting cheaper
-    # (`smallest_block`); several: 2 per device, so compaction still frees devices' work.
-    smallest = blocks.smallest_block(model, d) if nd == 1 else 2
-    ladder = blocks.block_ladder(g_full, nd, blocks.LADDER_STEPS_PER_OCTAVE, smallest)
-    if shared_seed is None:
-        shared_seed = bool(np.all(hp_all.seed == hp_all.seed[0]))
-    shared_seed = bool(shared_seed)
-    if shared_seed and not np.all(hp_all.seed == hp_all.seed[0]):
-        raise ValueError("run_sweep: shared_seed=True needs every point to have the same seed")
+    g_full, ladder = _block_sizes(config, model, shape, dtype, s, nd, block_size, min_block)
+    shared_seed = _shared_seed(hp_all, shared_seed)
     # Refuse, in one line and before anything is allocated, a block that cannot fit.
     per_device = max(1, g_full // nd)
     resources.check_fits(
@@ -501,13 +278,7 @@ def run_sweep(
     repl = NamedSharding(fns.mesh, P())
     sweep_sh = NamedSharding(fns.mesh, P(SWEEP_AXIS))
     data_dev = Data(*(_put(a, repl) for a in data))
-
-    def put_hp(idx):
-        h = HParams(*(v[idx] for v in hp_all))
-        if shared_seed:
-            return HParams(*(_put(v, sweep_sh) for v in h[:3]), _put(h.seed[0], repl))
-        return HParams(*(_put(v, sweep_sh) for v in h))
-
+    put_hp = _hparams_putter(hp_all, shared_seed, sweep_sh, repl)
     ckpt_path = Path(checkpoint_dir) / _CKPT_NAME if checkpoint_dir is not None else None
     runner = _SweepRunner(
         config,
@@ -545,6 +316,80 @@ def run_sweep(
         dtype=dtype,
     )
     return result
+
+
+def _checked_data(config, grid, data, model, prune) -> Data:
+    """`data` checked (floats, labels, finite values, grid values, rule) and cast for a sweep."""
+    x_train = np.asarray(data.x_train)
+    dtype = x_train.dtype
+    if not np.issubdtype(dtype, np.floating):
+        raise ValueError(f"run_sweep: x_train must be floating point, got {dtype}")
+    check_data(data, "run_sweep")
+    check_inputs(config, data, "run_sweep", model)
+    check_hparam_values(*grid.hparams[:3], where="run_sweep: grid")
+    data = Data(
+        x_train,
+        np.asarray(data.y_train, np.int32),
+        np.asarray(data.x_val, dtype),
+        np.asarray(data.y_val, np.int32),
+    )
+    if prune is not None and not hasattr(prune, "rung_epochs"):
+        raise ValueError(
+            f"run_sweep: prune must be None or a jaxlr.engine.halving.Halving, got {prune!r}"
+        )
+    return data
+
+
+def _grid_hparams(grid: Grid, dtype) -> HParams:
+    """The grid's hyper-parameters as host arrays [S] (knobs in `dtype`, int32 seeds)."""
+    s = grid.size
+    hp_all = HParams(
+        *(np.asarray(v, dtype) for v in grid.hparams[:3]), np.asarray(grid.hparams.seed, np.int32)
+    )
+    if hp_all.learning_rate.shape != (s,):
+        raise ValueError(f"grid.hparams must be arrays [{s}], got {hp_all.learning_rate.shape}")
+    return hp_all
+
+
+def _block_sizes(config, model, shape, dtype, s, nd, block_size, min_block):
+    """(G, ladder): the full block's size and the compaction ladder of a sweep of S points."""
+    if block_size is None:
+        block_size = blocks.default_block_size(config, model, shape, dtype.itemsize, s, nd)
+    if int(block_size) < 1:
+        raise ValueError(f"run_sweep: block_size must be >= 1 or None, got {block_size!r}")
+    cap = nd * blocks.ceil_div(int(block_size), nd)
+    # Balanced blocks: as few as the cap allows, of equal size (padding < one point per
+    # device and block); the cap itself is the top of the ladder.
+    g_full = nd * blocks.ceil_div(blocks.ceil_div(s, blocks.ceil_div(s, cap)), nd)
+    if int(min_block) < 1:
+        raise ValueError(f"run_sweep: min_block must be >= 1, got {min_block!r}")
+    g_full = max(g_full, min(cap, nd * blocks.ceil_div(int(min_block), nd)))
+    # One device: no block below the width where an epoch stops getting cheaper
+    # (`smallest_block`); several: 2 per device, so compaction still frees devices' work.
+    smallest = blocks.smallest_block(model, shape[2]) if nd == 1 else 2
+    return g_full, blocks.block_ladder(g_full, nd, blocks.LADDER_STEPS_PER_OCTAVE, smallest)
+
+
+def _shared_seed(hp_all: HParams, shared_seed: bool | None) -> bool:
+    """Whether the seed is passed unbatched (None: exactly when every point has the same)."""
+    same = bool(np.all(hp_all.seed == hp_all.seed[0]))
+    if shared_seed is None:
+        return same
+    if shared_seed and not same:
+        raise ValueError("run_sweep: shared_seed=True needs every point to have the same seed")
+    return bool(shared_seed)
+
+
+def _hparams_putter(hp_all: HParams, shared_seed: bool, sweep_sh, repl) -> Callable:
+    """idx -> the hyper-parameters of those points on the devices (a shared seed replicated)."""
+
+    def put_hp(idx):
+        h = HParams(*(v[idx] for v in hp_all))
+        if shared_seed:
+            return HParams(*(_put(v, sweep_sh) for v in h[:3]), _put(h.seed[0], repl))
+        return HParams(*(_put(v, sweep_sh) for v in h))
+
+    return put_hp
 
 
 class _SweepRunner:
