@@ -34,7 +34,7 @@ from jaxlr.engine.config import ConfigError
 from jaxlr.engine.grid import random_points
 from jaxlr.engine.halving import Halving
 from jaxlr.host.io import atomic_write_text
-from jaxlr.report import plots, tables
+from jaxlr.report import sweep_plots, tables
 
 log = logging.getLogger("jaxlr.experiments.sweep")
 
@@ -157,7 +157,8 @@ def _write_histories(run: RunDir, result: jsweep.SweepResult, grid: jgrid.Grid) 
     """Writes every point's history; returns point index -> its file name."""
     histories = {}
     for i, h in enumerate(result.histories):
-        name = f"history_{i:03d}_{tables.slug(plots.sweep_point_label(grid.point(i), grid))}.jsonl"
+        label = sweep_plots.sweep_point_label(grid.point(i), grid)
+        name = f"history_{i:03d}_{tables.slug(label)}.jsonl"
         tables.write_history(run.out / name, h)
         histories[i] = name
     return histories
@@ -213,7 +214,7 @@ def _sweep_tables(run: RunDir, result: jsweep.SweepResult, rows: list[dict]) -> 
 def _best_text(cfg: Sweep, grid, result, best_loss, best_acc, cost: dict, opt) -> str:
     """The report's best-point section: the best points, divergence, work, pruning, stability."""
     tcfg = cfg.train
-    label = plots.sweep_point_label
+    label = sweep_plots.sweep_point_label
     best_text = "Every point diverged."
     if best_loss is not None:
         best_text = (
@@ -336,10 +337,10 @@ def write_sweep_outputs(
         rec["history"] = histories[rec["index"]]
     table = _sweep_tables(run, result, rows)
     if cfg.search == "grid":
-        figures = plots.plot_sweep_heatmaps(result, run.out)
+        figures = sweep_plots.plot_sweep_heatmaps(result, run.out)
     else:
-        figures = [plots.plot_search_scatter(result, run.out)]
-    curves = plots.plot_sweep_curves(result, run.out)
+        figures = [sweep_plots.plot_search_scatter(result, run.out)]
+    curves = sweep_plots.plot_sweep_curves(result, run.out)
     best_loss, best_acc = _best(result, "val_loss"), _best(result, "val_accuracy")
     cost = result.work()
     best_text = _best_text(cfg, grid, result, best_loss, best_acc, cost, opt)

@@ -8,10 +8,10 @@ through `experiments.common.run_experiment`, with its registered smoke overrides
 binary smoke runs take 256 examples of two digits (400 here). Each test checks the files the
 run published (config.json holds the overrides, metrics.json equals the returned metrics,
 PNGs are PNGs, report.md is titled with the run's digits or data set, and so are the
-figures: every `jaxlr.report.plots.plot_*` call is recorded), the workdir layout (top-level names
-are links into `latest/`), and numbers recomputed by hand from the fake arrays
-(`jaxlr.data.fake.fake_arrays`, the same arrays as the files) and from the weights the run
-saved.
+figures: every call of a `plot_*` function of the `jaxlr.report` figure modules is
+recorded), the workdir layout (top-level names are links into `latest/`), and numbers
+recomputed by hand from the fake arrays (`jaxlr.data.fake.fake_arrays`, the same arrays as
+the files) and from the weights the run saved.
 
 Dimension legend: N examples, D features, K classes, P pixels (784).
 """
@@ -38,7 +38,7 @@ from jaxlr.data.config import DataConfig
 from jaxlr.data.fake import fake_arrays, write_fake_dataset
 from jaxlr.data.splits import load_splits, optimum_features
 from jaxlr.host import checkpoint as ckpt
-from jaxlr.report import plots
+from jaxlr.report import figures, history_plots, image_plots, sweep_plots
 
 REPO = Path(__file__).resolve().parents[1]
 FAKE = dict(num_train=2000, num_test=600, seed=0)
@@ -87,14 +87,18 @@ class Run:
         self.plot_calls = plot_calls
 
     def texts(self, plot_fn: str) -> list[str]:
-        """The titles and suptitles given to `plots.<plot_fn>`, in call order."""
+        """The titles and suptitles given to `<plot_fn>` of the figure modules, in call order."""
         return [t for fn, texts in self.plot_calls if fn == plot_fn for t in texts]
 
 
+PLOT_MODULES = (figures, history_plots, image_plots, sweep_plots)
+
+
 def _spy_on_plots(mp: pytest.MonkeyPatch, calls: list) -> None:
-    for name in dir(plots):
-        fn = getattr(plots, name)
-        if not (name.startswith("plot_") and callable(fn)):
+    """Wraps every `plot_*` function where it is defined (each module's own, not its imports)."""
+    for module, name in [(m, n) for m in PLOT_MODULES for n in dir(m)]:
+        fn = getattr(module, name)
+        if not (name.startswith("plot_") and callable(fn)) or fn.__module__ != module.__name__:
             continue
         sig = inspect.signature(fn)
 
@@ -103,7 +107,7 @@ def _spy_on_plots(mp: pytest.MonkeyPatch, calls: list) -> None:
             calls.append((_name, [bound[k] for k in ("title", "suptitle") if bound.get(k)]))
             return _fn(*args, **kwargs)
 
-        mp.setattr(plots, name, spy)
+        mp.setattr(module, name, spy)
 
 
 def snapshot(folder: Path) -> dict:
