@@ -23,8 +23,9 @@ from jaxlr.data.config import DataConfig
 from jaxlr.data.registry import DatasetSpec, get_spec
 from jaxlr.data.splits import optimum_features
 from jaxlr.engine.config import TrainConfig, make_hparams
+from jaxlr.engine.results import TrainResult
 from jaxlr.engine.step import Data, schedule_numbers
-from jaxlr.engine.train import TrainResult, fit, model_for
+from jaxlr.engine.train import fit, model_for
 from jaxlr.host.io import atomic_write_json
 from jaxlr.report import tables
 

@@ -33,6 +33,7 @@ from jaxlr.engine import sweep as jsweep
 from jaxlr.engine.config import ConfigError
 from jaxlr.engine.grid import random_points
 from jaxlr.engine.halving import Halving
+from jaxlr.engine.sweep_result import SweepResult
 from jaxlr.host.io import atomic_write_text
 from jaxlr.report import sweep_plots, tables
 
@@ -146,14 +147,14 @@ def grid_of(cfg: Sweep, dtype) -> jgrid.Grid:
     )
 
 
-def _best(result: jsweep.SweepResult, by: str) -> dict | None:
+def _best(result: SweepResult, by: str) -> dict | None:
     if result.diverged.all():
         return None
     i = result.best_index(by)
     return {"index": i, **result.records()[i]}
 
 
-def _write_histories(run: RunDir, result: jsweep.SweepResult, grid: jgrid.Grid) -> dict:
+def _write_histories(run: RunDir, result: SweepResult, grid: jgrid.Grid) -> dict:
     """Writes every point's history; returns point index -> its file name."""
     histories = {}
     for i, h in enumerate(result.histories):
@@ -184,7 +185,7 @@ def _write_tensorboard(cfg: Sweep, run: RunDir, result, records: list, live: boo
         )
 
 
-def _add_optimum(cfg: Sweep, splits, result: jsweep.SweepResult, rows, records):
+def _add_optimum(cfg: Sweep, splits, result: SweepResult, rows, records):
     """Adds each point's exact optimum, gap and learning-rate limit to its row and record."""
     opt = optimum_for(
         cfg.train,
@@ -203,7 +204,7 @@ def _add_optimum(cfg: Sweep, splits, result: jsweep.SweepResult, rows, records):
     return opt
 
 
-def _sweep_tables(run: RunDir, result: jsweep.SweepResult, rows: list[dict]) -> str:
+def _sweep_tables(run: RunDir, result: SweepResult, rows: list[dict]) -> str:
     """Writes table.csv and table.md (best by validation loss in bold); returns the markdown."""
     atomic_write_text(run.out / "table.csv", tables.sweep_csv(result, rows=rows))
     table = tables.sweep_markdown(result, rows=rows)
@@ -293,7 +294,7 @@ def write_sweep_outputs(
     cfg: Sweep,
     run: RunDir,
     splits,
-    result: jsweep.SweepResult,
+    result: SweepResult,
     how: str | None = None,
     live_tensorboard: bool = False,
 ) -> dict:

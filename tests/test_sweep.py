@@ -21,6 +21,7 @@ from jaxlr.data import registry as jregistry
 from jaxlr.engine import blocks as jblocks
 from jaxlr.engine import grid as jgrid
 from jaxlr.engine import sweep as jsweep
+from jaxlr.engine import sweep_result as jsweep_result
 from jaxlr.engine.config import HParams, TrainConfig, make_hparams
 from jaxlr.engine.step import Data
 from jaxlr.engine.train import fit, model_for
@@ -94,7 +95,7 @@ def test_make_grid_order_axes_and_reshape():
         jgrid.grid_from_points([{"learning_rate": 0.1, "lambda": 1.0}])
     # reshape / mean_over / best_index on a hand-built result.
     val = np.arange(12.0)
-    res = jsweep.SweepResult(
+    res = jsweep_result.SweepResult(
         grid=g,
         params={},
         metrics={"val_loss": val, "val_accuracy": val / 100},
@@ -119,7 +120,7 @@ def test_make_grid_order_axes_and_reshape():
     assert tied.best_index("val_accuracy", then="val_cross_entropy") == 3
     with pytest.raises(ValueError, match="unknown metric 'val_ce'"):
         tied.best_index("val_accuracy", then="val_ce")
-    means = jsweep.mean_over(res, val)
+    means = jsweep_result.mean_over(res, val)
     assert means.shape == (2, 3)
     assert np.isnan(means[0, 0]) and means[1, 2] == pytest.approx(10.5)
 
@@ -305,6 +306,7 @@ _SHARDED_SCRIPT = textwrap.dedent(
     jax.config.update("jax_enable_x64", True)
     from jaxlr.engine import grid as jgrid
     from jaxlr.engine import sweep as jsweep
+from jaxlr.engine import sweep_result as jsweep_result
     from jaxlr.engine.config import TrainConfig
     from jaxlr.engine.step import Data
     assert len(jax.devices()) == 4, jax.devices()
@@ -599,6 +601,7 @@ _CKPT_SCRIPT = textwrap.dedent(
     from jaxlr.engine import grid as jgrid
     from jaxlr.engine import halving as jhalving
     from jaxlr.engine import sweep as jsweep
+from jaxlr.engine import sweep_result as jsweep_result
     from jaxlr.engine.config import TrainConfig
     from jaxlr.engine.step import Data
     from jaxlr.report import tables
