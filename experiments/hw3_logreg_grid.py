@@ -1,8 +1,8 @@
 """Homework 3, `hw3_logreg_grid`: 9 (label 1) vs 4 (label 0), a lambda x lr grid of full-batch
 gradient descent in one vmapped sweep; the best point is checkpointed, read back and tested on
 the first 1000 test images of 4s and 9s (read again by `experiments.hw3_misclassified`). Its
-figures, table and report prose. Configs and registration: `experiments.hw3_config`; the
-course: `experiments.hw3`.
+figures, table and report prose. Configs, registration and the course:
+`experiments.hw3_config`.
 
 Dimension legend: N training examples, V validation examples, M test examples, D features,
 S grid points.

@@ -1,6 +1,6 @@
 """Homework 3, `hw3_misclassified`: the 20 most confidently misclassified of the first 1000
 4/9 test images, from the checkpoint that `hw3_logreg_grid` wrote, into its own workdir.
-Configs and registration: `experiments.hw3_config`; the course: `experiments.hw3`.
+Configs, registration and the course: `experiments.hw3_config`.
 
 Dimension legend: M test examples, D features.
 """

@@ -1,8 +1,8 @@
 """Homework 3, `hw3_mlp`: the 784-3136-1568-10 ReLU network, plain SGD lr 0.1, batch 32,
 6 epochs on all 60,000 training images, tested on the 10,000 test images (at least 98%
 required); its figures (loss, accuracy, per-epoch history, confusion, per-class accuracy) and
-report prose. Configs and registration: `experiments.hw3_config`; the course's other
-experiments: `experiments.hw3` (which describes the inputs every hw3 experiment uses).
+report prose. Configs and registration, and the course's other experiments:
+`experiments.hw3_config` (which describes the inputs every hw3 experiment uses).
 
 Dimension legend: N training examples, V validation examples, M test examples, D features,
 K classes.

@@ -1,6 +1,6 @@
 """Homework 3, `hw3_online_vs_minibatch`: the `hw3_mlp` family (784-256-128-10) trained with
 batch sizes 1, 32 and 128: wall time, steps/s and test accuracy, their figures and table.
-Configs and registration: `experiments.hw3_config`; the course: `experiments.hw3`.
+Configs, registration and the course: `experiments.hw3_config`.
 
 Dimension legend: N training examples, M test examples, D features.
 """

@@ -12,8 +12,7 @@ Every run writes config.json, metrics.json, its history as JSON lines (`history.
 `history_<run>.jsonl` when an experiment trains several runs), PNG figures and report.md.
 
 Task 4 (L2 regularisation) is in `experiments.tdt4265_task4`, learning-rate annealing in
-`experiments.tdt4265_annealing`; this module holds tasks 2, 2d, 2e, 3 and the mean images, and
-re-exports the other two.
+`experiments.tdt4265_annealing`; this module holds tasks 2, 2d, 2e, 3 and the mean images.
 
 Dimension legend: N examples, K classes, P pixels (784), L values of lambda.
 """
@@ -36,9 +35,7 @@ from experiments.common import (
     task_name,
     train_one,
 )
-from experiments.tdt4265_annealing import _history_panels, lr_annealing
-from experiments.tdt4265_config import Annealing, Binary, BinaryEarly, L2Path, Shuffling, Softmax
-from experiments.tdt4265_task4 import _optimum_table, task4, train_l2_runs
+from experiments.tdt4265_config import Binary, BinaryEarly, Shuffling, Softmax
 from jaxlr.data.splits import load_splits
 from jaxlr.report import figures, history_plots, image_plots, tables
 from jaxlr.report import metrics as jmetrics
@@ -332,21 +329,10 @@ def mean_images(cfg: Softmax, run: RunDir) -> dict:
 
 
 __all__ = [
-    "Annealing",
-    "Binary",
-    "BinaryEarly",
-    "L2Path",
-    "Shuffling",
-    "Softmax",
-    "_history_panels",
-    "_optimum_table",
     "_validation_figure",
-    "lr_annealing",
     "mean_images",
     "task2",
     "task2d",
     "task2e",
     "task3",
-    "task4",
-    "train_l2_runs",
 ]

@@ -306,7 +306,6 @@ _SHARDED_SCRIPT = textwrap.dedent(
     jax.config.update("jax_enable_x64", True)
     from jaxlr.engine import grid as jgrid
     from jaxlr.engine import sweep as jsweep
-from jaxlr.engine import sweep_result as jsweep_result
     from jaxlr.engine.config import TrainConfig
     from jaxlr.engine.step import Data
     assert len(jax.devices()) == 4, jax.devices()
@@ -381,7 +380,7 @@ def test_sharded_over_four_cpu_devices_equals_one_device():
 def test_tdt4265_lambdas_in_one_sweep_equal_separate_runs(tmp_path):
     from experiments import (
         registry,  # noqa: F401  (registers the experiments)
-        tdt4265,
+        tdt4265_task4,
     )
     from experiments.common import RunDir, run_metrics, train_one
     from experiments.config import make_config
@@ -390,7 +389,7 @@ def test_tdt4265_lambdas_in_one_sweep_equal_separate_runs(tmp_path):
     cfg = make_config("tdt4265_task4", dict(num_epochs=2, batch_size=16))
     run = RunDir(tmp_path, tmp_path)
     lambdas = [0.0, 0.1, 0.01]
-    swept = tdt4265.train_l2_runs(cfg, data, run, lambdas)
+    swept = tdt4265_task4.train_l2_runs(cfg, data, run, lambdas)
     assert list(swept) == lambdas
     for lam in lambdas:
         single = train_one(cfg, data, run, f"lambda={lam:g}", l2=lam)
@@ -601,7 +600,6 @@ _CKPT_SCRIPT = textwrap.dedent(
     from jaxlr.engine import grid as jgrid
     from jaxlr.engine import halving as jhalving
     from jaxlr.engine import sweep as jsweep
-from jaxlr.engine import sweep_result as jsweep_result
     from jaxlr.engine.config import TrainConfig
     from jaxlr.engine.step import Data
     from jaxlr.report import tables
