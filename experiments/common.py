@@ -23,8 +23,9 @@ from jaxlr.data.config import DataConfig
 from jaxlr.data.registry import DatasetSpec, get_spec
 from jaxlr.data.splits import optimum_features
 from jaxlr.engine.config import TrainConfig, make_hparams
+from jaxlr.engine.results import TrainResult
 from jaxlr.engine.step import Data, schedule_numbers
-from jaxlr.engine.train import TrainResult, fit, model_for
+from jaxlr.engine.train import fit, model_for
 from jaxlr.host.io import atomic_write_json
 from jaxlr.report import tables
 
@@ -84,9 +85,9 @@ def run_experiment(
     run holds the workdir's lock, writes into a staging folder and publishes config.json,
     metrics.json, report, histories and figures together when it succeeds; a failed or
     interrupted run leaves the workdir's earlier outputs as they were. Before the experiment
-    starts, a workdir it cannot take over is refused (`jaxlr.host.workdir.check_takeover`): the
-    published outputs of another experiment, or files no run wrote where config.json,
-    metrics.json or report.md go.
+    starts, a workdir it cannot take over is refused
+    (`jaxlr.host.workdir_checks.check_takeover`): the published outputs of another
+    experiment, or files no run wrote where config.json, metrics.json or report.md go.
     """
     from jaxlr.host import workdir as jworkdir
 
@@ -112,11 +113,11 @@ def checkpoint_dir(folder: str, run: RunDir) -> Path | None:
     """The `--checkpoint` folder (relative to the current folder, as every path flag; '' =
     none), refused in one line inside what runs publish and remove (`latest`, `.runs`, a
     staging folder)."""
-    from jaxlr.host import workdir as jworkdir
+    from jaxlr.host import workdir_checks
 
     if not folder:
         return None
-    return jworkdir.check_own_folder(run.workdir, Path(folder).expanduser())
+    return workdir_checks.check_own_folder(run.workdir, Path(folder).expanduser())
 
 
 def checkpoint_file(folder: str, run: RunDir, key: str | None) -> Path | None:

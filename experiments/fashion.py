@@ -22,14 +22,14 @@ from experiments.common import RunDir, class_words, protocol_text, run_metrics, 
 from experiments.fashion_config import FashionSoftmax
 from jaxlr.data.splits import load_splits
 from jaxlr.engine.train import model_for
+from jaxlr.report import figures, history_plots, image_plots, tables
 from jaxlr.report import metrics as jmetrics
-from jaxlr.report import plots, tables
 
 
 def _per_class_figure(path, names, acc_K, overall: float, title: str) -> None:
     """Bars of each class's validation accuracy, lowest first, the overall accuracy dashed."""
     order = np.argsort(acc_K, kind="stable")
-    plots.plot_bar(
+    figures.plot_bar(
         path,
         [names[k] for k in order],
         acc_K[order],
@@ -65,16 +65,18 @@ def fashion_softmax(cfg: FashionSoftmax, run: RunDir) -> dict:
     m["worst_class"], m["worst_class_accuracy"] = names[worst], float(acc_K[worst])
 
     title = f"Softmax regression, {cfg.data.dataset}"
-    plots.plot_history(run.out / "loss.png", run.out / "accuracy.png", result.history, title)
+    history_plots.plot_history(
+        run.out / "loss.png", run.out / "accuracy.png", result.history, title
+    )
     _per_class_figure(run.out / "per_class_accuracy.png", names, acc_K, val.accuracy, title)
-    plots.plot_confusion(
+    image_plots.plot_confusion(
         run.out / "confusion_matrix.png",
         cm_KK,
         f"{title}: validation confusion matrix ({val.total} images)",
         class_names=names,
         noun=words.noun,
     )
-    plots.plot_weight_images(
+    image_plots.plot_weight_images(
         run.out / "weights.png",
         {"weights": jmetrics.pixel_weights_KP(result.params, cfg.data.bias_feature)},
         col_labels=names,

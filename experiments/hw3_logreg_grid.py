@@ -1,8 +1,8 @@
 """Homework 3, `hw3_logreg_grid`: 9 (label 1) vs 4 (label 0), a lambda x lr grid of full-batch
 gradient descent in one vmapped sweep; the best point is checkpointed, read back and tested on
 the first 1000 test images of 4s and 9s (read again by `experiments.hw3_misclassified`). Its
-figures, table and report prose. Configs and registration: `experiments.hw3_config`; the
-course: `experiments.hw3`.
+figures, table and report prose. Configs, registration and the course:
+`experiments.hw3_config`.
 
 Dimension legend: N training examples, V validation examples, M test examples, D features,
 S grid points.
@@ -39,8 +39,8 @@ from jaxlr.engine.grid import make_grid
 from jaxlr.engine.sweep import run_sweep
 from jaxlr.engine.train import model_for
 from jaxlr.host import checkpoint as ckpt
+from jaxlr.report import figures, image_plots, tables
 from jaxlr.report import metrics as jmetrics
-from jaxlr.report import plots, tables
 
 log = logging.getLogger("jaxlr.experiments.hw3")
 
@@ -197,7 +197,7 @@ def _grid_figures(folder, result: Any, grid: Any, *, num_val: int, num_epochs: i
     obj_RC = np.where(ok, result.metrics["train_objective"], np.nan).reshape(acc_RC.shape)
     rows = [f"lambda={v:g}" for v in l2_vals]
     cols = [f"lr={v:g}" for v in lr_vals]
-    plots.plot_heatmap(
+    image_plots.plot_heatmap(
         folder / "grid_val_accuracy.png",
         acc_RC,
         rows,
@@ -211,7 +211,7 @@ def _grid_figures(folder, result: Any, grid: Any, *, num_val: int, num_epochs: i
     # The objective spans orders of magnitude (an oscillating point grows large): log10.
     with np.errstate(divide="ignore", invalid="ignore"):
         log_obj = np.log10(obj_RC)
-    plots.plot_heatmap(
+    image_plots.plot_heatmap(
         folder / "grid_objective.png",
         log_obj,
         rows,
@@ -243,7 +243,7 @@ def _grid_figures(folder, result: Any, grid: Any, *, num_val: int, num_epochs: i
                 "ylim": (max(0.0, lo - 0.05), 1.0),
             }
         )
-    plots.plot_side_by_side(
+    figures.plot_side_by_side(
         folder / "grid_curves.png",
         panels,
         suptitle="validation accuracy of every grid point during training",

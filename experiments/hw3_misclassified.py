@@ -1,6 +1,6 @@
 """Homework 3, `hw3_misclassified`: the 20 most confidently misclassified of the first 1000
 4/9 test images, from the checkpoint that `hw3_logreg_grid` wrote, into its own workdir.
-Configs and registration: `experiments.hw3_config`; the course: `experiments.hw3`.
+Configs, registration and the course: `experiments.hw3_config`.
 
 Dimension legend: M test examples, D features.
 """
@@ -29,8 +29,8 @@ from jaxlr.engine.config import (
 )
 from jaxlr.engine.train import model_for
 from jaxlr.host import checkpoint as ckpt
+from jaxlr.report import image_plots, tables
 from jaxlr.report import metrics as jmetrics
-from jaxlr.report import plots, tables
 
 log = logging.getLogger("jaxlr.experiments.hw3")
 
@@ -63,7 +63,7 @@ def hw3_misclassified(cfg: Misclassified, run: RunDir) -> dict:
         for i in top
     ]
     if len(top):
-        plots.plot_image_grid(
+        image_plots.plot_image_grid(
             run.out / "misclassified.png",
             images[top],
             titles,

@@ -1,8 +1,8 @@
 """Homework 3, `hw3_mlp`: the 784-3136-1568-10 ReLU network, plain SGD lr 0.1, batch 32,
 6 epochs on all 60,000 training images, tested on the 10,000 test images (at least 98%
 required); its figures (loss, accuracy, per-epoch history, confusion, per-class accuracy) and
-report prose. Configs and registration: `experiments.hw3_config`; the course's other
-experiments: `experiments.hw3` (which describes the inputs every hw3 experiment uses).
+report prose. Configs and registration, and the course's other experiments:
+`experiments.hw3_config` (which describes the inputs every hw3 experiment uses).
 
 Dimension legend: N training examples, V validation examples, M test examples, D features,
 K classes.
@@ -30,8 +30,8 @@ from jaxlr.engine.config import (
 )
 from jaxlr.engine.step import schedule_numbers, train_eval_count
 from jaxlr.engine.train import model_for
+from jaxlr.report import figures, image_plots, tables
 from jaxlr.report import metrics as jmetrics
-from jaxlr.report import plots, tables
 
 log = logging.getLogger("jaxlr.experiments.hw3")
 
@@ -120,7 +120,7 @@ def _mlp_figures(
         test_name,
         train_eval_count(tcfg, n),
     )
-    plots.plot_bar(
+    figures.plot_bar(
         run.out / "per_class_accuracy.png",
         list(words.class_names),
         per_class,
@@ -130,7 +130,7 @@ def _mlp_figures(
         fmt="{:.3f}",
         ylim=(max(0.0, float(per_class.min()) - 0.03), 1.0),
     )
-    plots.plot_confusion(
+    image_plots.plot_confusion(
         run.out / "confusion_matrix.png",
         cm_KK,
         f"{title}: test confusion matrix ({metrics['test_total']} images)",
@@ -186,7 +186,7 @@ def _epoch_history_figures(
         ),
     }
     hi = max(float(np.nanmax(smooth[window:])) if len(smooth) > window else 1.0, 0.1)
-    a = plots.plot_curves(
+    a = figures.plot_curves(
         loss_path,
         loss,
         styles={
@@ -213,7 +213,7 @@ def _epoch_history_figures(
         [h["train_accuracy"][late], h["val_accuracy"][late], [final["test_accuracy"]]]
     )
     lo = float(np.nanmin(vals)) if np.isfinite(vals).any() else 0.9
-    b = plots.plot_curves(
+    b = figures.plot_curves(
         accuracy_path,
         acc,
         marker="o",

@@ -1,6 +1,6 @@
 """Homework 3, `hw3_online_vs_minibatch`: the `hw3_mlp` family (784-256-128-10) trained with
 batch sizes 1, 32 and 128: wall time, steps/s and test accuracy, their figures and table.
-Configs and registration: `experiments.hw3_config`; the course: `experiments.hw3`.
+Configs, registration and the course: `experiments.hw3_config`.
 
 Dimension legend: N training examples, M test examples, D features.
 """
@@ -29,8 +29,8 @@ from jaxlr.engine.config import (
 )
 from jaxlr.engine.step import schedule_numbers
 from jaxlr.engine.train import fit, measure_step_rate, model_for
+from jaxlr.report import figures, tables
 from jaxlr.report import metrics as jmetrics
-from jaxlr.report import plots, tables
 
 log = logging.getLogger("jaxlr.experiments.hw3")
 
@@ -121,7 +121,7 @@ def _batch_size_figures(
         }
     acc_lo = min(float(np.nanpercentile(c["acc"], 10)) for c in curves.values())
     ylim = (max(0.0, acc_lo - 0.02), 1.0)
-    a = plots.plot_side_by_side(
+    a = figures.plot_side_by_side(
         accuracy_path,
         [
             {
@@ -145,7 +145,7 @@ def _batch_size_figures(
         ],
         suptitle=suptitle,
     )
-    b = plots.plot_bar(
+    b = figures.plot_bar(
         throughput_path,
         list(runs),
         [r["steps_per_second"] for r in runs.values()],

@@ -371,8 +371,8 @@ def _expected_errors() -> tuple[type, ...]:
     from jaxlr.data import idx as jidx
     from jaxlr.engine.distributed import DistributedError
     from jaxlr.engine.resources import ResourceError
+    from jaxlr.engine.results import TrainingDiverged
     from jaxlr.engine.shards import ShardError
-    from jaxlr.engine.train import TrainingDiverged
     from jaxlr.host import checkpoint
 
     return (

@@ -21,8 +21,8 @@ from experiments.regpath_config import RegPath
 from jaxlr.core import solver
 from jaxlr.data.splits import features, load_splits, optimum_features
 from jaxlr.engine.train import model_for
+from jaxlr.report import figures, tables
 from jaxlr.report import metrics as jmetrics
-from jaxlr.report import plots, tables
 
 log = logging.getLogger("jaxlr.experiments.regpath")
 
@@ -147,7 +147,7 @@ def _path_figure(path, cfg: RegPath, lambdas, entries: list[dict]) -> None:
     def series(key):
         return (lam[pos], np.asarray([e[key] for e in entries], np.float64)[pos])
 
-    plots.plot_side_by_side(
+    figures.plot_side_by_side(
         path,
         [
             {"series": {"optimum objective": series("objective"),

@@ -33,8 +33,9 @@ from jaxlr.engine import sweep as jsweep
 from jaxlr.engine.config import ConfigError
 from jaxlr.engine.grid import random_points
 from jaxlr.engine.halving import Halving
+from jaxlr.engine.sweep_result import SweepResult
 from jaxlr.host.io import atomic_write_text
-from jaxlr.report import plots, tables
+from jaxlr.report import sweep_plots, tables
 
 log = logging.getLogger("jaxlr.experiments.sweep")
 
@@ -146,18 +147,19 @@ def grid_of(cfg: Sweep, dtype) -> jgrid.Grid:
     )
 
 
-def _best(result: jsweep.SweepResult, by: str) -> dict | None:
+def _best(result: SweepResult, by: str) -> dict | None:
     if result.diverged.all():
         return None
     i = result.best_index(by)
     return {"index": i, **result.records()[i]}
 
 
-def _write_histories(run: RunDir, result: jsweep.SweepResult, grid: jgrid.Grid) -> dict:
+def _write_histories(run: RunDir, result: SweepResult, grid: jgrid.Grid) -> dict:
     """Writes every point's history; returns point index -> its file name."""
     histories = {}
     for i, h in enumerate(result.histories):
-        name = f"history_{i:03d}_{tables.slug(plots.sweep_point_label(grid.point(i), grid))}.jsonl"
+        label = sweep_plots.sweep_point_label(grid.point(i), grid)
+        name = f"history_{i:03d}_{tables.slug(label)}.jsonl"
         tables.write_history(run.out / name, h)
         histories[i] = name
     return histories
@@ -183,7 +185,7 @@ def _write_tensorboard(cfg: Sweep, run: RunDir, result, records: list, live: boo
         )
 
 
-def _add_optimum(cfg: Sweep, splits, result: jsweep.SweepResult, rows, records):
+def _add_optimum(cfg: Sweep, splits, result: SweepResult, rows, records):
     """Adds each point's exact optimum, gap and learning-rate limit to its row and record."""
     opt = optimum_for(
         cfg.train,
@@ -202,7 +204,7 @@ def _add_optimum(cfg: Sweep, splits, result: jsweep.SweepResult, rows, records):
     return opt
 
 
-def _sweep_tables(run: RunDir, result: jsweep.SweepResult, rows: list[dict]) -> str:
+def _sweep_tables(run: RunDir, result: SweepResult, rows: list[dict]) -> str:
     """Writes table.csv and table.md (best by validation loss in bold); returns the markdown."""
     atomic_write_text(run.out / "table.csv", tables.sweep_csv(result, rows=rows))
     table = tables.sweep_markdown(result, rows=rows)
@@ -213,7 +215,7 @@ def _sweep_tables(run: RunDir, result: jsweep.SweepResult, rows: list[dict]) -> 
 def _best_text(cfg: Sweep, grid, result, best_loss, best_acc, cost: dict, opt) -> str:
     """The report's best-point section: the best points, divergence, work, pruning, stability."""
     tcfg = cfg.train
-    label = plots.sweep_point_label
+    label = sweep_plots.sweep_point_label
     best_text = "Every point diverged."
     if best_loss is not None:
         best_text = (
@@ -292,7 +294,7 @@ def write_sweep_outputs(
     cfg: Sweep,
     run: RunDir,
     splits,
-    result: jsweep.SweepResult,
+    result: SweepResult,
     how: str | None = None,
     live_tensorboard: bool = False,
 ) -> dict:
@@ -336,10 +338,10 @@ def write_sweep_outputs(
         rec["history"] = histories[rec["index"]]
     table = _sweep_tables(run, result, rows)
     if cfg.search == "grid":
-        figures = plots.plot_sweep_heatmaps(result, run.out)
+        figures = sweep_plots.plot_sweep_heatmaps(result, run.out)
     else:
-        figures = [plots.plot_search_scatter(result, run.out)]
-    curves = plots.plot_sweep_curves(result, run.out)
+        figures = [sweep_plots.plot_search_scatter(result, run.out)]
+    curves = sweep_plots.plot_sweep_curves(result, run.out)
     best_loss, best_acc = _best(result, "val_loss"), _best(result, "val_accuracy")
     cost = result.work()
     best_text = _best_text(cfg, grid, result, best_loss, best_acc, cost, opt)

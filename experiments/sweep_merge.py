@@ -29,7 +29,7 @@ from experiments.sweep_config import SweepMerge
 from jaxlr.data.splits import load_splits
 from jaxlr.engine import shards as jshards
 from jaxlr.engine.config import ConfigError
-from jaxlr.host import workdir as jworkdir
+from jaxlr.host import workdir_checks
 
 
 def _load(workdir: str) -> tuple[jshards.ShardResult, dict]:
@@ -37,7 +37,7 @@ def _load(workdir: str) -> tuple[jshards.ShardResult, dict]:
     path = Path(workdir).expanduser()
     if not path.is_dir():
         raise jshards.ShardError(f"shard workdir {path} does not exist")
-    run = jworkdir.latest_run(path)
+    run = workdir_checks.latest_run(path)
     if run is None:
         raise jshards.ShardError(
             f"shard workdir {path} has no finished run: the shard is still running, or was "

@@ -12,8 +12,7 @@ Every run writes config.json, metrics.json, its history as JSON lines (`history.
 `history_<run>.jsonl` when an experiment trains several runs), PNG figures and report.md.
 
 Task 4 (L2 regularisation) is in `experiments.tdt4265_task4`, learning-rate annealing in
-`experiments.tdt4265_annealing`; this module holds tasks 2, 2d, 2e, 3 and the mean images, and
-re-exports the other two.
+`experiments.tdt4265_annealing`; this module holds tasks 2, 2d, 2e, 3 and the mean images.
 
 Dimension legend: N examples, K classes, P pixels (784), L values of lambda.
 """
@@ -36,12 +35,10 @@ from experiments.common import (
     task_name,
     train_one,
 )
-from experiments.tdt4265_annealing import _history_panels, lr_annealing
-from experiments.tdt4265_config import Annealing, Binary, BinaryEarly, L2Path, Shuffling, Softmax
-from experiments.tdt4265_task4 import _optimum_table, task4, train_l2_runs
+from experiments.tdt4265_config import Binary, BinaryEarly, Shuffling, Softmax
 from jaxlr.data.splits import load_splits
+from jaxlr.report import figures, history_plots, image_plots, tables
 from jaxlr.report import metrics as jmetrics
-from jaxlr.report import plots, tables
 
 log = logging.getLogger("jaxlr.experiments.tdt4265")
 
@@ -56,7 +53,7 @@ def _single_run(cfg, run: RunDir, key: str, title: str) -> dict:
     m = run_metrics(result, cfg.train, len(data.y_train))
     tables.write_history(run.out / "history.jsonl", result.history)
     es = m.get("early_stopping")
-    plots.plot_history(
+    history_plots.plot_history(
         run.out / "loss.png", run.out / "accuracy.png", result.history, title, early_stopping=es
     )
     sections = [
@@ -202,7 +199,7 @@ def _validation_figure(
         if es and es["stopped"]:
             vlines[f"early stop, {key} (step {es['step']})"] = {"x": es["step"], "color": f"C{i}"}
     hs = list(histories.values())
-    return plots.plot_side_by_side(
+    return figures.plot_side_by_side(
         path,
         [
             dict(
@@ -211,7 +208,7 @@ def _validation_figure(
                 ylabel="cross-entropy loss",
                 title="validation loss",
                 styles=styles,
-                ylim=plots.robust_ylim([h["val_loss"] for h in hs], lo_q=0, hi_q=98, floor=0.0),
+                ylim=figures.robust_ylim([h["val_loss"] for h in hs], lo_q=0, hi_q=98, floor=0.0),
                 vlines=vlines,
             ),
             dict(
@@ -220,7 +217,7 @@ def _validation_figure(
                 ylabel="accuracy",
                 title="validation accuracy",
                 styles=styles,
-                ylim=plots.robust_ylim(
+                ylim=figures.robust_ylim(
                     [h["val_accuracy"] for h in hs], lo_q=2, hi_q=100, ceil=1.001
                 ),
                 vlines=vlines,
@@ -250,9 +247,9 @@ def task3(cfg: Softmax, run: RunDir) -> dict:
     m["accuracy_gap"] = m["train_accuracy"] - m["val_accuracy"]
     m["loss_gap"] = m["val_loss"] - m["train_loss"]
     title = f"TDT4265 task 3, softmax regression, {cfg.data.dataset}"
-    plots.plot_history(run.out / "loss.png", run.out / "accuracy.png", h, title)
+    history_plots.plot_history(run.out / "loss.png", run.out / "accuracy.png", h, title)
     gap = np.asarray(h["train_accuracy"]) - np.asarray(h["val_accuracy"])
-    plots.plot_curves(
+    figures.plot_curves(
         run.out / "gap.png",
         {"training minus validation accuracy": (h["check_step"], gap)},
         xlabel="training step",
@@ -303,7 +300,7 @@ def mean_images(cfg: Softmax, run: RunDir) -> dict:
     corr_K = jmetrics.pearson_rows(means_KP, w_KP)
     m["mean_weight_correlation"] = {str(i): float(c) for i, c in enumerate(corr_K)}
     words = class_words(cfg.data)
-    plots.plot_weight_images(
+    image_plots.plot_weight_images(
         run.out / "mean_images.png",
         {"mean image": means_KP, "weights": w_KP},
         col_labels=words.class_names,
@@ -332,21 +329,10 @@ def mean_images(cfg: Softmax, run: RunDir) -> dict:
 
 
 __all__ = [
-    "Annealing",
-    "Binary",
-    "BinaryEarly",
-    "L2Path",
-    "Shuffling",
-    "Softmax",
-    "_history_panels",
-    "_optimum_table",
     "_validation_figure",
-    "lr_annealing",
     "mean_images",
     "task2",
     "task2d",
     "task2e",
     "task3",
-    "task4",
-    "train_l2_runs",
 ]

@@ -27,8 +27,8 @@ from experiments.tdt4265_config import Annealing
 from jaxlr.data.splits import load_splits
 from jaxlr.engine.config import TrainConfig
 from jaxlr.engine.optim import make_schedule
+from jaxlr.report import figures, history_plots, tables
 from jaxlr.report import metrics as jmetrics
-from jaxlr.report import plots, tables
 
 log = logging.getLogger("jaxlr.experiments.tdt4265")
 
@@ -82,7 +82,7 @@ def lr_annealing(cfg: Annealing, run: RunDir) -> dict:
         {names[k]: r.history for k, r in results.items()},
         suptitle=f"Learning-rate annealing, {what}",
     )
-    plots.plot_curves(
+    figures.plot_curves(
         run.out / "learning_rate.png",
         {names[k]: v for k, v in rates.items()},
         xlabel="training step",
@@ -124,13 +124,13 @@ def _history_panels(
 ):
     """lr_annealing's loss and accuracy figures: one panel per run (titled with its name)."""
     hs = list(histories.values())
-    loss_lim, acc_lim = plots.loss_ylim(*hs), plots.accuracy_ylim(*hs)
-    a = plots.plot_side_by_side(
+    loss_lim, acc_lim = history_plots.loss_ylim(*hs), history_plots.accuracy_ylim(*hs)
+    a = figures.plot_side_by_side(
         loss_path,
         [
             dict(
-                series=plots.loss_series(h),
-                styles=plots.loss_styles(plots.loss_series(h)),
+                series=history_plots.loss_series(h),
+                styles=history_plots.loss_styles(history_plots.loss_series(h)),
                 xlabel="training step",
                 ylabel="cross-entropy loss",
                 title=name,
@@ -141,11 +141,11 @@ def _history_panels(
         suptitle=f"{suptitle}: loss",
         sharey=True,
     )
-    b = plots.plot_side_by_side(
+    b = figures.plot_side_by_side(
         accuracy_path,
         [
             dict(
-                series=plots.accuracy_series(h),
+                series=history_plots.accuracy_series(h),
                 xlabel="training step",
                 ylabel="accuracy",
                 title=name,

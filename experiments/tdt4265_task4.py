@@ -28,8 +28,8 @@ from jaxlr.data.splits import load_splits
 from jaxlr.engine import grid as jgrid
 from jaxlr.engine import sweep as jsweep
 from jaxlr.engine.step import schedule_numbers
+from jaxlr.report import figures, image_plots, tables
 from jaxlr.report import metrics as jmetrics
-from jaxlr.report import plots, tables
 
 log = logging.getLogger("jaxlr.experiments.tdt4265")
 
@@ -99,7 +99,7 @@ def task4(cfg: L2Path, run: RunDir) -> dict:
         tables.write_history(run.out / hists[key], history)
     big = max(lambdas)
     words = class_words(cfg.data)
-    plots.plot_weight_images(
+    image_plots.plot_weight_images(
         run.out / "weights.png",
         {
             f"lambda={lam:g}": jmetrics.pixel_weights_KP(runs[lam][0], bias_feature)
@@ -226,19 +226,19 @@ def _l2_figures(
         h = histories[lam]
         label = f"$\\lambda$ = {lam:g}" + (" (no penalty)" if lam == 0 else "")
         acc[label] = (h["check_step"], h["val_accuracy"])
-    a = plots.plot_curves(
+    a = figures.plot_curves(
         accuracy_path,
         acc,
         xlabel="training step",
         ylabel="validation accuracy",
         title="Validation accuracy for each L2 strength $\\lambda$, $R(w) = \\sum w^2$",
-        ylim=plots.robust_ylim([s[1] for s in acc.values()], lo_q=0, hi_q=100, ceil=1.001),
+        ylim=figures.robust_ylim([s[1] for s in acc.values()], lo_q=0, hi_q=100, ceil=1.001),
         styles={"$\\lambda$ = 0 (no penalty)": {"color": "black", "linestyle": ":"}},
     )
     pos = sorted(v for v in norms if v != 0.0)
     norm0 = norms[0.0]
     ref = f"$\\lambda$ = 0 (no penalty): {norm0:.2f}"
-    b = plots.plot_curves(
+    b = figures.plot_curves(
         norm_path,
         {"final weights": (pos, [norms[v] for v in pos]), ref: ([pos[0], pos[-1]], [norm0, norm0])},
         xlabel="$\\lambda$ (log scale)",

@@ -258,7 +258,7 @@ try:
     runpy.run_module("experiments.main", run_name="__main__")
 except SystemExit as e:
     assert e.code == 0, e.code
-heavy = ("matplotlib", "jax", "experiments.tdt4265", "experiments.hw3", "experiments.hw3_mlp",
+heavy = ("matplotlib", "jax", "experiments.tdt4265", "experiments.hw3_mlp",
          "experiments.hw3_online_vs_minibatch", "experiments.hw3_logreg_grid",
          "experiments.hw3_misclassified", "experiments.tdt4265_task4",
          "experiments.tdt4265_annealing")

@@ -1,7 +1,6 @@
-"""Tests for jaxlr.data and jaxlr.datasets: IDX validation, registry and lookup, loopback
-downloads, fake data sets, preprocessing, splits, mini-batch indices, and the real MNIST /
-Fashion-MNIST files when present. Most go through the `jaxlr.data` re-exports on purpose:
-older code uses those names."""
+"""Tests for jaxlr.data: IDX validation, registry and lookup, loopback downloads, fake data
+sets, preprocessing, splits, mini-batch indices, and the real MNIST / Fashion-MNIST files when
+present."""
 
 import functools
 import gzip

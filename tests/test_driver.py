@@ -17,7 +17,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from jaxlr.data import fake as jfake
 from jaxlr.data.config import DataConfig
 from jaxlr.data.splits import load_splits
-from jaxlr.engine import driver
+from jaxlr.engine import driver, events, progress
 from jaxlr.engine import grid as jgrid
 from jaxlr.engine import sweep as jsweep
 from jaxlr.engine.config import TrainConfig, make_hparams
@@ -42,7 +42,7 @@ def data(tmp_path_factory):
     return load_splits(cfg).data
 
 
-class Recorder(driver.Observer):
+class Recorder(events.Observer):
     def __init__(self):
         self.start, self.chunks, self.end, self.closed = None, [], None, False
 
@@ -119,7 +119,7 @@ def test_progress_lines_bar_and_refusal(data, capsys):
     assert lines and all(line.startswith("epoch ") for line in lines)
     assert "train_loss" in lines[0] and "steps/s" in lines[0]
     # Under pytest stderr is not a terminal: "auto" shows no bar.
-    assert not driver.bar_wanted("auto")
+    assert not progress.bar_wanted("auto")
     capsys.readouterr()
     # A bar on request (tqdm writes to stderr); beside a bar no line per chunk.
     lines.clear()
@@ -128,19 +128,19 @@ def test_progress_lines_bar_and_refusal(data, capsys):
     assert "epoch" in err and "/6" in err, err
     assert not [line for line in lines if line.startswith("epoch ")]
     with pytest.raises(ValueError, match="progress must be True, False or 'auto'"):
-        driver.bar_wanted("yes")
+        progress.bar_wanted("yes")
 
 
 def test_the_bar_counts_epochs_and_shows_points_active():
     from tqdm import tqdm
 
     out = io.StringIO()
-    bar = driver.ProgressBar()
-    start = driver.Start("sweep", [{}] * 4, None, 10, 5, 0, [None] * 4, "", "")
+    bar = progress.ProgressBar()
+    start = events.Start("sweep", [{}] * 4, None, 10, 5, 0, [None] * 4, "", "")
     # Give the bar a stream we can read (tqdm.auto falls back to the text bar here).
     bar._bar = tqdm(total=10, file=out, desc="sweep", unit="epoch")
     bar._kind, bar._size = start.kind, 4
-    bar.on_chunk(driver.Chunk(4, 10, {}, np.array([1, 1, 0, 0], bool), 0, 1.0, 1.0, 4, "", {}))
+    bar.on_chunk(events.Chunk(4, 10, {}, np.array([1, 1, 0, 0], bool), 0, 1.0, 1.0, 4, "", {}))
     bar.close()
     text = out.getvalue()
     assert "4/10" in text and "active=2/4" in text, text

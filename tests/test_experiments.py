@@ -8,10 +8,10 @@ through `experiments.common.run_experiment`, with its registered smoke overrides
 binary smoke runs take 256 examples of two digits (400 here). Each test checks the files the
 run published (config.json holds the overrides, metrics.json equals the returned metrics,
 PNGs are PNGs, report.md is titled with the run's digits or data set, and so are the
-figures: every `jaxlr.report.plots.plot_*` call is recorded), the workdir layout (top-level names
-are links into `latest/`), and numbers recomputed by hand from the fake arrays
-(`jaxlr.data.fake.fake_arrays`, the same arrays as the files) and from the weights the run
-saved.
+figures: every call of a `plot_*` function of the `jaxlr.report` figure modules is
+recorded), the workdir layout (top-level names are links into `latest/`), and numbers
+recomputed by hand from the fake arrays (`jaxlr.data.fake.fake_arrays`, the same arrays as
+the files) and from the weights the run saved.
 
 Dimension legend: N examples, D features, K classes, P pixels (784).
 """
@@ -29,7 +29,7 @@ import pytest
 from realdata import PNG_MAGIC
 
 from experiments import (
-    hw3,
+    hw3_config,
     registry,  # noqa: F401  (registers the experiments)
 )
 from experiments.common import run_experiment
@@ -38,7 +38,7 @@ from jaxlr.data.config import DataConfig
 from jaxlr.data.fake import fake_arrays, write_fake_dataset
 from jaxlr.data.splits import load_splits, optimum_features
 from jaxlr.host import checkpoint as ckpt
-from jaxlr.report import plots
+from jaxlr.report import figures, history_plots, image_plots, sweep_plots
 
 REPO = Path(__file__).resolve().parents[1]
 FAKE = dict(num_train=2000, num_test=600, seed=0)
@@ -87,14 +87,18 @@ class Run:
         self.plot_calls = plot_calls
 
     def texts(self, plot_fn: str) -> list[str]:
-        """The titles and suptitles given to `plots.<plot_fn>`, in call order."""
+        """The titles and suptitles given to `<plot_fn>` of the figure modules, in call order."""
         return [t for fn, texts in self.plot_calls if fn == plot_fn for t in texts]
 
 
+PLOT_MODULES = (figures, history_plots, image_plots, sweep_plots)
+
+
 def _spy_on_plots(mp: pytest.MonkeyPatch, calls: list) -> None:
-    for name in dir(plots):
-        fn = getattr(plots, name)
-        if not (name.startswith("plot_") and callable(fn)):
+    """Wraps every `plot_*` function where it is defined (each module's own, not its imports)."""
+    for module, name in [(m, n) for m in PLOT_MODULES for n in dir(m)]:
+        fn = getattr(module, name)
+        if not (name.startswith("plot_") and callable(fn)) or fn.__module__ != module.__name__:
             continue
         sig = inspect.signature(fn)
 
@@ -103,7 +107,7 @@ def _spy_on_plots(mp: pytest.MonkeyPatch, calls: list) -> None:
             calls.append((_name, [bound[k] for k in ("title", "suptitle") if bound.get(k)]))
             return _fn(*args, **kwargs)
 
-        mp.setattr(plots, name, spy)
+        mp.setattr(module, name, spy)
 
 
 def snapshot(folder: Path) -> dict:
@@ -135,7 +139,7 @@ def run(tmp_path_factory, fake_dir):
                 overrides["checkpoint"] = str(root / name / overrides["checkpoint"])
             if name == "hw3_misclassified":
                 grid = get("hw3_logreg_grid")
-                overrides["grid_checkpoint"] = str(grid.workdir / hw3.CHECKPOINT_NAME)
+                overrides["grid_checkpoint"] = str(grid.workdir / hw3_config.CHECKPOINT_NAME)
                 grid_before = snapshot(grid.workdir)
             calls: list = []
             with pytest.MonkeyPatch.context() as mp:
@@ -415,14 +419,14 @@ def test_tdt4265_task4_l2(run):
 def test_task4_optimum_table_reads_the_solver_certificate():
     """A lambda 0 certified up front (one-class feature: `no_finite_optimum`, not iterated to
     `separated`) reads "no optimum", not the solver's starting objective "(not converged)"."""
-    from experiments import tdt4265
+    from experiments import tdt4265_task4
 
     row = dict(train_objective=0.5, optimum_objective=2.30259, gap=None, lr_limit=0.04,
                lr_over_limit=0.25, unstable=False, optimum_converged=False)  # fmt: skip
     keys = ["lambda=0"]
-    certified = tdt4265._optimum_table({keys[0]: dict(row, no_finite_optimum=True)}, keys)
+    certified = tdt4265_task4._optimum_table({keys[0]: dict(row, no_finite_optimum=True)}, keys)
     assert "| lambda=0 | 0.50000 | none (separable) | - | 0.04 | 0.25 | no optimum |" in certified
-    stalled = tdt4265._optimum_table({keys[0]: dict(row, no_finite_optimum=False)}, keys)
+    stalled = tdt4265_task4._optimum_table({keys[0]: dict(row, no_finite_optimum=False)}, keys)
     assert "2.30259 (not converged)" in stalled
 
 
@@ -437,7 +441,7 @@ def test_lr_annealing(run):
         "learning_rate.png",
     }
     report = check_outputs(r, "lr_annealing", files, "Learning-rate annealing, 4 vs 9")
-    # tdt4265._history_panels: one row of panels for the loss, one for the accuracy.
+    # tdt4265_annealing._history_panels: one row of panels for the loss, one for the accuracy.
     assert r.texts("plot_side_by_side") == [
         "Learning-rate annealing, 4 vs 9: loss",
         "Learning-rate annealing, 4 vs 9: accuracy",
@@ -595,7 +599,7 @@ def test_hw3_online_vs_minibatch(run):
         "steps_per_second.png",
     }
     report = check_outputs(r, "hw3_online_vs_minibatch", files, "hw3: online versus mini-batch SGD")
-    [suptitle] = r.texts("plot_side_by_side")  # hw3._batch_size_figures
+    [suptitle] = r.texts("plot_side_by_side")  # hw3_online_vs_minibatch._batch_size_figures
     assert "784-16-10 relu" in suptitle and "600 training images" in suptitle
     n = 600  # max_examples
     assert m["batch_sizes"] == [1, 32] and m["num_train"] == n
@@ -628,7 +632,7 @@ def _grid_sets(m_num_test: int):
 
 def _grid_weights(path: Path) -> tuple[np.ndarray, dict]:
     params, meta = ckpt.load_params(
-        path, {"w": np.zeros((785, 1), np.float32)}, kind=hw3.CHECKPOINT_KIND
+        path, {"w": np.zeros((785, 1), np.float32)}, kind=hw3_config.CHECKPOINT_KIND
     )
     return np.asarray(params["w"], np.float64)[:, 0], meta
 
@@ -637,7 +641,7 @@ def test_hw3_logreg_grid(run):
     r = run("hw3_logreg_grid")
     m = r.metrics
     files = {f"history_{i:02d}.jsonl" for i in range(9)} | {
-        hw3.CHECKPOINT_NAME,
+        hw3_config.CHECKPOINT_NAME,
         "grid_val_accuracy.png",
         "grid_objective.png",
         "grid_curves.png",
@@ -666,8 +670,8 @@ def test_hw3_logreg_grid(run):
     assert held[2].max() >= FAKE["num_test"]
 
     # The checkpoint: the best point's weights after 20 full-batch steps.
-    assert m["checkpoint"] == hw3.CHECKPOINT_NAME and m["checkpoint_step"] == 20
-    w, meta = _grid_weights(r.workdir / hw3.CHECKPOINT_NAME)
+    assert m["checkpoint"] == hw3_config.CHECKPOINT_NAME and m["checkpoint_step"] == 20
+    w, meta = _grid_weights(r.workdir / hw3_config.CHECKPOINT_NAME)
     assert meta["step"] == 20 and meta["data"]["digits"] == list(GRID_DIGITS)
     assert meta["config"]["model"] == "logistic" and meta["config"]["l2_bias"] is False
     assert meta["config"]["batch_size"] == len(y_tr)
@@ -731,7 +735,7 @@ def test_hw3_misclassified_from_the_grid_checkpoint(run):
     assert f"{m['test_correct']} correct, {m['num_misclassified']} misclassified" in report
 
     # The ranking by hand, from the checkpoint's weights.
-    w, _ = _grid_weights(grid.workdir / hw3.CHECKPOINT_NAME)
+    w, _ = _grid_weights(grid.workdir / hw3_config.CHECKPOINT_NAME)
     _, _, (x_te, y_te, idx) = _grid_sets(100)
     p = 1.0 / (1.0 + np.exp(-(pixels(x_te, "unit", True) @ w)))
     pred = (p >= 0.5).astype(np.int64)
@@ -752,12 +756,12 @@ def test_hw3_misclassified_from_the_grid_checkpoint(run):
 def test_hw3_misclassified_leaves_the_grid_workdir_untouched(run):
     r = run("hw3_misclassified")
     assert r.grid_after == r.grid_before
-    assert any(k.endswith(hw3.CHECKPOINT_NAME) for k in r.grid_before)
+    assert any(k.endswith(hw3_config.CHECKPOINT_NAME) for k in r.grid_before)
 
 
 def test_hw3_grid_checkpoint_and_run_record_what_hw3_misclassified_checks(run):
     r = run("hw3_logreg_grid")
-    _, meta = _grid_weights(r.workdir / hw3.CHECKPOINT_NAME)
+    _, meta = _grid_weights(r.workdir / hw3_config.CHECKPOINT_NAME)
     # The grid's data section as config.json has it, nothing rewritten by hand beside it.
     assert meta["data"] == json.loads((r.workdir / "config.json").read_text())["data"]
     assert meta["data"]["dataset"] == "fake" and meta["data"]["dtype"] == "float32"

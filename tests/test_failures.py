@@ -490,11 +490,12 @@ def test_hw3_mlp_report_counts_the_training_images_its_checks_use():
 
     import numpy as np
 
-    from experiments import hw3
+    from experiments.hw3_config import Mlp
+    from experiments.hw3_mlp import _mlp_sections
 
-    cfg = hw3.Mlp()  # train_eval_size 10000
+    cfg = Mlp()  # train_eval_size 10000
     metrics = collections.defaultdict(float, test_correct=1, test_total=2)
-    text = "\n".join(hw3._mlp_sections(cfg, 784, 1000, 31, 500, "test", metrics, np.eye(10)))
+    text = "\n".join(_mlp_sections(cfg, 784, 1000, 31, 500, "test", metrics, np.eye(10)))
     assert "and the first 1000 training images." in text, text
     assert "10000 training images" not in text
 

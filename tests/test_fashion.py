@@ -28,7 +28,7 @@ from jaxlr.data import registry as jregistry
 from jaxlr.data.config import DataConfig
 from jaxlr.data.fake import write_fake_dataset
 from jaxlr.engine.step import Data
-from jaxlr.report import plots
+from jaxlr.report import figures, history_plots, image_plots, sweep_plots
 
 REPO = Path(__file__).resolve().parents[1]
 NAMES = jregistry.FASHION_MNIST_CLASSES
@@ -106,8 +106,11 @@ def test_a_fashion_run_names_its_classes_and_never_says_digit(
     from experiments.common import run_experiment
 
     texts, nouns = [], []
-    for fn_name in [n for n in dir(plots) if n.startswith("plot_")]:
-        fn = getattr(plots, fn_name)
+    modules = (figures, history_plots, image_plots, sweep_plots)
+    for module, fn_name in [(m, n) for m in modules for n in dir(m) if n.startswith("plot_")]:
+        fn = getattr(module, fn_name)
+        if fn.__module__ != module.__name__:
+            continue
 
         def spy(*args, _fn=fn, **kwargs):
             texts.extend(_strings([a for a in args if isinstance(a, (str, dict, list, tuple))]))
@@ -116,7 +119,7 @@ def test_a_fashion_run_names_its_classes_and_never_says_digit(
                 nouns.append(kwargs["noun"])
             return _fn(*args, **kwargs)
 
-        monkeypatch.setattr(plots, fn_name, spy)
+        monkeypatch.setattr(module, fn_name, spy)
     overrides = {
         **EXPERIMENTS[name].smoke,
         **FIT[name],

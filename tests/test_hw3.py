@@ -18,7 +18,6 @@ import pytest
 from realdata import DATA_DIR, PNG_MAGIC, needs_data, require_data
 
 from experiments import (
-    hw3,
     hw3_config,
     registry,  # noqa: F401  (registers the experiments)
 )
@@ -275,7 +274,7 @@ def test_hw3_logreg_grid_checkpoint_and_test_count(grid_run):
     )
     steps = cfg.train.num_epochs
     assert meta["step"] == steps and m["checkpoint_step"] == steps
-    assert meta["kind"] == hw3.CHECKPOINT_KIND
+    assert meta["kind"] == hw3_config.CHECKPOINT_KIND
     assert meta["config"]["model"] == "logistic" and meta["config"]["l2_bias"] is False
     assert meta["data"]["digits"] == [9, 4]  # the data section, as in config.json
     w = np.asarray(params["w"], np.float64)[:, 0]
@@ -399,7 +398,12 @@ def test_hw3_misclassified_refuses_another_models_checkpoint(tmp_path):
         run_experiment("hw3_misclassified", out, {"grid_checkpoint": str(other)})
     # Labelled as the grid's, but the weights do not fit a 785-input logistic regression.
     tcfg = dataclasses.replace(make_config("hw3_logreg_grid").train, batch_size=10)
-    meta = {"kind": hw3.CHECKPOINT_KIND, "digits": [9, 4], "scale": "unit", "bias_feature": True}
+    meta = {
+        "kind": hw3_config.CHECKPOINT_KIND,
+        "digits": [9, 4],
+        "scale": "unit",
+        "bias_feature": True,
+    }
     wrong = ckpt.save_checkpoint(
         tmp_path / "wrong.npz",
         {"params": {"w": np.zeros((100, 1), np.float32)}},

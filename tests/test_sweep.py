@@ -21,6 +21,7 @@ from jaxlr.data import registry as jregistry
 from jaxlr.engine import blocks as jblocks
 from jaxlr.engine import grid as jgrid
 from jaxlr.engine import sweep as jsweep
+from jaxlr.engine import sweep_result as jsweep_result
 from jaxlr.engine.config import HParams, TrainConfig, make_hparams
 from jaxlr.engine.step import Data
 from jaxlr.engine.train import fit, model_for
@@ -94,7 +95,7 @@ def test_make_grid_order_axes_and_reshape():
         jgrid.grid_from_points([{"learning_rate": 0.1, "lambda": 1.0}])
     # reshape / mean_over / best_index on a hand-built result.
     val = np.arange(12.0)
-    res = jsweep.SweepResult(
+    res = jsweep_result.SweepResult(
         grid=g,
         params={},
         metrics={"val_loss": val, "val_accuracy": val / 100},
@@ -119,7 +120,7 @@ def test_make_grid_order_axes_and_reshape():
     assert tied.best_index("val_accuracy", then="val_cross_entropy") == 3
     with pytest.raises(ValueError, match="unknown metric 'val_ce'"):
         tied.best_index("val_accuracy", then="val_ce")
-    means = jsweep.mean_over(res, val)
+    means = jsweep_result.mean_over(res, val)
     assert means.shape == (2, 3)
     assert np.isnan(means[0, 0]) and means[1, 2] == pytest.approx(10.5)
 
@@ -379,7 +380,7 @@ def test_sharded_over_four_cpu_devices_equals_one_device():
 def test_tdt4265_lambdas_in_one_sweep_equal_separate_runs(tmp_path):
     from experiments import (
         registry,  # noqa: F401  (registers the experiments)
-        tdt4265,
+        tdt4265_task4,
     )
     from experiments.common import RunDir, run_metrics, train_one
     from experiments.config import make_config
@@ -388,7 +389,7 @@ def test_tdt4265_lambdas_in_one_sweep_equal_separate_runs(tmp_path):
     cfg = make_config("tdt4265_task4", dict(num_epochs=2, batch_size=16))
     run = RunDir(tmp_path, tmp_path)
     lambdas = [0.0, 0.1, 0.01]
-    swept = tdt4265.train_l2_runs(cfg, data, run, lambdas)
+    swept = tdt4265_task4.train_l2_runs(cfg, data, run, lambdas)
     assert list(swept) == lambdas
     for lam in lambdas:
         single = train_one(cfg, data, run, f"lambda={lam:g}", l2=lam)

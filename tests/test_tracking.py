@@ -34,6 +34,7 @@ from jaxlr.data.config import DataConfig
 from jaxlr.data.splits import load_splits
 from jaxlr.engine import grid as jgrid
 from jaxlr.engine import sweep as jsweep
+from jaxlr.engine import sweep_result as jsweep_result
 from jaxlr.engine import train as jtrain
 from jaxlr.engine.config import TrainConfig, make_hparams
 from jaxlr.report import tracking
@@ -214,7 +215,7 @@ SWEEP_CONFIG = TrainConfig(
 SWEEP_GRID = dict(learning_rate=(0.02, 0.3), l2=(0.0, 0.01), seed=(0, 1))
 
 
-def _expected_metrics(result: jsweep.SweepResult, i: int) -> dict[str, float]:
+def _expected_metrics(result: jsweep_result.SweepResult, i: int) -> dict[str, float]:
     """Point i's HParams metrics, from the sweep result's own arrays."""
     h = result.histories[i]
     step = int(result.early_stopping["step"][i])
@@ -540,7 +541,7 @@ def test_an_experiment_publishes_tensorboard_equal_to_its_history(fake_folder, t
 
 def test_no_tensorboard_and_a_failed_run_leave_no_event_files(fake_folder, tmp_path):
     from experiments.common import run_experiment
-    from jaxlr.engine.train import TrainingDiverged
+    from jaxlr.engine.results import TrainingDiverged
 
     w = tmp_path / "off"
     run_experiment("tdt4265_task2", w, _overrides("tdt4265_task2", fake_folder), tensorboard=False)

@@ -10,9 +10,9 @@ import pytest
 from jaxlr.core.testing import assert_tree_allclose
 from jaxlr.engine import optim, step
 from jaxlr.engine.config import TrainConfig, make_hparams
+from jaxlr.engine.results import TrainingDiverged
 from jaxlr.engine.step import Data
 from jaxlr.engine.train import (
-    TrainingDiverged,
     fit,
     make_engine,
     measure_step_rate,
@@ -751,7 +751,7 @@ def test_make_hparams_refuses_knobs_no_run_trains_with(kwargs, message):
 
 
 def test_fit_records_knobs_as_given_not_as_float32():
-    from jaxlr.engine.driver import Observer
+    from jaxlr.engine.events import Observer
 
     class Keep(Observer):
         def on_start(self, start):

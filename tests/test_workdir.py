@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from jaxlr.host import io, workdir
+from jaxlr.host import io, workdir, workdir_checks, workdir_lock
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -40,7 +40,7 @@ def _visible(root: Path) -> dict:
     out = {}
     for name in sorted(os.listdir(root)):
         p = root / name
-        if name.startswith(".") or name == workdir.LATEST_NAME or not p.exists():
+        if name.startswith(".") or name == workdir_checks.LATEST_NAME or not p.exists():
             continue
         if p.is_dir():
             for f in sorted(p.rglob("*")):
@@ -105,11 +105,13 @@ def test_publish_shows_one_runs_files_at_the_top(tmp_path):
     wd = tmp_path / "runs" / "x"
     run_dir = _publish(wd, OLD)
     assert _visible(wd) == {k: v.encode() for k, v in OLD.items()}
-    assert run_dir == workdir.latest_run(wd) and run_dir.parent == wd / workdir.RUNS_NAME
+    assert (
+        run_dir == workdir_checks.latest_run(wd) and run_dir.parent == wd / workdir_checks.RUNS_NAME
+    )
     assert (wd / "metrics.json").read_text() == OLD["metrics.json"]
     # The relative image link of report.md resolves from the workdir itself.
     assert (wd / "report.md").parent.joinpath("figures/loss.png").read_text() == "old png"
-    assert workdir.published_names(wd) == sorted(
+    assert workdir_checks.published_names(wd) == sorted(
         ["config.json", "metrics.json", "report.md", "figures", "history_a.jsonl"]
     )
     # No staging folder, no temporary names, a released (empty) lock file.
@@ -128,7 +130,7 @@ def test_publish_replaces_the_whole_set(tmp_path):
     assert _visible(wd) == {k: v.encode() for k, v in NEW.items()}
     assert not os.path.lexists(wd / "history_a.jsonl")  # only in the old run: gone
     assert not first.exists()  # the older run folder is deleted
-    assert os.listdir(wd / workdir.RUNS_NAME) == [workdir.latest_run(wd).name]
+    assert os.listdir(wd / workdir_checks.RUNS_NAME) == [workdir_checks.latest_run(wd).name]
 
 
 def test_failed_run_leaves_every_file_byte_for_byte(tmp_path):
@@ -174,9 +176,9 @@ def test_publish_early_and_discard(tmp_path):
     with workdir.Staging(wd) as st:
         io.atomic_write_text(st.path("metrics.json"), "{}\n")
         run_dir = st.publish()
-        with pytest.raises(workdir.WorkdirError, match="staging is published"):
+        with pytest.raises(workdir_checks.WorkdirError, match="staging is published"):
             st.path("late.txt")
-    assert workdir.latest_run(wd) == run_dir
+    assert workdir_checks.latest_run(wd) == run_dir
     assert _visible(wd) == {"metrics.json": b"{}\n"}
 
 
@@ -205,7 +207,7 @@ def test_real_folder_in_the_way_is_an_error_and_changes_nothing(tmp_path):
     (wd / "data").mkdir()
     (wd / "data" / "keep.bin").write_bytes(b"user data")
     before = _snapshot(wd)
-    with pytest.raises(workdir.WorkdirError, match=r"cannot publish 'data': a folder"):
+    with pytest.raises(workdir_checks.WorkdirError, match=r"cannot publish 'data': a folder"):
         with workdir.Staging(wd) as st:
             io.atomic_write_text(st.path("data/x.txt"), "x")
     assert _snapshot(wd) == before
@@ -214,7 +216,7 @@ def test_real_folder_in_the_way_is_an_error_and_changes_nothing(tmp_path):
 def test_real_latest_in_the_way_is_an_error(tmp_path):
     wd = tmp_path / "wd"
     (wd / "latest").mkdir(parents=True)
-    with pytest.raises(workdir.WorkdirError, match="latest exists and is not the link"):
+    with pytest.raises(workdir_checks.WorkdirError, match="latest exists and is not the link"):
         _publish(wd, NEW)
     assert sorted(os.listdir(wd)) == [".lock", "latest"]
 
@@ -226,7 +228,7 @@ def test_users_files_with_output_names_are_refused_before_the_run(tmp_path):
     (wd / "metrics.json").write_text("my metrics")
     before = _snapshot(wd)
     ran = []
-    with pytest.raises(workdir.WorkdirError, match=r"metrics.json is a file that no run"):
+    with pytest.raises(workdir_checks.WorkdirError, match=r"metrics.json is a file that no run"):
         with workdir.Staging(wd, kind="x", outputs=("metrics.json", "report.md")):
             ran.append(1)
     assert not ran  # refused on entering: before the run's work
@@ -245,7 +247,7 @@ def test_a_staged_name_over_what_no_run_wrote_is_refused_at_publish(tmp_path, wh
     else:
         os.symlink("notes.txt", wd / "config.json")
     before = _snapshot(wd)
-    with pytest.raises(workdir.WorkdirError, match=r"cannot publish 'config.json': a"):
+    with pytest.raises(workdir_checks.WorkdirError, match=r"cannot publish 'config.json': a"):
         _publish(wd, NEW)
     after = _snapshot(wd)
     assert {k: v for k, v in after.items() if k != ".lock"} == before
@@ -257,7 +259,7 @@ def test_a_published_name_replaced_by_the_user_is_refused_on_entering(tmp_path):
     (wd / "report.md").unlink()
     (wd / "report.md").write_text("edited by hand")
     before = _snapshot(wd)
-    with pytest.raises(workdir.WorkdirError, match=r"report.md is a file that no run"):
+    with pytest.raises(workdir_checks.WorkdirError, match=r"report.md is a file that no run"):
         with workdir.Staging(wd):
             pass
     assert _snapshot(wd) == before
@@ -277,7 +279,7 @@ def test_a_broken_latest_is_refused_and_the_run_folder_kept(tmp_path, latest):
         os.symlink("elsewhere", wd / "latest")
     before = _snapshot(wd)
     ran = []
-    with pytest.raises(workdir.WorkdirError, match=r"nothing was changed") as err:
+    with pytest.raises(workdir_checks.WorkdirError, match=r"nothing was changed") as err:
         with workdir.Staging(wd):
             ran.append(1)
     assert not ran and "\n" not in str(err.value)
@@ -289,10 +291,12 @@ def test_a_run_of_another_kind_is_refused_the_same_kind_replaces(tmp_path):
     wd = tmp_path / "wd"
     with workdir.Staging(wd, kind="grid") as st:
         io.atomic_write_text(st.path("report.md"), "grid")
-    info = (st.run_dir / workdir.RUN_INFO_NAME).read_text()
+    info = (st.run_dir / workdir_checks.RUN_INFO_NAME).read_text()
     assert '"kind": "grid"' in info
     before = _snapshot(wd)
-    with pytest.raises(workdir.WorkdirError, match=r"holds the published outputs of grid; a run"):
+    with pytest.raises(
+        workdir_checks.WorkdirError, match=r"holds the published outputs of grid; a run"
+    ):
         with workdir.Staging(wd, kind="mistakes"):
             pass
     assert _snapshot(wd) == before
@@ -304,7 +308,7 @@ def test_a_run_of_another_kind_is_refused_the_same_kind_replaces(tmp_path):
 def test_kind_of_an_older_run_is_its_config_experiment(tmp_path):
     wd = tmp_path / "wd"
     _publish(wd, {"config.json": '{"experiment": "grid"}\n'})
-    with pytest.raises(workdir.WorkdirError, match=r"published outputs of grid"):
+    with pytest.raises(workdir_checks.WorkdirError, match=r"published outputs of grid"):
         with workdir.Staging(wd, kind="mistakes"):
             pass
 
@@ -328,8 +332,8 @@ def test_real_subfolders_for_resuming_stay_usable(tmp_path):
 def _patch_steps(monkeypatch, before_step) -> None:
     """Calls `before_step()` before every step of publishing that changes the disk."""
     for owner, name in (
-        (workdir.io, "atomic_symlink"),
-        (workdir.os, "rename"),
+        (io, "atomic_symlink"),
+        (os, "rename"),
         (workdir, "_rmtree"),
     ):
         real = getattr(owner, name)
@@ -383,7 +387,9 @@ def test_interrupt_at_every_step_of_publishing_is_all_or_nothing(monkeypatch, tm
         with workdir.Staging(wd) as st:
             st.discard()
         assert _visible(wd) == view
-        assert sorted(os.listdir(wd / workdir.RUNS_NAME)) == [workdir.latest_run(wd).name]
+        assert sorted(os.listdir(wd / workdir_checks.RUNS_NAME)) == [
+            workdir_checks.latest_run(wd).name
+        ]
         assert all((wd / n).exists() for n in os.listdir(wd))  # no dangling links
     assert outcomes == {"old", "new"}  # the switch really is the one commit point
 
@@ -401,7 +407,7 @@ def test_sigint_during_publishing_takes_effect_after_it(monkeypatch, tmp_path):
             time.sleep(0.05)  # the handler would run here if it were not held back
         return real_symlink(*a)
 
-    monkeypatch.setattr(workdir.io, "atomic_symlink", symlink_and_interrupt)
+    monkeypatch.setattr(io, "atomic_symlink", symlink_and_interrupt)
     with pytest.raises(KeyboardInterrupt):
         _publish(wd, NEW)
     assert sent
@@ -415,16 +421,16 @@ def test_recovery_removes_what_a_crash_left(tmp_path, caplog):
     visible = _visible(wd)
     (wd / ".staging-999999" / "figures").mkdir(parents=True)
     (wd / ".staging-999999" / "metrics.json").write_text("half")
-    (wd / workdir.RUNS_NAME / "20990101-000000-000000-1").mkdir()
+    (wd / workdir_checks.RUNS_NAME / "20990101-000000-000000-1").mkdir()
     os.symlink("latest/history_z.jsonl", wd / "history_z.jsonl")  # dangling output link
     os.symlink(".runs/x", wd / ".latest.0123456789ab.tmp")
     with caplog.at_level(logging.WARNING, logger="jaxlr.workdir"):
         with workdir.Staging(wd) as st:
             st.discard()
     assert sorted(os.listdir(wd)) == sorted(
-        [".lock", ".runs", "latest", *workdir.published_names(wd)]
+        [".lock", ".runs", "latest", *workdir_checks.published_names(wd)]
     )
-    assert os.listdir(wd / workdir.RUNS_NAME) == [workdir.latest_run(wd).name]
+    assert os.listdir(wd / workdir_checks.RUNS_NAME) == [workdir_checks.latest_run(wd).name]
     assert _visible(wd) == visible
     text = caplog.text
     assert ".staging-999999" in text and "20990101" in text and "history_z.jsonl" in text
@@ -456,7 +462,7 @@ def test_sigint_while_writing_outputs_leaves_old_files(tmp_path):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode != 0 and "KeyboardInterrupt" in err
     assert _snapshot(wd) == before
-    assert workdir.read_lock_info(wd) is None  # released cleanly
+    assert workdir_lock.read_lock_info(wd) is None  # released cleanly
 
 
 # ---------------------------------------------------------------------------------------------
@@ -487,11 +493,11 @@ def test_second_run_is_refused_at_once_naming_the_holder(tmp_path):
         second = _child(
             """
             import sys
-            from jaxlr.host import io, workdir
+            from jaxlr.host import io, workdir, workdir_checks
             try:
                 with workdir.Staging(sys.argv[1]) as st:
                     io.atomic_write_text(st.path("metrics.json"), "second")
-            except workdir.WorkdirBusy as e:
+            except workdir_checks.WorkdirBusy as e:
                 print(e)
                 sys.exit(3)
             """,
@@ -505,7 +511,7 @@ def test_second_run_is_refused_at_once_naming_the_holder(tmp_path):
         assert "\n" not in line
         assert line.startswith(f"workdir {wd} is in use by process {first.pid} (")
         assert "started " in line
-        holder = workdir.read_lock_info(wd)
+        holder = workdir_lock.read_lock_info(wd)
         assert holder is not None and holder.pid == first.pid
     finally:
         go.touch()
@@ -516,11 +522,11 @@ def test_second_run_is_refused_at_once_naming_the_holder(tmp_path):
 
 def test_lock_is_not_reentrant_and_always_released(tmp_path):
     wd = tmp_path / "wd"
-    with workdir.lock_workdir(wd) as me:
+    with workdir_lock.lock_workdir(wd) as me:
         assert me.pid == os.getpid()
-        assert workdir.read_lock_info(wd) == me
-        with pytest.raises(workdir.WorkdirBusy, match=f"in use by process {os.getpid()} "):
-            with workdir.lock_workdir(wd):
+        assert workdir_lock.read_lock_info(wd) == me
+        with pytest.raises(workdir_checks.WorkdirBusy, match=f"in use by process {os.getpid()} "):
+            with workdir_lock.lock_workdir(wd):
                 pass
         # Another thread of this process is refused too.
         errors = []
@@ -529,19 +535,19 @@ def test_lock_is_not_reentrant_and_always_released(tmp_path):
             try:
                 with workdir.Staging(wd):
                     pass
-            except workdir.WorkdirBusy as e:
+            except workdir_checks.WorkdirBusy as e:
                 errors.append(str(e))
 
         t = threading.Thread(target=other_thread)
         t.start()
         t.join()
         assert len(errors) == 1 and f"process {os.getpid()} " in errors[0]
-    assert workdir.read_lock_info(wd) is None
+    assert workdir_lock.read_lock_info(wd) is None
     for exc in (RuntimeError, KeyboardInterrupt):
         with pytest.raises(exc):
             with workdir.Staging(wd):
                 raise exc()
-        with workdir.lock_workdir(wd):  # free again
+        with workdir_lock.lock_workdir(wd):  # free again
             pass
     assert not [n for n in os.listdir(wd) if n.startswith(".staging-")]
 
@@ -549,20 +555,20 @@ def test_lock_is_not_reentrant_and_always_released(tmp_path):
 def test_staging_inside_lock_workdir_uses_that_lock(tmp_path):
     wd = tmp_path / "wd"
     _publish(wd, OLD)
-    with workdir.lock_workdir(wd) as me, workdir.Staging(wd) as st:
+    with workdir_lock.lock_workdir(wd) as me, workdir.Staging(wd) as st:
         assert st.lock == me
         io.atomic_write_text(st.path("metrics.json"), "new")
         st.publish()
-        assert workdir.read_lock_info(wd) == me  # still held until lock_workdir exits
-    assert workdir.read_lock_info(wd) is None
+        assert workdir_lock.read_lock_info(wd) == me  # still held until lock_workdir exits
+    assert workdir_lock.read_lock_info(wd) is None
     assert _visible(wd) == {"metrics.json": b"new"}
     before = _snapshot(wd)
     with pytest.raises(RuntimeError):
-        with workdir.lock_workdir(wd), workdir.Staging(wd) as st:
+        with workdir_lock.lock_workdir(wd), workdir.Staging(wd) as st:
             io.atomic_write_text(st.path("metrics.json"), "failed")
             raise RuntimeError
     assert _snapshot(wd) == before
-    with workdir.lock_workdir(wd):  # released
+    with workdir_lock.lock_workdir(wd):  # released
         pass
 
 
@@ -587,12 +593,12 @@ def test_stale_lock_of_a_killed_run_is_taken_over(tmp_path, caplog):
     _wait_for(ready, proc)
     proc.kill()  # SIGKILL: no cleanup; the kernel drops the flock
     proc.communicate(timeout=60)
-    stale = workdir.read_lock_info(wd)
+    stale = workdir_lock.read_lock_info(wd)
     assert stale is not None and stale.pid == proc.pid
     assert (wd / f".staging-{proc.pid}").is_dir()
     with caplog.at_level(logging.WARNING, logger="jaxlr.workdir"):
         with workdir.Staging(wd) as st:
-            assert workdir.read_lock_info(wd).pid == os.getpid()
+            assert workdir_lock.read_lock_info(wd).pid == os.getpid()
             st.discard()
     assert f"took over the stale lock of dead process {proc.pid}" in caplog.text
     assert not (wd / f".staging-{proc.pid}").exists()
@@ -609,7 +615,7 @@ def test_stale_lock_file_written_by_hand(tmp_path, caplog):
         '"started": "2026-01-01T00:00:00", "command": "python -m experiments.main"}\n'
     )
     with caplog.at_level(logging.WARNING, logger="jaxlr.workdir"):
-        with workdir.lock_workdir(wd):
+        with workdir_lock.lock_workdir(wd):
             pass
     assert f"took over the stale lock of dead process {dead.pid}" in caplog.text
     assert "python -m experiments.main" in caplog.text
@@ -622,19 +628,19 @@ def test_stale_lock_file_written_by_hand(tmp_path, caplog):
 def test_workdir_that_is_a_file(tmp_path):
     f = tmp_path / "runs"
     f.write_text("not a folder")
-    with pytest.raises(workdir.WorkdirError, match=f"^workdir {f} is a file, not a folder"):
+    with pytest.raises(workdir_checks.WorkdirError, match=f"^workdir {f} is a file, not a folder"):
         with workdir.Staging(f):
             pass
-    with pytest.raises(workdir.WorkdirError, match=f"cannot be created: {f} is a file"):
+    with pytest.raises(workdir_checks.WorkdirError, match=f"cannot be created: {f} is a file"):
         with workdir.Staging(f / "x" / "y"):
             pass
     assert f.read_text() == "not a folder"
-    assert issubclass(workdir.WorkdirError, OSError)
+    assert issubclass(workdir_checks.WorkdirError, OSError)
 
 
 _AS_NOBODY = """
 import os, sys
-from jaxlr.host import workdir
+from jaxlr.host import workdir, workdir_checks
 pid = os.fork()
 if pid == 0:  # no exec: nothing has to be readable by nobody
     code = 1
@@ -646,7 +652,7 @@ if pid == 0:  # no exec: nothing has to be readable by nobody
                 pass
             print("no error", flush=True)
             code = 2
-        except workdir.WorkdirError as e:
+        except workdir_checks.WorkdirError as e:
             print(e, flush=True)
             code = 3
     finally:
@@ -687,7 +693,7 @@ def test_unwritable_workdir(tmp_path, sub):
         if os.geteuid() == 0:  # root ignores file modes: check as the unprivileged `nobody`
             message = _error_as_nobody(wd)
         else:
-            with pytest.raises(workdir.WorkdirError) as err:
+            with pytest.raises(workdir_checks.WorkdirError) as err:
                 with workdir.Staging(wd):
                     pass
             message = str(err.value)
@@ -707,6 +713,6 @@ def test_unwritable_workdir(tmp_path, sub):
 @pytest.mark.skipif(not os.path.isdir("/sys/kernel"), reason="needs Linux sysfs")
 def test_workdir_that_even_root_cannot_create():
     wd = Path("/sys/jaxlr-workdir-test")
-    with pytest.raises(workdir.WorkdirError, match=f"^workdir {wd} cannot be created: "):
+    with pytest.raises(workdir_checks.WorkdirError, match=f"^workdir {wd} cannot be created: "):
         with workdir.Staging(wd):
             pass

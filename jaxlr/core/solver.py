@@ -81,7 +81,6 @@ __all__ = [
     "DEFAULT_TOL",
     "METHODS",
     "OptimumReport",
-    "SolveResult",
     "optimum_report",
     "solve",
     "solve_path",

@@ -2,7 +2,7 @@
 
 `check_data` (shapes, without copying), `check_inputs` (labels, finite features, batch size)
 and the check of one run's scalar hyper-parameters; each error is one line naming the array
-or knob. `jaxlr.engine.train` re-exports the public names.
+or knob.
 
 Dimensions: N training examples, V validation examples, D features, K classes.
 """

@@ -18,7 +18,7 @@ gives `drive` a `Runner` that knows those; `drive` owns everything around them, 
   (`ProgressLog`), a progress bar (`ProgressBar`) and TensorBoard output
   (`jaxlr.report.tracking.TensorBoardObserver`) are observers; `default_observers` picks the
   progress display. The events and `Observer` live in `jaxlr.engine.events`, the progress
-  displays in `jaxlr.engine.progress`; this module re-exports both.
+  displays in `jaxlr.engine.progress`.
 
 Dimensions: S points (1 for a single run), T steps of a chunk, M batches per epoch.
 """
@@ -38,13 +38,6 @@ import jax
 import numpy as np
 
 from jaxlr.engine.events import Chunk, End, Observer, Start
-from jaxlr.engine.progress import (
-    ProgressBar,
-    ProgressLog,
-    bar_wanted,
-    default_observers,
-    fmt_time,
-)
 from jaxlr.engine.step import StepLog
 from jaxlr.host import checkpoint as ckpt
 
@@ -463,22 +456,13 @@ def _drive_held(
 
 
 __all__ = [
-    "Chunk",
     "ChunkOut",
     "Drive",
-    "End",
-    "Observer",
-    "ProgressBar",
-    "ProgressLog",
     "Runner",
-    "Start",
     "agree",
-    "bar_wanted",
     "concat_histories",
-    "default_observers",
     "drive",
     "empty_history",
     "fingerprint_diff",
-    "fmt_time",
     "history_from_logs",
 ]

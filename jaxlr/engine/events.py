@@ -74,7 +74,7 @@ class End(NamedTuple):
 
     Attributes:
       records: one final record per point (metrics of the returned parameters, steps,
-        stopping and divergence; see `jaxlr.engine.sweep.SweepResult.records`).
+        stopping and divergence; see `jaxlr.engine.sweep_result.SweepResult.records`).
       histories: every point's whole history.
       wall_seconds: wall time of the driver.
       epoch: the last epoch reached.

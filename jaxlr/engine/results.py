@@ -1,7 +1,7 @@
 """What a single run returns and how it fails: `TrainResult`, `TrainingDiverged`, and the host
 numbers built from a run's state (`early_stopping_summary`, `history_records`, `summary_text`).
 
-Host side of `jaxlr.engine.train.fit`; `jaxlr.engine.train` re-exports every name.
+Host side of `jaxlr.engine.train.fit`.
 
 Dimensions: M batches per epoch, T steps of a history.
 """

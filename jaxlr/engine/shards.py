@@ -31,7 +31,7 @@ import jax
 import numpy as np
 
 from jaxlr.engine.grid import Grid
-from jaxlr.engine.sweep import SweepResult
+from jaxlr.engine.sweep_result import SweepResult
 from jaxlr.host import checkpoint as ckpt
 
 SHARD_KIND = "sweep_shard"

@@ -37,15 +37,16 @@ from jax.sharding import PartitionSpec as P
 from jaxlr.core.objective import Model
 from jaxlr.engine import blocks, resources
 from jaxlr.engine.config import HParams, TrainConfig, check_hparam_values
-from jaxlr.engine.driver import ChunkOut, Observer, default_observers, drive
+from jaxlr.engine.data_checks import check_data, check_inputs
+from jaxlr.engine.driver import ChunkOut, drive
+from jaxlr.engine.events import Observer
 from jaxlr.engine.grid import Grid
 from jaxlr.engine.halving import prune_rung
+from jaxlr.engine.progress import default_observers
+from jaxlr.engine.results import early_stopping_summary
 from jaxlr.engine.step import Data, StepLog, one_point_at_a_time
-from jaxlr.engine.sweep_result import SweepResult, mean_over, py_scalar, summary_text
+from jaxlr.engine.sweep_result import SweepResult
 from jaxlr.engine.train import (
-    check_data,
-    check_inputs,
-    early_stopping_summary,
     make_engine,
     model_for,
     returned_params,
@@ -234,9 +235,9 @@ def run_sweep(
       checkpoint_dir: save the whole sweep state to `checkpoint_dir/sweep.npz` after every
         chunk (atomically; process 0 writes); an existing checkpoint of the same sweep is
         resumed, one of another sweep is refused.
-      progress: a progress bar (`jaxlr.engine.driver.ProgressBar`): "auto" shows one when
+      progress: a progress bar (`jaxlr.engine.progress.ProgressBar`): "auto" shows one when
         stderr is a terminal or in a notebook, True always, False never.
-      observers: more `jaxlr.engine.driver.Observer`s (e.g. TensorBoard output); the host
+      observers: more `jaxlr.engine.events.Observer`s (e.g. TensorBoard output); the host
         loop is `jaxlr.engine.driver.drive`, as for `jaxlr.engine.train.fit`.
       shared_seed: pass the seed unbatched (one data order for every point), or batched;
         None (default): unbatched exactly when every point of `grid` has the same seed. A
@@ -614,10 +615,6 @@ def _assemble(
 
 __all__ = [
     "SweepFns",
-    "SweepResult",
-    "mean_over",
-    "py_scalar",
-    "summary_text",
     "run_sweep",
     "sweep_functions",
 ]

@@ -2,7 +2,6 @@
 
 `SweepResult` holds the flattened grid's per-point metrics, stopping, divergence and
 histories, and picks the best point (`best_index`); `summary_text` and `mean_over` read it.
-`jaxlr.engine.sweep` re-exports all of them.
 
 Dimensions: S sweep points (flattened grid).
 """
@@ -108,7 +107,7 @@ class SweepResult:
         """Point `i`'s numbers in the form of `jaxlr.engine.train.fit`'s `TrainResult.metrics`.
 
         Final metrics (floats), "steps", "epochs" (epochs in which it trained) and, with
-        early stopping, "early_stopping" as `jaxlr.engine.train.early_stopping_summary` gives it.
+        early stopping, "early_stopping" as `jaxlr.engine.results.early_stopping_summary` gives it.
         """
         out = {k: py_scalar(v[i]) for k, v in self.metrics.items()}
         steps = int(self.metrics["steps"][i])

@@ -13,7 +13,7 @@ in memory (`jaxlr.engine.resources`), calls the compiled `run` one chunk of epoc
 progress, writes checkpoints, resumes from them, stops early, optionally times every epoch,
 and raises `TrainingDiverged` (step, learning rate and rule) when the run diverges.
 The results and the divergence error are in `jaxlr.engine.results`, the checks of the inputs in
-`jaxlr.engine.data_checks`; this module re-exports their public names.
+`jaxlr.engine.data_checks`.
 """
 
 from __future__ import annotations
@@ -41,19 +41,17 @@ from jaxlr.engine.data_checks import (
     check_data,
     check_inputs,
 )
-from jaxlr.engine.driver import ChunkOut, Observer, default_observers, drive
+from jaxlr.engine.driver import ChunkOut, drive
+from jaxlr.engine.events import Observer
+from jaxlr.engine.progress import default_observers
 from jaxlr.engine.results import (
-    TrainingDiverged,
     TrainResult,
     divergence_error,
     early_stopping_summary,
-    history_records,
-    summary_text,
 )
 from jaxlr.engine.step import (
     Data,
     Schedule,
-    StepLog,
     TrainState,
     after_all,
     chunk_end_rule,
@@ -63,7 +61,6 @@ from jaxlr.engine.step import (
     logged_loss,
     schedule_numbers,
     train_step,
-    tree_where,
 )
 from jaxlr.host import checkpoint as ckpt
 
@@ -212,9 +209,9 @@ def fit(
       resume: continue from `checkpoint_path` if it exists.
       log_fn: where progress lines go (default: the "jaxlr.train" logger at INFO, unless a
         progress bar shows progress).
-      progress: a progress bar (`jaxlr.engine.driver.ProgressBar`): "auto" shows one when
+      progress: a progress bar (`jaxlr.engine.progress.ProgressBar`): "auto" shows one when
         stderr is a terminal or in a notebook, True always, False never.
-      observers: more `jaxlr.engine.driver.Observer`s (e.g. TensorBoard output).
+      observers: more `jaxlr.engine.events.Observer`s (e.g. TensorBoard output).
       stop_after_epochs: end the loop after this many epochs of this call (for tests of
         resuming: an interrupted run).
       time_epochs: compile the one-epoch program before the loop and run one epoch per
@@ -450,26 +447,11 @@ def num_steps(config: TrainConfig, num_train: int) -> int:
 
 
 __all__ = [
-    "Data",
     "Engine",
-    "Schedule",
-    "StepLog",
-    "TrainResult",
-    "TrainState",
-    "TrainingDiverged",
-    "check_data",
-    "check_inputs",
-    "divergence_error",
-    "early_stopping_summary",
     "fit",
-    "history_records",
-    "keys_for",
     "make_engine",
     "measure_step_rate",
     "model_for",
     "num_steps",
     "returned_params",
-    "summary_text",
-    "schedule_numbers",
-    "tree_where",
 ]

@@ -71,22 +71,17 @@ from jaxlr.host import io
 from jaxlr.host.workdir_checks import (
     _TMP_LINK,
     LATEST_NAME,
-    LOCK_NAME,
     RUN_INFO_NAME,
     RUNS_NAME,
     STAGING_PREFIX,
-    WorkdirBusy,
     WorkdirError,
     _managed_links,
     _not_ours,
     check_output_name,
-    check_own_folder,
     check_takeover,
-    ensure_workdir,
     latest_run,
-    published_names,
 )
-from jaxlr.host.workdir_lock import LockInfo, _held_here, lock_workdir, read_lock_info
+from jaxlr.host.workdir_lock import LockInfo, _held_here, lock_workdir
 
 log = logging.getLogger("jaxlr.workdir")
 
@@ -385,22 +380,6 @@ class Staging:
 
 
 __all__ = [
-    "LATEST_NAME",
-    "LOCK_NAME",
-    "RUNS_NAME",
-    "RUN_INFO_NAME",
-    "STAGING_PREFIX",
-    "LockInfo",
     "Staging",
-    "WorkdirBusy",
-    "WorkdirError",
-    "check_output_name",
-    "check_own_folder",
-    "check_takeover",
-    "ensure_workdir",
-    "latest_run",
-    "lock_workdir",
-    "published_names",
-    "read_lock_info",
     "recover",
 ]

@@ -7,7 +7,8 @@ and returns the path; given `path=None` it returns the `matplotlib.figure.Figure
 shows it inline). Figures are built with `matplotlib.figure.Figure` on an Agg canvas, never
 through `pyplot`: no global figure registry to leak into, no interactive backend is touched.
 matplotlib is imported on the first figure, not with this module. The image-like primitives
-are in `jaxlr.report.image_plots`; `jaxlr.report.plots` gathers every figure function.
+are in `jaxlr.report.image_plots`, a history's panels in `jaxlr.report.history_plots`, a sweep's
+figures in `jaxlr.report.sweep_plots`.
 
 Dimension legend:
   T  points of a curve

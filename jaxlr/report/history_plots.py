@@ -90,7 +90,7 @@ def early_stopping_vlines(es: Mapping[str, Any] | None, label: str = "") -> dict
     """Vertical markers of early stopping: the best check and, if it fired, the stop.
 
     Args:
-      es: a run's `early_stopping` metrics (`jaxlr.engine.train.early_stopping_summary`), or None.
+      es: a run's `early_stopping` metrics (`jaxlr.engine.results.early_stopping_summary`), or None.
       label: appended to the legend entries.
 
     Returns:

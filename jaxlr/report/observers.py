@@ -1,6 +1,6 @@
 """Observers of the host driver that write results where researchers look: TensorBoard.
 
-`TensorBoardObserver` is a `jaxlr.engine.driver.Observer`: give it to `fit` or `run_sweep`
+`TensorBoardObserver` is a `jaxlr.engine.events.Observer`: give it to `fit` or `run_sweep`
 (`observers=[...]`) and the run writes TensorBoard event files as it trains, flushed after
 every chunk so that `tensorboard --logdir` shows it live:
 
@@ -30,7 +30,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from jaxlr.engine.driver import Chunk, End, Observer, Start
+from jaxlr.engine.events import Chunk, End, Observer, Start
 from jaxlr.engine.optim import make_schedule
 from jaxlr.report import tracking
 

@@ -42,7 +42,7 @@ def plot_sweep_heatmaps(result: Any, folder: str | os.PathLike | None = None) ->
     One heatmap per momentum value when the grid has several. Returns the file names written
     into `folder`, or the Figures when `folder` is None.
     """
-    from jaxlr.engine.sweep import mean_over
+    from jaxlr.engine.sweep_result import mean_over
 
     grid = result.grid
     mean = mean_over(result, result.metrics["val_accuracy"], ("seed",))  # l2, lr[, mom]

@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from jaxlr.engine.sweep import SweepResult, py_scalar
-from jaxlr.engine.train import history_records
+from jaxlr.engine.results import history_records
+from jaxlr.engine.sweep_result import SweepResult, py_scalar
 from jaxlr.host.io import atomic_write_text
 
 __all__ = [
@@ -397,7 +397,7 @@ def summary_table(metrics: Mapping[str, Any], headline: Sequence[str] | None = N
 
 
 # ---------------------------------------------------------------------------------------------
-# The table of a sweep (`jaxlr.engine.sweep.SweepResult`).
+# The table of a sweep (`jaxlr.engine.sweep_result.SweepResult`).
 
 SWEEP_COLUMNS = (
     "train_loss",
