@@ -30,11 +30,15 @@ import numpy as np
 import optax
 from jax.flatten_util import ravel_pytree
 
+from jaxlr.core import kron
+
 ARMIJO_C1 = 1e-4
 MAX_BACKTRACKS = 40
 # Relative rise of f tolerated by the approximate Armijo test, in units of the dtype's eps.
 APPROX_RISE_EPS = 100.0
 LBFGS_MEMORY = 10
+# CG is never asked for a residual below this fraction of the solve's tolerance.
+FORCING_FLOOR = 0.1
 # At most one progress line this often (seconds) during a host-driven path.
 PROGRESS_SECONDS = 5.0
 
@@ -152,42 +156,51 @@ def one_class_certificate(model, params0, x_ND, y_N, mask_N) -> jax.Array:
     return holds(jnp.asarray(1, dtype)) | holds(jnp.asarray(-1, dtype))
 
 
-def cg(matvec, g_P, gnorm, max_cg_iter):
-    """Truncated CG for ``H d = -g`` to ``||H d + g|| <= min(0.5, sqrt(||g||)) ||g||``.
+def cg(matvec, g_P, gnorm, max_cg_iter, precond=None, floor=0.0):
+    """Truncated, preconditioned CG for ``H d = -g`` to ``||H d + g|| <= eta ||g||``,
+    ``eta = min(0.5, sqrt(||g||))``.
 
-    Stops early on non-positive curvature (then ``d = -g`` if it happens at once).
-    Returns ``(d_P, products)``.
+    ``precond``: ``r_P -> M^-1 r_P`` for a symmetric positive definite ``M`` close to ``H``
+    (``jaxlr.core.kron.precondition``), or None. ``floor``: the residual is never asked
+    below it (``FORCING_FLOOR`` times the solve's tolerance: a step whose linear model
+    leaves a gradient far below the tolerance buys nothing). Stops early on non-positive
+    curvature (then ``d = -g`` if it happens at once). Returns ``(d_P, products)``.
     """
-    target = jnp.minimum(0.5, jnp.sqrt(gnorm)) * gnorm
+    apply = (lambda r_P: r_P) if precond is None else precond
+    target = jnp.maximum(jnp.minimum(0.5, jnp.sqrt(gnorm)) * gnorm, floor)
     r_P = -g_P
+    z_P = apply(r_P)
+    rz = jnp.vdot(r_P, z_P)
     rr = jnp.vdot(r_P, r_P)
 
     def cond(c):
-        _, _, _, rr, k, done = c
+        *_, rr, k, done = c
         return (k < max_cg_iter) & ~done & (jnp.sqrt(rr) > target)
 
     def body(c):
-        d_P, r_P, s_P, rr, k, _ = c
+        d_P, r_P, s_P, rz, rr, k, _ = c
         hs_P = matvec(s_P)
         shs = jnp.vdot(s_P, hs_P)
         flat = shs <= 0
-        alpha = rr / jnp.where(flat, 1, shs)
+        alpha = rz / jnp.where(flat, 1, shs)
         d_new = d_P + alpha * s_P
         r_new = r_P - alpha * hs_P
-        rr_new = jnp.vdot(r_new, r_new)
-        s_new = r_new + (rr_new / rr) * s_P
+        z_new = apply(r_new)
+        rz_new = jnp.vdot(r_new, z_new)
+        s_new = z_new + (rz_new / rz) * s_P
         d_flat = jnp.where(k == 0, -g_P, d_P)
         return (
             jnp.where(flat, d_flat, d_new),
             jnp.where(flat, r_P, r_new),
             jnp.where(flat, s_P, s_new),
-            jnp.where(flat, rr, rr_new),
+            jnp.where(flat, rz, rz_new),
+            jnp.where(flat, rr, jnp.vdot(r_new, r_new)),
             k + 1,
             flat,
         )
 
-    init = (jnp.zeros_like(g_P), r_P, r_P, rr, jnp.asarray(0, jnp.int32), jnp.asarray(False))
-    d_P, _, _, _, k, _ = jax.lax.while_loop(cond, body, init)
+    init = (jnp.zeros_like(g_P), r_P, z_P, rz, rr, jnp.asarray(0, jnp.int32), jnp.asarray(False))
+    d_P, *_, k, _ = jax.lax.while_loop(cond, body, init)
     return d_P, k
 
 
@@ -230,14 +243,17 @@ def hessian_matvec(hess_fun, p_P):
     return lambda v_P: matvec(v_P.astype(hdtype)).astype(p_P.dtype)
 
 
-def newton_iteration(fun, sep_fun, hess_fun, c: NewtonState, max_cg_iter) -> NewtonState:
-    """One Newton-CG iteration: CG on the HVPs at ``c.p_P``, then the line search."""
+def newton_iteration(fun, sep_fun, hess_fun, c: NewtonState, max_cg_iter, precond_at=None,
+                     floor=0.0) -> NewtonState:  # fmt: skip
+    """One Newton-CG iteration: CG on the HVPs at ``c.p_P`` (preconditioned by
+    ``precond_at(p_P)`` when given), then the line search."""
     p_P, f, g_P, gnorm = c.p_P, c.f, c.g_P, c.gnorm
     dtype = p_P.dtype
     eps_rise = APPROX_RISE_EPS * jnp.finfo(dtype).eps
     value_and_grad = jax.value_and_grad(fun)
     matvec = hessian_matvec(hess_fun, p_P)
-    d_P, k = cg(matvec, g_P, gnorm, max_cg_iter)
+    precond = None if precond_at is None else precond_at(p_P)
+    d_P, k = cg(matvec, g_P, gnorm, max_cg_iter, precond, floor)
     slope = jnp.vdot(g_P, d_P)
 
     def trial(t):
@@ -275,10 +291,12 @@ def newton_iteration(fun, sep_fun, hess_fun, c: NewtonState, max_cg_iter) -> New
     )
 
 
-def newton_cg(fun, sep_fun, hess_fun, p_P, tol, stop, max_iter, max_cg_iter):
+def newton_cg(fun, sep_fun, hess_fun, p_P, tol, stop, max_iter, max_cg_iter, precond_at=None):
     c = jax.lax.while_loop(
         lambda c: newton_running(c, tol, stop, max_iter),
-        lambda c: newton_iteration(fun, sep_fun, hess_fun, c, max_cg_iter),
+        lambda c: newton_iteration(
+            fun, sep_fun, hess_fun, c, max_cg_iter, precond_at, FORCING_FLOOR * tol
+        ),
         newton_start(fun, sep_fun, p_P),
     )
     return c.p_P, c.it, c.hvps, c.stalled
@@ -342,6 +360,27 @@ def problem(model, unravel, x_ND, y_N, l2, mask_N, hvp_dtype=None):
     return fun, sep_fun, (hess, hdtype)
 
 
+def preconditioner(model, unravel, basis, x_ND, l2, mask_N):
+    """``p_P -> (v_P -> M^-1 v_P)``: the Kronecker preconditioner at ``p_P`` (``jaxlr.core.kron``),
+    or None without a ``basis``."""
+    if basis is None:
+        return None
+    template = zeros_like_model(model, x_ND.dtype)
+
+    def at(p_P):
+        s_KK = kron.mean_output_curvature(model, unravel(p_P), x_ND, mask_N)
+        return kron.precondition(basis, s_KK, l2, template)
+
+    return at
+
+
+def make_basis(model, x_ND, mask_N):
+    return kron.basis(model, zeros_like_model(model, x_ND.dtype), x_ND, mask_N)
+
+
+make_basis_jit = jax.jit(make_basis, static_argnames=("model",))
+
+
 def make_result(model, unravel, p_P, it, hvps, stalled, x_ND, y_N, l2, mask_N, tol, certified):
     """The ``SolveResult`` of one lambda at its last iterate."""
     params = unravel(p_P)
@@ -355,8 +394,8 @@ def make_result(model, unravel, p_P, it, hvps, stalled, x_ND, y_N, l2, mask_N, t
     return SolveResult(params, f, ce, gnorm, it, hvps, converged, separated, stalled, none)
 
 
-def solve_impl(model, method, max_iter, max_cg_iter, hvp_dtype, params0, x_ND, y_N, l2, mask_N,
-                tol):  # fmt: skip
+def solve_impl(model, method, max_iter, max_cg_iter, hvp_dtype, precondition, params0, x_ND, y_N,
+                l2, mask_N, tol):  # fmt: skip
     """``solve`` on arrays already cast to one dtype (traceable; no validation)."""
     p0_P, unravel = ravel_pytree(params0)
     dtype = p0_P.dtype
@@ -366,8 +405,10 @@ def solve_impl(model, method, max_iter, max_cg_iter, hvp_dtype, params0, x_ND, y
     certified = one_class_certificate(model, params0, x_ND, y_N, mask_N)
     stop = (l2 == 0, (l2 == 0) & certified)
     if method == "newton_cg":
+        basis = make_basis(model, x_ND, mask_N) if precondition else None
+        precond_at = preconditioner(model, unravel, basis, x_ND, l2, mask_N)
         p_P, it, hvps, stalled = newton_cg(
-            fun, sep_fun, hess_fun, p0_P, tol, stop, max_iter, max_cg_iter
+            fun, sep_fun, hess_fun, p0_P, tol, stop, max_iter, max_cg_iter, precond_at
         )
     else:
         p_P, it, hvps, stalled = lbfgs(fun, sep_fun, p0_P, tol, stop, max_iter)
@@ -376,16 +417,18 @@ def solve_impl(model, method, max_iter, max_cg_iter, hvp_dtype, params0, x_ND, y
     )
 
 
-_STATIC = ("model", "method", "max_iter", "max_cg_iter", "hvp_dtype")
+_STATIC = ("model", "method", "max_iter", "max_cg_iter", "hvp_dtype", "precondition")
 solve_jit = jax.jit(solve_impl, static_argnames=_STATIC)
 
 
 @functools.partial(jax.jit, static_argnames=(*_STATIC, "batched_params"))
 def solve_path_jit(
-    model, method, max_iter, max_cg_iter, hvp_dtype, params0, x_ND, y_N, l2_L, mask_N, tol,
-    batched_params,
+    model, method, max_iter, max_cg_iter, hvp_dtype, precondition, params0, x_ND, y_N, l2_L,
+    mask_N, tol, batched_params,
 ):  # fmt: skip
-    one = functools.partial(solve_impl, model, method, max_iter, max_cg_iter, hvp_dtype)
+    one = functools.partial(
+        solve_impl, model, method, max_iter, max_cg_iter, hvp_dtype, precondition
+    )
     in_axes = (0 if batched_params else None, None, None, 0, None, None)
     return jax.vmap(one, in_axes=in_axes)(params0, x_ND, y_N, l2_L, mask_N, tol)
 
@@ -417,17 +460,21 @@ def path_start(model, params0_L, x_ND, y_N, l2_L, mask_N):
 
 
 @functools.partial(jax.jit, static_argnames=("model", "max_cg_iter", "hvp_dtype"))
-def path_iteration_jit(model, max_cg_iter, c_B, x_ND, y_N, l2_B, mask_N, hvp_dtype=None):
-    return path_iteration(model, max_cg_iter, c_B, x_ND, y_N, l2_B, mask_N, hvp_dtype)
+def path_iteration_jit(model, max_cg_iter, c_B, x_ND, y_N, l2_B, mask_N, hvp_dtype=None,
+                       basis=None, floor=0.0):  # fmt: skip
+    return path_iteration(model, max_cg_iter, c_B, x_ND, y_N, l2_B, mask_N, hvp_dtype, basis, floor)
 
 
-def path_iteration(model, max_cg_iter, c_B, x_ND, y_N, l2_B, mask_N, hvp_dtype=None):
-    """One Newton-CG iteration of each of B lanes (compiled once per block size B)."""
+def path_iteration(model, max_cg_iter, c_B, x_ND, y_N, l2_B, mask_N, hvp_dtype=None, basis=None,
+                   floor=0.0):  # fmt: skip
+    """One Newton-CG iteration of each of B lanes (compiled once per block size B);
+    preconditioned when a ``kron.Basis`` of the data is given."""
     unravel = unravel_for(model, x_ND.dtype)
 
     def one(c, l2):
         fun, sep_fun, hess_fun = problem(model, unravel, x_ND, y_N, l2, mask_N, hvp_dtype)
-        return newton_iteration(fun, sep_fun, hess_fun, c, max_cg_iter)
+        precond_at = preconditioner(model, unravel, basis, x_ND, l2, mask_N)
+        return newton_iteration(fun, sep_fun, hess_fun, c, max_cg_iter, precond_at, floor)
 
     return jax.vmap(one)(c_B, l2_B)
 
@@ -454,8 +501,9 @@ def block_size(active: int, total: int) -> int:
 
 
 def solve_path_host(model, max_iter, max_cg_iter, params0_L, x_ND, y_N, l2_L, mask_N, tol,
-                     progress, hvp_dtype=None):  # fmt: skip
-    """Newton-CG over a path, each lambda leaving the batch as soon as it is done."""
+                     progress, hvp_dtype=None, basis=None):  # fmt: skip
+    """Newton-CG over a path, each lambda leaving the batch as soon as it is done
+    (preconditioned with ``basis``, a ``kron.Basis`` of the data, when given)."""
     t0 = time.perf_counter()
     num = int(l2_L.shape[0])
     c_dev, certified = path_start_jit(model, params0_L, x_ND, y_N, l2_L, mask_N)
@@ -494,6 +542,8 @@ def solve_path_host(model, max_iter, max_cg_iter, params0_L, x_ND, y_N, l2_L, ma
             jnp.asarray(lam_L[idx]),
             mask_N,
             hvp_dtype,
+            basis,
+            FORCING_FLOOR * tol,
         )
         for mine, new in zip(c, out, strict=True):
             mine[active] = np.asarray(new)[: active.size]

@@ -72,7 +72,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxlr.core import curvature, losses, newton
+from jaxlr.core import curvature, kron, losses, newton
 from jaxlr.core.inputs import check_finite, check_labels, format_number
 from jaxlr.core.newton import SolveResult, log
 
@@ -201,6 +201,7 @@ def solve(
     max_cg_iter: int = DEFAULT_MAX_CG_ITER,
     dtype=jnp.float64,
     hvp_dtype=None,
+    precondition: bool = True,
 ) -> SolveResult:
     """Minimises the model's objective ``model.loss(params, x_ND, y_N, l2, mask_N)[0]``.
 
@@ -223,6 +224,8 @@ def solve(
       hvp_dtype: the dtype of the Hessian-vector products inside CG (None: ``HVP_DTYPE``,
         float32). Objective, gradients, line search and the stopping test stay in ``dtype``,
         so the tolerance means the same; the products only shape the Newton step.
+      precondition: precondition CG with the Kronecker approximation of the Hessian
+        (``jaxlr.core.kron``; default) or not (plain CG); "newton_cg" only.
 
     Returns:
       ``SolveResult`` of scalars.
@@ -238,7 +241,10 @@ def solve(
         hvp_dtype,
     )  # fmt: skip
     params0 = newton.zeros_like_model(model, dtype) if params0 is None else _cast(params0, dtype)
-    return newton.solve_jit(params0=params0, l2=jnp.asarray(l2).astype(dtype), **common)
+    return newton.solve_jit(
+        params0=params0, l2=jnp.asarray(l2).astype(dtype), precondition=bool(precondition),
+        **common,
+    )  # fmt: skip
 
 
 def _checked_inputs(where, model, x_ND, y_N, mask_N, l2, l2_ndim, tol, max_iter, method,
@@ -282,6 +288,7 @@ def solve_path(
     max_cg_iter: int = DEFAULT_MAX_CG_ITER,
     dtype=jnp.float64,
     hvp_dtype=None,
+    precondition: bool | kron.Basis = True,
     progress: bool = True,
 ) -> SolveResult:
     """Solves a whole regularization path; each lambda stops as soon as it is done.
@@ -300,6 +307,8 @@ def solve_path(
       params0: None (zeros for every lambda), one pytree shared by every lambda, or a
         pytree whose leaves carry a leading L axis (a warm start per lambda, e.g. the
         ``params`` of an earlier ``solve_path`` or of trained runs).
+      precondition: as in ``solve``; also a ``kron.Basis`` already built for these data
+        (``newton.make_basis_jit``), which is then not rebuilt.
       progress: "newton_cg" logs (``jaxlr.core.solver``, INFO) the iteration, the slowest
         lambda's gradient norm and the lambdas left at most every ``PROGRESS_SECONDS``, and
         one line with the total time and each lambda's iterations.
@@ -339,7 +348,12 @@ def solve_path(
             )
     l2_L = jnp.asarray(l2_L).astype(dtype)
     if method == "lbfgs":
-        return newton.solve_path_jit(params0=params0, l2_L=l2_L, batched_params=batched, **common)
+        return newton.solve_path_jit(
+            params0=params0, l2_L=l2_L, batched_params=batched, precondition=False, **common
+        )
+    basis = precondition if isinstance(precondition, kron.Basis) else None
+    if basis is None and precondition:
+        basis = newton.make_basis_jit(common["model"], common["x_ND"], common["mask_N"])
     if not batched:
         params0 = jax.tree.map(lambda a: jnp.broadcast_to(a, (num, *a.shape)), params0)
     return newton.solve_path_host(
@@ -354,6 +368,7 @@ def solve_path(
         common["tol"],
         progress,
         common["hvp_dtype"],
+        basis,
     )
 
 
@@ -446,6 +461,12 @@ def optimum_report(
     l2_L, index_S = np.unique(l2_S, return_inverse=True)
     x64 = jnp.dtype(dtype) == jnp.float64
     with jax.enable_x64(True) if x64 else contextlib.nullcontext():
+        x = jnp.asarray(x_ND).astype(dtype)
+        mask = None if mask_N is None else jnp.asarray(mask_N).astype(dtype)
+        y = jnp.asarray(y_N)
+        lam_L = jnp.asarray(l2_L).astype(dtype)
+        # One Gram eigenbasis serves the CG preconditioner and the exact limits at zero.
+        basis = newton.make_basis_jit(model, x, mask)
         path = solve_path(
             model,
             x_ND,
@@ -457,27 +478,27 @@ def optimum_report(
             method=method,
             dtype=dtype,
             hvp_dtype=hvp_dtype,
+            precondition=basis,
             progress=progress,
         )
-        x = jnp.asarray(x_ND).astype(dtype)
-        mask = None if mask_N is None else jnp.asarray(mask_N).astype(dtype)
-        y = jnp.asarray(y_N)
-        lam_L = jnp.asarray(l2_L).astype(dtype)
         t0 = time.perf_counter()
-        # Lanczos (curvature.lr_limit's default), one lambda at a time: each stops at its own
-        # count (tdt4265_task4: 13-18 products at the optima, where power iteration took
-        # 72-394), where a vmapped loop would run every lambda as long as the slowest.
-        limits = jnp.concatenate(
-            [
-                _limits(model, jax.tree.map(lambda a, i=i: a[i : i + 1], path.params), x, y,
-                        lam_L[i : i + 1], mask, key)
-                for i in range(len(l2_L))
-            ]
-        )  # fmt: skip
         zeros = newton.zeros_like_model(model, jnp.dtype(dtype))
-        limits_init = _limits(model, zeros, x, y, lam_L, mask, key, batched_params=False)
+        # At zero parameters the Hessian is exactly Kronecker (kron: one eigenbasis, no
+        # products); a lambda certified to have no finite optimum was not iterated, so its
+        # "optimum" is that start. The others: Lanczos (curvature.lr_limit's default) at
+        # their optima, vmapped in one call (the products are bound by reading x: four
+        # lanes cost about two).
+        limits_init = 2.0 / kron.max_eigenvalue_at_zero(model, basis, zeros, x, lam_L)
+        started = np.asarray(path.no_finite_optimum) & (np.asarray(path.iterations) == 0)
+        limits = np.asarray(limits_init, np.float64).copy()
+        todo = np.flatnonzero(~started)
+        if todo.size:
+            limits[todo] = np.asarray(
+                _limits(model, jax.tree.map(lambda a: a[todo], path.params), x, y,
+                        lam_L[todo], mask, key),
+                np.float64,
+            )  # fmt: skip
         path_np = jax.tree.map(np.asarray, path)
-        limits = np.asarray(limits, np.float64)
         if progress:
             log.info(
                 "optimum: gradient-descent limits of %d lambdas in %.1f s",
