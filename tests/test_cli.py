@@ -73,6 +73,9 @@ BAD = [
     ("sweep", "--lr=", "lr"),
     ("sweep", "--model=softmax --digits=2,3", "digits"),
     ("sweep", "--model=perceptron", "model"),
+    ("sweep", "--prune=halving --num_epochs=5", "rung_epochs"),  # rung_epochs 5: no rung
+    ("sweep", "--prune=halving --num_epochs=4 --rung_epochs=4", "rung_epochs"),
+    ("sweep", "--prune=halving --num_epochs=1 --rung_epochs=1", "prune"),
     # Flags the experiment does not read, fixes, or ignores with the other settings.
     ("tdt4265_task2", "--batch_sizes=1,32", "batch_sizes"),
     ("tdt4265_task2", "--model=softmax", "model"),
@@ -87,6 +90,24 @@ BAD = [
     ("hw3_logreg_grid", "--batch_size=10", "batch_size"),
     ("hw3_misclassified", "--digits=2,3", "digits"),
 ]
+
+
+def test_halving_without_a_rung_before_the_last_epoch_is_refused_in_words(
+    tmp_path, monkeypatch, capsys
+):
+    argv = ["main", "--experiment=sweep", f"--workdir={tmp_path / 'wd'}", "--prune=halving"]
+    code, _, err = _run_in_process(monkeypatch, capsys, [*argv, "--num_epochs=3"])
+    assert code == 2 and err.count("\n") == 1, err
+    assert err.startswith(
+        "error: --rung_epochs=5: must be less than --num_epochs=3 with --prune=halving, i.e. 1 to "
+        "2 (halving ranks the points at rung ends before the last epoch, so it would prune "
+        "nothing)"
+    ), err
+    code, _, err = _run_in_process(monkeypatch, capsys, [*argv, "--num_epochs=1"])
+    assert code == 2 and err.startswith(
+        "error: --prune=halving: needs --num_epochs of at least 2, got --num_epochs=1"
+    ), err
+    assert not (tmp_path / "wd").exists()
 
 
 def _run_in_process(monkeypatch, capsys, argv):
