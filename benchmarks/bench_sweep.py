@@ -160,7 +160,8 @@ def worker(task: str, k: int, args) -> dict:
     import numpy as np
 
     from experiments import registry  # noqa: F401  (registers the experiments)
-    from experiments.common import load_data, make_config, train_config
+    from experiments.config import make_config
+    from jaxlr.data.splits import load_splits
     from jaxlr.engine import grid as jgrid
     from jaxlr.engine import sweep as jsweep
     from jaxlr.engine.batches import epoch_batches
@@ -172,8 +173,8 @@ def worker(task: str, k: int, args) -> dict:
     if task == "task3":
         overrides["num_epochs"] = args.task3_epochs
     cfg = make_config(TASKS[task], overrides)
-    data = load_data(cfg).data
-    tcfg = train_config(cfg)
+    data = load_splits(cfg.data).data
+    tcfg = cfg.train
     n, d = data.x_train.shape
     v = data.x_val.shape[0]
     jnp.zeros(()).block_until_ready()  # start the runtime before the baseline memory
@@ -260,7 +261,8 @@ def steady_worker(task: str, ks: list[int], args) -> dict:
     import numpy as np
 
     from experiments import registry  # noqa: F401  (registers the experiments)
-    from experiments.common import load_data, make_config, train_config
+    from experiments.config import make_config
+    from jaxlr.data.splits import load_splits
     from jaxlr.engine import grid as jgrid
     from jaxlr.engine import sweep as jsweep
 
@@ -268,8 +270,8 @@ def steady_worker(task: str, ks: list[int], args) -> dict:
     if task == "task3":
         overrides["num_epochs"] = args.task3_epochs
     cfg = make_config(TASKS[task], overrides)
-    data = load_data(cfg).data
-    tcfg = train_config(cfg)
+    data = load_splits(cfg.data).data
+    tcfg = cfg.train
     quiet = lambda msg: None  # noqa: E731
 
     def grid(k: int, offset: float):

@@ -38,7 +38,8 @@ import numpy as np  # noqa: E402
 
 from benchmarks import numpy_baseline as nb  # noqa: E402
 from experiments import registry  # noqa: E402, F401  (registers the experiments)
-from experiments.common import load_data, make_config, train_config  # noqa: E402
+from experiments.config import make_config  # noqa: E402
+from jaxlr.data.splits import load_splits  # noqa: E402
 from jaxlr.engine.batches import epoch_batches  # noqa: E402
 from jaxlr.engine.config import make_hparams  # noqa: E402
 from jaxlr.engine.step import Data, keys_for  # noqa: E402
@@ -50,16 +51,17 @@ TASKS = {"task2": "tdt4265_task2", "task3": "tdt4265_task3"}
 TOLERANCE = {"float64": (1e-9, 1e-12), "float32": (1e-4, 1e-3)}
 
 
-def jaxlr_data(cfg: dict, dtype: str) -> Data:
-    return load_data(dict(cfg, dtype=dtype)).data
+def jaxlr_data(cfg) -> Data:
+    """The preprocessed arrays of `cfg` (an experiment config; its `data.dtype`)."""
+    return load_splits(cfg.data).data
 
 
-def batch_orders(cfg: dict, num_train: int) -> list[np.ndarray] | None:
+def batch_orders(cfg, num_train: int) -> list[np.ndarray] | None:
     """The example order of every epoch that the jaxlr engine uses (None: 0..N-1)."""
-    tcfg = train_config(cfg)
+    tcfg = cfg.train
     if not tcfg.shuffle:
         return None
-    _, data_key = keys_for(jnp.asarray(cfg["seed"], jnp.int32))
+    _, data_key = keys_for(jnp.asarray(cfg.hparams.seed, jnp.int32))
     orders = []
     for epoch in range(tcfg.num_epochs):
         idx_MB, _ = epoch_batches(
@@ -69,24 +71,29 @@ def batch_orders(cfg: dict, num_train: int) -> list[np.ndarray] | None:
     return orders
 
 
-def time_fit(cfg: dict, data: Data) -> tuple[dict, float]:
+def _hparams(cfg, dtype=None):
+    hp = cfg.hparams
+    return make_hparams(hp.lr, hp.l2, hp.momentum, hp.seed, dtype=dtype)
+
+
+def time_fit(cfg, data: Data) -> tuple[dict, float]:
     """One `fit` call (compilation included): (metrics and history, wall seconds)."""
-    tcfg = train_config(cfg)
-    hp = make_hparams(cfg["lr"][0], cfg["l2"][0], cfg["momentum"][0], cfg["seed"])
+    tcfg = cfg.train
+    hp = _hparams(cfg, np.asarray(data.x_train).dtype)
     t0 = time.perf_counter()
     r = fit(tcfg, hp, data, log_fn=lambda msg: None)
     seconds = time.perf_counter() - t0
     return {**r.metrics, "val_loss_history": np.asarray(r.history["val_loss"])}, seconds
 
 
-def time_compiled(cfg: dict, data: Data, repeats: int) -> tuple[float, float]:
+def time_compiled(cfg, data: Data, repeats: int) -> tuple[float, float]:
     """Ahead-of-time compile of the whole run, then `repeats` executions: (compile, median)."""
-    tcfg = train_config(cfg)
+    tcfg = cfg.train
     data = Data(*(jnp.asarray(a) for a in data))
     dtype = data.x_train.dtype
     model = model_for(tcfg, data.x_train.shape[1], dtype)
     engine = make_engine(tcfg, model, data.x_train.shape[0])
-    hp = make_hparams(cfg["lr"][0], cfg["l2"][0], cfg["momentum"][0], cfg["seed"], dtype=dtype)
+    hp = _hparams(cfg, dtype)
     t0 = time.perf_counter()
     init = jax.jit(engine.init).lower(hp).compile()
     state = init(hp)
@@ -122,12 +129,16 @@ def main(argv=None) -> int:
     rows, checks, all_ok = [], [], True
     for task in args.tasks.split(","):
         name = TASKS[task]
-        cfg = make_config(name, {"data_dir": args.data_dir})
-        data = {dt: jaxlr_data(cfg, dt) for dt in ("float32", "float64")}
+        cfgs = {
+            dt: make_config(name, {"data_dir": args.data_dir or "", "dtype": dt})
+            for dt in ("float32", "float64")
+        }
+        cfg = cfgs["float64"]
+        data = {dt: jaxlr_data(c) for dt, c in cfgs.items()}
         n_train, n_val = len(data["float32"].y_train), len(data["float32"].y_val)
         orders = batch_orders(cfg, n_train)
         if mnist is None:
-            mnist = nb.load_mnist(cfg["data_dir"] or os.environ.get("JAXLR_DATA_DIR", "."))
+            mnist = nb.load_mnist(cfg.data.data_dir or os.environ.get("JAXLR_DATA_DIR", "."))
         res = {}
         for dt in ("float64", "float32"):
             r, s = nb.run_protocol(task, mnist, np.dtype(dt), orders=orders)
@@ -144,7 +155,7 @@ def main(argv=None) -> int:
                 )
             )
         for dt in ("float32", "float64"):
-            m, s = time_fit(dict(cfg, dtype=dt), data[dt])
+            m, s = time_fit(cfgs[dt], data[dt])
             res[f"jaxlr/{dt}"] = m
             rows.append(
                 (
@@ -158,7 +169,7 @@ def main(argv=None) -> int:
                 )
             )
         for dt in ("float32", "float64"):
-            c, s = time_compiled(dict(cfg, dtype=dt), data[dt], args.repeats)
+            c, s = time_compiled(cfgs[dt], data[dt], args.repeats)
             m = res[f"jaxlr/{dt}"]
             rows.append(
                 (

@@ -203,7 +203,12 @@ register(
     BatchSizes,
     "experiments.hw3_online_vs_minibatch:hw3_online_vs_minibatch",
     smoke=dict(
-        hidden=(16,), max_examples=600, batch_sizes=(1, 32), num_epochs=1, checks_per_epoch=4
+        hidden=(16,),
+        max_examples=600,
+        batch_sizes=(1, 32),
+        num_epochs=1,
+        checks_per_epoch=4,
+        train_eval_size=200,
     ),
     headline=("batch_size", "test_accuracy", "steps", "steps_per_second", "wall_seconds"),
 )

@@ -28,6 +28,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import re
 import signal
 import sys
 import textwrap
@@ -252,13 +253,29 @@ def parse(argv: list[str]) -> Parsed | str:
     if not fv.workdir:
         raise UsageError("--workdir is required (the folder the outputs go to)")
     overrides = _overrides(fv, exp)
+    _SMOKE_SET.clear()
     if fv.smoke:
+        # What --smoke chose and the command line did not: errors say where it came from.
+        _SMOKE_SET.update({k: v for k, v in exp.smoke.items() if k not in overrides})
         overrides = {**exp.smoke, **overrides}
     cfg = make_config(exp.name, overrides)
     return Parsed(exp, fv.workdir, overrides, cfg, fv.compilation_cache, fv.tensorboard)
 
 
 _RUNNING: dict = {}
+# The settings of the current command that come from --smoke alone (flag name -> value).
+_SMOKE_SET: dict = {}
+
+
+def _smoke_note(line: str) -> str:
+    """`line` with every setting that --smoke made (and the user did not type) marked as such:
+    "--max_examples=512 (set by --smoke)", also "max_examples 512" in library messages."""
+    for name, value in _SMOKE_SET.items():
+        text = format_value(value)
+        for form in (f"--{name}={text}", f"{name} {text}"):
+            pattern = r"(?<![\w-])" + re.escape(form) + r"(?![\w.,])(?! \(set by --smoke\))"
+            line = re.sub(pattern, lambda m: m.group(0) + " (set by --smoke)", line)
+    return line
 
 
 def main(argv: list[str]) -> int:
@@ -404,10 +421,10 @@ def run_main() -> None:
     try:
         code = main(argv)
     except ConfigError as err:  # the config names the field; on the command line it is a flag
-        sys.stderr.write(f"error: --{err}\n")
+        sys.stderr.write(f"error: {_smoke_note(f'--{err}')}\n")
         code = 2
     except UsageError as err:
-        sys.stderr.write(f"error: {err}\n")
+        sys.stderr.write(f"error: {_smoke_note(str(err))}\n")
         code = 2
     except BrokenPipeError:  # output piped into `head` and the like: not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -418,7 +435,7 @@ def run_main() -> None:
         sys.stderr.write(_interrupt_message(name) + "\n")
         code = 128 + signum
     except _expected_errors() as err:
-        sys.stderr.write(f"error: {_error_line(err)}\n")
+        sys.stderr.write(f"error: {_smoke_note(_error_line(err))}\n")
         code = 1
     sys.stdout.flush()
     sys.exit(code)

@@ -42,7 +42,8 @@ class Sweep(ExperimentConfig):
       search_seed: seed of the random draws (the training seed is --seed).
       prune: none, or halving: successive halving, every --rung_epochs epochs all but the
         best --keep_fraction of the points still training (by best validation loss) stop.
-      rung_epochs: epochs per rung of successive halving.
+      rung_epochs: epochs per rung of successive halving; less than --num_epochs (points are
+        ranked at rung ends before the last epoch).
       keep_fraction: fraction of the points kept at each rung, in (0, 1).
       block_size: most points per compiled block ('all': from a memory estimate).
       checkpoint: folder (relative to the current folder) where the sweep's state is saved
@@ -129,6 +130,8 @@ class Sweep(ExperimentConfig):
                 raise ConfigError("shard", self.shard, f"{err}, or none") from None
             if self.prune == "halving":
                 raise ConfigError("shard", self.shard, HALVING_REFUSAL)
+        if self.prune == "halving":
+            _check_rungs(self.rung_epochs, self.train.num_epochs)
 
     def unread(self) -> dict[str, tuple[str, tuple]]:
         # A grid reads lr, l2, momentum and seeds; a random search its ranges and seed.
@@ -149,6 +152,22 @@ class Sweep(ExperimentConfig):
     def protocol_defaults(cls, overrides: dict) -> dict:
         model = overrides.get("model", "logistic")
         return dict(PROTOCOLS["logistic" if model == "logistic" else "softmax"])
+
+
+def _check_rungs(rung_epochs: int, num_epochs: int) -> None:
+    """Halving ranks the points at the end of each rung before the last epoch (epochs
+    rung_epochs, 2 rung_epochs, ... < num_epochs): with no such rung it would prune nothing."""
+    why = "halving ranks the points at rung ends before the last epoch, so it would prune nothing"
+    if num_epochs < 2:
+        allowed = f"needs --num_epochs of at least 2, got --num_epochs={num_epochs} ({why})"
+        raise ConfigError("prune", "halving", allowed)
+    if rung_epochs >= num_epochs:
+        raise ConfigError(
+            "rung_epochs",
+            rung_epochs,
+            f"must be less than --num_epochs={num_epochs} with --prune=halving, i.e. 1 to "
+            f"{num_epochs - 1} ({why})",
+        )
 
 
 def _check_range(name: str, values: tuple, optional: bool) -> None:

@@ -73,6 +73,9 @@ BAD = [
     ("sweep", "--lr=", "lr"),
     ("sweep", "--model=softmax --digits=2,3", "digits"),
     ("sweep", "--model=perceptron", "model"),
+    ("sweep", "--prune=halving --num_epochs=5", "rung_epochs"),  # rung_epochs 5: no rung
+    ("sweep", "--prune=halving --num_epochs=4 --rung_epochs=4", "rung_epochs"),
+    ("sweep", "--prune=halving --num_epochs=1 --rung_epochs=1", "prune"),
     # Flags the experiment does not read, fixes, or ignores with the other settings.
     ("tdt4265_task2", "--batch_sizes=1,32", "batch_sizes"),
     ("tdt4265_task2", "--model=softmax", "model"),
@@ -87,6 +90,24 @@ BAD = [
     ("hw3_logreg_grid", "--batch_size=10", "batch_size"),
     ("hw3_misclassified", "--digits=2,3", "digits"),
 ]
+
+
+def test_halving_without_a_rung_before_the_last_epoch_is_refused_in_words(
+    tmp_path, monkeypatch, capsys
+):
+    argv = ["main", "--experiment=sweep", f"--workdir={tmp_path / 'wd'}", "--prune=halving"]
+    code, _, err = _run_in_process(monkeypatch, capsys, [*argv, "--num_epochs=3"])
+    assert code == 2 and err.count("\n") == 1, err
+    assert err.startswith(
+        "error: --rung_epochs=5: must be less than --num_epochs=3 with --prune=halving, i.e. 1 to "
+        "2 (halving ranks the points at rung ends before the last epoch, so it would prune "
+        "nothing)"
+    ), err
+    code, _, err = _run_in_process(monkeypatch, capsys, [*argv, "--num_epochs=1"])
+    assert code == 2 and err.startswith(
+        "error: --prune=halving: needs --num_epochs of at least 2, got --num_epochs=1"
+    ), err
+    assert not (tmp_path / "wd").exists()
 
 
 def _run_in_process(monkeypatch, capsys, argv):
@@ -123,6 +144,30 @@ def test_errors_found_in_the_data_are_one_line_too(tmp_path, monkeypatch, capsys
     code, _, err = _run_in_process(monkeypatch, capsys, [*base, "--num_train=401"])
     assert code == 2 and err.startswith("error: --num_train=401"), err
     assert not (workdir / "metrics.json").exists()
+
+
+def test_an_error_over_a_smoke_setting_says_it_comes_from_smoke(tmp_path, monkeypatch, capsys):
+    # --smoke sets --max_examples=512 (tdt4265_task4) and --num_epochs=2 (sweep): the user never
+    # typed them, so the error line says where they come from; a value the user typed is as typed.
+    folder = jfake.write_fake_dataset(tmp_path / "fake", num_train=400, num_test=200, seed=0)
+    data = ["--dataset=fake", f"--data_dir={folder}", f"--workdir={tmp_path / 'wd'}"]
+    argv = ["main", "--experiment=tdt4265_task4", *data, "--smoke", "--num_train=10"]
+    code, _, err = _run_in_process(monkeypatch, capsys, argv)
+    assert code == 2 and err.count("\n") == 1, err
+    assert err.startswith("error: --max_examples=512 (set by --smoke): must be at most 10"), err
+    sweep = ["main", "--experiment=sweep", *data, "--smoke", "--prune=halving"]
+    code, _, err = _run_in_process(monkeypatch, capsys, sweep)
+    assert code == 2 and err.startswith("error: --rung_epochs=5: must be less than "), err
+    assert "--num_epochs=2 (set by --smoke) with --prune=halving" in err, err
+    code, _, err = _run_in_process(monkeypatch, capsys, [*sweep, "--num_epochs=2"])
+    assert code == 2 and "--num_epochs=2 with" in err and "set by --smoke" not in err, err
+    # Library messages name a knob as "name value": hw3_mlp's smoke train_eval_size 200.
+    argv = ["main", "--experiment=hw3_mlp", *data, "--smoke", "--max_examples=100"]
+    code, _, err = _run_in_process(monkeypatch, capsys, argv)
+    last = err.strip().splitlines()[-1]  # after the run's log lines: refused before training
+    assert code == 1 and "Traceback" not in err and "epoch 1" not in err, err
+    assert last.startswith("error: fit: train_eval_size 200 (set by --smoke) is larger than"), err
+    assert not (tmp_path / "wd" / "metrics.json").exists()
 
 
 @pytest.mark.parametrize(

@@ -381,6 +381,11 @@ def _refused_before_training(r, *parts):
             ("--smoke", "--max_examples=5"),
             ("fit: batch_size 128 is larger than the", "training examples"),
         ),
+        (
+            "tdt4265_task2",
+            ("--smoke", "--train_eval_size=100000"),
+            ("fit: train_eval_size 100000 is larger than the", "allowed: 0 (all of them) to"),
+        ),
     ],
 )
 def test_data_the_run_cannot_train_on_is_one_line_exit_1(fake, tmp_path, experiment, flags, parts):

@@ -157,3 +157,7 @@ def test_halving_stops_the_worst_points_at_each_rung():
 def test_run_sweep_rejects_a_bad_prune_rule():
     with pytest.raises(ValueError, match="prune must be None or a jaxlr.engine.halving.Halving"):
         jsweep.run_sweep(CFG, jgrid.random_points(2, (0.1, 1)), _data(), prune=0.5)
+    # A rung that ends at or after the last epoch ranks nothing: refused, not a silent no-op.
+    rule = jhalving.Halving(rung_epochs=CFG.num_epochs)
+    with pytest.raises(ValueError, match=f"rung_epochs {CFG.num_epochs} must be less than"):
+        jsweep.run_sweep(CFG, jgrid.random_points(2, (0.1, 1)), _data(), prune=rule)

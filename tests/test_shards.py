@@ -316,7 +316,10 @@ def test_bad_shards_and_halving_are_refused(fake_dir, tmp_path, monkeypatch, cap
     # From the environment: exit 1, naming the variable.
     monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "0")
     monkeypatch.setenv("SLURM_ARRAY_TASK_COUNT", "2")
-    code, err = _launch(monkeypatch, capsys, [*base, "--prune=halving"])
+    # Halving needs a rung before the last epoch (refused before the shard check otherwise).
+    halving = [f for f in base if f != "--num_epochs=1"]
+    halving += ["--num_epochs=2", "--rung_epochs=1", "--prune=halving"]
+    code, err = _launch(monkeypatch, capsys, halving)
     assert (
         code == 1 and err.count("\n") == 0 and "SLURM array task 0/2" in err and "halving" in err
     ), err

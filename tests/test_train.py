@@ -697,6 +697,24 @@ def test_batch_larger_than_the_data_is_refused_in_one_line():
         run_sweep(cfg, make_grid(learning_rate=(0.1,)), data, progress=False)
 
 
+def test_train_eval_size_larger_than_the_data_is_refused_in_one_line():
+    from jaxlr.core.inputs import InputError
+    from jaxlr.engine.grid import make_grid
+    from jaxlr.engine.sweep import run_sweep
+
+    data = synthetic(n=40)
+    cfg = dataclasses.replace(BASE, batch_size=8, train_eval_size=41)
+    msg = r"fit: train_eval_size 41 is larger than the 40 training examples .* 0 \(all of them\) to"
+    with pytest.raises(InputError, match=msg):
+        fit(cfg, make_hparams(0.1), data, progress=False)
+    with pytest.raises(InputError, match="run_sweep: train_eval_size 41 is larger than the 40"):
+        run_sweep(cfg, make_grid(learning_rate=(0.1,)), data, progress=False)
+    # All of them is allowed, and so is 0 ("all").
+    for size in (40, 0):
+        fit(dataclasses.replace(cfg, train_eval_size=size, num_epochs=1), make_hparams(0.1),
+            data, progress=False)  # fmt: skip
+
+
 def test_run_sweep_refuses_labels_data_and_knobs_before_training():
     from jaxlr.core.inputs import InputError
     from jaxlr.engine.grid import grid_from_points, make_grid

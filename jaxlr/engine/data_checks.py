@@ -1,8 +1,8 @@
 """Checks of what `fit` and `run_sweep` are given, before anything is compiled (host side).
 
-`check_data` (shapes, without copying), `check_inputs` (labels, finite features, batch size)
-and the check of one run's scalar hyper-parameters; each error is one line naming the array
-or knob.
+`check_data` (shapes, without copying), `check_inputs` (labels, finite features, batch size,
+train_eval_size) and the check of one run's scalar hyper-parameters; each error is one line
+naming the array or knob.
 
 Dimensions: N training examples, V validation examples, D features, K classes.
 """
@@ -77,11 +77,13 @@ def check_inputs(
 
     Call after `check_data` (shapes). Labels must be integers in [0, K) (K = 2 for the
     logistic model, else `model.num_classes` or `config.num_classes`), the features finite,
-    and the batch no larger than the training set.
+    and the batch and the training accuracy's `train_eval_size` no larger than the training
+    set (never a silent cap).
 
     Raises:
       jaxlr.core.inputs.InputError: one line naming the array, the offending value and what
-        the model allows; or the batch size and the number of training examples.
+        the model allows; or the batch size / train_eval_size and the number of training
+        examples.
     """
     kind = model.kind if model is not None else config.model
     if kind == "logistic":
@@ -97,6 +99,11 @@ def check_inputs(
         raise InputError(
             f"{what}: batch_size {config.batch_size} is larger than the {n} training examples "
             f"of data.x_train; use a batch of at most {n}"
+        )
+    if int(config.train_eval_size) > n:
+        raise InputError(
+            f"{what}: train_eval_size {config.train_eval_size} is larger than the {n} training "
+            f"examples of data.x_train; allowed: 0 (all of them) to {n}"
         )
 
 

@@ -307,7 +307,9 @@ def schedule_numbers(config: TrainConfig, num_train: int) -> Schedule:
 
 def train_eval_count(config: TrainConfig, num_train: int) -> int:
     """How many training examples the training accuracy of a check uses: the first
-    `config.train_eval_size` (all when 0, and at most the N there are)."""
+    `config.train_eval_size` (all when 0). A size above N is refused at `fit` / `run_sweep`
+    entry (`jaxlr.engine.data_checks.check_inputs`); the `min` only keeps direct engine
+    callers in bounds."""
     return min(int(config.train_eval_size) or int(num_train), int(num_train))
 
 

@@ -338,6 +338,13 @@ def _checked_data(config, grid, data, model, prune) -> Data:
         raise ValueError(
             f"run_sweep: prune must be None or a jaxlr.engine.halving.Halving, got {prune!r}"
         )
+    if prune is not None and int(prune.rung_epochs) >= int(config.num_epochs):
+        # Points are ranked at rung ends before the last epoch: with none, nothing is pruned.
+        raise ValueError(
+            f"run_sweep: prune.rung_epochs {prune.rung_epochs} must be less than "
+            f"config.num_epochs {config.num_epochs} (halving ranks the points at rung ends "
+            f"before the last epoch; with none it prunes nothing)"
+        )
     return data
 
 
