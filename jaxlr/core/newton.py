@@ -39,6 +39,7 @@ APPROX_RISE_EPS = 100.0
 LBFGS_MEMORY = 10
 # CG is never asked for a residual below this fraction of the solve's tolerance.
 FORCING_FLOOR = 0.1
+QN_MEMORY = 16
 # At most one progress line this often (seconds) during a host-driven path.
 PROGRESS_SECONDS = 5.0
 
@@ -156,7 +157,7 @@ def one_class_certificate(model, params0, x_ND, y_N, mask_N) -> jax.Array:
     return holds(jnp.asarray(1, dtype)) | holds(jnp.asarray(-1, dtype))
 
 
-def cg(matvec, g_P, gnorm, max_cg_iter, precond=None, floor=0.0):
+def cg(matvec, g_P, gnorm, max_cg_iter, precond=None, floor=0.0, memory=0):
     """Truncated, preconditioned CG for ``H d = -g`` to ``||H d + g|| <= eta ||g||``,
     ``eta = min(0.5, sqrt(||g||))``.
 
@@ -164,7 +165,9 @@ def cg(matvec, g_P, gnorm, max_cg_iter, precond=None, floor=0.0):
     (``jaxlr.core.kron.precondition``), or None. ``floor``: the residual is never asked
     below it (``FORCING_FLOOR`` times the solve's tolerance: a step whose linear model
     leaves a gradient far below the tolerance buys nothing). Stops early on non-positive
-    curvature (then ``d = -g`` if it happens at once). Returns ``(d_P, products)``.
+    curvature (then ``d = -g`` if it happens at once). ``memory``: keep the first that many
+    pairs ``(s, H s)`` of search directions and their products. Returns ``(d_P, products,
+    s_MP, y_MP, pairs)``.
     """
     apply = (lambda r_P: r_P) if precond is None else precond
     target = jnp.maximum(jnp.minimum(0.5, jnp.sqrt(gnorm)) * gnorm, floor)
@@ -174,12 +177,18 @@ def cg(matvec, g_P, gnorm, max_cg_iter, precond=None, floor=0.0):
     rr = jnp.vdot(r_P, r_P)
 
     def cond(c):
-        *_, rr, k, done = c
+        rr, k, done = c[4:7]
         return (k < max_cg_iter) & ~done & (jnp.sqrt(rr) > target)
 
+    m = max(int(memory), 1)
+
     def body(c):
-        d_P, r_P, s_P, rz, rr, k, _ = c
+        d_P, r_P, s_P, rz, rr, k, _, s_MP, y_MP = c
         hs_P = matvec(s_P)
+        slot = jnp.minimum(k, m - 1)
+        keep = k < memory
+        s_MP = jnp.where(keep, s_MP.at[slot].set(s_P), s_MP)
+        y_MP = jnp.where(keep, y_MP.at[slot].set(hs_P), y_MP)
         shs = jnp.vdot(s_P, hs_P)
         flat = shs <= 0
         alpha = rz / jnp.where(flat, 1, shs)
@@ -197,11 +206,38 @@ def cg(matvec, g_P, gnorm, max_cg_iter, precond=None, floor=0.0):
             jnp.where(flat, rr, jnp.vdot(r_new, r_new)),
             k + 1,
             flat,
+            s_MP,
+            y_MP,
         )
 
-    init = (jnp.zeros_like(g_P), r_P, z_P, rz, rr, jnp.asarray(0, jnp.int32), jnp.asarray(False))
-    d_P, *_, k, _ = jax.lax.while_loop(cond, body, init)
-    return d_P, k
+    empty = jnp.zeros((m, g_P.shape[0]), g_P.dtype)
+    init = (jnp.zeros_like(g_P), r_P, z_P, rz, rr, jnp.asarray(0, jnp.int32), jnp.asarray(False),
+            empty, empty)  # fmt: skip
+    d_P, *_, k, flat, s_MP, y_MP = jax.lax.while_loop(cond, body, init)
+    pairs = jnp.minimum(k - flat.astype(k.dtype), memory)
+    return d_P, k, s_MP, y_MP, pairs
+
+
+def quasi_newton(apply0, s_MP, y_MP, pairs):
+    """``r -> M^-1 r`` of the L-BFGS update of ``apply0`` by the pairs ``(s_i, y_i = H s_i)``
+    (Morales & Nocedal, 2000: the pairs of one Newton iteration's CG precondition the next)."""
+    m = s_MP.shape[0]
+    sy_M = jnp.sum(s_MP * y_MP, axis=1)
+    valid_M = (jnp.arange(m) < pairs) & (sy_M > 0)
+    rho_M = jnp.where(valid_M, 1 / jnp.where(valid_M, sy_M, 1), 0)
+
+    def apply(r_P):
+        q_P, alpha = r_P, [None] * m
+        for i in reversed(range(m)):
+            alpha[i] = rho_M[i] * jnp.vdot(s_MP[i], q_P)
+            q_P = q_P - alpha[i] * y_MP[i]
+        z_P = apply0(q_P)
+        for i in range(m):
+            beta = rho_M[i] * jnp.vdot(y_MP[i], z_P)
+            z_P = z_P + (alpha[i] - beta) * s_MP[i]
+        return z_P
+
+    return apply
 
 
 class NewtonState(NamedTuple):
@@ -215,14 +251,19 @@ class NewtonState(NamedTuple):
     hvps: jax.Array
     stalled: jax.Array
     separated: jax.Array
+    mem_s: jax.Array
+    mem_y: jax.Array
+    mem_n: jax.Array
 
 
 def newton_start(fun, sep_fun, p_P) -> NewtonState:
     f, g_P = jax.value_and_grad(fun)(p_P)
     zero = jnp.asarray(0, jnp.int32)
+    empty = jnp.zeros((max(QN_MEMORY, 1), p_P.shape[0]), p_P.dtype)
     return NewtonState(
-        p_P, f, g_P, jnp.linalg.norm(g_P), zero, zero, jnp.asarray(False), sep_fun(p_P)
-    )
+        p_P, f, g_P, jnp.linalg.norm(g_P), zero, zero, jnp.asarray(False), sep_fun(p_P),
+        empty, empty, zero,
+    )  # fmt: skip
 
 
 def newton_running(c: NewtonState, tol, stop, max_iter):
@@ -252,8 +293,13 @@ def newton_iteration(fun, sep_fun, hess_fun, c: NewtonState, max_cg_iter, precon
     eps_rise = APPROX_RISE_EPS * jnp.finfo(dtype).eps
     value_and_grad = jax.value_and_grad(fun)
     matvec = hessian_matvec(hess_fun, p_P)
-    precond = None if precond_at is None else precond_at(p_P)
-    d_P, k = cg(matvec, g_P, gnorm, max_cg_iter, precond, floor)
+    precond, memory = None, 0
+    if precond_at is not None:
+        precond = quasi_newton(precond_at(p_P), c.mem_s, c.mem_y, c.mem_n)
+        memory = QN_MEMORY
+    d_P, k, mem_s, mem_y, mem_n = cg(matvec, g_P, gnorm, max_cg_iter, precond, floor, memory)
+    if not memory:  # plain CG: nothing to remember
+        mem_s, mem_y, mem_n = c.mem_s, c.mem_y, c.mem_n
     slope = jnp.vdot(g_P, d_P)
 
     def trial(t):
@@ -288,6 +334,9 @@ def newton_iteration(fun, sep_fun, hess_fun, c: NewtonState, max_cg_iter, precon
         c.hvps + k,
         ~ok,
         sep_fun(p_P),
+        mem_s,
+        mem_y,
+        mem_n,
     )
 
 

@@ -6,18 +6,26 @@ finds it for the model's own objective (``model.loss``: either L2 convention, bi
 penalised or not, the same function training minimises) and ``solve_path`` solves a whole
 regularization path in one compiled call.
 
-Method ("newton_cg", the default): truncated Newton. Each iteration linearises the
-gradient at the current point (``jax.linearize`` of ``jax.grad``: the Hessian-vector
-product ``jvp(grad f)``, one forward and one backward pass per product), solves
-``H d = -g`` by conjugate gradients to the residual ``min(0.5, sqrt(||g||)) ||g||`` (the
-forcing sequence of Nocedal & Wright, Algorithm 7.1, which gives superlinear convergence;
-at most ``max_cg_iter`` products), then backtracks from the full step ``t = 1`` by halving
-until the Armijo condition ``f(p + t d) <= f(p) + 1e-4 t g.d`` holds. Close to the optimum
-the decrease falls below the rounding of ``f``, so a step is also accepted when ``f`` rises
-by no more than ``100 eps |f|`` while the gradient norm falls (a relaxation in the spirit of
-Hager & Zhang's approximate Wolfe conditions). "lbfgs": optax's L-BFGS (memory 10) with
-its zoom line search; it needs many more iterations and is kept as an independent
+Method ("newton_cg", the default): truncated Newton. Each iteration linearises the gradient
+at the current point (``jax.linearize`` of ``jax.grad``: the Hessian-vector product
+``jvp(grad f)``, one forward and one backward pass per product), solves ``H d = -g`` by
+conjugate gradients to the residual ``min(0.5, sqrt(||g||)) ||g||`` (the forcing sequence of
+Nocedal & Wright, Algorithm 7.1, which gives superlinear convergence; never below ``0.1
+tol``; at most ``max_cg_iter`` products), then backtracks from the full step ``t = 1`` by
+halving until the Armijo condition ``f(p + t d) <= f(p) + 1e-4 t g.d`` holds. Close to the
+optimum the decrease falls below the rounding of ``f``, so a step is also accepted when
+``f`` rises by no more than ``100 eps |f|`` while the gradient norm falls (a relaxation in
+the spirit of Hager & Zhang's approximate Wolfe conditions). "lbfgs": optax's L-BFGS (memory
+10) with its zoom line search; it needs many more iterations and is kept as an independent
 cross-check.
+
+Preconditioning (``precondition=True``, the default): CG runs on ``M^-1 H`` with ``M`` the
+Kronecker approximation ``A (x) S + lambda r I`` of the Hessian (``jaxlr.core.kron``: the
+Gram of the inputs, eigendecomposed once per data set, times the mean output curvature at
+the current point), updated by L-BFGS from the first ``newton.QN_MEMORY`` pairs
+``(s, H s)`` of the previous Newton iteration's CG (Morales & Nocedal, 2000). On
+``tdt4265_task4`` (20,000 x 785, ten classes) it cuts the products of the five lambdas from
+940 to about 270; the iterates, and so the optimum up to ``tol``, do not depend on it.
 
 Stopping: the Euclidean norm of the gradient of the objective (all parameters flattened),
 ``||grad f||_2 <= tol``, absolute; the objective is a mean over examples, so the scale does
