@@ -306,7 +306,9 @@ def test_path_lambdas_leave_the_batch_when_done(monkeypatch, caplog):
     ]
     assert [int(i) for i in path.iterations] == iters and bool(jnp.all(path.converged))
     assert len(sizes) == max(iters) and sizes == sorted(sizes, reverse=True)
-    assert sizes[0] == 5 and sizes[-1] == 1  # the slowest lambda ran alone at the end
+    # The slowest lambdas ran alone at the end, in the smallest block that holds them.
+    slowest = sum(i == max(iters) for i in iters)
+    assert sizes[0] == 5 and sizes[-1] == newton.block_size(slowest, 5) and slowest < 5
     lines = [r.getMessage() for r in caplog.records]
     assert any("lambdas left" in m for m in lines) and "5 lambdas in" in lines[-1]
     # progress=False is silent.
@@ -341,6 +343,10 @@ def test_one_class_feature_certifies_no_finite_optimum_without_iterating(bias):
     assert bool(path.converged[1]) and not bool(path.no_finite_optimum[1])
     one = solver.solve(model, None, x_ND, y_N, 0.0)
     assert bool(one.no_finite_optimum) and int(one.iterations) == 0
+    # The report's rows say so too (the certified lambda is not "separated": not iterated).
+    rows = solver.optimum_report(model, x_ND, y_N, [0.0, 0.1], progress=False).rows
+    assert rows[0]["no_finite_optimum"] and not rows[0]["separated"] and not rows[0]["converged"]
+    assert not rows[1]["no_finite_optimum"] and rows[1]["converged"]
     # Along the direction the objective keeps falling: no finite point is optimal.
     f = _objective(model, x_ND, y_N, 0.0)
     d = jax.tree.map(jnp.zeros_like, path.params)

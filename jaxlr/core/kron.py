@@ -39,7 +39,14 @@ import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
-__all__ = ["Basis", "basis", "max_eigenvalue_at_zero", "mean_output_curvature", "precondition"]
+__all__ = [
+    "Basis",
+    "basis",
+    "max_eigenvalue_at_zero",
+    "mean_output_curvature",
+    "output_curvature_from_logits",
+    "precondition",
+]
 
 
 class Basis(NamedTuple):
@@ -106,9 +113,13 @@ def basis(model, template, x_ND, mask_N) -> Basis:
 
 def mean_output_curvature(model, params, x_ND, mask_N) -> jax.Array:
     """``S``: the mean over examples of the output curvature ``S_n`` (``K x K``)."""
-    logits = model.apply(params, x_ND)
+    return output_curvature_from_logits(model.apply(params, x_ND), mask_N)
+
+
+def output_curvature_from_logits(logits, mask_N) -> jax.Array:
+    """``mean_output_curvature`` from the logits (rank 1: logistic)."""
     dtype = logits.dtype
-    m_N = jnp.ones(x_ND.shape[0], dtype) if mask_N is None else mask_N.astype(dtype)
+    m_N = jnp.ones(logits.shape[0], dtype) if mask_N is None else mask_N.astype(dtype)
     total = jnp.maximum(jnp.sum(m_N), 1)
     if logits.ndim == 1:
         s_N = jax.nn.sigmoid(logits)

@@ -91,7 +91,11 @@ def zeros_like_model(model, dtype):
 
 def is_separated(model, params, x_ND, y_N, mask_N) -> jax.Array:
     """Every unmasked example strictly correctly classified (a positive margin)."""
-    logits = model.apply(params, x_ND)
+    return separated_from_logits(model.apply(params, x_ND), y_N, mask_N)
+
+
+def separated_from_logits(logits, y_N, mask_N) -> jax.Array:
+    """``is_separated`` from the logits (rank 1: logistic)."""
     if logits.ndim == 1:
         sign_N = 2.0 * jnp.asarray(y_N).astype(logits.dtype) - 1.0
         margin_N = sign_N * logits
@@ -251,17 +255,21 @@ class NewtonState(NamedTuple):
     hvps: jax.Array
     stalled: jax.Array
     separated: jax.Array
+    s_KK: jax.Array
     mem_s: jax.Array
     mem_y: jax.Array
     mem_n: jax.Array
 
 
-def newton_start(fun, sep_fun, p_P) -> NewtonState:
+def newton_start(fun, probe, p_P) -> NewtonState:
+    """``probe``: ``p_P -> (separated, S)``, one pass over the data for the separation test
+    and the mean output curvature of the preconditioner (``problem``)."""
     f, g_P = jax.value_and_grad(fun)(p_P)
     zero = jnp.asarray(0, jnp.int32)
     empty = jnp.zeros((max(QN_MEMORY, 1), p_P.shape[0]), p_P.dtype)
+    separated, s_KK = probe(p_P)
     return NewtonState(
-        p_P, f, g_P, jnp.linalg.norm(g_P), zero, zero, jnp.asarray(False), sep_fun(p_P),
+        p_P, f, g_P, jnp.linalg.norm(g_P), zero, zero, jnp.asarray(False), separated, s_KK,
         empty, empty, zero,
     )  # fmt: skip
 
@@ -284,10 +292,10 @@ def hessian_matvec(hess_fun, p_P):
     return lambda v_P: matvec(v_P.astype(hdtype)).astype(p_P.dtype)
 
 
-def newton_iteration(fun, sep_fun, hess_fun, c: NewtonState, max_cg_iter, precond_at=None,
+def newton_iteration(fun, probe, hess_fun, c: NewtonState, max_cg_iter, precond_at=None,
                      floor=0.0) -> NewtonState:  # fmt: skip
     """One Newton-CG iteration: CG on the HVPs at ``c.p_P`` (preconditioned by
-    ``precond_at(p_P)`` when given), then the line search."""
+    ``precond_at(c.s_KK)`` when given), then the line search."""
     p_P, f, g_P, gnorm = c.p_P, c.f, c.g_P, c.gnorm
     dtype = p_P.dtype
     eps_rise = APPROX_RISE_EPS * jnp.finfo(dtype).eps
@@ -295,7 +303,7 @@ def newton_iteration(fun, sep_fun, hess_fun, c: NewtonState, max_cg_iter, precon
     matvec = hessian_matvec(hess_fun, p_P)
     precond, memory = None, 0
     if precond_at is not None:
-        precond = quasi_newton(precond_at(p_P), c.mem_s, c.mem_y, c.mem_n)
+        precond = quasi_newton(precond_at(c.s_KK), c.mem_s, c.mem_y, c.mem_n)
         memory = QN_MEMORY
     d_P, k, mem_s, mem_y, mem_n = cg(matvec, g_P, gnorm, max_cg_iter, precond, floor, memory)
     if not memory:  # plain CG: nothing to remember
@@ -325,6 +333,7 @@ def newton_iteration(fun, sep_fun, hess_fun, c: NewtonState, max_cg_iter, precon
         ls_cond, ls_body, (one, *trial(one), jnp.asarray(1, jnp.int32))
     )
     p_P = jnp.where(ok, q_P, p_P)
+    separated, s_KK = probe(p_P)
     return NewtonState(
         p_P,
         jnp.where(ok, fq, f),
@@ -333,20 +342,21 @@ def newton_iteration(fun, sep_fun, hess_fun, c: NewtonState, max_cg_iter, precon
         c.it + 1,
         c.hvps + k,
         ~ok,
-        sep_fun(p_P),
+        separated,
+        s_KK,
         mem_s,
         mem_y,
         mem_n,
     )
 
 
-def newton_cg(fun, sep_fun, hess_fun, p_P, tol, stop, max_iter, max_cg_iter, precond_at=None):
+def newton_cg(fun, probe, hess_fun, p_P, tol, stop, max_iter, max_cg_iter, precond_at=None):
     c = jax.lax.while_loop(
         lambda c: newton_running(c, tol, stop, max_iter),
         lambda c: newton_iteration(
-            fun, sep_fun, hess_fun, c, max_cg_iter, precond_at, FORCING_FLOOR * tol
+            fun, probe, hess_fun, c, max_cg_iter, precond_at, FORCING_FLOOR * tol
         ),
-        newton_start(fun, sep_fun, p_P),
+        newton_start(fun, probe, p_P),
     )
     return c.p_P, c.it, c.hvps, c.stalled
 
@@ -384,40 +394,45 @@ def lbfgs(fun, sep_fun, p_P, tol, stop, max_iter):
     return p_out, it, zero, jnp.asarray(False)
 
 
-def problem(model, unravel, x_ND, y_N, l2, mask_N, hvp_dtype=None):
-    """The objective, the separation test and the Hessian's objective of one lambda, on flat
+def problem(model, unravel, x_ND, y_N, l2, mask_N, hvp_dtype=None, x_h=None):
+    """The objective, the probe (``p_P -> (separated, S)``: the separation test and the mean
+    output curvature from one pass) and the Hessian's objective of one lambda, on flat
     parameters. ``hvp_dtype`` (a dtype name; None: the data's): the dtype the Hessian-vector
-    products run in (``(fun, dtype)``, data and lambda cast to it)."""
+    products run in (``(fun, dtype)``, data and lambda cast to it; ``x_h``: the data already
+    cast, so a host loop casts once)."""
 
     def fun(p_P):
         return model.loss(unravel(p_P), x_ND, y_N, l2, mask_N)[0]
 
-    def sep_fun(p_P):
-        return is_separated(model, unravel(p_P), x_ND, y_N, mask_N)
+    def probe(p_P):
+        logits = model.apply(unravel(p_P), x_ND)
+        return (
+            separated_from_logits(logits, y_N, mask_N),
+            kron.output_curvature_from_logits(logits, mask_N),
+        )
 
     hdtype = x_ND.dtype if hvp_dtype is None else jnp.dtype(hvp_dtype)
     if hdtype == x_ND.dtype:
-        return fun, sep_fun, (fun, hdtype)
+        return fun, probe, (fun, hdtype)
     unravel_h = unravel_for(model, hdtype)
-    x_h = x_ND.astype(hdtype)
+    x_h = x_ND.astype(hdtype) if x_h is None else x_h
     mask_h = None if mask_N is None else mask_N.astype(hdtype)
     l2_h = jnp.asarray(l2).astype(hdtype)
 
     def hess(p_P):
         return model.loss(unravel_h(p_P), x_h, y_N, l2_h, mask_h)[0]
 
-    return fun, sep_fun, (hess, hdtype)
+    return fun, probe, (hess, hdtype)
 
 
 def preconditioner(model, unravel, basis, x_ND, l2, mask_N):
-    """``p_P -> (v_P -> M^-1 v_P)``: the Kronecker preconditioner at ``p_P`` (``jaxlr.core.kron``),
-    or None without a ``basis``."""
+    """``S -> (v_P -> M^-1 v_P)``: the Kronecker preconditioner for the mean output curvature
+    ``S`` of the current point (``jaxlr.core.kron``), or None without a ``basis``."""
     if basis is None:
         return None
     template = zeros_like_model(model, x_ND.dtype)
 
-    def at(p_P):
-        s_KK = kron.mean_output_curvature(model, unravel(p_P), x_ND, mask_N)
+    def at(s_KK):
         return kron.precondition(basis, s_KK, l2, template)
 
     return at
@@ -450,17 +465,17 @@ def solve_impl(model, method, max_iter, max_cg_iter, hvp_dtype, precondition, pa
     dtype = p0_P.dtype
     tol = jnp.asarray(tol, dtype)
     l2 = jnp.asarray(l2, dtype)
-    fun, sep_fun, hess_fun = problem(model, unravel, x_ND, y_N, l2, mask_N, hvp_dtype)
+    fun, probe, hess_fun = problem(model, unravel, x_ND, y_N, l2, mask_N, hvp_dtype)
     certified = one_class_certificate(model, params0, x_ND, y_N, mask_N)
     stop = (l2 == 0, (l2 == 0) & certified)
     if method == "newton_cg":
         basis = make_basis(model, x_ND, mask_N) if precondition else None
         precond_at = preconditioner(model, unravel, basis, x_ND, l2, mask_N)
         p_P, it, hvps, stalled = newton_cg(
-            fun, sep_fun, hess_fun, p0_P, tol, stop, max_iter, max_cg_iter, precond_at
+            fun, probe, hess_fun, p0_P, tol, stop, max_iter, max_cg_iter, precond_at
         )
     else:
-        p_P, it, hvps, stalled = lbfgs(fun, sep_fun, p0_P, tol, stop, max_iter)
+        p_P, it, hvps, stalled = lbfgs(fun, lambda p: probe(p)[0], p0_P, tol, stop, max_iter)
     return make_result(
         model, unravel, p_P, it, hvps, stalled, x_ND, y_N, l2, mask_N, tol, certified
     )
@@ -502,28 +517,30 @@ def path_start(model, params0_L, x_ND, y_N, l2_L, mask_N):
 
     def one(params0, l2):
         p0_P, unravel = ravel_pytree(params0)
-        fun, sep_fun, _ = problem(model, unravel, x_ND, y_N, l2, mask_N)
-        return newton_start(fun, sep_fun, p0_P)
+        fun, probe, _ = problem(model, unravel, x_ND, y_N, l2, mask_N)
+        return newton_start(fun, probe, p0_P)
 
     return jax.vmap(one)(params0_L, l2_L), certified
 
 
 @functools.partial(jax.jit, static_argnames=("model", "max_cg_iter", "hvp_dtype"))
 def path_iteration_jit(model, max_cg_iter, c_B, x_ND, y_N, l2_B, mask_N, hvp_dtype=None,
-                       basis=None, floor=0.0):  # fmt: skip
-    return path_iteration(model, max_cg_iter, c_B, x_ND, y_N, l2_B, mask_N, hvp_dtype, basis, floor)
+                       basis=None, floor=0.0, x_h=None):  # fmt: skip
+    return path_iteration(
+        model, max_cg_iter, c_B, x_ND, y_N, l2_B, mask_N, hvp_dtype, basis, floor, x_h
+    )
 
 
 def path_iteration(model, max_cg_iter, c_B, x_ND, y_N, l2_B, mask_N, hvp_dtype=None, basis=None,
-                   floor=0.0):  # fmt: skip
+                   floor=0.0, x_h=None):  # fmt: skip
     """One Newton-CG iteration of each of B lanes (compiled once per block size B);
     preconditioned when a ``kron.Basis`` of the data is given."""
     unravel = unravel_for(model, x_ND.dtype)
 
     def one(c, l2):
-        fun, sep_fun, hess_fun = problem(model, unravel, x_ND, y_N, l2, mask_N, hvp_dtype)
+        fun, probe, hess_fun = problem(model, unravel, x_ND, y_N, l2, mask_N, hvp_dtype, x_h)
         precond_at = preconditioner(model, unravel, basis, x_ND, l2, mask_N)
-        return newton_iteration(fun, sep_fun, hess_fun, c, max_cg_iter, precond_at, floor)
+        return newton_iteration(fun, probe, hess_fun, c, max_cg_iter, precond_at, floor)
 
     return jax.vmap(one)(c_B, l2_B)
 
@@ -557,6 +574,8 @@ def solve_path_host(model, max_iter, max_cg_iter, params0_L, x_ND, y_N, l2_L, ma
     num = int(l2_L.shape[0])
     c_dev, certified = path_start_jit(model, params0_L, x_ND, y_N, l2_L, mask_N)
     c = NewtonState(*(np.array(a) for a in c_dev))
+    hdtype = x_ND.dtype if hvp_dtype is None else jnp.dtype(hvp_dtype)
+    x_h = None if hdtype == x_ND.dtype else x_ND.astype(hdtype)  # cast once, not per iteration
     lam_L = np.asarray(l2_L)
     certified = bool(certified)
     stop = (lam_L == 0, (lam_L == 0) & certified)
@@ -593,6 +612,7 @@ def solve_path_host(model, max_iter, max_cg_iter, params0_L, x_ND, y_N, l2_L, ma
             hvp_dtype,
             basis,
             FORCING_FLOOR * tol,
+            x_h,
         )
         for mine, new in zip(c, out, strict=True):
             mine[active] = np.asarray(new)[: active.size]

@@ -455,8 +455,8 @@ def optimum_report(
       did not converge), "lr" (None without ``learning_rates``), "lr_limit" (2 / h_max at
       the optimum), "lr_limit_init" (at zero parameters), "lr_over_limit" (lr / lr_limit),
       "grad_norm", "iterations", "converged", "separated", "no_finite_optimum" (lambda = 0
-      and every example strictly correctly classified: certified), "weight_norm" (L2 norm
-      of the optimum's weights).
+      and certified: separated iterates or a one-class feature, ``SolveResult``'s field),
+      "weight_norm" (L2 norm of the optimum's weights).
     """
     _check_model(model, "optimum_report")
     _check_data("optimum_report", x_ND, y_N, mask_N)
@@ -489,68 +489,74 @@ def optimum_report(
             precondition=basis,
             progress=progress,
         )
-        t0 = time.perf_counter()
-        zeros = newton.zeros_like_model(model, jnp.dtype(dtype))
-        # At zero parameters the Hessian is exactly Kronecker (kron: one eigenbasis, no
-        # products); a lambda certified to have no finite optimum was not iterated, so its
-        # "optimum" is that start. The others: Lanczos (curvature.lr_limit's default) at
-        # their optima, vmapped in one call (the products are bound by reading x: four
-        # lanes cost about two).
-        limits_init = 2.0 / kron.max_eigenvalue_at_zero(model, basis, zeros, x, lam_L)
-        started = np.asarray(path.no_finite_optimum) & (np.asarray(path.iterations) == 0)
-        limits = np.asarray(limits_init, np.float64).copy()
-        todo = np.flatnonzero(~started)
-        if todo.size:
-            limits[todo] = np.asarray(
-                _limits(model, jax.tree.map(lambda a: a[todo], path.params), x, y,
-                        lam_L[todo], mask, key),
-                np.float64,
-            )  # fmt: skip
-        path_np = jax.tree.map(np.asarray, path)
-        if progress:
-            log.info(
-                "optimum: gradient-descent limits of %d lambdas in %.1f s",
-                len(l2_L),
-                time.perf_counter() - t0,
-            )
-        limits_init = np.asarray(limits_init, np.float64)
-    norms = [
-        float(np.sqrt(sum(np.sum(np.square(np.asarray(a, np.float64))) for a in ws)))
-        for ws in (
-            losses.l2_weights(jax.tree.map(lambda a, i=i: a[i], path_np.params), include_bias)
-            for i in range(len(l2_L))
-        )
-    ]
-    rows = []
-    for s in range(num):
-        i = int(index_S[s])
-        opt = float(path_np.objective[i])
-        converged = bool(path_np.converged[i])
-        lr = lrs[s]
-        rows.append(
-            {
-                "l2": float(l2_S[s]),
-                "optimum_objective": opt,
-                "optimum_cross_entropy": float(path_np.cross_entropy[i]),
-                "gap": None if finals[s] is None or not converged else finals[s] - opt,
-                "lr": lr,
-                "lr_limit": float(limits[i]),
-                "lr_limit_init": float(limits_init[i]),
-                "lr_over_limit": None if lr is None else lr / float(limits[i]),
-                "grad_norm": float(path_np.grad_norm[i]),
-                "iterations": int(path_np.iterations[i]),
-                "converged": converged,
-                "separated": bool(path_np.separated[i]),
-                "no_finite_optimum": bool(path_np.separated[i]) and float(l2_S[s]) == 0.0,
-                "weight_norm": norms[i],
-            }
-        )
+        limits, limits_init = _gd_limits(model, path, basis, x, y, lam_L, mask, key, progress)
+    path_np = jax.tree.map(np.asarray, path)
+    rows = [
+        _row(path_np, int(index_S[s]), float(l2_S[s]), lrs[s], finals[s], limits, limits_init,
+             include_bias)
+        for s in range(num)
+    ]  # fmt: skip
     return OptimumReport(rows, l2_L, path)
 
 
-@functools.partial(jax.jit, static_argnames=("model", "batched_params"))
-def _limits(model, params, x_ND, y_N, l2_L, mask_N, key, batched_params=True):
+def _gd_limits(model, path, basis, x, y, lam_L, mask, key, progress):
+    """``2 / h_max`` at each lambda's optimum and at zero parameters (numpy float64 [L])."""
+    t0 = time.perf_counter()
+    zeros = newton.zeros_like_model(model, x.dtype)
+    # At zero parameters the Hessian is exactly Kronecker (kron: one eigenbasis, no
+    # products); a lambda certified to have no finite optimum was not iterated, so its
+    # "optimum" is that start. The others: Lanczos (curvature.lr_limit's default) at
+    # their optima, vmapped in one call (the products are bound by reading x: four
+    # lanes cost about two).
+    limits_init = np.asarray(
+        2.0 / kron.max_eigenvalue_at_zero(model, basis, zeros, x, lam_L), np.float64
+    )
+    started = np.asarray(path.no_finite_optimum) & (np.asarray(path.iterations) == 0)
+    limits = limits_init.copy()
+    todo = np.flatnonzero(~started)
+    if todo.size:
+        params = jax.tree.map(lambda a: a[todo], path.params)
+        limits[todo] = np.asarray(_limits(model, params, x, y, lam_L[todo], mask, key), np.float64)
+    if progress:
+        log.info(
+            "optimum: gradient-descent limits of %d lambdas in %.1f s (%d by Lanczos)",
+            len(lam_L),
+            time.perf_counter() - t0,
+            todo.size,
+        )
+    return limits, limits_init
+
+
+def _row(path_np, i, l2, lr, final, limits, limits_init, include_bias) -> dict:
+    """One point's row of ``optimum_report`` (its lambda is ``path_np``'s entry ``i``)."""
+    params = jax.tree.map(lambda a: a[i], path_np.params)
+    weights = losses.l2_weights(params, include_bias)
+    norm = float(np.sqrt(sum(np.sum(np.square(np.asarray(a, np.float64))) for a in weights)))
+    opt = float(path_np.objective[i])
+    converged = bool(path_np.converged[i])
+    return {
+        "l2": l2,
+        "optimum_objective": opt,
+        "optimum_cross_entropy": float(path_np.cross_entropy[i]),
+        "gap": None if final is None or not converged else final - opt,
+        "lr": lr,
+        "lr_limit": float(limits[i]),
+        "lr_limit_init": float(limits_init[i]),
+        "lr_over_limit": None if lr is None else lr / float(limits[i]),
+        "grad_norm": float(path_np.grad_norm[i]),
+        "iterations": int(path_np.iterations[i]),
+        "converged": converged,
+        "separated": bool(path_np.separated[i]),
+        "no_finite_optimum": bool(path_np.no_finite_optimum[i]),
+        "weight_norm": norm,
+    }
+
+
+@functools.partial(jax.jit, static_argnames=("model",))
+def _limits(model, params, x_ND, y_N, l2_L, mask_N, key):
+    """``2 / h_max`` at each lane's ``params`` (leading axis L), by ``curvature.lr_limit``."""
+
     def one(p, l2):
         return curvature.lr_limit(model, p, x_ND, y_N, l2, mask_N, key=key)
 
-    return jax.vmap(one, in_axes=(0 if batched_params else None, 0))(params, l2_L)
+    return jax.vmap(one)(params, l2_L)
