@@ -552,11 +552,17 @@ def _row(path_np, i, l2, lr, final, limits, limits_init, include_bias) -> dict:
     }
 
 
+# Residual tolerance of the limits' Lanczos, relative to the eigenvalue: the Rayleigh quotient
+# of a vector with residual r is within ||r||^2 / gap of the eigenvalue (and always within ||r||),
+# so 1e-6 gives the limit to ~1e-9 relative for a top eigenvalue that is not clustered.
+LIMIT_RTOL = 1e-6
+
+
 @functools.partial(jax.jit, static_argnames=("model",))
 def _limits(model, params, x_ND, y_N, l2_L, mask_N, key):
     """``2 / h_max`` at each lane's ``params`` (leading axis L), by ``curvature.lr_limit``."""
 
     def one(p, l2):
-        return curvature.lr_limit(model, p, x_ND, y_N, l2, mask_N, key=key)
+        return curvature.lr_limit(model, p, x_ND, y_N, l2, mask_N, key=key, rtol=LIMIT_RTOL)
 
     return jax.vmap(one)(params, l2_L)
