@@ -230,15 +230,20 @@ def quasi_newton(apply0, s_MP, y_MP, pairs):
     valid_M = (jnp.arange(m) < pairs) & (sy_M > 0)
     rho_M = jnp.where(valid_M, 1 / jnp.where(valid_M, sy_M, 1), 0)
 
+    def backward(q_P, pair):
+        s_P, y_P, rho = pair
+        alpha = rho * jnp.vdot(s_P, q_P)
+        return q_P - alpha * y_P, alpha
+
+    def forward(z_P, pair):
+        s_P, y_P, rho, alpha = pair
+        beta = rho * jnp.vdot(y_P, z_P)
+        return z_P + (alpha - beta) * s_P, None
+
     def apply(r_P):
-        q_P, alpha = r_P, [None] * m
-        for i in reversed(range(m)):
-            alpha[i] = rho_M[i] * jnp.vdot(s_MP[i], q_P)
-            q_P = q_P - alpha[i] * y_MP[i]
-        z_P = apply0(q_P)
-        for i in range(m):
-            beta = rho_M[i] * jnp.vdot(y_MP[i], z_P)
-            z_P = z_P + (alpha[i] - beta) * s_MP[i]
+        # The two loops as scans (not unrolled): a small program however many pairs are kept.
+        q_P, alpha_M = jax.lax.scan(backward, r_P, (s_MP, y_MP, rho_M), reverse=True)
+        z_P, _ = jax.lax.scan(forward, apply0(q_P), (s_MP, y_MP, rho_M, alpha_M))
         return z_P
 
     return apply
