@@ -99,6 +99,42 @@ def test_the_preconditioner_inverts_the_kronecker_approximation(case):
         assert kind in ("logistic", "softmax")
 
 
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("case", CASES, ids=["-".join(map(str, c)) for c in CASES])
+def test_hessian_matvec_equals_autodiff_and_the_dense_hessian(case, masked):
+    """The hand-derived product at a random point against jax.linearize of jax.grad and
+    against the dense Hessian, with the transposed data stored and as ``x.T``."""
+    with jax.enable_x64(True):
+        model, x, y, mask = _problem(*case, masked=masked)
+        rng = np.random.default_rng(2)
+        template = newton.zeros_like_model(model, F64)
+        p_P, unravel = ravel_pytree(
+            jax.tree.map(lambda a: jnp.asarray(rng.normal(size=a.shape), F64), template)
+        )
+        b = kron.basis(model, template, x, mask)
+        lam = 0.07
+        v_P = jnp.asarray(rng.normal(size=p_P.shape))
+
+        def objective(q_P):
+            return model.loss(unravel(q_P), x, y, lam, mask)[0]
+
+        want = jax.linearize(jax.grad(objective), p_P)[1](v_P)
+        dense = _dense_hessian(model, unravel(p_P), x, y, lam, mask) @ np.asarray(v_P)
+        xt = newton.transposed(x)
+        for xt_DN in (xt, x.T):
+            got = kron.hessian_matvec(b, template, x, xt_DN, mask, lam, p_P)(v_P)
+            assert np.asarray(got) == pytest.approx(np.asarray(want), rel=1e-12, abs=1e-13)
+            assert np.asarray(got) == pytest.approx(dense, rel=1e-12, abs=1e-13)
+        # Float32 products for a float64 vector: the result comes back in float64.
+        x32 = x.astype(jnp.float32)
+        got32 = kron.hessian_matvec(
+            b, newton.zeros_like_model(model, jnp.float32), x32, newton.transposed(x32),
+            None if mask is None else mask.astype(jnp.float32), lam, p_P,
+        )(v_P)  # fmt: skip
+        assert got32.dtype == F64
+        assert np.asarray(got32) == pytest.approx(np.asarray(want), rel=1e-4, abs=1e-5)
+
+
 def test_penalty_rows_read_from_the_model():
     with jax.enable_x64(True):
         for case, want in [

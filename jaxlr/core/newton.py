@@ -191,8 +191,9 @@ def cg(matvec, g_P, gnorm, max_cg_iter, precond=None, floor=0.0, memory=0):
         hs_P = matvec(s_P)
         slot = jnp.minimum(k, m - 1)
         keep = k < memory
-        s_MP = jnp.where(keep, s_MP.at[slot].set(s_P), s_MP)
-        y_MP = jnp.where(keep, y_MP.at[slot].set(hs_P), y_MP)
+        # One row written in place (a select of the whole memory would copy it every step).
+        s_MP = s_MP.at[slot].set(jnp.where(keep, s_P, s_MP[slot]))
+        y_MP = y_MP.at[slot].set(jnp.where(keep, hs_P, y_MP[slot]))
         shs = jnp.vdot(s_P, hs_P)
         flat = shs <= 0
         alpha = rz / jnp.where(flat, 1, shs)
@@ -289,7 +290,8 @@ def newton_running(c: NewtonState, tol, stop, max_iter):
 
 def hessian_matvec(hess_fun, p_P):
     """``v -> H(p) v`` from ``hess_fun`` (the objective in the Hessian dtype, on flat
-    parameters), linearised once at ``p_P``; vectors in and out in ``p_P``'s dtype."""
+    parameters), linearised once at ``p_P``; vectors in and out in ``p_P``'s dtype (the
+    generic product; ``problem`` uses ``kron.hessian_matvec`` when it has a basis)."""
     fun, hdtype = hess_fun
     _, matvec = jax.linearize(jax.grad(fun), p_P.astype(hdtype))
     if hdtype == p_P.dtype:
@@ -297,15 +299,16 @@ def hessian_matvec(hess_fun, p_P):
     return lambda v_P: matvec(v_P.astype(hdtype)).astype(p_P.dtype)
 
 
-def newton_iteration(fun, probe, hess_fun, c: NewtonState, max_cg_iter, precond_at=None,
+def newton_iteration(fun, probe, hvp_at, c: NewtonState, max_cg_iter, precond_at=None,
                      floor=0.0) -> NewtonState:  # fmt: skip
-    """One Newton-CG iteration: CG on the HVPs at ``c.p_P`` (preconditioned by
-    ``precond_at(c.s_KK)`` when given), then the line search."""
+    """One Newton-CG iteration: CG on the HVPs at ``c.p_P`` (``hvp_at(p_P)``: ``v -> H v``,
+    from ``problem``; preconditioned by ``precond_at(c.s_KK)`` when given), then the line
+    search."""
     p_P, f, g_P, gnorm = c.p_P, c.f, c.g_P, c.gnorm
     dtype = p_P.dtype
     eps_rise = APPROX_RISE_EPS * jnp.finfo(dtype).eps
     value_and_grad = jax.value_and_grad(fun)
-    matvec = hessian_matvec(hess_fun, p_P)
+    matvec = hvp_at(p_P)
     precond, memory = None, 0
     if precond_at is not None:
         precond = quasi_newton(precond_at(c.s_KK), c.mem_s, c.mem_y, c.mem_n)
@@ -355,11 +358,11 @@ def newton_iteration(fun, probe, hess_fun, c: NewtonState, max_cg_iter, precond_
     )
 
 
-def newton_cg(fun, probe, hess_fun, p_P, tol, stop, max_iter, max_cg_iter, precond_at=None):
+def newton_cg(fun, probe, hvp_at, p_P, tol, stop, max_iter, max_cg_iter, precond_at=None):
     c = jax.lax.while_loop(
         lambda c: newton_running(c, tol, stop, max_iter),
         lambda c: newton_iteration(
-            fun, probe, hess_fun, c, max_cg_iter, precond_at, FORCING_FLOOR * tol
+            fun, probe, hvp_at, c, max_cg_iter, precond_at, FORCING_FLOOR * tol
         ),
         newton_start(fun, probe, p_P),
     )
@@ -399,12 +402,16 @@ def lbfgs(fun, sep_fun, p_P, tol, stop, max_iter):
     return p_out, it, zero, jnp.asarray(False)
 
 
-def problem(model, unravel, x_ND, y_N, l2, mask_N, hvp_dtype=None, x_h=None):
+def problem(model, unravel, x_ND, y_N, l2, mask_N, hvp_dtype=None, x_h=None, basis=None,
+            xt_h=None):  # fmt: skip
     """The objective, the probe (``p_P -> (separated, S)``: the separation test and the mean
-    output curvature from one pass) and the Hessian's objective of one lambda, on flat
-    parameters. ``hvp_dtype`` (a dtype name; None: the data's): the dtype the Hessian-vector
-    products run in (``(fun, dtype)``, data and lambda cast to it; ``x_h``: the data already
-    cast, so a host loop casts once)."""
+    output curvature from one pass) and ``hvp_at`` (``p_P -> (v_P -> H v_P)``) of one lambda,
+    on flat parameters. ``hvp_dtype`` (a dtype name; None: the data's): the dtype the
+    Hessian-vector products run in (data and lambda cast to it; ``x_h``: the data already
+    cast, so a host loop casts once). With a ``kron.Basis`` the products are
+    ``kron.hessian_matvec``'s, on ``xt_h`` (the cast data transposed and stored, made once
+    by a host loop; default ``x_h.T``); without, ``jax.linearize`` of the objective's
+    gradient."""
 
     def fun(p_P):
         return model.loss(unravel(p_P), x_ND, y_N, l2, mask_N)[0]
@@ -417,17 +424,26 @@ def problem(model, unravel, x_ND, y_N, l2, mask_N, hvp_dtype=None, x_h=None):
         )
 
     hdtype = x_ND.dtype if hvp_dtype is None else jnp.dtype(hvp_dtype)
-    if hdtype == x_ND.dtype:
-        return fun, probe, (fun, hdtype)
-    unravel_h = unravel_for(model, hdtype)
-    x_h = x_ND.astype(hdtype) if x_h is None else x_h
+    if x_h is None:
+        x_h = x_ND if hdtype == x_ND.dtype else x_ND.astype(hdtype)
     mask_h = None if mask_N is None else mask_N.astype(hdtype)
     l2_h = jnp.asarray(l2).astype(hdtype)
+    if basis is not None:
+        template_h = zeros_like_model(model, hdtype)
+        xt_h = x_h.T if xt_h is None else xt_h
+
+        def hvp_at(p_P):
+            return kron.hessian_matvec(basis, template_h, x_h, xt_h, mask_h, l2_h, p_P)
+
+        return fun, probe, hvp_at
+    if hdtype == x_ND.dtype:
+        return fun, probe, functools.partial(hessian_matvec, (fun, hdtype))
+    unravel_h = unravel_for(model, hdtype)
 
     def hess(p_P):
         return model.loss(unravel_h(p_P), x_h, y_N, l2_h, mask_h)[0]
 
-    return fun, probe, (hess, hdtype)
+    return fun, probe, functools.partial(hessian_matvec, (hess, hdtype))
 
 
 def preconditioner(model, unravel, basis, x_ND, l2, mask_N):
@@ -470,14 +486,14 @@ def solve_impl(model, method, max_iter, max_cg_iter, hvp_dtype, precondition, pa
     dtype = p0_P.dtype
     tol = jnp.asarray(tol, dtype)
     l2 = jnp.asarray(l2, dtype)
-    fun, probe, hess_fun = problem(model, unravel, x_ND, y_N, l2, mask_N, hvp_dtype)
+    basis = make_basis(model, x_ND, mask_N) if precondition and method == "newton_cg" else None
+    fun, probe, hvp_at = problem(model, unravel, x_ND, y_N, l2, mask_N, hvp_dtype, basis=basis)
     certified = one_class_certificate(model, params0, x_ND, y_N, mask_N)
     stop = (l2 == 0, (l2 == 0) & certified)
     if method == "newton_cg":
-        basis = make_basis(model, x_ND, mask_N) if precondition else None
         precond_at = preconditioner(model, unravel, basis, x_ND, l2, mask_N)
         p_P, it, hvps, stalled = newton_cg(
-            fun, probe, hess_fun, p0_P, tol, stop, max_iter, max_cg_iter, precond_at
+            fun, probe, hvp_at, p0_P, tol, stop, max_iter, max_cg_iter, precond_at
         )
     else:
         p_P, it, hvps, stalled = lbfgs(fun, lambda p: probe(p)[0], p0_P, tol, stop, max_iter)
@@ -530,22 +546,25 @@ def path_start(model, params0_L, x_ND, y_N, l2_L, mask_N):
 
 @functools.partial(jax.jit, static_argnames=("model", "max_cg_iter", "hvp_dtype"))
 def path_iteration_jit(model, max_cg_iter, c_B, x_ND, y_N, l2_B, mask_N, hvp_dtype=None,
-                       basis=None, floor=0.0, x_h=None):  # fmt: skip
+                       basis=None, floor=0.0, x_h=None, xt_h=None):  # fmt: skip
     return path_iteration(
-        model, max_cg_iter, c_B, x_ND, y_N, l2_B, mask_N, hvp_dtype, basis, floor, x_h
+        model, max_cg_iter, c_B, x_ND, y_N, l2_B, mask_N, hvp_dtype, basis, floor, x_h, xt_h
     )
 
 
 def path_iteration(model, max_cg_iter, c_B, x_ND, y_N, l2_B, mask_N, hvp_dtype=None, basis=None,
-                   floor=0.0, x_h=None):  # fmt: skip
+                   floor=0.0, x_h=None, xt_h=None):  # fmt: skip
     """One Newton-CG iteration of each of B lanes (compiled once per block size B);
-    preconditioned when a ``kron.Basis`` of the data is given."""
+    preconditioned, and its products ``kron.hessian_matvec``'s, when a ``kron.Basis`` of the
+    data is given."""
     unravel = unravel_for(model, x_ND.dtype)
 
     def one(c, l2):
-        fun, probe, hess_fun = problem(model, unravel, x_ND, y_N, l2, mask_N, hvp_dtype, x_h)
+        fun, probe, hvp_at = problem(
+            model, unravel, x_ND, y_N, l2, mask_N, hvp_dtype, x_h, basis, xt_h
+        )
         precond_at = preconditioner(model, unravel, basis, x_ND, l2, mask_N)
-        return newton_iteration(fun, probe, hess_fun, c, max_cg_iter, precond_at, floor)
+        return newton_iteration(fun, probe, hvp_at, c, max_cg_iter, precond_at, floor)
 
     return jax.vmap(one)(c_B, l2_B)
 
@@ -560,6 +579,13 @@ def path_result_jit(model, c_L, x_ND, y_N, l2_L, mask_N, tol, certified):
         )
 
     return jax.vmap(one)(c_L, l2_L)
+
+
+@jax.jit
+def transposed(x_ND):
+    """``x_ND^T`` as an array of its own (row-major ``[D, N]``), for the products that read
+    the data transposed."""
+    return x_ND.T
 
 
 def block_size(active: int, total: int) -> int:
@@ -580,7 +606,9 @@ def solve_path_host(model, max_iter, max_cg_iter, params0_L, x_ND, y_N, l2_L, ma
     c_dev, certified = path_start_jit(model, params0_L, x_ND, y_N, l2_L, mask_N)
     c = NewtonState(*(np.array(a) for a in c_dev))
     hdtype = x_ND.dtype if hvp_dtype is None else jnp.dtype(hvp_dtype)
-    x_h = None if hdtype == x_ND.dtype else x_ND.astype(hdtype)  # cast once, not per iteration
+    # Cast once, not per iteration; the transposed copy serves kron.hessian_matvec.
+    x_h = x_ND if hdtype == x_ND.dtype else x_ND.astype(hdtype)
+    xt_h = None if basis is None else transposed(x_h)
     lam_L = np.asarray(l2_L)
     certified = bool(certified)
     stop = (lam_L == 0, (lam_L == 0) & certified)
@@ -618,6 +646,7 @@ def solve_path_host(model, max_iter, max_cg_iter, params0_L, x_ND, y_N, l2_L, ma
             basis,
             FORCING_FLOOR * tol,
             x_h,
+            xt_h,
         )
         for mine, new in zip(c, out, strict=True):
             mine[active] = np.asarray(new)[: active.size]

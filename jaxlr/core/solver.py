@@ -79,6 +79,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.flatten_util import ravel_pytree
 
 from jaxlr.core import curvature, kron, losses, newton
 from jaxlr.core.inputs import check_finite, check_labels, format_number
@@ -502,12 +503,13 @@ def optimum_report(
 def _gd_limits(model, path, basis, x, y, lam_L, mask, key, progress):
     """``2 / h_max`` at each lambda's optimum and at zero parameters (numpy float64 [L])."""
     t0 = time.perf_counter()
+    key = jax.random.PRNGKey(0) if key is None else key
     zeros = newton.zeros_like_model(model, x.dtype)
     # At zero parameters the Hessian is exactly Kronecker (kron: one eigenbasis, no
     # products); a lambda certified to have no finite optimum was not iterated, so its
     # "optimum" is that start. The others: Lanczos (curvature.lr_limit's default) at
     # their optima, vmapped in one call (the products are bound by reading x: four
-    # lanes cost about two).
+    # lanes cost about two), with kron.hessian_matvec's products on a transposed copy.
     limits_init = np.asarray(
         2.0 / kron.max_eigenvalue_at_zero(model, basis, zeros, x, lam_L), np.float64
     )
@@ -516,7 +518,10 @@ def _gd_limits(model, path, basis, x, y, lam_L, mask, key, progress):
     todo = np.flatnonzero(~started)
     if todo.size:
         params = jax.tree.map(lambda a: a[todo], path.params)
-        limits[todo] = np.asarray(_limits(model, params, x, y, lam_L[todo], mask, key), np.float64)
+        xt = newton.transposed(x)
+        limits[todo] = np.asarray(
+            _limits(model, basis, params, x, xt, lam_L[todo], mask, key), np.float64
+        )
     if progress:
         log.info(
             "optimum: gradient-descent limits of %d lambdas in %.1f s (%d by Lanczos)",
@@ -559,10 +564,16 @@ LIMIT_RTOL = 1e-6
 
 
 @functools.partial(jax.jit, static_argnames=("model",))
-def _limits(model, params, x_ND, y_N, l2_L, mask_N, key):
-    """``2 / h_max`` at each lane's ``params`` (leading axis L), by ``curvature.lr_limit``."""
+def _limits(model, basis, params, x_ND, xt_DN, l2_L, mask_N, key):
+    """``2 / h_max`` at each lane's ``params`` (leading axis L): ``curvature.lr_limit``'s
+    Lanczos (same start vector, same stopping rule) on ``kron.hessian_matvec``'s products."""
+    template = newton.zeros_like_model(model, x_ND.dtype)
 
     def one(p, l2):
-        return curvature.lr_limit(model, p, x_ND, y_N, l2, mask_N, key=key, rtol=LIMIT_RTOL)
+        p_P = ravel_pytree(p)[0]
+        matvec = kron.hessian_matvec(basis, template, x_ND, xt_DN, mask_N, l2, p_P)
+        v0_P = jax.random.normal(key, p_P.shape, p_P.dtype)
+        res = curvature.lanczos(matvec, v0_P, num_iter=curvature.DEFAULT_NUM_ITER, rtol=LIMIT_RTOL)
+        return 2.0 / res.value
 
     return jax.vmap(one)(params, l2_L)
