@@ -552,3 +552,34 @@ def test_hw3_logreg_optimum_golden():
         p_i = jax.tree.map(lambda a, i=i: a[i], rep.path.params)
         acc = float(model.accuracy(model.apply(p_i, xte_ND), yte[:1000]))
         assert round(acc * 1000) == golden["test_correct"]
+
+
+def test_prepare_compiles_everything_optimum_report_runs(monkeypatch):
+    """After `prepare` (shapes only, e.g. on a thread while runs train) the report traces
+    nothing: every product-building call happens while tracing, and none happens after."""
+    import threading
+
+    from jaxlr.core import kron
+
+    x, y = _data("softmax", n=97, d=7, k=3, seed=5)  # shapes no other test compiles
+    model = make_model("softmax", num_features=7, num_classes=3, dtype=jnp.float64)
+    lambdas = [0.0, 0.3, 0.03]
+    spec = jax.ShapeDtypeStruct(np.shape(x), np.float64)
+    worker = threading.Thread(target=solver.prepare, args=(model, spec, y, lambdas))
+    worker.start()
+    worker.join()
+    calls = []
+    original = kron.hessian_matvec
+    monkeypatch.setattr(
+        kron, "hessian_matvec", lambda *a, **k: calls.append(1) or original(*a, **k)
+    )
+    report = solver.optimum_report(model, x, y, lambdas, progress=False)
+    assert calls == []
+    assert all(r["converged"] for r in report.rows[1:])
+    # The same numbers as a process that never prepared (a new model: nothing shared).
+    fresh = make_model("softmax", num_features=7, num_classes=3, dtype=jnp.float64)
+    again = solver.optimum_report(fresh, x, y, lambdas, progress=False)
+    assert len(calls) > 0
+    for a, b in zip(report.rows, again.rows, strict=True):
+        assert a["optimum_objective"] == b["optimum_objective"]
+        assert a["lr_limit"] == b["lr_limit"]

@@ -597,6 +597,47 @@ def block_size(active: int, total: int) -> int:
     return min(size, total)
 
 
+def _spec(shape, dtype) -> jax.ShapeDtypeStruct:
+    return jax.ShapeDtypeStruct(tuple(shape), jnp.dtype(dtype))
+
+
+def path_sizes(num: int, num_zero: int) -> list[int]:
+    """The block sizes ``solve_path_host`` can run for ``num`` lambdas of which ``num_zero``
+    are 0 (those may be certified and never run), the likeliest first."""
+    first = block_size(num - num_zero, num) if num > num_zero else 1
+    sizes = sorted({block_size(a, num) for a in range(1, num + 1)}, reverse=True)
+    return [first] + [b for b in sizes if b < first] + [b for b in sizes if b > first]
+
+
+def compile_path_host(model, max_cg_iter, x_ND, y_N, mask_N, num, num_zero, hvp_dtype, basis):
+    """Compiles, running nothing, the programs ``solve_path_host`` runs on data of these
+    shapes and dtypes (``jax.ShapeDtypeStruct`` or arrays; ``basis`` likewise, or None), for
+    ``num`` lambdas (``jit``'s ``lower(...).compile()``, which also fills ``jit``'s caches,
+    so the later calls neither trace nor compile). The specs mirror the calls there: a
+    mismatch only costs the saving, never a result."""
+    dtype = x_ND.dtype
+    template = zeros_like_model(model, dtype)
+    params0_L = jax.tree.map(lambda a: _spec((num, *a.shape), dtype), template)
+    l2_L = _spec((num,), dtype)
+    path_start_jit.lower(model, params0_L, x_ND, y_N, l2_L, mask_N).compile()
+    c_L = jax.eval_shape(functools.partial(path_start, model), params0_L, x_ND, y_N, l2_L, mask_N)
+    c_L = NewtonState(*(_spec(a.shape, a.dtype) for a in c_L[0]))
+    hdtype = dtype if hvp_dtype is None else jnp.dtype(hvp_dtype)
+    x_h = _spec(x_ND.shape, hdtype)
+    xt_h = None
+    if basis is not None:
+        transposed.lower(x_h).compile()
+        xt_h = _spec(x_ND.shape[::-1], hdtype)
+    floor, tol = _spec((), dtype), _spec((), dtype)
+    for size in path_sizes(num, num_zero):
+        c_B = NewtonState(*(_spec((size, *a.shape[1:]), a.dtype) for a in c_L))
+        path_iteration_jit.lower(
+            model, max_cg_iter, c_B, x_ND, y_N, _spec((size,), dtype), mask_N, hvp_dtype,
+            basis, floor, x_h, xt_h,
+        ).compile()  # fmt: skip
+    path_result_jit.lower(model, c_L, x_ND, y_N, l2_L, mask_N, tol, _spec((), bool)).compile()
+
+
 def solve_path_host(model, max_iter, max_cg_iter, params0_L, x_ND, y_N, l2_L, mask_N, tol,
                      progress, hvp_dtype=None, basis=None):  # fmt: skip
     """Newton-CG over a path, each lambda leaving the batch as soon as it is done
@@ -651,8 +692,9 @@ def solve_path_host(model, max_iter, max_cg_iter, params0_L, x_ND, y_N, l2_L, ma
         for mine, new in zip(c, out, strict=True):
             mine[active] = np.asarray(new)[: active.size]
     result = path_result_jit(
-        model, NewtonState(*map(jnp.asarray, c)), x_ND, y_N, l2_L, mask_N, tol, certified
-    )
+        model, NewtonState(*map(jnp.asarray, c)), x_ND, y_N, l2_L, mask_N, tol,
+        np.bool_(certified),
+    )  # fmt: skip
     if progress:
         log.info(
             "optimum: %d lambdas in %.1f s: %s",

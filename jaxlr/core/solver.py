@@ -91,6 +91,7 @@ __all__ = [
     "METHODS",
     "OptimumReport",
     "optimum_report",
+    "prepare",
     "solve",
     "solve_path",
 ]
@@ -498,6 +499,60 @@ def optimum_report(
         for s in range(num)
     ]  # fmt: skip
     return OptimumReport(rows, l2_L, path)
+
+
+def prepare(
+    model,
+    x_ND,
+    y_N,
+    l2_S: Sequence[float],
+    *,
+    mask_N=None,
+    method: str = "newton_cg",
+    dtype=jnp.float64,
+    hvp_dtype=None,
+) -> None:
+    """Compiles, running nothing, the programs ``optimum_report`` runs on these arguments.
+
+    Only shapes and dtypes are read (arrays or ``jax.ShapeDtypeStruct``), so it can run on a
+    thread while the runs the report is for still train (``experiments.common``): the later
+    ``optimum_report`` then neither traces nor compiles them. That is most of what the
+    report costs a new process beyond its arithmetic: with the persistent compilation cache,
+    ~3 s of tracing, lowering and loading on ``tdt4265_task4``; without it, every compile.
+    Block sizes and limit batches that the data may not need (a lambda 0 that turns out
+    certified) are compiled too, the likeliest first. Nothing for ``method="lbfgs"``.
+    """
+    if method != "newton_cg":
+        return
+    spec = jax.ShapeDtypeStruct
+    x64 = jnp.dtype(dtype) == jnp.float64
+    with jax.enable_x64(True) if x64 else contextlib.nullcontext():
+        dtype = jnp.dtype(dtype)
+        hvp = jnp.dtype(HVP_DTYPE if hvp_dtype is None else hvp_dtype).name
+        x = spec(_shape(x_ND), dtype)
+        y_dtype = jax.dtypes.canonicalize_dtype(getattr(y_N, "dtype", np.asarray(y_N).dtype))
+        y = spec(_shape(y_N), y_dtype)
+        mask = None if mask_N is None else spec(_shape(mask_N), dtype)
+        l2_L = np.unique(np.asarray(l2_S, np.float64).reshape(-1))
+        num, num_zero = int(l2_L.size), int(np.sum(l2_L == 0))
+        newton.make_basis_jit.lower(model, x, mask).compile()
+        shapes = jax.eval_shape(functools.partial(newton.make_basis, model), x, mask)
+        basis = kron.Basis(*(spec(a.shape, a.dtype) for a in shapes))
+        newton.compile_path_host(model, DEFAULT_MAX_CG_ITER, x, y, mask, num, num_zero, hvp, basis)
+        newton.transposed.lower(x).compile()
+        key = jax.eval_shape(lambda: jax.random.PRNGKey(0))
+        key = spec(key.shape, key.dtype)
+        template = newton.zeros_like_model(model, dtype)
+        for size in dict.fromkeys([num - num_zero, num]):
+            if size == 0:
+                continue
+            params = jax.tree.map(lambda a, n=size: spec((n, *a.shape), dtype), template)
+            xt = spec(x.shape[::-1], dtype)
+            _limits.lower(model, basis, params, x, xt, spec((size,), dtype), mask, key).compile()
+
+
+def _shape(a) -> tuple:
+    return tuple(a.shape) if hasattr(a, "shape") else tuple(np.shape(a))
 
 
 def _gd_limits(model, path, basis, x, y, lam_L, mask, key, progress):
