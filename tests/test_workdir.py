@@ -549,7 +549,36 @@ def test_lock_is_not_reentrant_and_always_released(tmp_path):
                 raise exc()
         with workdir_lock.lock_workdir(wd):  # free again
             pass
-    assert not [n for n in os.listdir(wd) if n.startswith(".staging-")]
+    # Nothing was ever written into the workdir these locks created: it is gone again.
+    assert not wd.exists()
+
+
+def test_a_refused_run_leaves_no_folder_it_created(tmp_path):
+    """A workdir (and parents) created by a run that fails before writing anything is
+    removed again; one that existed, or that holds anything else, stays."""
+    wd = tmp_path / "new" / "deeper" / "wd"
+    with pytest.raises(ValueError, match="refused"):
+        with workdir.Staging(wd):
+            raise ValueError("refused after loading the data")
+    assert not (tmp_path / "new").exists()
+    # An existing, empty workdir stays (with the lock file, released).
+    wd.mkdir(parents=True)
+    with pytest.raises(ValueError):
+        with workdir.Staging(wd):
+            raise ValueError("refused")
+    assert sorted(os.listdir(wd)) == [workdir_checks.LOCK_NAME]
+    assert workdir_lock.read_lock_info(wd) is None
+    # A created workdir that got a checkpoint in place keeps it, and so its folders.
+    wd2 = tmp_path / "other" / "wd"
+    with pytest.raises(KeyboardInterrupt):
+        with workdir.Staging(wd2) as st:
+            io.atomic_write_bytes(st.workdir / "ckpt.npz", b"ckpt")
+            raise KeyboardInterrupt
+    assert (wd2 / "ckpt.npz").read_bytes() == b"ckpt"
+    # And a successful run publishes as before.
+    wd3 = tmp_path / "third" / "wd"
+    _publish(wd3, NEW)
+    assert _visible(wd3)["metrics.json"] == NEW["metrics.json"].encode()
 
 
 def test_staging_inside_lock_workdir_uses_that_lock(tmp_path):

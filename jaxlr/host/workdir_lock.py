@@ -116,7 +116,10 @@ def lock_workdir(path: str | os.PathLike) -> Iterator[LockInfo]:
     """Holds the workdir's lock for the `with` block; refuses at once if another run holds it.
 
     The lock is released when the block exits in any way (also on KeyboardInterrupt), and by
-    the kernel if the process dies. It is not re-entrant: a second `lock_workdir` of the same
+    the kernel if the process dies. A workdir this call created that holds nothing but the
+    lock file when the block exits (a run refused or failed before it wrote anything) is
+    removed again, with the parents this call created, still under the lock: a refusal
+    leaves no empty folder behind. It is not re-entrant: a second `lock_workdir` of the same
     folder in the same process is refused like any other. A `Staging` of the same folder
     entered inside the block, in the same thread, uses this lock.
 
@@ -130,6 +133,7 @@ def lock_workdir(path: str | os.PathLike) -> Iterator[LockInfo]:
       WorkdirBusy: another run holds it (the message names its pid, command and start time).
       WorkdirError: see `ensure_workdir`; or the lock file cannot be opened.
     """
+    created = _missing_folders(Path(path))
     path = ensure_workdir(path)
     lock_path = path / LOCK_NAME
     try:
@@ -184,8 +188,34 @@ def lock_workdir(path: str | os.PathLike) -> Iterator[LockInfo]:
             _HELD.pop(key, None)
     finally:
         if locked:
+            if created:
+                _remove_if_unused(lock_path, created)
             with contextlib.suppress(OSError):
                 os.ftruncate(fd, 0)  # released cleanly: not stale
             with contextlib.suppress(OSError):
                 fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
+
+
+def _missing_folders(path: Path) -> list[Path]:
+    """`path` and its ancestors that do not exist yet, deepest first."""
+    missing = []
+    for p in [path, *path.parents]:
+        if os.path.lexists(p):
+            break
+        missing.append(p)
+    return missing
+
+
+def _remove_if_unused(lock_path: Path, created: list[Path]) -> None:
+    """Removes the lock file and the folders `created` (deepest first) if nothing else is in
+    them. Called holding the lock: a run that opened the file meanwhile finds it busy, one
+    that comes after finds no workdir and creates it anew."""
+    try:
+        if os.listdir(created[0]) != [LOCK_NAME]:
+            return
+        os.unlink(lock_path)
+        for folder in created:
+            os.rmdir(folder)
+    except OSError:  # something appeared meanwhile: it stays, as does its folder
+        return
