@@ -135,6 +135,33 @@ def test_hessian_matvec_equals_autodiff_and_the_dense_hessian(case, masked):
         assert np.asarray(got32) == pytest.approx(np.asarray(want), rel=1e-4, abs=1e-5)
 
 
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("case", CASES, ids=["-".join(map(str, c)) for c in CASES])
+def test_value_and_grad_equals_the_models_objective_and_autodiff(case, masked):
+    """The hand-derived objective, gradient and logits at a random point against
+    ``model.loss``, ``jax.grad`` of it and ``model.apply``, for lambda 0 and > 0."""
+    with jax.enable_x64(True):
+        model, x, y, mask = _problem(*case, masked=masked)
+        rng = np.random.default_rng(3)
+        template = newton.zeros_like_model(model, F64)
+        params = jax.tree.map(lambda a: jnp.asarray(rng.normal(size=a.shape), F64), template)
+        p_P, unravel = ravel_pytree(params)
+        b = kron.basis(model, template, x, mask)
+        for lam in (0.0, 0.07):
+            f, g_P, logits = kron.value_and_grad(
+                b, template, x, newton.transposed(x), y, mask, lam, p_P
+            )
+            want_f, want_g = jax.value_and_grad(
+                lambda q: model.loss(unravel(q), x, y, lam, mask)[0]  # noqa: B023
+            )(p_P)
+            assert float(f) == pytest.approx(float(want_f), rel=1e-14)
+            assert np.asarray(g_P) == pytest.approx(np.asarray(want_g), rel=1e-12, abs=1e-14)
+            assert np.asarray(logits) == pytest.approx(
+                np.asarray(model.apply(params, x)), rel=1e-14, abs=1e-14
+            )
+            assert logits.shape == model.apply(params, x).shape
+
+
 def test_penalty_rows_read_from_the_model():
     with jax.enable_x64(True):
         for case, want in [

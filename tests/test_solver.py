@@ -554,6 +554,16 @@ def test_hw3_logreg_optimum_golden():
         assert round(acc * 1000) == golden["test_correct"]
 
 
+def test_path_sizes_are_those_of_the_lambdas_above_zero():
+    """The blocks `prepare` compiles: the lambdas > 0, then fewer as they leave."""
+    assert newton.path_sizes(5, 1) == [4, 2, 1]  # tdt4265_task4
+    assert newton.path_sizes(3, 0) == [3, 2, 1]
+    assert newton.path_sizes(8, 0) == [8, 4, 2, 1]
+    assert newton.path_sizes(2, 2) == [1]
+    # Every block size a path of 5 (one lambda 0 certified) can run is among them.
+    assert {newton.block_size(a, 5) for a in range(1, 5)} <= set(newton.path_sizes(5, 1))
+
+
 def test_prepare_compiles_everything_optimum_report_runs(monkeypatch):
     """After `prepare` (shapes only, e.g. on a thread while runs train) the report traces
     nothing: every product-building call happens while tracing, and none happens after."""
@@ -563,7 +573,8 @@ def test_prepare_compiles_everything_optimum_report_runs(monkeypatch):
 
     x, y = _data("softmax", n=97, d=7, k=3, seed=5)  # shapes no other test compiles
     model = make_model("softmax", num_features=7, num_classes=3, dtype=jnp.float64)
-    lambdas = [0.0, 0.3, 0.03]
+    # No lambda 0: `prepare` assumes those certified up front (they are not on these data).
+    lambdas = [0.3, 0.03, 0.003]
     spec = jax.ShapeDtypeStruct(np.shape(x), np.float64)
     worker = threading.Thread(target=solver.prepare, args=(model, spec, y, lambdas))
     worker.start()
@@ -575,7 +586,7 @@ def test_prepare_compiles_everything_optimum_report_runs(monkeypatch):
     )
     report = solver.optimum_report(model, x, y, lambdas, progress=False)
     assert calls == []
-    assert all(r["converged"] for r in report.rows[1:])
+    assert all(r["converged"] for r in report.rows)
     # The same numbers as a process that never prepared (a new model: nothing shared).
     fresh = make_model("softmax", num_features=7, num_classes=3, dtype=jnp.float64)
     again = solver.optimum_report(fresh, x, y, lambdas, progress=False)

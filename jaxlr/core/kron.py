@@ -39,10 +39,13 @@ import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
+from jaxlr.core import losses
+
 __all__ = [
     "Basis",
     "basis",
     "hessian_matvec",
+    "value_and_grad",
     "max_eigenvalue_at_zero",
     "mean_output_curvature",
     "output_curvature_from_logits",
@@ -203,6 +206,41 @@ def hessian_matvec(b: Basis, template, x_ND, xt_DN, mask_N, l2, p_P):
         return h_P.astype(v_P.dtype)
 
     return matvec
+
+
+def value_and_grad(b: Basis, template, x_ND, xt_DN, y_N, mask_N, l2, p_P):
+    """``(objective, gradient, logits)`` of the linear model at ``p_P`` (flat, ``template``'s
+    order), by hand, in ``x_ND``'s dtype.
+
+    The logits ``Z M`` (``M`` the parameters as an ``E x K'`` matrix, ``Z = [x, 1]`` with an
+    explicit bias), the mean cross-entropy and its gradient in the logits ``u`` (autodiff of
+    ``losses.cross_entropy``, elementwise), the data part ``Z^T u`` on the stored transposed
+    copy ``xt_DN`` (what ``jax.value_and_grad`` of the objective does with a copy of ``x``
+    transposed per call, ``hessian_matvec``), and the penalty ``lambda / 2 sum_E r_E
+    ||M_E||^2`` with gradient ``lambda r (.) M`` (``R`` is a separable quadratic, ``b.r_E``
+    its Hessian diagonal, read from the model's own objective). The logits (rank 1 for
+    logistic regression) come back for the caller's probe, which then needs no pass of its
+    own. Equal to ``jax.value_and_grad`` of ``model.loss`` in ``tests/test_kron.py``.
+    """
+    dtype = x_ND.dtype
+    d = x_ND.shape[1]
+    bias = "b" in template
+    unravel = ravel_pytree(template)[1]
+    m_EK = _to_matrix(unravel(p_P.astype(dtype)))
+    out_NK = x_ND @ m_EK[:d]
+    if bias:
+        out_NK = out_NK + m_EK[d]
+    logits = out_NK[:, 0] if out_NK.shape[1] == 1 else out_NK
+    ce, pull = jax.vjp(lambda z: losses.cross_entropy(z, y_N, mask_N), logits)
+    u_NK = pull(jnp.ones((), ce.dtype))[0].reshape(out_NK.shape)
+    g_EK = xt_DN @ u_NK
+    if bias:
+        g_EK = jnp.concatenate([g_EK, jnp.sum(u_NK, axis=0, keepdims=True)], axis=0)
+    l2 = jnp.asarray(l2).astype(dtype)
+    r_E1 = b.r_E.astype(dtype)[:, None]
+    f = ce + l2 * (0.5 * jnp.sum(r_E1 * m_EK * m_EK))
+    g_P = ravel_pytree(_from_matrix(g_EK + l2 * r_E1 * m_EK, template))[0]
+    return f, g_P.astype(p_P.dtype), logits
 
 
 def max_eigenvalue_at_zero(model, b: Basis, template, x_ND, l2_L) -> jax.Array:

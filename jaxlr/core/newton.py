@@ -22,6 +22,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
@@ -267,13 +268,12 @@ class NewtonState(NamedTuple):
     mem_n: jax.Array
 
 
-def newton_start(fun, probe, p_P) -> NewtonState:
-    """``probe``: ``p_P -> (separated, S)``, one pass over the data for the separation test
-    and the mean output curvature of the preconditioner (``problem``)."""
-    f, g_P = jax.value_and_grad(fun)(p_P)
+def newton_start(prob: Problem, p_P) -> NewtonState:
+    """The state at ``p_P``: objective, gradient and the probe (``Problem``)."""
+    f, g_P, logits = prob.value_and_grad(p_P)
     zero = jnp.asarray(0, jnp.int32)
     empty = jnp.zeros((max(QN_MEMORY, 1), p_P.shape[0]), p_P.dtype)
-    separated, s_KK = probe(p_P)
+    separated, s_KK = prob.probe(p_P, logits)
     return NewtonState(
         p_P, f, g_P, jnp.linalg.norm(g_P), zero, zero, jnp.asarray(False), separated, s_KK,
         empty, empty, zero,
@@ -299,16 +299,17 @@ def hessian_matvec(hess_fun, p_P):
     return lambda v_P: matvec(v_P.astype(hdtype)).astype(p_P.dtype)
 
 
-def newton_iteration(fun, probe, hvp_at, c: NewtonState, max_cg_iter, precond_at=None,
+def newton_iteration(prob: Problem, c: NewtonState, max_cg_iter, precond_at=None,
                      floor=0.0) -> NewtonState:  # fmt: skip
-    """One Newton-CG iteration: CG on the HVPs at ``c.p_P`` (``hvp_at(p_P)``: ``v -> H v``,
-    from ``problem``; preconditioned by ``precond_at(c.s_KK)`` when given), then the line
-    search."""
+    """One Newton-CG iteration: CG on the HVPs at ``c.p_P`` (``prob.hvp_at``;
+    preconditioned by ``precond_at(c.s_KK)`` when given), then the line search; the probe of
+    the new point reads the logits of the accepted trial when ``prob.value_and_grad`` gives
+    them (no pass of its own)."""
     p_P, f, g_P, gnorm = c.p_P, c.f, c.g_P, c.gnorm
     dtype = p_P.dtype
     eps_rise = APPROX_RISE_EPS * jnp.finfo(dtype).eps
-    value_and_grad = jax.value_and_grad(fun)
-    matvec = hvp_at(p_P)
+    value_and_grad = prob.value_and_grad
+    matvec = prob.hvp_at(p_P)
     precond, memory = None, 0
     if precond_at is not None:
         precond = quasi_newton(precond_at(c.s_KK), c.mem_s, c.mem_y, c.mem_n)
@@ -320,12 +321,12 @@ def newton_iteration(fun, probe, hvp_at, c: NewtonState, max_cg_iter, precond_at
 
     def trial(t):
         q_P = p_P + t * d_P
-        fq, gq_P = value_and_grad(q_P)
+        fq, gq_P, logits = value_and_grad(q_P)
         gq = jnp.linalg.norm(gq_P)
         armijo = fq <= f + ARMIJO_C1 * t * slope
         approx = (fq <= f + eps_rise * jnp.abs(f)) & (gq < gnorm)
         ok = jnp.isfinite(fq) & (armijo | approx)
-        return q_P, fq, gq_P, gq, ok
+        return q_P, fq, gq_P, gq, logits, ok
 
     def ls_cond(ls):
         *_, ok, n = ls
@@ -337,11 +338,17 @@ def newton_iteration(fun, probe, hvp_at, c: NewtonState, max_cg_iter, precond_at
         return (t, *trial(t), n + 1)
 
     one = jnp.asarray(1, dtype)
-    _, q_P, fq, gq_P, gq, ok, _ = jax.lax.while_loop(
+    _, q_P, fq, gq_P, gq, logits, ok, _ = jax.lax.while_loop(
         ls_cond, ls_body, (one, *trial(one), jnp.asarray(1, jnp.int32))
     )
-    p_P = jnp.where(ok, q_P, p_P)
-    separated, s_KK = probe(p_P)
+    if logits is None:
+        p_P = jnp.where(ok, q_P, p_P)
+        separated, s_KK = prob.probe(p_P, None)
+    else:
+        # A rejected step keeps p_P, whose probe the state already holds.
+        sep_q, s_q = prob.probe(q_P, logits)
+        p_P = jnp.where(ok, q_P, p_P)
+        separated, s_KK = jnp.where(ok, sep_q, c.separated), jnp.where(ok, s_q, c.s_KK)
     return NewtonState(
         p_P,
         jnp.where(ok, fq, f),
@@ -358,13 +365,11 @@ def newton_iteration(fun, probe, hvp_at, c: NewtonState, max_cg_iter, precond_at
     )
 
 
-def newton_cg(fun, probe, hvp_at, p_P, tol, stop, max_iter, max_cg_iter, precond_at=None):
+def newton_cg(prob: Problem, p_P, tol, stop, max_iter, max_cg_iter, precond_at=None):
     c = jax.lax.while_loop(
         lambda c: newton_running(c, tol, stop, max_iter),
-        lambda c: newton_iteration(
-            fun, probe, hvp_at, c, max_cg_iter, precond_at, FORCING_FLOOR * tol
-        ),
-        newton_start(fun, probe, p_P),
+        lambda c: newton_iteration(prob, c, max_cg_iter, precond_at, FORCING_FLOOR * tol),
+        newton_start(prob, p_P),
     )
     return c.p_P, c.it, c.hvps, c.stalled
 
@@ -402,26 +407,47 @@ def lbfgs(fun, sep_fun, p_P, tol, stop, max_iter):
     return p_out, it, zero, jnp.asarray(False)
 
 
+class Problem(NamedTuple):
+    """One lambda's objective on flat parameters, for Newton-CG (``problem``).
+
+    Attributes:
+      fun: ``p_P -> f``.
+      value_and_grad: ``p_P -> (f, g_P, logits)``; logits None when it does not form them.
+      probe: ``(p_P, logits or None) -> (separated, S)``: the separation test and the mean
+        output curvature of the preconditioner, from the logits at ``p_P`` (one pass over
+        the data when they are not given).
+      hvp_at: ``p_P -> (v_P -> H v_P)``.
+    """
+
+    fun: Callable
+    value_and_grad: Callable
+    probe: Callable
+    hvp_at: Callable
+
+
 def problem(model, unravel, x_ND, y_N, l2, mask_N, hvp_dtype=None, x_h=None, basis=None,
-            xt_h=None):  # fmt: skip
-    """The objective, the probe (``p_P -> (separated, S)``: the separation test and the mean
-    output curvature from one pass) and ``hvp_at`` (``p_P -> (v_P -> H v_P)``) of one lambda,
-    on flat parameters. ``hvp_dtype`` (a dtype name; None: the data's): the dtype the
-    Hessian-vector products run in (data and lambda cast to it; ``x_h``: the data already
-    cast, so a host loop casts once). With a ``kron.Basis`` the products are
-    ``kron.hessian_matvec``'s, on ``xt_h`` (the cast data transposed and stored, made once
-    by a host loop; default ``x_h.T``); without, ``jax.linearize`` of the objective's
-    gradient."""
+            xt_h=None, xt_DN=None) -> Problem:  # fmt: skip
+    """The ``Problem`` of one lambda. ``hvp_dtype`` (a dtype name; None: the data's): the
+    dtype the Hessian-vector products run in (data and lambda cast to it; ``x_h``: the data
+    already cast, so a host loop casts once). With a ``kron.Basis`` the objective's value and
+    gradient are ``kron.value_and_grad``'s, on ``xt_DN`` (``x_ND`` transposed and stored,
+    made once by a host loop; default ``x_ND.T``), and the products
+    ``kron.hessian_matvec``'s, on ``xt_h`` (the same for the cast data); without, autodiff
+    of ``model.loss`` and ``jax.linearize`` of its gradient."""
 
     def fun(p_P):
         return model.loss(unravel(p_P), x_ND, y_N, l2, mask_N)[0]
 
-    def probe(p_P):
-        logits = model.apply(unravel(p_P), x_ND)
+    def probe(p_P, logits=None):
+        if logits is None:
+            logits = model.apply(unravel(p_P), x_ND)
         return (
             separated_from_logits(logits, y_N, mask_N),
             kron.output_curvature_from_logits(logits, mask_N),
         )
+
+    def autodiff(p_P):
+        return (*jax.value_and_grad(fun)(p_P), None)
 
     hdtype = x_ND.dtype if hvp_dtype is None else jnp.dtype(hvp_dtype)
     if x_h is None:
@@ -429,21 +455,26 @@ def problem(model, unravel, x_ND, y_N, l2, mask_N, hvp_dtype=None, x_h=None, bas
     mask_h = None if mask_N is None else mask_N.astype(hdtype)
     l2_h = jnp.asarray(l2).astype(hdtype)
     if basis is not None:
+        template = zeros_like_model(model, x_ND.dtype)
         template_h = zeros_like_model(model, hdtype)
         xt_h = x_h.T if xt_h is None else xt_h
+        xt_DN = x_ND.T if xt_DN is None else xt_DN
+
+        def value_and_grad(p_P):
+            return kron.value_and_grad(basis, template, x_ND, xt_DN, y_N, mask_N, l2, p_P)
 
         def hvp_at(p_P):
             return kron.hessian_matvec(basis, template_h, x_h, xt_h, mask_h, l2_h, p_P)
 
-        return fun, probe, hvp_at
+        return Problem(fun, value_and_grad, probe, hvp_at)
     if hdtype == x_ND.dtype:
-        return fun, probe, functools.partial(hessian_matvec, (fun, hdtype))
+        return Problem(fun, autodiff, probe, functools.partial(hessian_matvec, (fun, hdtype)))
     unravel_h = unravel_for(model, hdtype)
 
     def hess(p_P):
         return model.loss(unravel_h(p_P), x_h, y_N, l2_h, mask_h)[0]
 
-    return fun, probe, functools.partial(hessian_matvec, (hess, hdtype))
+    return Problem(fun, autodiff, probe, functools.partial(hessian_matvec, (hess, hdtype)))
 
 
 def preconditioner(model, unravel, basis, x_ND, l2, mask_N):
@@ -487,16 +518,15 @@ def solve_impl(model, method, max_iter, max_cg_iter, hvp_dtype, precondition, pa
     tol = jnp.asarray(tol, dtype)
     l2 = jnp.asarray(l2, dtype)
     basis = make_basis(model, x_ND, mask_N) if precondition and method == "newton_cg" else None
-    fun, probe, hvp_at = problem(model, unravel, x_ND, y_N, l2, mask_N, hvp_dtype, basis=basis)
+    prob = problem(model, unravel, x_ND, y_N, l2, mask_N, hvp_dtype, basis=basis)
     certified = one_class_certificate(model, params0, x_ND, y_N, mask_N)
     stop = (l2 == 0, (l2 == 0) & certified)
     if method == "newton_cg":
         precond_at = preconditioner(model, unravel, basis, x_ND, l2, mask_N)
-        p_P, it, hvps, stalled = newton_cg(
-            fun, probe, hvp_at, p0_P, tol, stop, max_iter, max_cg_iter, precond_at
-        )
+        p_P, it, hvps, stalled = newton_cg(prob, p0_P, tol, stop, max_iter, max_cg_iter, precond_at)
     else:
-        p_P, it, hvps, stalled = lbfgs(fun, lambda p: probe(p)[0], p0_P, tol, stop, max_iter)
+        sep = lambda p: prob.probe(p)[0]  # noqa: E731
+        p_P, it, hvps, stalled = lbfgs(prob.fun, sep, p0_P, tol, stop, max_iter)
     return make_result(
         model, unravel, p_P, it, hvps, stalled, x_ND, y_N, l2, mask_N, tol, certified
     )
@@ -526,45 +556,64 @@ def unravel_for(model, dtype):
     return ravel_pytree(zeros_like_model(model, dtype))[1]
 
 
+class Views(NamedTuple):
+    """The copies of the data a host-driven path reads (``views``): ``xt_DN``, ``x_ND``
+    transposed and stored; ``x_h`` and ``xt_h``, the data cast to the HVP dtype and its
+    transpose (the same arrays as ``x_ND`` and ``xt_DN`` when that dtype is the data's)."""
+
+    xt_DN: jax.Array
+    x_h: jax.Array
+    xt_h: jax.Array
+
+
+def views(x_ND, hvp_dtype=None) -> Views:
+    """Makes the ``Views`` of ``x_ND`` once (a path, and the limits after it, reuse them)."""
+    hdtype = x_ND.dtype if hvp_dtype is None else jnp.dtype(hvp_dtype)
+    xt_DN = transposed(x_ND)
+    if hdtype == x_ND.dtype:
+        return Views(xt_DN, x_ND, xt_DN)
+    x_h = x_ND.astype(hdtype)
+    return Views(xt_DN, x_h, transposed(x_h))
+
+
 @functools.partial(jax.jit, static_argnames=("model",))
-def path_start_jit(model, params0_L, x_ND, y_N, l2_L, mask_N):
-    return path_start(model, params0_L, x_ND, y_N, l2_L, mask_N)
+def path_start_jit(model, params0_L, x_ND, y_N, l2_L, mask_N, basis=None, xt_DN=None):
+    return path_start(model, params0_L, x_ND, y_N, l2_L, mask_N, basis, xt_DN)
 
 
-def path_start(model, params0_L, x_ND, y_N, l2_L, mask_N):
+def path_start(model, params0_L, x_ND, y_N, l2_L, mask_N, basis=None, xt_DN=None):
     """Every lambda's start state, and the certificate (one, independent of lambda)."""
     template = zeros_like_model(model, x_ND.dtype)
     certified = one_class_certificate(model, template, x_ND, y_N, mask_N)
 
     def one(params0, l2):
         p0_P, unravel = ravel_pytree(params0)
-        fun, probe, _ = problem(model, unravel, x_ND, y_N, l2, mask_N)
-        return newton_start(fun, probe, p0_P)
+        prob = problem(model, unravel, x_ND, y_N, l2, mask_N, basis=basis, xt_DN=xt_DN)
+        return newton_start(prob, p0_P)
 
     return jax.vmap(one)(params0_L, l2_L), certified
 
 
 @functools.partial(jax.jit, static_argnames=("model", "max_cg_iter", "hvp_dtype"))
 def path_iteration_jit(model, max_cg_iter, c_B, x_ND, y_N, l2_B, mask_N, hvp_dtype=None,
-                       basis=None, floor=0.0, x_h=None, xt_h=None):  # fmt: skip
+                       basis=None, floor=0.0, x_h=None, xt_h=None, xt_DN=None):  # fmt: skip
     return path_iteration(
-        model, max_cg_iter, c_B, x_ND, y_N, l2_B, mask_N, hvp_dtype, basis, floor, x_h, xt_h
-    )
+        model, max_cg_iter, c_B, x_ND, y_N, l2_B, mask_N, hvp_dtype, basis, floor, x_h, xt_h,
+        xt_DN,
+    )  # fmt: skip
 
 
 def path_iteration(model, max_cg_iter, c_B, x_ND, y_N, l2_B, mask_N, hvp_dtype=None, basis=None,
-                   floor=0.0, x_h=None, xt_h=None):  # fmt: skip
+                   floor=0.0, x_h=None, xt_h=None, xt_DN=None):  # fmt: skip
     """One Newton-CG iteration of each of B lanes (compiled once per block size B);
-    preconditioned, and its products ``kron.hessian_matvec``'s, when a ``kron.Basis`` of the
+    preconditioned, and its objective and products ``kron``'s, when a ``kron.Basis`` of the
     data is given."""
     unravel = unravel_for(model, x_ND.dtype)
 
     def one(c, l2):
-        fun, probe, hvp_at = problem(
-            model, unravel, x_ND, y_N, l2, mask_N, hvp_dtype, x_h, basis, xt_h
-        )
+        prob = problem(model, unravel, x_ND, y_N, l2, mask_N, hvp_dtype, x_h, basis, xt_h, xt_DN)
         precond_at = preconditioner(model, unravel, basis, x_ND, l2, mask_N)
-        return newton_iteration(fun, probe, hvp_at, c, max_cg_iter, precond_at, floor)
+        return newton_iteration(prob, c, max_cg_iter, precond_at, floor)
 
     return jax.vmap(one)(c_B, l2_B)
 
@@ -602,11 +651,13 @@ def _spec(shape, dtype) -> jax.ShapeDtypeStruct:
 
 
 def path_sizes(num: int, num_zero: int) -> list[int]:
-    """The block sizes ``solve_path_host`` can run for ``num`` lambdas of which ``num_zero``
-    are 0 (those may be certified and never run), the likeliest first."""
+    """The block sizes ``solve_path_host`` is likely to run for ``num`` lambdas of which
+    ``num_zero`` are 0, largest first: those of the lambdas > 0 running and then leaving one
+    by one, assuming the lambdas 0 certified up front (the one-class certificate holds on
+    task4's MNIST images: 43 pixels). A larger block, for a lambda 0 that is not certified, is
+    compiled when it runs."""
     first = block_size(num - num_zero, num) if num > num_zero else 1
-    sizes = sorted({block_size(a, num) for a in range(1, num + 1)}, reverse=True)
-    return [first] + [b for b in sizes if b < first] + [b for b in sizes if b > first]
+    return sorted({block_size(a, num) for a in range(1, first + 1)}, reverse=True)
 
 
 def compile_path_host(model, max_cg_iter, x_ND, y_N, mask_N, num, num_zero, hvp_dtype, basis):
@@ -619,37 +670,43 @@ def compile_path_host(model, max_cg_iter, x_ND, y_N, mask_N, num, num_zero, hvp_
     template = zeros_like_model(model, dtype)
     params0_L = jax.tree.map(lambda a: _spec((num, *a.shape), dtype), template)
     l2_L = _spec((num,), dtype)
-    path_start_jit.lower(model, params0_L, x_ND, y_N, l2_L, mask_N).compile()
-    c_L = jax.eval_shape(functools.partial(path_start, model), params0_L, x_ND, y_N, l2_L, mask_N)
-    c_L = NewtonState(*(_spec(a.shape, a.dtype) for a in c_L[0]))
     hdtype = dtype if hvp_dtype is None else jnp.dtype(hvp_dtype)
     x_h = _spec(x_ND.shape, hdtype)
-    xt_h = None
+    xt_h = xt_DN = None
     if basis is not None:
+        transposed.lower(x_ND).compile()
         transposed.lower(x_h).compile()
         xt_h = _spec(x_ND.shape[::-1], hdtype)
+        xt_DN = _spec(x_ND.shape[::-1], dtype)
+    start = (model, params0_L, x_ND, y_N, l2_L, mask_N, basis, xt_DN)
+    path_start_jit.lower(*start).compile()
+    c_L = jax.eval_shape(functools.partial(path_start, model), *start[1:])
+    c_L = NewtonState(*(_spec(a.shape, a.dtype) for a in c_L[0]))
     floor, tol = _spec((), dtype), _spec((), dtype)
     for size in path_sizes(num, num_zero):
         c_B = NewtonState(*(_spec((size, *a.shape[1:]), a.dtype) for a in c_L))
         path_iteration_jit.lower(
             model, max_cg_iter, c_B, x_ND, y_N, _spec((size,), dtype), mask_N, hvp_dtype,
-            basis, floor, x_h, xt_h,
+            basis, floor, x_h, xt_h, xt_DN,
         ).compile()  # fmt: skip
     path_result_jit.lower(model, c_L, x_ND, y_N, l2_L, mask_N, tol, _spec((), bool)).compile()
 
 
 def solve_path_host(model, max_iter, max_cg_iter, params0_L, x_ND, y_N, l2_L, mask_N, tol,
-                     progress, hvp_dtype=None, basis=None):  # fmt: skip
+                     progress, hvp_dtype=None, basis=None, data_views=None):  # fmt: skip
     """Newton-CG over a path, each lambda leaving the batch as soon as it is done
-    (preconditioned with ``basis``, a ``kron.Basis`` of the data, when given)."""
+    (preconditioned, with ``kron``'s objective and products, with ``basis``, a ``kron.Basis``
+    of the data, when given; ``data_views``: the data's ``Views``, made here if None)."""
     t0 = time.perf_counter()
     num = int(l2_L.shape[0])
-    c_dev, certified = path_start_jit(model, params0_L, x_ND, y_N, l2_L, mask_N)
-    c = NewtonState(*(np.array(a) for a in c_dev))
     hdtype = x_ND.dtype if hvp_dtype is None else jnp.dtype(hvp_dtype)
-    # Cast once, not per iteration; the transposed copy serves kron.hessian_matvec.
-    x_h = x_ND if hdtype == x_ND.dtype else x_ND.astype(hdtype)
-    xt_h = None if basis is None else transposed(x_h)
+    if basis is None:  # autodiff: no stored copies; cast once, not per iteration
+        x_h = x_ND if hdtype == x_ND.dtype else x_ND.astype(hdtype)
+        xt_h = xt_DN = None
+    else:
+        xt_DN, x_h, xt_h = views(x_ND, hvp_dtype) if data_views is None else data_views
+    c_dev, certified = path_start_jit(model, params0_L, x_ND, y_N, l2_L, mask_N, basis, xt_DN)
+    c = NewtonState(*(np.array(a) for a in c_dev))
     lam_L = np.asarray(l2_L)
     certified = bool(certified)
     stop = (lam_L == 0, (lam_L == 0) & certified)
@@ -688,6 +745,7 @@ def solve_path_host(model, max_iter, max_cg_iter, params0_L, x_ND, y_N, l2_L, ma
             FORCING_FLOOR * tol,
             x_h,
             xt_h,
+            xt_DN,
         )
         for mine, new in zip(c, out, strict=True):
             mine[active] = np.asarray(new)[: active.size]

@@ -300,6 +300,7 @@ def solve_path(
     hvp_dtype=None,
     precondition: bool | kron.Basis = True,
     progress: bool = True,
+    data_views: newton.Views | None = None,
 ) -> SolveResult:
     """Solves a whole regularization path; each lambda stops as soon as it is done.
 
@@ -322,6 +323,9 @@ def solve_path(
       progress: "newton_cg" logs (``jaxlr.core.solver``, INFO) the iteration, the slowest
         lambda's gradient norm and the lambdas left at most every ``PROGRESS_SECONDS``, and
         one line with the total time and each lambda's iterations.
+      data_views: the stored copies of the data the preconditioned path reads
+        (``newton.views(x_ND in dtype, hvp_dtype)``), when the caller already made them
+        (``optimum_report`` shares them with the limits); made here if None.
 
     Returns:
       ``SolveResult`` whose fields all have a leading axis L.
@@ -379,6 +383,7 @@ def solve_path(
         progress,
         common["hvp_dtype"],
         basis,
+        data_views,
     )
 
 
@@ -473,10 +478,14 @@ def optimum_report(
     with jax.enable_x64(True) if x64 else contextlib.nullcontext():
         x = jnp.asarray(x_ND).astype(dtype)
         mask = None if mask_N is None else jnp.asarray(mask_N).astype(dtype)
-        y = jnp.asarray(y_N)
         lam_L = jnp.asarray(l2_L).astype(dtype)
-        # One Gram eigenbasis serves the CG preconditioner and the exact limits at zero.
+        # One Gram eigenbasis serves the CG preconditioner and the exact limits at zero;
+        # one set of stored copies of the data (transposed, cast) the path and the limits.
         basis = newton.make_basis_jit(model, x, mask)
+        data_views = None
+        hvp = _dtype_name(HVP_DTYPE if hvp_dtype is None else hvp_dtype)
+        if method == "newton_cg" and hvp in DEFAULT_TOL:  # else solve_path says what is wrong
+            data_views = newton.views(x, hvp)
         path = solve_path(
             model,
             x_ND,
@@ -490,8 +499,11 @@ def optimum_report(
             hvp_dtype=hvp_dtype,
             precondition=basis,
             progress=progress,
+            data_views=data_views,
         )
-        limits, limits_init = _gd_limits(model, path, basis, x, y, lam_L, mask, key, progress)
+        limits, limits_init = _gd_limits(
+            model, path, basis, x, data_views, lam_L, mask, key, progress
+        )
     path_np = jax.tree.map(np.asarray, path)
     rows = [
         _row(path_np, int(index_S[s]), float(l2_S[s]), lrs[s], finals[s], limits, limits_init,
@@ -519,8 +531,10 @@ def prepare(
     ``optimum_report`` then neither traces nor compiles them. That is most of what the
     report costs a new process beyond its arithmetic: with the persistent compilation cache,
     ~3 s of tracing, lowering and loading on ``tdt4265_task4``; without it, every compile.
-    Block sizes and limit batches that the data may not need (a lambda 0 that turns out
-    certified) are compiled too, the likeliest first. Nothing for ``method="lbfgs"``.
+    Only the block sizes and the limits' batch of the lambdas > 0 are compiled (the lambdas
+    0 assumed certified up front, ``newton.path_sizes``): a program that is not needed would
+    only take CPU from the runs; one that is, and was not compiled, compiles when it runs.
+    Nothing for ``method="lbfgs"``.
     """
     if method != "newton_cg":
         return
@@ -539,24 +553,35 @@ def prepare(
         shapes = jax.eval_shape(functools.partial(newton.make_basis, model), x, mask)
         basis = kron.Basis(*(spec(a.shape, a.dtype) for a in shapes))
         newton.compile_path_host(model, DEFAULT_MAX_CG_ITER, x, y, mask, num, num_zero, hvp, basis)
-        newton.transposed.lower(x).compile()
+        views = newton.Views(
+            spec(x.shape[::-1], dtype),
+            spec(x.shape, jnp.dtype(hvp)),
+            spec(x.shape[::-1], jnp.dtype(hvp)),
+        )
+        if jnp.dtype(hvp) == dtype:
+            views = newton.Views(views.xt_DN, x, views.xt_DN)
         key = jax.eval_shape(lambda: jax.random.PRNGKey(0))
         key = spec(key.shape, key.dtype)
         template = newton.zeros_like_model(model, dtype)
-        for size in dict.fromkeys([num - num_zero, num]):
-            if size == 0:
-                continue
+        for size in [num - num_zero] if num > num_zero else []:
             params = jax.tree.map(lambda a, n=size: spec((n, *a.shape), dtype), template)
-            xt = spec(x.shape[::-1], dtype)
-            _limits.lower(model, basis, params, x, xt, spec((size,), dtype), mask, key).compile()
+            _limits.lower(model, basis, params, x, views, spec((size,), dtype), mask, key).compile()
+
+
+def _dtype_name(dtype) -> str | None:
+    try:
+        return jnp.dtype(dtype).name
+    except TypeError:
+        return None
 
 
 def _shape(a) -> tuple:
     return tuple(a.shape) if hasattr(a, "shape") else tuple(np.shape(a))
 
 
-def _gd_limits(model, path, basis, x, y, lam_L, mask, key, progress):
-    """``2 / h_max`` at each lambda's optimum and at zero parameters (numpy float64 [L])."""
+def _gd_limits(model, path, basis, x, data_views, lam_L, mask, key, progress):
+    """``2 / h_max`` at each lambda's optimum and at zero parameters (numpy float64 [L]);
+    ``data_views``: the path's ``newton.Views`` of ``x`` (made here if None)."""
     t0 = time.perf_counter()
     key = jax.random.PRNGKey(0) if key is None else key
     zeros = newton.zeros_like_model(model, x.dtype)
@@ -564,7 +589,8 @@ def _gd_limits(model, path, basis, x, y, lam_L, mask, key, progress):
     # products); a lambda certified to have no finite optimum was not iterated, so its
     # "optimum" is that start. The others: Lanczos (curvature.lr_limit's default) at
     # their optima, vmapped in one call (the products are bound by reading x: four
-    # lanes cost about two), with kron.hessian_matvec's products on a transposed copy.
+    # lanes cost about two), with kron.hessian_matvec's products in the HVP dtype on the
+    # path's transposed copies, and one product in x's dtype for the Rayleigh quotient.
     limits_init = np.asarray(
         2.0 / kron.max_eigenvalue_at_zero(model, basis, zeros, x, lam_L), np.float64
     )
@@ -573,9 +599,10 @@ def _gd_limits(model, path, basis, x, y, lam_L, mask, key, progress):
     todo = np.flatnonzero(~started)
     if todo.size:
         params = jax.tree.map(lambda a: a[todo], path.params)
-        xt = newton.transposed(x)
+        if data_views is None:
+            data_views = newton.views(x, HVP_DTYPE)
         limits[todo] = np.asarray(
-            _limits(model, basis, params, x, xt, lam_L[todo], mask, key), np.float64
+            _limits(model, basis, params, x, data_views, lam_L[todo], mask, key), np.float64
         )
     if progress:
         log.info(
@@ -614,21 +641,38 @@ def _row(path_np, i, l2, lr, final, limits, limits_init, include_bias) -> dict:
 
 # Residual tolerance of the limits' Lanczos, relative to the eigenvalue: the Rayleigh quotient
 # of a vector with residual r is within ||r||^2 / gap of the eigenvalue (and always within ||r||),
-# so 1e-6 gives the limit to ~1e-9 relative for a top eigenvalue that is not clustered.
+# so 1e-6 gives the limit to ~1e-9 relative for a top eigenvalue that is not clustered. In
+# float32 products (which cannot resolve a residual much below 1e-6) the Lanczos stops at
+# LIMIT_RTOL_FLOAT32 and the value is the float64 Rayleigh quotient of its vector: within
+# ~1e-10 h_max^2 / gap (task4's four limits: 2e-12 to 9e-11 relative of the float64 Lanczos).
 LIMIT_RTOL = 1e-6
+LIMIT_RTOL_FLOAT32 = 1e-5
 
 
 @functools.partial(jax.jit, static_argnames=("model",))
-def _limits(model, basis, params, x_ND, xt_DN, l2_L, mask_N, key):
-    """``2 / h_max`` at each lane's ``params`` (leading axis L): ``curvature.lr_limit``'s
-    Lanczos (same start vector, same stopping rule) on ``kron.hessian_matvec``'s products."""
-    template = newton.zeros_like_model(model, x_ND.dtype)
+def _limits(model, basis, params, x_ND, data_views, l2_L, mask_N, key):
+    """``2 / h_max`` at each lane's ``params`` (leading axis L): ``curvature.lanczos`` on
+    ``kron.hessian_matvec``'s products in the HVP dtype (``data_views``' cast copies); when
+    that is not ``x_ND``'s dtype, the value is the Rayleigh quotient of Lanczos' vector from
+    one product in ``x_ND``'s dtype (``LIMIT_RTOL_FLOAT32``)."""
+    xt_DN, x_h, xt_h = data_views
+    dtype, hdtype = x_ND.dtype, x_h.dtype
+    template = newton.zeros_like_model(model, dtype)
+    template_h = newton.zeros_like_model(model, hdtype)
+    mask_h = None if mask_N is None else mask_N.astype(hdtype)
+    rtol = LIMIT_RTOL if hdtype == dtype else LIMIT_RTOL_FLOAT32
 
     def one(p, l2):
         p_P = ravel_pytree(p)[0]
-        matvec = kron.hessian_matvec(basis, template, x_ND, xt_DN, mask_N, l2, p_P)
-        v0_P = jax.random.normal(key, p_P.shape, p_P.dtype)
-        res = curvature.lanczos(matvec, v0_P, num_iter=curvature.DEFAULT_NUM_ITER, rtol=LIMIT_RTOL)
-        return 2.0 / res.value
+        p_h = p_P.astype(hdtype)
+        matvec = kron.hessian_matvec(basis, template_h, x_h, xt_h, mask_h, l2, p_h)
+        v0_P = jax.random.normal(key, p_P.shape, hdtype)
+        res = curvature.lanczos(matvec, v0_P, num_iter=curvature.DEFAULT_NUM_ITER, rtol=rtol)
+        if hdtype == dtype:
+            return 2.0 / res.value
+        y_P = res.vector.astype(dtype)
+        y_P = y_P / jnp.linalg.norm(y_P)
+        hy_P = kron.hessian_matvec(basis, template, x_ND, xt_DN, mask_N, l2, p_P)(y_P)
+        return 2.0 / jnp.vdot(y_P, hy_P)
 
     return jax.vmap(one)(params, l2_L)
