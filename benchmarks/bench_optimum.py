@@ -6,7 +6,10 @@ Two parts (``--part``, default both):
     --notensorboard`` with and without ``--nooptimum``, each into a fresh workdir,
     interleaved, ``--repeats`` rounds; prints every time, the min and the median of each side
     and their ratios (target: at most 1.5x). The compilation cache stays on (as a user runs
-    it); the first round fills it.
+    it); the first round fills it. ``--trees=DIR,DIR`` runs each round in every checkout
+    (e.g. ``git archive COMMIT | tar -x -C DIR``), interleaved, to compare before and after
+    on the same machine at the same time (a whole process varies by 1.5x from hour to hour
+    on a shared one).
   * ``split``: in one process, the optimum work of the task on its training set (the first
     20,000 MNIST training images, ten digits, [-1, 1] plus the bias feature, float64
     features rebuilt from the uint8 images, R = sum w^2 with the bias penalised, lambdas
@@ -16,7 +19,7 @@ Two parts (``--part``, default both):
     limits' relative difference), each the best of ``--repeats`` after one compiling call.
 
     python -m benchmarks.bench_optimum --data_dir=../shared/data [--part=split|process]
-        [--repeats=3] [--out=FILE.json]
+        [--repeats=3] [--trees=DIR,DIR] [--out=FILE.json]
 
 The machine is shared: report the min of several rounds and say so.
 
@@ -41,26 +44,38 @@ REPO = Path(__file__).resolve().parents[1]
 LAMBDAS = (0.0, 1.0, 0.1, 0.01, 0.001)
 
 
-def _process_once(data_dir: str, extra: list[str]) -> float:
+def _process_once(data_dir: str, extra: list[str], tree: Path = REPO) -> float:
     with tempfile.TemporaryDirectory(prefix="bench_optimum_") as tmp:
         cmd = [sys.executable, "-m", "experiments.main", "--experiment=tdt4265_task4",
                f"--workdir={tmp}/w", "--notensorboard", *extra]  # fmt: skip
         if data_dir:
             cmd.append(f"--data_dir={data_dir}")
+        env = dict(os.environ, PYTHONPATH=str(tree))  # that checkout's jaxlr, not the installed
         t0 = time.perf_counter()
-        out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+        out = subprocess.run(cmd, cwd=tree, env=env, capture_output=True, text=True)
         seconds = time.perf_counter() - t0
         if out.returncode != 0:
             raise RuntimeError(f"{' '.join(cmd)} failed:\n{out.stderr[-3000:]}")
         return seconds
 
 
-def part_process(data_dir: str, repeats: int) -> dict:
-    times = {"optimum": [], "nooptimum": []}
+def part_process(data_dir: str, repeats: int, tree: Path = REPO) -> dict:
+    return part_process_trees(data_dir, repeats, [tree])[str(tree)]
+
+
+def part_process_trees(data_dir: str, repeats: int, trees: list[Path]) -> dict:
+    times = {str(t): {"optimum": [], "nooptimum": []} for t in trees}
     for r in range(repeats):
-        for side, extra in (("optimum", []), ("nooptimum", ["--nooptimum"])):
-            times[side].append(_process_once(data_dir, extra))
-            print(f"round {r}: {side} {times[side][-1]:.1f} s", flush=True)
+        for tree in trees:
+            for side, extra in (("optimum", []), ("nooptimum", ["--nooptimum"])):
+                seconds = _process_once(data_dir, extra, tree)
+                times[str(tree)][side].append(seconds)
+                label = "" if len(trees) == 1 else f" {tree}"
+                print(f"round {r}{label}: {side} {seconds:.1f} s", flush=True)
+    return {t: _summary(v) for t, v in times.items()}
+
+
+def _summary(times: dict) -> dict:
     best = {k: min(v) for k, v in times.items()}
     median = {k: float(np.median(v)) for k, v in times.items()}
     return dict(
@@ -157,6 +172,7 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--hvp_dtypes", default="float32,float64", help="split: solve_path's")
     ap.add_argument("--methods", default="lanczos,power", help="split: eigenvalue methods")
+    ap.add_argument("--trees", default=str(REPO), help="process: checkouts, comma-separated")
     ap.add_argument("--out", default="")
     args = ap.parse_args(argv)
     result = dict(machine=platform.platform(), cpus=os.cpu_count(), load=os.getloadavg())
@@ -177,11 +193,13 @@ def main(argv=None):
             print(f"products (lanczos, power) per lambda: {s['products_lanczos_power']}; limits "
                   f"{s['limit_lanczos']}, max rel diff {max(s['limit_rel_diff']):.2e}")  # fmt: skip
     if args.part in ("both", "process"):
-        result["process"] = p = part_process(args.data_dir, args.repeats)
-        print(f"tdt4265_task4 whole process: optimum {p['best']['optimum']:.1f} s, "
-              f"--nooptimum {p['best']['nooptimum']:.1f} s (min of {args.repeats}): "
-              f"{p['ratio']:.2f}x; medians {p['median']['optimum']:.1f} s and "
-              f"{p['median']['nooptimum']:.1f} s: {p['median_ratio']:.2f}x")  # fmt: skip
+        trees = [Path(t).resolve() for t in args.trees.split(",")]
+        result["process"] = by_tree = part_process_trees(args.data_dir, args.repeats, trees)
+        for tree, p in by_tree.items():
+            print(f"tdt4265_task4 whole process ({tree}): optimum {p['best']['optimum']:.1f} s, "
+                  f"--nooptimum {p['best']['nooptimum']:.1f} s (min of {args.repeats}): "
+                  f"{p['ratio']:.2f}x; medians {p['median']['optimum']:.1f} s and "
+                  f"{p['median']['nooptimum']:.1f} s: {p['median_ratio']:.2f}x")  # fmt: skip
     result["load_after"] = os.getloadavg()
     print(json.dumps(result))
     if args.out:

@@ -21,6 +21,7 @@ from experiments.common import (
     RunDir,
     RunFailed,
     class_words,
+    optimum_ahead,
     optimum_for,
     optimum_params,
     stability_text,
@@ -62,6 +63,8 @@ def hw3_logreg_grid(cfg: LogregGrid, run: RunDir) -> dict:
     dtype = np.asarray(data.x_train).dtype
     hp = cfg.hparams
     grid = make_grid(learning_rate=hp.lr, l2=hp.l2, seed=(hp.seed,), dtype=dtype)
+    # The optimum's programs compile on a thread while the grid trains.
+    ahead = optimum_ahead(tcfg, splits, hp.l2) if cfg.optimum else None
     res = run_sweep(tcfg, grid, data, block_size=cfg.block_size, log_fn=log.info)
     if bool(np.all(res.diverged)):
         raise RunFailed(
@@ -86,7 +89,7 @@ def hw3_logreg_grid(cfg: LogregGrid, run: RunDir) -> dict:
         tables.write_history(run.out / f"history_{i:02d}.jsonl", res.histories[i])
     opt_text = ""
     if cfg.optimum:
-        optimum_test = _grid_optimum(cfg, tcfg, splits, points, hp.l2, images, y_test)
+        optimum_test = _grid_optimum(cfg, tcfg, splits, points, hp.l2, images, y_test, ahead)
         opt_text = _optimum_text(cfg, points, optimum_test, len(y_test))
     _grid_figures(run.out, res, grid, num_val=len(data.y_val), num_epochs=tcfg.num_epochs)
     metrics = {
@@ -159,7 +162,7 @@ def _grid_points(res, grid) -> list[dict]:
 
 
 def _grid_optimum(cfg, tcfg: TrainConfig, splits, points: list, lambdas, images_test,
-                  y_test) -> dict:  # fmt: skip
+                  y_test, ahead=None) -> dict:  # fmt: skip
     """Adds the exact optimum's numbers to every point; returns lambda -> its test count.
 
     The optimum is solved on the float64 features of the training images and scored on the
@@ -172,6 +175,7 @@ def _grid_optimum(cfg, tcfg: TrainConfig, splits, points: list, lambdas, images_
         [p["l2"] for p in points],
         [p["learning_rate"] for p in points],
         [p["train_objective"] for p in points],
+        ahead=ahead,
     )
     x_test64 = features(cfg.data, images_test, np.float64)
     tables.merge_optimum(points, opt.rows)

@@ -20,6 +20,7 @@ from experiments.common import (
     RunDir,
     RunFailed,
     checkpoint_dir,
+    optimum_ahead,
     optimum_for,
     protocol_text,
     stability_text,
@@ -185,7 +186,7 @@ def _write_tensorboard(cfg: Sweep, run: RunDir, result, records: list, live: boo
         )
 
 
-def _add_optimum(cfg: Sweep, splits, result: SweepResult, rows, records):
+def _add_optimum(cfg: Sweep, splits, result: SweepResult, rows, records, ahead=None):
     """Adds each point's exact optimum, gap and learning-rate limit to its row and record."""
     opt = optimum_for(
         cfg.train,
@@ -194,6 +195,7 @@ def _add_optimum(cfg: Sweep, splits, result: SweepResult, rows, records):
         [r["l2"] for r in rows],
         [r["learning_rate"] for r in rows],
         np.asarray(result.metrics["train_objective"], np.float64),
+        ahead=ahead,
     )
     tables.merge_optimum(
         records, opt.rows, diverged=[r["diverged"] for r in rows], converged_only=True
@@ -286,8 +288,10 @@ def sweep(cfg: Sweep, run: RunDir) -> dict:
     )
     if shard is not None:
         return _write_shard(cfg, run, data, grid, shard, train_args)
+    # The optimum's programs compile on a thread while the points train.
+    ahead = optimum_ahead(cfg.train, splits, np.asarray(grid.hparams.l2)) if cfg.optimum else None
     result = jsweep.run_sweep(cfg.train, grid, data, prune=prune, **train_args)
-    return write_sweep_outputs(cfg, run, splits, result, live_tensorboard=True)
+    return write_sweep_outputs(cfg, run, splits, result, live_tensorboard=True, ahead=ahead)
 
 
 def write_sweep_outputs(
@@ -297,6 +301,7 @@ def write_sweep_outputs(
     result: SweepResult,
     how: str | None = None,
     live_tensorboard: bool = False,
+    ahead=None,
 ) -> dict:
     """Writes a whole sweep's outputs into `run.out`; returns its metrics.json content.
 
@@ -316,6 +321,7 @@ def write_sweep_outputs(
       live_tensorboard: the points' TensorBoard curves were written while training
         (`TensorBoardObserver`): only their HParams rows are added; False writes the whole
         TensorBoard set now (e.g. merged shards).
+      ahead: the `experiments.common.optimum_ahead` started before training, or None.
     Raises:
       RunFailed: every point diverged.
     """
@@ -332,7 +338,7 @@ def write_sweep_outputs(
     records = result.records()
     opt = None
     if cfg.optimum and tcfg.model != "mlp":
-        opt = _add_optimum(cfg, splits, result, rows, records)
+        opt = _add_optimum(cfg, splits, result, rows, records, ahead)
     _write_tensorboard(cfg, run, result, records, live_tensorboard)
     for rec in records:
         rec["history"] = histories[rec["index"]]
