@@ -8,6 +8,7 @@ when it returns) and `run.workdir` the workdir the user named. Checkpoints for r
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import logging
 import tempfile
@@ -103,7 +104,10 @@ def run_experiment(
         config = {"experiment": name, **cfg.to_dict()}  # one object per section
         atomic_write_json(out / "config.json", tables.jsonable(config))
         t0 = time.perf_counter()
-        metrics = EXPERIMENTS[name].fn(cfg, RunDir(out, workdir, tensorboard))
+        try:
+            metrics = EXPERIMENTS[name].fn(cfg, RunDir(out, workdir, tensorboard))
+        finally:
+            stop_optimum_ahead()  # a run that failed before its optimum: no compile left behind
         metrics.setdefault("wall_seconds_total", time.perf_counter() - t0)
         atomic_write_json(out / "metrics.json", tables.jsonable(metrics))
     log.info("wrote %s", workdir / "metrics.json")
@@ -226,10 +230,33 @@ class Optimum(NamedTuple):
 
 
 class OptimumAhead(NamedTuple):
-    """The model and the compiling thread of `optimum_ahead`, for `optimum_for`."""
+    """The model, the compiling thread and its stop flag of `optimum_ahead`, for `optimum_for`."""
 
     model: Any
     thread: threading.Thread
+    stop: threading.Event
+
+
+# Compiling threads that were started and not yet waited for (`stop_optimum_ahead`).
+_PENDING: set = set()
+_PENDING_LOCK = threading.Lock()
+
+
+def stop_optimum_ahead() -> None:
+    """Stops every `optimum_ahead` thread still compiling after its current program, and waits.
+
+    Called when an experiment ends (a run that failed before its optimum) and at exit: a
+    thread inside XLA's compiler when the interpreter finalizes aborts the process.
+    """
+    with _PENDING_LOCK:
+        pending = list(_PENDING)
+    for ahead in pending:
+        ahead.stop.set()
+    for ahead in pending:
+        ahead.thread.join()
+
+
+atexit.register(stop_optimum_ahead)
 
 
 def optimum_ahead(tcfg: TrainConfig, splits, l2_S) -> OptimumAhead | None:
@@ -237,10 +264,11 @@ def optimum_ahead(tcfg: TrainConfig, splits, l2_S) -> OptimumAhead | None:
 
     Call it before training the runs; `optimum_for(..., ahead=...)` waits for the thread and
     uses the same bound model (a static argument of the compiled programs). Only shapes are
-    read, nothing is solved, so the thread costs the runs little CPU: with the persistent
-    compilation cache it traces, lowers and loads (~3 s of `tdt4265_task4`'s optimum),
-    without it it compiles. A failure in the thread is logged and only loses the saving.
-    None for the MLP (no convex objective).
+    read, nothing is solved: with the persistent compilation cache it traces, lowers and
+    loads (~3-5 s of CPU for `tdt4265_task4`'s optimum, which busy cores take from the
+    runs), without it it compiles. A failure in the thread is logged and only loses the
+    saving; a run that ends before its optimum stops it after the program it is compiling
+    (`stop_optimum_ahead`). None for the MLP (no convex objective).
     """
     from jaxlr.core import solver
 
@@ -252,15 +280,23 @@ def optimum_ahead(tcfg: TrainConfig, splits, l2_S) -> OptimumAhead | None:
     y = np.asarray(splits.data.y_train)
     l2 = [float(v) for v in l2_S]
 
+    stop = threading.Event()
+
     def work():
         try:
-            solver.prepare(model, x, y, l2)
+            solver.prepare(model, x, y, l2, stop=stop)
         except Exception as e:  # only the saving is lost: optimum_for compiles
             log.warning("compiling the optimum ahead failed (it compiles when needed): %s", e)
+        finally:
+            with _PENDING_LOCK:
+                _PENDING.discard(ahead)
 
     thread = threading.Thread(target=work, name="jaxlr-optimum-compile", daemon=True)
+    ahead = OptimumAhead(model, thread, stop)
+    with _PENDING_LOCK:
+        _PENDING.add(ahead)
     thread.start()
-    return OptimumAhead(model, thread)
+    return ahead
 
 
 def optimum_for(tcfg: TrainConfig, data_cfg: DataConfig, splits, l2_S, learning_rates=None,

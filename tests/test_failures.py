@@ -98,6 +98,26 @@ def test_every_grid_point_diverged_is_one_line(fake, tmp_path):
     assert not (tmp_path / "wd" / "metrics.json").exists()
 
 
+def test_a_run_that_ends_before_its_optimum_leaves_no_compiling_thread():
+    """`optimum_ahead` compiles on a thread; a run that fails before its optimum stops it
+    after the current program and waits (`run_experiment` does, and so does exit: a thread
+    inside XLA's compiler when the interpreter finalizes aborted the process, rc -6, in the
+    refusals above), and a stopped `prepare` starts no program."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from experiments import common
+    from jaxlr.engine.config import TrainConfig
+
+    data = SimpleNamespace(x_train=np.zeros((61, 7), np.float32), y_train=np.zeros(61, np.int32))
+    tcfg = TrainConfig(model="softmax", num_classes=3)
+    ahead = common.optimum_ahead(tcfg, SimpleNamespace(data=data), [0.0, 0.1, 0.01])
+    common.stop_optimum_ahead()
+    assert ahead.stop.is_set() and not ahead.thread.is_alive()
+    assert not common._PENDING
+
+
 def test_bad_value_over_a_finished_workdir_changes_nothing(fake, finished):
     workdir, before = finished
     r = _run(_cmd(fake, workdir, "--lr=nan"))

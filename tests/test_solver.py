@@ -554,6 +554,29 @@ def test_hw3_logreg_optimum_golden():
         assert round(acc * 1000) == golden["test_correct"]
 
 
+def test_a_stopped_prepare_starts_no_program(monkeypatch):
+    """`prepare(stop=...)` with the flag set traces no path or limits program (a run that
+    ended before its optimum); without it, the same call does."""
+    import threading
+
+    from jaxlr.core import kron
+
+    x, y = _data("softmax", n=83, d=5, k=3, seed=6)  # shapes no other test compiles
+    model = make_model("softmax", num_features=5, num_classes=3, dtype=jnp.float64)
+    spec = jax.ShapeDtypeStruct(np.shape(x), np.float64)
+    calls = []
+    original = kron.hessian_matvec
+    monkeypatch.setattr(
+        kron, "hessian_matvec", lambda *a, **k: calls.append(1) or original(*a, **k)
+    )
+    stop = threading.Event()
+    stop.set()
+    solver.prepare(model, spec, y, [0.2, 0.02], stop=stop)
+    assert calls == []
+    solver.prepare(model, spec, y, [0.2, 0.02])
+    assert len(calls) > 0
+
+
 def test_path_sizes_are_those_of_the_lambdas_above_zero():
     """The blocks `prepare` compiles: the lambdas > 0, then fewer as they leave."""
     assert newton.path_sizes(5, 1) == [4, 2, 1]  # tdt4265_task4

@@ -660,12 +660,15 @@ def path_sizes(num: int, num_zero: int) -> list[int]:
     return sorted({block_size(a, num) for a in range(1, first + 1)}, reverse=True)
 
 
-def compile_path_host(model, max_cg_iter, x_ND, y_N, mask_N, num, num_zero, hvp_dtype, basis):
+def compile_path_host(model, max_cg_iter, x_ND, y_N, mask_N, num, num_zero, hvp_dtype, basis,
+                      stopped=None):  # fmt: skip
     """Compiles, running nothing, the programs ``solve_path_host`` runs on data of these
     shapes and dtypes (``jax.ShapeDtypeStruct`` or arrays; ``basis`` likewise, or None), for
     ``num`` lambdas (``jit``'s ``lower(...).compile()``, which also fills ``jit``'s caches,
     so the later calls neither trace nor compile). The specs mirror the calls there: a
-    mismatch only costs the saving, never a result."""
+    mismatch only costs the saving, never a result. ``stopped``: ``() -> bool``; once True,
+    no further program is started."""
+    stopped = stopped or (lambda: False)
     dtype = x_ND.dtype
     template = zeros_like_model(model, dtype)
     params0_L = jax.tree.map(lambda a: _spec((num, *a.shape), dtype), template)
@@ -684,12 +687,15 @@ def compile_path_host(model, max_cg_iter, x_ND, y_N, mask_N, num, num_zero, hvp_
     c_L = NewtonState(*(_spec(a.shape, a.dtype) for a in c_L[0]))
     floor, tol = _spec((), dtype), _spec((), dtype)
     for size in path_sizes(num, num_zero):
+        if stopped():
+            return
         c_B = NewtonState(*(_spec((size, *a.shape[1:]), a.dtype) for a in c_L))
         path_iteration_jit.lower(
             model, max_cg_iter, c_B, x_ND, y_N, _spec((size,), dtype), mask_N, hvp_dtype,
             basis, floor, x_h, xt_h, xt_DN,
         ).compile()  # fmt: skip
-    path_result_jit.lower(model, c_L, x_ND, y_N, l2_L, mask_N, tol, _spec((), bool)).compile()
+    if not stopped():
+        path_result_jit.lower(model, c_L, x_ND, y_N, l2_L, mask_N, tol, _spec((), bool)).compile()
 
 
 def solve_path_host(model, max_iter, max_cg_iter, params0_L, x_ND, y_N, l2_L, mask_N, tol,

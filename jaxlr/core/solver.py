@@ -72,6 +72,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any, NamedTuple
@@ -523,6 +524,7 @@ def prepare(
     method: str = "newton_cg",
     dtype=jnp.float64,
     hvp_dtype=None,
+    stop: threading.Event | None = None,
 ) -> None:
     """Compiles, running nothing, the programs ``optimum_report`` runs on these arguments.
 
@@ -534,10 +536,12 @@ def prepare(
     Only the block sizes and the limits' batch of the lambdas > 0 are compiled (the lambdas
     0 assumed certified up front, ``newton.path_sizes``): a program that is not needed would
     only take CPU from the runs; one that is, and was not compiled, compiles when it runs.
-    Nothing for ``method="lbfgs"``.
+    Nothing for ``method="lbfgs"``. ``stop``: once set, no further program is started (the
+    caller is ending; what is left compiles when it runs, if ever).
     """
     if method != "newton_cg":
         return
+    stopped = stop.is_set if stop is not None else (lambda: False)
     spec = jax.ShapeDtypeStruct
     x64 = jnp.dtype(dtype) == jnp.float64
     with jax.enable_x64(True) if x64 else contextlib.nullcontext():
@@ -552,7 +556,9 @@ def prepare(
         newton.make_basis_jit.lower(model, x, mask).compile()
         shapes = jax.eval_shape(functools.partial(newton.make_basis, model), x, mask)
         basis = kron.Basis(*(spec(a.shape, a.dtype) for a in shapes))
-        newton.compile_path_host(model, DEFAULT_MAX_CG_ITER, x, y, mask, num, num_zero, hvp, basis)
+        newton.compile_path_host(
+            model, DEFAULT_MAX_CG_ITER, x, y, mask, num, num_zero, hvp, basis, stopped
+        )
         views = newton.Views(
             spec(x.shape[::-1], dtype),
             spec(x.shape, jnp.dtype(hvp)),
@@ -563,7 +569,7 @@ def prepare(
         key = jax.eval_shape(lambda: jax.random.PRNGKey(0))
         key = spec(key.shape, key.dtype)
         template = newton.zeros_like_model(model, dtype)
-        for size in [num - num_zero] if num > num_zero else []:
+        for size in [num - num_zero] if num > num_zero and not stopped() else []:
             params = jax.tree.map(lambda a, n=size: spec((n, *a.shape), dtype), template)
             _limits.lower(model, basis, params, x, views, spec((size,), dtype), mask, key).compile()
 
