@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from jax.flatten_util import ravel_pytree
 
-from jaxlr.core import kron, newton, solver
+from jaxlr.core import kron, newton, newton_path, solver
 from jaxlr.core.objective import make_model
 
 F64 = jnp.float64
@@ -120,7 +120,7 @@ def test_hessian_matvec_equals_autodiff_and_the_dense_hessian(case, masked):
 
         want = jax.linearize(jax.grad(objective), p_P)[1](v_P)
         dense = _dense_hessian(model, unravel(p_P), x, y, lam, mask) @ np.asarray(v_P)
-        xt = newton.transposed(x)
+        xt = newton_path.transposed(x)
         for xt_DN in (xt, x.T):
             got = kron.hessian_matvec(b, template, x, xt_DN, mask, lam, p_P)(v_P)
             assert np.asarray(got) == pytest.approx(np.asarray(want), rel=1e-12, abs=1e-13)
@@ -128,7 +128,7 @@ def test_hessian_matvec_equals_autodiff_and_the_dense_hessian(case, masked):
         # Float32 products for a float64 vector: the result comes back in float64.
         x32 = x.astype(jnp.float32)
         got32 = kron.hessian_matvec(
-            b, newton.zeros_like_model(model, jnp.float32), x32, newton.transposed(x32),
+            b, newton.zeros_like_model(model, jnp.float32), x32, newton_path.transposed(x32),
             None if mask is None else mask.astype(jnp.float32), lam, p_P,
         )(v_P)  # fmt: skip
         assert got32.dtype == F64
@@ -149,7 +149,7 @@ def test_value_and_grad_equals_the_models_objective_and_autodiff(case, masked):
         b = kron.basis(model, template, x, mask)
         for lam in (0.0, 0.07):
             f, g_P, logits = kron.value_and_grad(
-                b, template, x, newton.transposed(x), y, mask, lam, p_P
+                b, template, x, newton_path.transposed(x), y, mask, lam, p_P
             )
             want_f, want_g = jax.value_and_grad(
                 lambda q: model.loss(unravel(q), x, y, lam, mask)[0]  # noqa: B023

@@ -19,7 +19,7 @@ import pytest
 from jax.flatten_util import ravel_pytree
 from realdata import DATA_DIR, needs_data
 
-from jaxlr.core import curvature, newton, solver, testing
+from jaxlr.core import curvature, newton, newton_path, solver, testing
 from jaxlr.core.objective import make_model
 from jaxlr.data import images as jimages
 from jaxlr.data import registry as jregistry
@@ -267,8 +267,8 @@ def test_lbfgs_and_newton_cg_agree():
 def test_warm_start_per_lambda_and_no_recompile(monkeypatch):
     x_ND, y_N = _data("logistic")
     model = _model("logistic", x_ND, l2_convention="sum", l2_bias=False)
-    counted = testing.count_traces(newton.path_iteration)
-    monkeypatch.setattr(newton, "path_iteration", counted)
+    counted = testing.count_traces(newton_path.path_iteration)
+    monkeypatch.setattr(newton_path, "path_iteration", counted)
     # Shapes unique to this test, so the compiled iterations are not shared with another test.
     l2_L = np.array([0.01, 0.1, 1.0, 10.0, 100.0])
     cold = solver.solve_path(model, x_ND, y_N, l2_L)
@@ -290,14 +290,14 @@ def test_path_lambdas_leave_the_batch_when_done(monkeypatch, caplog):
     x_ND, y_N = _data("softmax", seed=3)
     model = _model("softmax", x_ND, l2_convention="sum", l2_bias=True)
     sizes = []
-    real = newton.path_iteration_jit
+    real = newton_path.path_iteration_jit
 
     def spy(model, max_cg_iter, c_B, *args):
         sizes.append(int(c_B.it.shape[0]))
         return real(model, max_cg_iter, c_B, *args)
 
-    monkeypatch.setattr(newton, "path_iteration_jit", spy)
-    monkeypatch.setattr(newton, "PROGRESS_SECONDS", 0.0)
+    monkeypatch.setattr(newton_path, "path_iteration_jit", spy)
+    monkeypatch.setattr(newton_path, "PROGRESS_SECONDS", 0.0)
     l2_L = np.array([3.0, 0.3, 0.03, 0.003, 0.0003])
     with caplog.at_level("INFO", logger="jaxlr.solver"):
         path = solver.solve_path(model, x_ND, y_N, l2_L, max_iter=500)
@@ -308,7 +308,7 @@ def test_path_lambdas_leave_the_batch_when_done(monkeypatch, caplog):
     assert len(sizes) == max(iters) and sizes == sorted(sizes, reverse=True)
     # The slowest lambdas ran alone at the end, in the smallest block that holds them.
     slowest = sum(i == max(iters) for i in iters)
-    assert sizes[0] == 5 and sizes[-1] == newton.block_size(slowest, 5) and slowest < 5
+    assert sizes[0] == 5 and sizes[-1] == newton_path.block_size(slowest, 5) and slowest < 5
     lines = [r.getMessage() for r in caplog.records]
     assert any("lambdas left" in m for m in lines) and "5 lambdas in" in lines[-1]
     # progress=False is silent.
@@ -579,12 +579,12 @@ def test_a_stopped_prepare_starts_no_program(monkeypatch):
 
 def test_path_sizes_are_those_of_the_lambdas_above_zero():
     """The blocks `prepare` compiles: the lambdas > 0, then fewer as they leave."""
-    assert newton.path_sizes(5, 1) == [4, 2, 1]  # tdt4265_task4
-    assert newton.path_sizes(3, 0) == [3, 2, 1]
-    assert newton.path_sizes(8, 0) == [8, 4, 2, 1]
-    assert newton.path_sizes(2, 2) == [1]
+    assert newton_path.path_sizes(5, 1) == [4, 2, 1]  # tdt4265_task4
+    assert newton_path.path_sizes(3, 0) == [3, 2, 1]
+    assert newton_path.path_sizes(8, 0) == [8, 4, 2, 1]
+    assert newton_path.path_sizes(2, 2) == [1]
     # Every block size a path of 5 (one lambda 0 certified) can run is among them.
-    assert {newton.block_size(a, 5) for a in range(1, 5)} <= set(newton.path_sizes(5, 1))
+    assert {newton_path.block_size(a, 5) for a in range(1, 5)} <= set(newton_path.path_sizes(5, 1))
 
 
 def test_prepare_compiles_everything_optimum_report_runs(monkeypatch):

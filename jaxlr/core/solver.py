@@ -72,6 +72,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import threading
 import time
 from collections.abc import Sequence
@@ -82,9 +83,11 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from jaxlr.core import curvature, kron, losses, newton
+from jaxlr.core import curvature, kron, losses, newton, newton_path
 from jaxlr.core.inputs import check_finite, check_labels, format_number
-from jaxlr.core.newton import SolveResult, log
+from jaxlr.core.newton import SolveResult
+
+log = logging.getLogger("jaxlr.solver")
 
 __all__ = [
     "CONVEX_KINDS",
@@ -301,7 +304,7 @@ def solve_path(
     hvp_dtype=None,
     precondition: bool | kron.Basis = True,
     progress: bool = True,
-    data_views: newton.Views | None = None,
+    data_views: newton_path.Views | None = None,
 ) -> SolveResult:
     """Solves a whole regularization path; each lambda stops as soon as it is done.
 
@@ -325,7 +328,7 @@ def solve_path(
         lambda's gradient norm and the lambdas left at most every ``PROGRESS_SECONDS``, and
         one line with the total time and each lambda's iterations.
       data_views: the stored copies of the data the preconditioned path reads
-        (``newton.views(x_ND in dtype, hvp_dtype)``), when the caller already made them
+        (``newton_path.views(x_ND in dtype, hvp_dtype)``), when the caller already made them
         (``optimum_report`` shares them with the limits); made here if None.
 
     Returns:
@@ -371,7 +374,7 @@ def solve_path(
         basis = newton.make_basis_jit(common["model"], common["x_ND"], common["mask_N"])
     if not batched:
         params0 = jax.tree.map(lambda a: jnp.broadcast_to(a, (num, *a.shape)), params0)
-    return newton.solve_path_host(
+    return newton_path.solve_path_host(
         common["model"],
         common["max_iter"],
         common["max_cg_iter"],
@@ -486,7 +489,7 @@ def optimum_report(
         data_views = None
         hvp = _dtype_name(HVP_DTYPE if hvp_dtype is None else hvp_dtype)
         if method == "newton_cg" and hvp in DEFAULT_TOL:  # else solve_path says what is wrong
-            data_views = newton.views(x, hvp)
+            data_views = newton_path.views(x, hvp)
         path = solve_path(
             model,
             x_ND,
@@ -532,9 +535,9 @@ def prepare(
     thread while the runs the report is for still train (``experiments.common``): the later
     ``optimum_report`` then neither traces nor compiles them. That is most of what the
     report costs a new process beyond its arithmetic: with the persistent compilation cache,
-    ~3 s of tracing, lowering and loading on ``tdt4265_task4``; without it, every compile.
+    ~3-5 s of tracing, lowering and loading on ``tdt4265_task4``; without it, every compile.
     Only the block sizes and the limits' batch of the lambdas > 0 are compiled (the lambdas
-    0 assumed certified up front, ``newton.path_sizes``): a program that is not needed would
+    0 assumed certified up front, ``newton_path.path_sizes``): a program that is not needed would
     only take CPU from the runs; one that is, and was not compiled, compiles when it runs.
     Nothing for ``method="lbfgs"``. ``stop``: once set, no further program is started (the
     caller is ending; what is left compiles when it runs, if ever).
@@ -556,21 +559,15 @@ def prepare(
         newton.make_basis_jit.lower(model, x, mask).compile()
         shapes = jax.eval_shape(functools.partial(newton.make_basis, model), x, mask)
         basis = kron.Basis(*(spec(a.shape, a.dtype) for a in shapes))
-        newton.compile_path_host(
-            model, DEFAULT_MAX_CG_ITER, x, y, mask, num, num_zero, hvp, basis, stopped
+        views = newton_path.view_specs(x, hvp)
+        newton_path.compile_path_host(
+            model, DEFAULT_MAX_CG_ITER, x, y, mask, num, num_zero, hvp, basis, views, stopped
         )
-        views = newton.Views(
-            spec(x.shape[::-1], dtype),
-            spec(x.shape, jnp.dtype(hvp)),
-            spec(x.shape[::-1], jnp.dtype(hvp)),
-        )
-        if jnp.dtype(hvp) == dtype:
-            views = newton.Views(views.xt_DN, x, views.xt_DN)
-        key = jax.eval_shape(lambda: jax.random.PRNGKey(0))
-        key = spec(key.shape, key.dtype)
-        template = newton.zeros_like_model(model, dtype)
-        for size in [num - num_zero] if num > num_zero and not stopped() else []:
-            params = jax.tree.map(lambda a, n=size: spec((n, *a.shape), dtype), template)
+        size = num - num_zero  # the limits' batch: the lambdas > 0
+        if size and not stopped():
+            key = jax.eval_shape(lambda: jax.random.PRNGKey(0))
+            template = newton.zeros_like_model(model, dtype)
+            params = jax.tree.map(lambda a: spec((size, *a.shape), dtype), template)
             _limits.lower(model, basis, params, x, views, spec((size,), dtype), mask, key).compile()
 
 
@@ -587,7 +584,7 @@ def _shape(a) -> tuple:
 
 def _gd_limits(model, path, basis, x, data_views, lam_L, mask, key, progress):
     """``2 / h_max`` at each lambda's optimum and at zero parameters (numpy float64 [L]);
-    ``data_views``: the path's ``newton.Views`` of ``x`` (made here if None)."""
+    ``data_views``: the path's ``newton_path.Views`` of ``x`` (made here if None)."""
     t0 = time.perf_counter()
     key = jax.random.PRNGKey(0) if key is None else key
     zeros = newton.zeros_like_model(model, x.dtype)
@@ -606,7 +603,7 @@ def _gd_limits(model, path, basis, x, data_views, lam_L, mask, key, progress):
     if todo.size:
         params = jax.tree.map(lambda a: a[todo], path.params)
         if data_views is None:
-            data_views = newton.views(x, HVP_DTYPE)
+            data_views = newton_path.views(x, HVP_DTYPE)
         limits[todo] = np.asarray(
             _limits(model, basis, params, x, data_views, lam_L[todo], mask, key), np.float64
         )

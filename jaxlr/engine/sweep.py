@@ -267,13 +267,7 @@ def run_sweep(
     shape = (n, data.x_val.shape[0], d)
     g_full, ladder = _block_sizes(config, model, shape, dtype, s, nd, block_size, min_block)
     shared_seed = _shared_seed(hp_all, shared_seed)
-    # Refuse, in one line and before anything is allocated, a block that cannot fit.
-    per_device = max(1, g_full // nd)
-    resources.check_fits(
-        resources.estimate_run_bytes(config, model, shape, dtype.itemsize, points=per_device),
-        what=f"sweep block of {g_full} points ({per_device} per device)",
-        device=devices[0],
-    )
+    _check_block_fits(config, model, shape, dtype, g_full, devices)
     fns = sweep_functions(config, model, n, devices, shared_seed)
     m = fns.engine.num_batches
     repl = NamedSharding(fns.mesh, P())
@@ -298,11 +292,7 @@ def run_sweep(
         dtype,
         log_fn or log.info,
     )
-    description = (
-        f"sweep: {s} points, blocks of sizes {list(ladder) if compact else [g_full]}"
-        f" on {nd} device(s) ({devices[0].platform}); {config.num_epochs} epochs of {m} steps"
-        + (f"; halving every {prune.rung_epochs} epochs" if prune is not None else "")
-    )
+    sizes = list(ladder) if compact else [g_full]
     result, _ = drive(
         runner,
         config=config,
@@ -313,10 +303,29 @@ def run_sweep(
         checkpoint_path=ckpt_path,
         fingerprint=_fingerprint(config, grid, data, prune) if ckpt_path is not None else None,
         observers=[*default_observers(log_fn, log.info, progress), *observers],
-        description=description,
+        description=_description(config, s, sizes, devices, m, prune),
         dtype=dtype,
     )
     return result
+
+
+def _description(config, num_points: int, sizes: list, devices, num_batches: int, prune) -> str:
+    """The sweep's first progress line."""
+    return (
+        f"sweep: {num_points} points, blocks of sizes {sizes} on {len(devices)} device(s) "
+        f"({devices[0].platform}); {config.num_epochs} epochs of {num_batches} steps"
+        + (f"; halving every {prune.rung_epochs} epochs" if prune is not None else "")
+    )
+
+
+def _check_block_fits(config, model, shape, dtype, g_full: int, devices) -> None:
+    """Refuses, in one line and before anything is allocated, a block that cannot fit."""
+    per_device = max(1, g_full // len(devices))
+    resources.check_fits(
+        resources.estimate_run_bytes(config, model, shape, dtype.itemsize, points=per_device),
+        what=f"sweep block of {g_full} points ({per_device} per device)",
+        device=devices[0],
+    )
 
 
 def _checked_data(config, grid, data, model, prune) -> Data:
