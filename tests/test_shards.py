@@ -162,7 +162,7 @@ def _check_merged_equals_unsharded(count, fake_dir, unsharded, tmp_path, optimum
     assert [list(r) for r in a] == [list(r) for r in b]  # columns (with the optimum's)
     for ra, rb in zip(a, b, strict=True):
         assert ra == rb, ra["index"]  # a row that differs, named before the bytes
-    # Blocks of other widths round alike (checks one point at a time): every byte.
+    # Blocks of other widths round alike (points computed in fixed groups): every byte.
     assert got.read_bytes() == ref.read_bytes()
     assert merged["num_points"] == 12 and len(merged["shards"]) == count
     for key in ("best_by_val_loss", "best_by_val_accuracy"):
@@ -192,33 +192,61 @@ def test_a_36_point_grid_in_4_shards_merges_to_the_unsharded_sweep_bit_for_bit(f
     assert merged["points"] == whole["points"]
 
 
-def test_a_sweep_check_does_not_depend_on_the_block_width():
-    # The numbers of a check on shared data, vmapped over blocks of 1 to 12 points, are the
-    # single run's bits (XLA CPU sums a wide [N, D] x [D, G K] product in a width-dependent
-    # order; `one_point_at_a_time` maps the points one by one).
+@pytest.mark.parametrize("kind", ["logistic", "softmax"])
+def test_a_point_is_the_same_bits_in_blocks_of_any_width(kind):
+    # A point's check (on shared validation data) and step (loss and gradient of a shared
+    # batch), vmapped in blocks of 1 to 64 points at any position, are the bits of the same
+    # point in the 64-point block (XLA CPU sums a wide [N, D] x [D, G K] product and the
+    # batch reductions in a width-dependent order; `points_in_groups` computes fixed groups).
     import jax
     import jax.numpy as jnp
 
-    from jaxlr.core import losses
-    from jaxlr.engine.step import one_point_at_a_time
+    from jaxlr.core.objective import make_model
+    from jaxlr.engine.step import points_in_groups
 
+    d, k = 785, (1 if kind == "logistic" else 10)
+    model = make_model(kind, num_features=d)
     rng = np.random.default_rng(0)
-    x = jnp.asarray(rng.random((256, 65)), jnp.float32)
-    y = jnp.asarray(rng.integers(0, 10, 256), jnp.int32)
-    w = jnp.asarray(rng.normal(size=(12, 65, 10)), jnp.float32)
+    x = jnp.asarray(rng.random((1000, d)), jnp.float32)
+    y = jnp.asarray(rng.integers(0, model.num_classes, 1000), jnp.int32)
+    w = jnp.asarray(rng.normal(size=(64, d, k)) * 0.05, jnp.float32)
+    l2 = jnp.linspace(0.0, 0.1, 64, dtype=jnp.float32)
 
-    def numbers(w, l2, x, y):
-        logits = x @ w
-        return losses.cross_entropy(logits, y) + l2 * jnp.sum(w * w), losses.accuracy(logits, y)
+    def check(w, l2, x, y):
+        obj, ce = model.loss({"w": w}, x, y, l2)
+        return obj, ce, model.accuracy(model.apply({"w": w}, x), y)
 
-    l2 = jnp.linspace(0.0, 0.1, 12, dtype=jnp.float32)
-    single = [jax.jit(numbers)(w[i], l2[i], x, y) for i in range(12)]
-    run = jax.jit(jax.vmap(one_point_at_a_time(numbers), in_axes=(0, 0, None, None)))
-    for g in (1, 2, 3, 8, 12):
-        for i in (0, 5, 11):
-            idx = np.r_[i, np.delete(np.arange(12), i)][:g]
-            loss, acc = run(w[idx], l2[idx], x, y)
-            assert float(loss[0]) == float(single[i][0]) and float(acc[0]) == float(single[i][1])
+    def step(w, l2, x, y):
+        obj, ce = model.loss({"w": w}, x[:128], y[:128], l2)
+        return obj, ce, model.grad({"w": w}, x[:128], y[:128], l2)["w"]
+
+    for fn in (check, step):
+        run = jax.jit(jax.vmap(points_in_groups(fn), in_axes=(0, 0, None, None)))
+        ref = [np.asarray(a) for a in run(w, l2, x, y)]
+        for g in (1, 2, 3, 7, 8, 9, 16, 17, 33):
+            for i in (0, 13, 63):
+                others = rng.permutation(np.delete(np.arange(64), i))[: g - 1]
+                idx = rng.permutation(np.r_[i, others])
+                pos = int(np.flatnonzero(idx == i)[0])
+                got = run(w[idx], l2[idx], x, y)
+                for a, r in zip(got, ref, strict=True):
+                    assert np.array_equal(np.asarray(a)[pos], r[i]), (fn.__name__, g, i, pos)
+
+
+def test_group_size_depends_on_a_point_only():
+    from jaxlr.engine.step import MAX_GROUP, group_size
+
+    assert group_size(786) == 16 == MAX_GROUP  # logistic regression on MNIST
+    assert group_size(7851) == 8  # softmax regression
+    assert group_size(100_000) == 1 and group_size(0) == MAX_GROUP
+    # No block smaller than one group on the CPU (a smaller one would cost the same).
+    from jaxlr.core.objective import make_model
+    from jaxlr.engine.blocks import smallest_block
+
+    logistic = make_model("logistic", num_features=785)
+    softmax = make_model("softmax", num_features=785)
+    assert smallest_block(logistic, 785, "cpu") == 16 and smallest_block(logistic, 785, "gpu") == 8
+    assert smallest_block(softmax, 785, "cpu") == 8 and smallest_block(softmax, 785, "gpu") == 2
 
 
 # ---------------------------------------------------------------------------------------------

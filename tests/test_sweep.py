@@ -544,7 +544,9 @@ SOFTMAX_ES = TrainConfig(
 def test_compaction_gives_the_same_results_and_skips_stopped_points():
     data = synthetic(n=64, v=200, d=40, k=3, noise=3.0)
     cfg = SOFTMAX_ES
-    grid = jgrid.make_grid(learning_rate=(0.005, 0.1, 0.5, 2.0), l2=(0.0, 0.03), seed=(0, 1))
+    # 32 points: on the CPU no block is smaller than one group of points (16 here,
+    # `jaxlr.engine.blocks.smallest_block`), so the ladder is (16, 32).
+    grid = jgrid.make_grid(learning_rate=(0.005, 0.1, 0.5, 2.0), l2=(0.0, 0.03), seed=(0, 1, 2, 3))
     logs = []
     compact = jsweep.run_sweep(cfg, grid, data, log_fn=logs.append)
     full = jsweep.run_sweep(cfg, grid, data, compact=False, log_fn=_quiet)
@@ -562,7 +564,7 @@ def test_compaction_gives_the_same_results_and_skips_stopped_points():
         if "block(s) [" in ln
         for x in ln.split("[")[1].split("]")[0].split(",")
     }
-    assert sizes <= set(jblocks.block_ladder(16)) and len(sizes) >= 2, sizes
+    assert sizes <= set(jblocks.block_ladder(32, smallest=16)) and len(sizes) >= 2, sizes
     work = compact.work()
     assert work["point_steps"] == compact.point_steps and work["wall_seconds"] > 0
     # And both equal single runs.
@@ -575,8 +577,12 @@ def test_compaction_gives_the_same_results_and_skips_stopped_points():
 def test_compaction_with_one_shared_seed_agrees_to_rounding():
     # One seed: each batch multiplies all points' weights in one product, whose rounding may
     # depend on the number of points; the stopping decisions are the same.
+    # (On the CPU the points are computed in fixed groups, so they are the same bits there.)
+    # 32 points: no block is smaller than one group of 16 points on the CPU.
     data = overfit_data()
-    grid = jgrid.make_grid(learning_rate=(0.005, 0.05, 0.1, 0.5, 2.0), l2=(0.0, 0.03))
+    grid = jgrid.make_grid(
+        learning_rate=(0.005, 0.01, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0), l2=(0.0, 0.01, 0.03, 0.1)
+    )
     compact = jsweep.run_sweep(OVERFIT, grid, data, log_fn=_quiet)
     full = jsweep.run_sweep(OVERFIT, grid, data, compact=False, log_fn=_quiet)
     _assert_same_results(compact, full, exact=False)

@@ -26,7 +26,7 @@ import numpy as np
 from jaxlr.core.objective import Model
 from jaxlr.engine import resources
 from jaxlr.engine.config import HParams, TrainConfig
-from jaxlr.engine.step import TrainState
+from jaxlr.engine.step import TrainState, group_size
 
 # Memory a block may use when the caller gives no budget: a quarter of the host's memory
 # (at most 4 GiB) on CPU, half of an accelerator's memory.
@@ -136,7 +136,7 @@ def block_ladder(
     `smallest` * num_devices (when `cap` allows; `smallest` a power of two >= 2): on
     accelerators, with a single point per device XLA drops the batch dimension and picks
     other kernels, whose rounding differs (on CPU a point's numbers are the same bits in
-    blocks of any size, `jaxlr.engine.step.one_point_at_a_time`). `run_sweep` raises
+    blocks of any size, `jaxlr.engine.step.points_in_groups`). `run_sweep` raises
     `smallest` where smaller blocks cost no less (`smallest_block`).
 
     Args:
@@ -164,7 +164,7 @@ def block_ladder(
     return tuple(sizes) + (cap,)
 
 
-def smallest_block(model: Model, num_features: int) -> int:
+def smallest_block(model: Model, num_features: int, backend: str | None = None) -> int:
     """Points per device of the smallest block worth its own program (a power of two >= 2).
 
     A block's chunk costs at least the passes over the data (every step's batch, the
@@ -172,18 +172,25 @@ def smallest_block(model: Model, num_features: int) -> int:
     product with [D, G * C] weights, C = parameters per input feature (1 for logistic
     regression, K for softmax, the first hidden width and more for an MLP). Below about
     `FLOOR_COLUMNS` weight columns the data passes dominate, so a smaller block runs no
-    faster and only adds a program to compile.
+    faster and only adds a program to compile. On the CPU a block's points are computed in
+    groups of `jaxlr.engine.step.group_size` points (a block is padded to whole groups), so
+    no block is smaller than one group: 16 points for logistic regression on MNIST, 8 for
+    softmax regression.
 
     Args:
       model: the bound model.
       num_features: D.
+      backend: the platform the sweep runs on (default: JAX's default backend).
     Returns:
-      The smallest power of two >= 2 with that many points times C >= `FLOOR_COLUMNS`.
+      The smallest power of two >= 2 with that many points times C >= `FLOOR_COLUMNS`,
+      and on the CPU at least one group of a point's parameters and its L2 weight.
     """
     columns = max(1.0, param_count(model) / max(num_features, 1))
     g = 2
     while g * columns < FLOOR_COLUMNS:
         g *= 2
+    if (backend or jax.default_backend()) == "cpu":
+        g = max(g, group_size(param_count(model) + 1))
     return g
 
 

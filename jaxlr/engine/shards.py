@@ -4,10 +4,10 @@ A sweep of S points is cut into N contiguous slices of near-equal size (`shard_i
 `numpy.array_split` semantics: the first S mod N slices hold one point more). Shard I of N
 trains slice I as a sweep of its own (`run_shard`): each point keeps its own seed, the seed
 is batched whenever it is in the whole grid, and on CPU a point's steps and checks are
-computed one point at a time (`jaxlr.engine.step.one_point_at_a_time`), so its numbers are
-the same bits in a shard's blocks as in the whole sweep's, whatever their widths. Resumable
-from its own checkpoint. Which slice a task trains depends only on (I, N, S): not on the
-machine, the device count or the order in which tasks run.
+computed in groups of a fixed number of points (`jaxlr.engine.step.points_in_groups`), so
+its numbers are the same bits in a shard's blocks as in the whole sweep's, whatever their
+widths. Resumable from its own checkpoint. Which slice a task trains depends only on
+(I, N, S): not on the machine, the device count or the order in which tasks run.
 
 Each shard's result is saved without pickle (`save_shard`: one `.npz` of arrays and a JSON
 entry with the shard, its point indices and the sweep's fingerprint, see
@@ -401,8 +401,8 @@ def merge_shards(shards: Sequence[ShardResult], grid: Grid, config=None, prune=N
     is the sum of the shards' (the compute time); `computed_point_steps` too.
 
     A point's numbers are those its shard computed. On CPU they equal the whole sweep's bit
-    for bit: the steps and checks of a sweep are computed one point at a time
-    (`jaxlr.engine.step.one_point_at_a_time`), so they do not depend on the width of the
+    for bit: the steps and checks of a sweep are computed in fixed groups of points
+    (`jaxlr.engine.step.points_in_groups`), so they do not depend on the width of the
     block (tested: 36 points in 4 shards give the unsharded table.csv byte for byte). On
     other backends the plain vmap is kept, and blocks of other widths may round differently
     in the last bits (float32: about 1e-7), so compare GPU shards with a tolerance of rounding.

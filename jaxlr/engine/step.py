@@ -9,8 +9,9 @@
   steps) `validation_check`.
 - `validation_check`: validation numbers, the early-stopping rule and the divergence rule.
 - `divergence_reason`, `early_stopping_rule`, `is_check_step`, `chunk_end_rule`: the rules.
-- `one_point_at_a_time`: a function whose vmap runs the points one after another, so that a
-  point's numbers on shared data do not depend on how many points are vmapped together.
+- `points_in_groups`: a function whose vmap computes the points in groups of a fixed size,
+  so that a point's numbers on shared data do not depend on how many points are vmapped
+  together (`group_size`).
 
 Dimensions: N training examples, V validation examples, D features, B batch size,
 M batches per epoch, E steps between checks, T steps, S sweep points.
@@ -60,7 +61,7 @@ __all__ = [
     "TrainState",
     "after_all",
     "chunk_end_rule",
-    "one_point_at_a_time",
+    "points_in_groups",
     "describe_divergence",
     "divergence_reason",
     "early_stopping_rule",
@@ -214,8 +215,29 @@ def tree_all_finite(tree) -> jax.Array:
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
 
 
-def one_point_at_a_time(fn):
-    """`fn` whose vmap (on CPU) computes the points one after another with `lax.map`.
+# Points of a sweep block are computed in groups of a fixed number of points
+# (`points_in_groups`): a group's batched arguments hold at most GROUP_NUMBERS numbers, and
+# a group has at most MAX_GROUP points (a power of two).
+GROUP_NUMBERS = 1 << 16
+MAX_GROUP = 16
+
+
+def group_size(numbers_per_point: int) -> int:
+    """Points per group for a point whose batched arguments hold `numbers_per_point` numbers.
+
+    The largest power of two <= MAX_GROUP whose group holds at most GROUP_NUMBERS numbers
+    (1 for a large point): 16 for logistic regression on MNIST (786 numbers a point), 8 for
+    softmax regression (7,851), 1 for the hw3 network. It depends on a point's shapes only,
+    never on how many points are vmapped together.
+    """
+    g = 1
+    while g * 2 <= MAX_GROUP and g * 2 * max(1, int(numbers_per_point)) <= GROUP_NUMBERS:
+        g *= 2
+    return g
+
+
+def points_in_groups(fn):
+    """`fn` whose vmap (on CPU) computes the points in groups of a fixed size.
 
     Under vmap XLA's CPU backend computes a point's numbers in an order that depends on G,
     the number of points vmapped together: a product of batched parameters [G, D, K] with
@@ -223,16 +245,23 @@ def one_point_at_a_time(fn):
     reduction of [G, B, K] over B (a loss's mean, a gradient's sum) is vectorised one way
     below 16 points and another from 16 (measured, float32: a point's validation loss moved
     by up to 2.4e-7 and its parameters after one epoch by 1.5e-7 between blocks of 1-12 and
-    16-36 points). Mapped one point at a time, each point's computation has the same shapes
-    in a block of any width, so its numbers are the same bits (an unvmapped run's too).
+    16-36 points). Here the G points are padded (with copies of the first point, whose
+    results are dropped) to a multiple of g = `group_size(...)` and computed by `lax.map`
+    over groups of g, each group a plain vmap of width g: every group has the same shapes in
+    a block of any width, so a point's numbers are the same bits in any block, and g points
+    share one pass over the shared data. With g = 1 each point runs unvmapped (an unvmapped
+    run's bits). Same bits at every position of a group, in blocks of 1 to 64 points, is
+    measured, not structural (a column's sums in one product do not depend on the other
+    columns; XLA's kernels tile a group's g K columns evenly, g K being a multiple of 8 or
+    g = 1): `tests/test_shards.py` checks it, for the models the sweeps train.
     `fn` itself is not differentiated (`custom_vmap` has no derivative rule here), though it
-    may differentiate inside. On other backends, where one wide product is much faster than
-    G narrow ones, the plain vmap is kept.
+    may differentiate inside. On other backends, where one wide product is much faster,
+    the plain vmap is kept.
 
     Args:
       fn: a function of arrays (pytrees of arrays) to arrays.
     Returns:
-      The same function; under `jax.vmap` the batched arguments are mapped point by point.
+      The same function; under `jax.vmap` the batched arguments are mapped group by group.
     """
     wrapped = jax.custom_batching.custom_vmap(fn)
 
@@ -245,12 +274,31 @@ def one_point_at_a_time(fn):
             out = jax.vmap(fn, in_axes=tuple(axes))(*args)
             return out, jax.tree.map(lambda _: True, out)
 
-        def one(batched):
-            it = iter(batched)
-            point = [next(it) if b else a for a, b in zip(leaves, flags, strict=True)]
-            return wrapped(*jax.tree.unflatten(treedef, point))
+        batched = [a for a, b in zip(leaves, flags, strict=True) if b]
+        g = group_size(sum(a.size // axis_size for a in batched))
 
-        out = jax.lax.map(one, [a for a, b in zip(leaves, flags, strict=True) if b])
+        def point_args(group):
+            it = iter(group)
+            point = [next(it) if b else a for a, b in zip(leaves, flags, strict=True)]
+            return jax.tree.unflatten(treedef, point)
+
+        if g == 1:
+            out = jax.lax.map(lambda one: wrapped(*point_args(one)), batched)
+            return out, jax.tree.map(lambda _: True, out)
+
+        n = -(-axis_size // g) * g
+
+        def grouped(a):
+            if n > axis_size:
+                a = jnp.concatenate([a, jnp.broadcast_to(a[:1], (n - axis_size, *a.shape[1:]))])
+            return a.reshape((n // g, g, *a.shape[1:]))
+
+        axes = tuple(jax.tree.unflatten(treedef, [0 if b else None for b in flags]))
+        out = jax.lax.map(
+            lambda group: jax.vmap(fn, in_axes=axes)(*point_args(group)),
+            [grouped(a) for a in batched],
+        )
+        out = jax.tree.map(lambda o: o.reshape((n, *o.shape[2:]))[:axis_size], out)
         return out, jax.tree.map(lambda _: True, out)
 
     return wrapped
@@ -458,8 +506,8 @@ def validation_check(
             model.accuracy(model.apply(params, x_t), y_t),
         )
 
-    # One point at a time in a sweep: a point's check does not depend on its block's width.
-    obj, val_loss, val_acc, train_acc = one_point_at_a_time(numbers)(
+    # In fixed groups of points in a sweep: a point's check does not depend on its block's width.
+    obj, val_loss, val_acc, train_acc = points_in_groups(numbers)(
         state.params, hparams.l2, data.x_val, data.y_val, x_t, y_t
     )
     # A non-finite cross-entropy makes the objective non-finite, so checking the objective
@@ -524,9 +572,9 @@ def train_step(
     idx_B, mask_B, step = batch
     x, y = data.x_train[idx_B], data.y_train[idx_B]
     mask = None if config.drop_last else mask_B
-    # One point at a time in a sweep (on CPU): XLA CPU's reductions over a batch of G points
-    # (the loss's mean, the gradient's sums) round in an order that depends on G.
-    step_numbers = one_point_at_a_time(
+    # In fixed groups of points in a sweep (on CPU): XLA CPU's reductions over a batch of G
+    # points (the loss's mean, the gradient's sums) round in an order that depends on G.
+    step_numbers = points_in_groups(
         lambda p, x, y, l2, m: loss_and_grad(config, model, p, x, y, l2, m)
     )
     obj, ce, grads = step_numbers(state.params, x, y, hparams.l2, mask)

@@ -44,7 +44,7 @@ from jaxlr.engine.grid import Grid
 from jaxlr.engine.halving import prune_rung
 from jaxlr.engine.progress import default_observers
 from jaxlr.engine.results import early_stopping_summary
-from jaxlr.engine.step import Data, StepLog, one_point_at_a_time
+from jaxlr.engine.step import Data, StepLog, points_in_groups
 from jaxlr.engine.sweep_result import SweepResult
 from jaxlr.engine.train import (
     make_engine,
@@ -104,8 +104,8 @@ def sweep_functions(
       devices: devices of the mesh (default: all of `jax.devices()`).
       shared_seed: every point has the same seed; it is then passed unbatched, so the
         data order and the mini-batch gather are shared by all points (on accelerators one
-        matrix product [B, D] x [D, G K] instead of G products; on CPU the points still run
-        one at a time, see `jaxlr.engine.step.one_point_at_a_time`).
+        matrix product [B, D] x [D, G K] instead of G products; on CPU the points run in
+        groups of a fixed size, see `jaxlr.engine.step.points_in_groups`).
     Returns:
       `SweepFns`.
     """
@@ -124,7 +124,7 @@ def sweep_functions(
         return jax.vmap(one, in_axes=(0, hp_axes))(state, hparams)
 
     # One point at a time (on CPU): a point's final numbers do not depend on its block's width.
-    evaluate_one = one_point_at_a_time(lambda p, h, d: engine.evaluate(p, h, d))
+    evaluate_one = points_in_groups(lambda p, h, d: engine.evaluate(p, h, d))
 
     def evaluate(params, hparams, data):
         return jax.vmap(evaluate_one, in_axes=(0, hp_axes, None))(params, hparams, data)
@@ -216,8 +216,8 @@ def run_sweep(
     own points, whose results are dropped) to the smallest size of `block_ladder`: stopped
     points cost nothing, and the number of compiled programs stays bounded. A point's
     numbers do not depend on the block it ran in: on CPU bit for bit (its loss, gradient,
-    checks and final numbers are computed one point at a time,
-    `jaxlr.engine.step.one_point_at_a_time`); on other backends up to rounding.
+    checks and final numbers are computed in groups of a fixed number of points,
+    `jaxlr.engine.step.points_in_groups`); on other backends up to rounding.
 
     Args:
       config: static config (shared by every point).
