@@ -413,6 +413,21 @@ def _stop(signum, frame):  # SIGTERM / SIGHUP end a run like Ctrl-C does
     raise KeyboardInterrupt
 
 
+def _interrupt_of(err: BaseException) -> KeyboardInterrupt | None:
+    """The KeyboardInterrupt `err` is, or that was being handled when `err` was raised.
+
+    Code that cleans up after an interrupt may fail in its turn (a library's `finally` that
+    finds a half-done write); the run was still stopped by the user, and says so.
+    """
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, KeyboardInterrupt):
+            return err
+        seen.add(id(err))
+        err = err.__context__
+    return None
+
+
 def run_main() -> None:
     argv = list(sys.argv)
     for s in (signal.SIGTERM, signal.SIGHUP):
@@ -429,14 +444,21 @@ def run_main() -> None:
     except BrokenPipeError:  # output piped into `head` and the like: not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         code = 0
-    except KeyboardInterrupt:
-        signum = _STOPPED_BY[0] if _STOPPED_BY else signal.SIGINT
-        name = signal.Signals(signum).name if _STOPPED_BY else ""
-        sys.stderr.write(_interrupt_message(name) + "\n")
-        code = 128 + signum
-    except _expected_errors() as err:
-        sys.stderr.write(f"error: {_smoke_note(_error_line(err))}\n")
-        code = 1
+    except BaseException as err:
+        if _interrupt_of(err) is None and not isinstance(err, _expected_errors()):
+            raise  # a bug: its traceback
+        if _interrupt_of(err) is not None:
+            if not isinstance(err, KeyboardInterrupt):  # cleanup after the interrupt failed
+                logging.getLogger("jaxlr").warning(
+                    "while stopping: %s", _error_line(err) or type(err).__name__
+                )
+            signum = _STOPPED_BY[0] if _STOPPED_BY else signal.SIGINT
+            name = signal.Signals(signum).name if _STOPPED_BY else ""
+            sys.stderr.write(_interrupt_message(name) + "\n")
+            code = 128 + signum
+        else:
+            sys.stderr.write(f"error: {_smoke_note(_error_line(err))}\n")
+            code = 1
     sys.stdout.flush()
     sys.exit(code)
 

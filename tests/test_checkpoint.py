@@ -197,3 +197,23 @@ def test_a_write_killed_midway_leaves_a_temporary_that_the_lock_removes(tmp_path
     with ckpt.checkpoint_lock(path):
         assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
     assert not path.exists()
+
+
+def test_an_interrupt_inside_numpys_zip_writer_stays_an_interrupt(tmp_path, monkeypatch):
+    """Ctrl-C inside zipfile's opening of a member left numpy's `savez` to raise ValueError
+    ("Can't close the ZIP file ...") in its `finally`, which replaced the interrupt: a run
+    interrupted during a checkpoint save ended with a traceback and exit 1 (seen in CI).
+    The SIGINT comes while the member is opened; it must surface as KeyboardInterrupt."""
+    import signal
+    import zipfile
+
+    opened = zipfile._ZipWriteFile.__init__
+
+    def interrupted(self, *args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)  # Python runs the handler as os.kill returns
+        opened(self, *args, **kwargs)
+
+    monkeypatch.setattr(zipfile._ZipWriteFile, "__init__", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        ckpt.save_checkpoint(tmp_path / "c.npz", {"w": PARAMS["w"]}, step=1)
+    assert list(tmp_path.iterdir()) == []  # neither the checkpoint nor a temporary

@@ -223,3 +223,33 @@ def test_help_lists_the_chosen_experiments_flags_with_help(monkeypatch, capsys):
 def test_smoke_overrides_are_flags_of_their_experiment():
     for exp in EXPERIMENTS.values():
         launcher.parse(["main", f"--experiment={exp.name}", "--workdir=x", "--smoke"])
+
+
+@pytest.mark.parametrize("cleanup_error", [ValueError("zip left writing"), OSError(5, "I/O")])
+def test_an_error_while_stopping_after_an_interrupt_is_still_the_interrupt(
+    cleanup_error, monkeypatch, capsys
+):
+    """Cleanup code that fails after Ctrl-C (a library's `finally` finding a half-done write)
+    must not turn the interrupt into a traceback or an 'error:' line with exit 1."""
+
+    def main(argv):
+        try:
+            raise KeyboardInterrupt
+        finally:
+            raise cleanup_error
+
+    monkeypatch.setattr(launcher, "main", main)
+    code, out, err = _run_in_process(monkeypatch, capsys, ["main"])
+    assert code == 130, err
+    assert "Traceback" not in err and not err.startswith("error:"), err
+    assert err.strip().splitlines()[-1].startswith("interrupted"), err
+
+
+def test_a_bug_outside_an_interrupt_keeps_its_traceback(monkeypatch):
+    def main(argv):
+        raise ValueError("a bug")
+
+    monkeypatch.setattr(launcher, "main", main)
+    monkeypatch.setattr(sys, "argv", ["main"])
+    with pytest.raises(ValueError, match="a bug"):
+        launcher.run_main()

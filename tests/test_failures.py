@@ -171,7 +171,7 @@ def test_busy_workdir_refused_and_sigint_keeps_the_finished_run(fake, finished, 
         assert time.time() - t0 < 60
         # Ctrl-C: exit 130, one line saying where it stopped; the finished run is untouched.
         first.send_signal(signal.SIGINT)
-        assert first.wait(timeout=60) == 130
+        assert first.wait(timeout=60) == 130, log.read_text()[-4000:]
     finally:
         if first.poll() is None:
             first.kill()
@@ -191,7 +191,7 @@ def test_interrupted_checkpointed_run_resumes_with_the_same_command(fake, tmp_pa
         proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=err, env=_env())
     _wait_for(proc, log, "epoch 3/3000")
     proc.send_signal(signal.SIGINT)
-    assert proc.wait(timeout=60) == 130
+    assert proc.wait(timeout=60) == 130, log.read_text()[-4000:]
     last = log.read_text().strip().splitlines()[-1]
     assert "the same command resumes" in last, last
     assert (tmp_path / "ckpt" / "run.npz").exists()
@@ -452,7 +452,7 @@ def test_two_sweeps_sharing_one_checkpoint_the_second_is_refused_at_once(fake, t
         _refused_before_training(r, f"in use by process {first.pid}", str(ckdir / "sweep.npz"))
         assert (ckdir / "sweep.npz").stat().st_mtime_ns >= stamp  # still the first's
         first.send_signal(signal.SIGINT)
-        assert first.wait(timeout=60) == 130
+        assert first.wait(timeout=60) == 130, log.read_text()[-4000:]
     finally:
         if first.poll() is None:
             first.kill()

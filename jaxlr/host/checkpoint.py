@@ -32,7 +32,7 @@ import jax
 import numpy as np
 
 from jaxlr.host import workdir_lock
-from jaxlr.host.io import atomic_write_bytes, remove_stale_temporaries
+from jaxlr.host.io import atomic_write_bytes, remove_stale_temporaries, signals_deferred
 
 log = logging.getLogger("jaxlr.checkpoint")
 
@@ -90,11 +90,25 @@ def save_checkpoint(
     if config is not None:
         info["config"] = config
     flat[_META] = np.frombuffer(json.dumps(info, sort_keys=True).encode(), dtype=np.uint8)
-    buf = io.BytesIO()
-    np.savez(buf, **flat)
+    buf = _npz_bytes(flat)
     path = Path(path)
     atomic_write_bytes(path, buf.getvalue())
     return path
+
+
+def _npz_bytes(flat: dict[str, np.ndarray]) -> io.BytesIO:
+    """`flat` as the bytes of an `.npz` file, in memory, with interrupts held back.
+
+    An interrupt (Ctrl-C; SIGTERM or SIGHUP, which the launcher turns into one) that lands
+    inside zipfile's opening of a member leaves the zip "writing", and numpy's `savez` then
+    closes it in a `finally` that raises ValueError ("Can't close the ZIP file ..."): the
+    interrupt was lost and the run ended with a traceback (exit 1). Held back, it is raised
+    right after the bytes are made, and the run ends as an interrupted one.
+    """
+    buf = io.BytesIO()
+    with signals_deferred():
+        np.savez(buf, **flat)
+    return buf
 
 
 def _corrupt(path: Path, reason: str) -> CheckpointError:

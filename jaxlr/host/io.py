@@ -21,7 +21,9 @@ import dataclasses
 import json
 import os
 import re
+import signal
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -71,6 +73,36 @@ def atomic_open(
             raise OSError(err.errno, err.strerror or os.strerror(err.errno), str(path)) from err
         raise
     fsync_dir(path.parent)
+
+
+# The signals that end a run (the launcher turns SIGTERM and SIGHUP into KeyboardInterrupt).
+DEFERRED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+@contextlib.contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Holds back SIGINT, SIGTERM and SIGHUP for the block; each that came is re-sent after.
+
+    For short steps that an interrupt must not cut in two: publishing a run's outputs, and
+    serialising a checkpoint (an interrupt inside zipfile's member writer turns, in numpy's
+    `savez`, into a ValueError). Outside the main thread (where Python runs signal handlers)
+    it does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    # A handler installed outside Python (None) cannot be restored: that signal is not held.
+    previous = {s: h for s in DEFERRED_SIGNALS if (h := signal.getsignal(s)) is not None}
+    for s in previous:
+        signal.signal(s, lambda signum, frame: received.append(signum))
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+        for s in dict.fromkeys(received):
+            os.kill(os.getpid(), s)
 
 
 def _temp_prefix(path: Path) -> str:

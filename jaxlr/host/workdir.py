@@ -61,10 +61,7 @@ import datetime
 import logging
 import os
 import shutil
-import signal
 import sys
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 from jaxlr.host import io
@@ -148,29 +145,6 @@ def _fsync_tree(root: Path) -> None:
             finally:
                 os.close(fd)
         io.fsync_dir(folder)
-
-
-_DEFERRED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # the signals that end a run
-
-
-@contextlib.contextmanager
-def _signals_deferred() -> Iterator[None]:
-    """Holds back SIGINT, SIGTERM and SIGHUP for the block; each that came is re-sent after."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    received: list[int] = []
-    # A handler installed outside Python (None) cannot be restored: that signal is not held.
-    previous = {s: h for s in _DEFERRED if (h := signal.getsignal(s)) is not None}
-    for s in previous:
-        signal.signal(s, lambda signum, frame: received.append(signum))
-    try:
-        yield
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
-        for s in dict.fromkeys(received):
-            os.kill(os.getpid(), s)
 
 
 def _run_id(runs: Path) -> str:
@@ -337,7 +311,7 @@ class Staging:
         created: list[Path] = []
         committed = False
         try:
-            with _signals_deferred():
+            with io.signals_deferred():
                 os.rename(staged, run_dir)
                 io.fsync_dir(runs)
                 io.fsync_dir(workdir)
