@@ -356,7 +356,34 @@ def make_config(name: str, overrides: dict | None = None):
     """
     exp = get_experiment(name)
     cls = exp.config_cls
-    fields = flag_fields(cls)
+    typed = _typed(exp, overrides)
+    merged = {**cls.protocol_defaults(typed), **typed}
+    cfg = _build(cls, merged)
+    _check_unread(cfg, set(typed), exp)
+    return cfg
+
+
+def read_settings(name: str, optional: dict, overrides: dict) -> dict:
+    """The settings of `optional` that experiment `name` reads beside `overrides`.
+
+    For settings the user did not type (`--smoke`'s): one that the other settings leave
+    unread (the smoke grid's `--l2` under `--search=random`) is left out instead of refused.
+    A combination that is invalid anyway is returned whole, for `make_config` to refuse.
+    """
+    exp = get_experiment(name)
+    try:
+        typed = _typed(exp, {**optional, **overrides})
+        cfg = _build(exp.config_cls, {**exp.config_cls.protocol_defaults(typed), **typed})
+    except (ConfigError, UsageError):
+        return dict(optional)
+    unread = cfg.unread()
+    return {k: v for k, v in optional.items() if k not in unread}
+
+
+def _typed(exp: Experiment, overrides: dict | None) -> dict:
+    """`overrides` as typed values (strings parsed as on the command line, lists as tuples);
+    a name that is not a flag of `exp` is a UsageError."""
+    fields = flag_fields(exp.config_cls)
     overrides = dict(overrides or {})
     for key in overrides:
         if key not in fields:
@@ -368,10 +395,7 @@ def make_config(name: str, overrides: dict | None = None):
         elif isinstance(value, list):
             value = tuple(value)
         typed[key] = value
-    merged = {**cls.protocol_defaults(typed), **typed}
-    cfg = _build(cls, merged)
-    _check_unread(cfg, set(typed), exp)
-    return cfg
+    return typed
 
 
 def config_from_flat(name: str, flat: dict):

@@ -48,6 +48,7 @@ from experiments.config import (
     make_config,
     not_a_flag,
     parse_value,
+    read_settings,
 )
 from jaxlr.engine.config import ConfigError, format_value
 
@@ -256,8 +257,12 @@ def parse(argv: list[str]) -> Parsed | str:
     _SMOKE_SET.clear()
     if fv.smoke:
         # What --smoke chose and the command line did not: errors say where it came from.
-        _SMOKE_SET.update({k: v for k, v in exp.smoke.items() if k not in overrides})
-        overrides = {**exp.smoke, **overrides}
+        # A smoke setting the command's other settings leave unread is left out (the smoke
+        # grid's --lr and --l2 under --search=random).
+        smoke = {k: v for k, v in exp.smoke.items() if k not in overrides}
+        smoke = read_settings(exp.name, smoke, overrides)
+        _SMOKE_SET.update(smoke)
+        overrides = {**smoke, **overrides}
     cfg = make_config(exp.name, overrides)
     return Parsed(exp, fv.workdir, overrides, cfg, fv.compilation_cache, fv.tensorboard)
 

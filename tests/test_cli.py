@@ -225,6 +225,18 @@ def test_smoke_overrides_are_flags_of_their_experiment():
         launcher.parse(["main", f"--experiment={exp.name}", "--workdir=x", "--smoke"])
 
 
+def test_smoke_leaves_out_what_the_other_settings_do_not_read():
+    """The sweep's smoke grid (--lr, --l2) under --search=random was refused ("ignores it
+    with --search=random") although the user typed neither; a typed one still is."""
+    argv = ["main", "--experiment=sweep", "--workdir=x", "--search=random", "--smoke"]
+    parsed = launcher.parse(argv)
+    assert parsed.config.search == "random" and parsed.config.train.num_epochs == 2
+    assert "lr" not in parsed.overrides and "l2" not in parsed.overrides
+    assert parsed.overrides["max_examples"] == 256
+    with pytest.raises(launcher.UsageError, match="--l2: experiment sweep ignores it"):
+        launcher.parse([*argv, "--l2=0,0.1"])
+
+
 @pytest.mark.parametrize("cleanup_error", [ValueError("zip left writing"), OSError(5, "I/O")])
 def test_an_error_while_stopping_after_an_interrupt_is_still_the_interrupt(
     cleanup_error, monkeypatch, capsys
