@@ -15,6 +15,11 @@ devices per process (`XLA_FLAGS=--xla_force_host_platform_device_count`), to try
 multi-device, multi-process sweep on one CPU. `--module` runs another module than
 `experiments.main` (the tests use `tests.dist_worker`).
 
+Bad arguments are one line on stderr and exit 2, before any process starts: counts and times
+out of range, a `--port` in use, and more processes than the CPU cores the launcher may run on
+(each process runs the whole program, so more only slow each other down and each holds its own
+copy of JAX and the data; `--oversubscribe` runs them anyway, as MPI's flag of that name).
+
 On a cluster, use the cluster's launcher instead (e.g. SLURM: `srun` one task per host, and
 no `--coordinator_address`: `jax.distributed.initialize()` reads SLURM's environment).
 """
@@ -31,6 +36,67 @@ import threading
 import time
 
 EXIT_TIMEOUT = 124
+EXIT_USAGE = 2
+
+
+class LaunchError(ValueError):
+    """A launcher argument that cannot work (one line naming the flag, value and what is
+    allowed); nothing was started."""
+
+
+def _cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def check_arguments(
+    num_processes: int,
+    *,
+    devices_per_process: int = 0,
+    timeout: float = 0.0,
+    grace: float = 10.0,
+    port: int = 0,
+    oversubscribe: bool = False,
+    cores: int | None = None,
+) -> None:
+    """Refuses, before anything starts, launcher arguments that cannot work.
+
+    Raises:
+      LaunchError: one line naming the flag, the value and what is allowed.
+    """
+    if num_processes < 1:
+        raise LaunchError(f"--num_processes={num_processes}: must be a whole number >= 1")
+    cores = _cpu_count() if cores is None else cores
+    if num_processes > cores and not oversubscribe:
+        raise LaunchError(
+            f"--num_processes={num_processes}: more processes than the {cores} CPU core"
+            f"{'s' if cores != 1 else ''} this machine gives the launcher; each process runs the "
+            f"whole program, so they would only slow each other down: use at most {cores}, or "
+            "add --oversubscribe to run them anyway"
+        )
+    if devices_per_process < 0:
+        raise LaunchError(
+            f"--devices_per_process={devices_per_process}: must be >= 0 (0: XLA_FLAGS as set)"
+        )
+    for name, value, allowed in (
+        ("timeout", timeout, "seconds >= 0 (0: no limit)"),
+        ("grace", grace, "seconds >= 0"),
+    ):
+        if not 0 <= value < float("inf"):
+            raise LaunchError(f"--{name}={value:g}: must be {allowed}")
+    if port:
+        if not 1 <= port <= 65535:
+            raise LaunchError(f"--port={port}: must be 1 to 65535 (0: a free port)")
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                s.bind(("127.0.0.1", port))
+        except OSError as err:
+            raise LaunchError(
+                f"--port={port}: cannot be used on 127.0.0.1 ({err.strerror or err}); leave "
+                "--port out for a free one"
+            ) from None
 
 
 def free_port() -> int:
@@ -73,6 +139,7 @@ def launch(
     timeout: float = 0.0,
     grace: float = 10.0,
     port: int = 0,
+    oversubscribe: bool = False,
     out=None,
 ) -> int:
     """Runs `python -m module args` in `num_processes` processes of one distributed run.
@@ -85,15 +152,22 @@ def launch(
       timeout: wall-clock limit in seconds for the whole run (0: none).
       grace: seconds between SIGTERM and SIGKILL when stopping the others.
       port: coordinator port on 127.0.0.1 (0: a free one).
+      oversubscribe: allow more processes than CPU cores.
       out: where the prefixed lines go (default sys.stdout).
+    Raises:
+      LaunchError: arguments that cannot work (`check_arguments`); nothing was started.
     Returns:
       0 if every process succeeded; else the first failure's exit status (a signal as
       128 + its number), or 124 on timeout.
     """
-    if num_processes < 1:
-        raise ValueError(f"launch: num_processes must be >= 1, got {num_processes}")
-    if devices_per_process < 0:
-        raise ValueError(f"launch: devices_per_process must be >= 0, got {devices_per_process}")
+    check_arguments(
+        num_processes,
+        devices_per_process=devices_per_process,
+        timeout=timeout,
+        grace=grace,
+        port=port,
+        oversubscribe=oversubscribe,
+    )
     out = out or sys.stdout
     port = port or free_port()
     env = dict(os.environ)
@@ -163,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
         own, rest = argv[:cut], argv[cut + 1 :]
     else:
         own, rest = argv, []
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="python -m experiments.launch",
         description="Run N processes of one distributed JAX run on this machine.",
     )
@@ -173,16 +247,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--grace", type=float, default=10.0)
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--module", default="experiments.main")
-    opts = parser.parse_args(own)
-    return launch(
-        rest,
-        opts.num_processes,
-        module=opts.module,
-        devices_per_process=opts.devices_per_process,
-        timeout=opts.timeout,
-        grace=opts.grace,
-        port=opts.port,
+    parser.add_argument(
+        "--oversubscribe", action="store_true", help="allow more processes than CPU cores"
     )
+    opts = parser.parse_args(own)
+    try:
+        return launch(
+            rest,
+            opts.num_processes,
+            module=opts.module,
+            devices_per_process=opts.devices_per_process,
+            timeout=opts.timeout,
+            grace=opts.grace,
+            port=opts.port,
+            oversubscribe=opts.oversubscribe,
+        )
+    except LaunchError as err:
+        sys.stderr.write(f"error: {err}\n")
+        return EXIT_USAGE
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors as one line (no usage block), exit 2."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USAGE, f"error: {message} (see python -m experiments.launch --help)\n")
 
 
 if __name__ == "__main__":
