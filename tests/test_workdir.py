@@ -667,6 +667,20 @@ def test_workdir_that_is_a_file(tmp_path):
     assert issubclass(workdir_checks.WorkdirError, OSError)
 
 
+def test_the_root_or_the_home_folder_is_refused_as_a_workdir(tmp_path, monkeypatch):
+    """`--workdir=/` as root strewed links, latest, .runs and .lock over the file system's
+    root; the home folder would get the same."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    for folder, words in (("/", "the file system's root"), (tmp_path, "your home folder")):
+        before = sorted(os.listdir(folder))
+        with pytest.raises(workdir_checks.WorkdirError, match=f"is {words}: a run writes"):
+            with workdir.Staging(folder):
+                pass
+        assert sorted(os.listdir(folder)) == before
+    with workdir.Staging(tmp_path / "runs" / "a") as stage:  # a folder inside it is fine
+        (stage.dir / "metrics.json").write_text("{}")
+
+
 _AS_NOBODY = """
 import os, sys
 from jaxlr.host import workdir, workdir_checks

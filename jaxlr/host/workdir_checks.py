@@ -93,6 +93,7 @@ def ensure_workdir(path: str | os.PathLike) -> Path:
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise WorkdirError(f"workdir {path} is a file, not a folder; choose another --workdir")
+    _refuse_shared_folder(path)
     try:
         path.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError):
@@ -105,6 +106,26 @@ def ensure_workdir(path: str | os.PathLike) -> Path:
             f"workdir {path} cannot be created: {e.strerror or e} ({e.filename or path})"
         ) from None
     return path
+
+
+def _refuse_shared_folder(path: Path) -> None:
+    """A workdir gets the published set's links, `latest`, `.runs` and `.lock` at its top:
+    the file system's root or the home folder would be strewn with them (a run into `/` as
+    root wrote there without a word)."""
+    try:
+        resolved = path.resolve()
+    except OSError:
+        return
+    shared = {Path(resolved.anchor): "the file system's root"}
+    home = os.path.expanduser("~")
+    if home and home != "~":
+        shared[Path(home).resolve()] = "your home folder"
+    if resolved in shared:
+        raise WorkdirError(
+            f"workdir {path} is {shared[resolved]}: a run writes its links, latest, .runs and "
+            "a lock file at the top of its workdir; give a folder of its own (e.g. "
+            "--workdir=runs/NAME)"
+        )
 
 
 # ---------------------------------------------------------------------------------------------
