@@ -229,12 +229,15 @@ class Optimum(NamedTuple):
     model: Any
 
 
-class OptimumAhead(NamedTuple):
-    """The model, the compiling thread and its stop flag of `optimum_ahead`, for `optimum_for`."""
+@dataclasses.dataclass(eq=False)  # hashed by identity (`_PENDING`)
+class OptimumAhead:
+    """The model, the thread and its stop flag of `optimum_ahead`, for `optimum_for`; `made`
+    gets the thread's float64 features ("x") and `solver.PreparedData` ("prepared")."""
 
     model: Any
     thread: threading.Thread
     stop: threading.Event
+    made: dict
 
 
 # Compiling threads that were started and not yet waited for (`stop_optimum_ahead`).
@@ -259,15 +262,20 @@ def stop_optimum_ahead() -> None:
 atexit.register(stop_optimum_ahead)
 
 
-def optimum_ahead(tcfg: TrainConfig, splits, l2_S) -> OptimumAhead | None:
-    """Starts compiling, on a daemon thread, the programs `optimum_for` will run for `l2_S`.
+def optimum_ahead(
+    tcfg: TrainConfig, splits, l2_S, data_cfg: DataConfig | None = None
+) -> OptimumAhead | None:
+    """Starts, on a daemon thread, what `optimum_for` will run for `l2_S` that needs no run.
 
     Call it before training the runs; `optimum_for(..., ahead=...)` waits for the thread and
-    uses the same bound model (a static argument of the compiled programs). Only shapes are
-    read, nothing is solved: with the persistent compilation cache it traces, lowers and
-    loads (~3-5 s of CPU for `tdt4265_task4`'s optimum, which busy cores take from the
-    runs), without it it compiles. A failure in the thread is logged and only loses the
-    saving; a run that ends before its optimum stops it after the program it is compiling
+    uses the same bound model (a static argument of the compiled programs). First it
+    compiles (only shapes are read): with the persistent compilation cache it traces, lowers
+    and loads (~3-5 s of CPU for `tdt4265_task4`'s optimum, which busy cores take from the
+    runs), without it it compiles. Then, with `data_cfg`, it computes what the optimum needs
+    of the data alone (`jaxlr.data.splits.optimum_features`, `solver.prepare_data`: the
+    float64 features, the Gram eigenbasis, the stored copies; ~1.5 s for `tdt4265_task4`),
+    nothing that depends on a lambda. A failure in the thread is logged and only loses the
+    saving; a run that ends before its optimum stops it after the program it is running
     (`stop_optimum_ahead`). None for the MLP (no convex objective).
     """
     from jaxlr.core import solver
@@ -282,17 +290,23 @@ def optimum_ahead(tcfg: TrainConfig, splits, l2_S) -> OptimumAhead | None:
 
     stop = threading.Event()
 
+    made: dict = {}
+
     def work():
         try:
             solver.prepare(model, x, y, l2, stop=stop)
-        except Exception as e:  # only the saving is lost: optimum_for compiles
-            log.warning("compiling the optimum ahead failed (it compiles when needed): %s", e)
+            if data_cfg is not None and not stop.is_set():
+                made["x"] = optimum_features(data_cfg, splits)
+                made["prepared"] = solver.prepare_data(model, made["x"])
+        except Exception as e:  # only the saving is lost: optimum_for does it
+            made.clear()
+            log.warning("preparing the optimum ahead failed (done when needed): %s", e)
         finally:
             with _PENDING_LOCK:
                 _PENDING.discard(ahead)
 
     thread = threading.Thread(target=work, name="jaxlr-optimum-compile", daemon=True)
-    ahead = OptimumAhead(model, thread, stop)
+    ahead = OptimumAhead(model, thread, stop, made)
     with _PENDING_LOCK:
         _PENDING.add(ahead)
     thread.start()
@@ -317,13 +331,13 @@ def optimum_for(tcfg: TrainConfig, data_cfg: DataConfig, splits, l2_S, learning_
 
     if tcfg.model not in ("logistic", "softmax"):
         return None
-    x = optimum_features(data_cfg, splits)
-    y = np.asarray(splits.data.y_train)
+    made = {}
     if ahead is not None:
         ahead.thread.join()
-        model = ahead.model
-    else:
-        model = model_for(tcfg, x.shape[1], x.dtype)
+        made = ahead.made
+    x = made["x"] if "x" in made else optimum_features(data_cfg, splits)
+    y = np.asarray(splits.data.y_train)
+    model = ahead.model if ahead is not None else model_for(tcfg, x.shape[1], x.dtype)
     rep = solver.optimum_report(
         model,
         x,
@@ -332,6 +346,7 @@ def optimum_for(tcfg: TrainConfig, data_cfg: DataConfig, splits, l2_S, learning_
         learning_rates=None if learning_rates is None else [float(v) for v in learning_rates],
         final_objectives=None if finals is None else [float(v) for v in finals],
         include_bias=tcfg.l2_bias,
+        prepared=made.get("prepared"),
     )
     for row in rep.rows:
         ratio = row.get("lr_over_limit")

@@ -63,8 +63,8 @@ def hw3_logreg_grid(cfg: LogregGrid, run: RunDir) -> dict:
     dtype = np.asarray(data.x_train).dtype
     hp = cfg.hparams
     grid = make_grid(learning_rate=hp.lr, l2=hp.l2, seed=(hp.seed,), dtype=dtype)
-    # The optimum's programs compile on a thread while the grid trains.
-    ahead = optimum_ahead(tcfg, splits, hp.l2) if cfg.optimum else None
+    # The optimum's programs and data-only work run on a thread while the grid trains.
+    ahead = optimum_ahead(tcfg, splits, hp.l2, cfg.data) if cfg.optimum else None
     res = run_sweep(tcfg, grid, data, block_size=cfg.block_size, log_fn=log.info)
     if bool(np.all(res.diverged)):
         raise RunFailed(

@@ -288,8 +288,9 @@ def sweep(cfg: Sweep, run: RunDir) -> dict:
     )
     if shard is not None:
         return _write_shard(cfg, run, data, grid, shard, train_args)
-    # The optimum's programs compile on a thread while the points train.
-    ahead = optimum_ahead(cfg.train, splits, np.asarray(grid.hparams.l2)) if cfg.optimum else None
+    # The optimum's programs and data-only work run on a thread while the points train.
+    l2_S = np.asarray(grid.hparams.l2)
+    ahead = optimum_ahead(cfg.train, splits, l2_S, cfg.data) if cfg.optimum else None
     result = jsweep.run_sweep(cfg.train, grid, data, prune=prune, **train_args)
     return write_sweep_outputs(cfg, run, splits, result, live_tensorboard=True, ahead=ahead)
 

@@ -89,8 +89,8 @@ def task4(cfg: L2Path, run: RunDir) -> dict:
     grid = [0.0] + sorted(set(lambdas), reverse=True)
     splits = load_splits(cfg.data)
     data = splits.data
-    # The optimum's programs compile on a thread while the runs train.
-    ahead = optimum_ahead(cfg.train, splits, grid) if cfg.optimum else None
+    # The optimum's programs and data-only work run on a thread while the runs train.
+    ahead = optimum_ahead(cfg.train, splits, grid, cfg.data) if cfg.optimum else None
     runs = train_l2_runs(cfg, data, run, grid)
     l2_bias, bias_feature = cfg.train.l2_bias, cfg.data.bias_feature
     metrics, hists = {}, {}

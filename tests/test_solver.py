@@ -617,3 +617,35 @@ def test_prepare_compiles_everything_optimum_report_runs(monkeypatch):
     for a, b in zip(report.rows, again.rows, strict=True):
         assert a["optimum_objective"] == b["optimum_objective"]
         assert a["lr_limit"] == b["lr_limit"]
+
+
+def test_data_prepared_on_a_thread_give_the_same_report(monkeypatch):
+    """`prepare_data` (the features in float64, the Gram eigenbasis, the stored copies),
+    made on another thread as `experiments.common.optimum_ahead` does while runs train: the
+    report reuses them (no basis is built again) and its numbers are the same bits."""
+    import threading
+
+    x, y = _data("softmax", n=120, d=6, k=3, seed=7)
+    model = _model("softmax", x)
+    lambdas = [0.0, 0.5, 0.05]
+    made = {}
+    worker = threading.Thread(target=lambda: made.update(p=solver.prepare_data(model, x)))
+    worker.start()
+    worker.join()
+    prepared = made["p"]
+    assert prepared.x.dtype == np.float64 and prepared.views is not None
+    plain = solver.optimum_report(model, x, y, lambdas, progress=False)
+    built = []
+    original = newton.make_basis_jit
+    monkeypatch.setattr(newton, "make_basis_jit", lambda *a: built.append(1) or original(*a))
+    reused = solver.optimum_report(model, x, y, lambdas, progress=False, prepared=prepared)
+    assert built == []
+    for a, b in zip(plain.rows, reused.rows, strict=True):
+        assert a == b
+    # Prepared for other data (another shape) or another HVP dtype: refused, not misused.
+    with pytest.raises(ValueError, match="prepared data were made for"):
+        solver.optimum_report(model, x[:100], y[:100], lambdas, progress=False, prepared=prepared)
+    with pytest.raises(ValueError, match="prepared data were made for"):
+        solver.optimum_report(
+            model, x, y, lambdas, progress=False, prepared=prepared, hvp_dtype="float64"
+        )
