@@ -238,6 +238,7 @@ class OptimumAhead:
     thread: threading.Thread
     stop: threading.Event
     made: dict
+    data_cfg: DataConfig | None = None
 
 
 # Compiling threads that were started and not yet waited for (`stop_optimum_ahead`).
@@ -306,7 +307,7 @@ def optimum_ahead(
                 _PENDING.discard(ahead)
 
     thread = threading.Thread(target=work, name="jaxlr-optimum-compile", daemon=True)
-    ahead = OptimumAhead(model, thread, stop, made)
+    ahead = OptimumAhead(model, thread, stop, made, data_cfg)
     with _PENDING_LOCK:
         _PENDING.add(ahead)
     thread.start()
@@ -334,7 +335,8 @@ def optimum_for(tcfg: TrainConfig, data_cfg: DataConfig, splits, l2_S, learning_
     made = {}
     if ahead is not None:
         ahead.thread.join()
-        made = ahead.made
+        # The thread's data work is used only for the data it was made for.
+        made = ahead.made if ahead.data_cfg == data_cfg else {}
     x = made["x"] if "x" in made else optimum_features(data_cfg, splits)
     y = np.asarray(splits.data.y_train)
     model = ahead.model if ahead is not None else model_for(tcfg, x.shape[1], x.dtype)

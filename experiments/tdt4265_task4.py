@@ -77,9 +77,11 @@ def task4(cfg: L2Path, run: RunDir) -> dict:
     """Task 4b-e: L2 regularisation R(w) = sum w^2 of softmax regression, lambda 0 and `l2s`.
 
     Launch:  python -m experiments.main --experiment=tdt4265_task4 --workdir=runs/tdt4265_task4
-    Runtime: 35-55 s on 2 shared CPU cores, 1.35-1.5x the run with --nooptimum (22-49 s on the
+    Runtime: 40-55 s on 2 shared CPU cores, 1.35-1.45x the run with --nooptimum (22-49 s on the
              same machine from day to day); the exact optima take ~8 s and their gradient-descent
-             limits ~1.5 s (`python -m benchmarks.bench_optimum --part=process`, WORKSPACE.md).
+             limits ~2 s after training, the data-only part of the optimum (features, Gram
+             eigenbasis) is done while the runs train (`python -m benchmarks.bench_optimum
+             --part=process`, 2026-12-07: 39.8-43.9 s against 28.3-32.9 s, WORKSPACE.md).
     Result:  validation accuracy 0.9164 / 0.8008 / 0.8797 / 0.9096 / 0.9159 and ||w||_2
              4.89 / 0.60 / 1.66 / 3.30 / 4.62 for lambda 0 / 1 / 0.1 / 0.01 / 0.001; lambda 1
              gives smooth, digit-like weight images.
