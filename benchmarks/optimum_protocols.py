@@ -37,7 +37,7 @@ jax.config.update("jax_enable_x64", True)
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from jaxlr.core import solver  # noqa: E402
+from jaxlr.core import optimum, solver  # noqa: E402
 from jaxlr.core.objective import make_model  # noqa: E402
 from jaxlr.data import images as jimages  # noqa: E402
 from jaxlr.data import registry as jregistry  # noqa: E402
@@ -101,7 +101,7 @@ def hw3(data_dir) -> dict:
     finals = [gd_final_objective(model, x, y, lam, lr, 1000) for lam, lr in grid]
     t_gd = time.perf_counter() - t0
     t0 = time.perf_counter()
-    rep = solver.optimum_report(
+    rep = optimum.optimum_report(
         model,
         x,
         y,
@@ -194,7 +194,7 @@ def task4(data_dir) -> dict:
     x, y, xva, yva = tdt4265_data(data_dir, ())
     model = make_model("softmax", num_features=785, l2_convention="sum", l2_bias=True, dtype=F64)
     t0 = time.perf_counter()
-    rep = solver.optimum_report(model, x, y, [0.001, 0.01, 0.1, 1.0])
+    rep = optimum.optimum_report(model, x, y, [0.001, 0.01, 0.1, 1.0])
     seconds = time.perf_counter() - t0
     for i, row in enumerate(rep.rows):
         p = jax.tree.map(lambda a, i=i: a[i], rep.path.params)

@@ -222,7 +222,7 @@ def protocol_text(cfg, data: Data, tcfg: TrainConfig | None = None) -> str:
 
 
 class Optimum(NamedTuple):
-    """Per-point optimum numbers (`jaxlr.core.solver.optimum_report` rows) and the bound model."""
+    """Per-point optimum numbers (`jaxlr.core.optimum.optimum_report` rows) and the bound model."""
 
     rows: list
     report: Any
@@ -232,7 +232,7 @@ class Optimum(NamedTuple):
 @dataclasses.dataclass(eq=False)  # hashed by identity (`_PENDING`)
 class OptimumAhead:
     """The model, the thread and its stop flag of `optimum_ahead`, for `optimum_for`; `made`
-    gets the thread's float64 features ("x") and `solver.PreparedData` ("prepared")."""
+    gets the thread's float64 features ("x") and `optimum.PreparedData` ("prepared")."""
 
     model: Any
     thread: threading.Thread
@@ -273,13 +273,13 @@ def optimum_ahead(
     compiles (only shapes are read): with the persistent compilation cache it traces, lowers
     and loads (~3-5 s of CPU for `tdt4265_task4`'s optimum, which busy cores take from the
     runs), without it it compiles. Then, with `data_cfg`, it computes what the optimum needs
-    of the data alone (`jaxlr.data.splits.optimum_features`, `solver.prepare_data`: the
+    of the data alone (`jaxlr.data.splits.optimum_features`, `optimum.prepare_data`: the
     float64 features, the Gram eigenbasis, the stored copies; ~1.5 s for `tdt4265_task4`),
     nothing that depends on a lambda. A failure in the thread is logged and only loses the
     saving; a run that ends before its optimum stops it after the program it is running
     (`stop_optimum_ahead`). None for the MLP (no convex objective).
     """
-    from jaxlr.core import solver
+    from jaxlr.core import optimum
 
     if tcfg.model not in ("logistic", "softmax"):
         return None
@@ -295,10 +295,10 @@ def optimum_ahead(
 
     def work():
         try:
-            solver.prepare(model, x, y, l2, stop=stop)
+            optimum.prepare(model, x, y, l2, stop=stop)
             if data_cfg is not None and not stop.is_set():
                 made["x"] = optimum_features(data_cfg, splits)
-                made["prepared"] = solver.prepare_data(model, made["x"])
+                made["prepared"] = optimum.prepare_data(model, made["x"])
         except Exception as e:  # only the saving is lost: optimum_for does it
             made.clear()
             log.warning("preparing the optimum ahead failed (done when needed): %s", e)
@@ -328,7 +328,7 @@ def optimum_for(tcfg: TrainConfig, data_cfg: DataConfig, splits, l2_S, learning_
     Returns:
       `Optimum`, or None for models without a convex objective (the MLP).
     """
-    from jaxlr.core import solver
+    from jaxlr.core import optimum
 
     if tcfg.model not in ("logistic", "softmax"):
         return None
@@ -340,7 +340,7 @@ def optimum_for(tcfg: TrainConfig, data_cfg: DataConfig, splits, l2_S, learning_
     x = made["x"] if "x" in made else optimum_features(data_cfg, splits)
     y = np.asarray(splits.data.y_train)
     model = ahead.model if ahead is not None else model_for(tcfg, x.shape[1], x.dtype)
-    rep = solver.optimum_report(
+    rep = optimum.optimum_report(
         model,
         x,
         y,

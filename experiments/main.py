@@ -450,9 +450,10 @@ def run_main() -> None:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         code = 0
     except BaseException as err:
-        if _interrupt_of(err) is None and not isinstance(err, _expected_errors()):
+        interrupted = _interrupt_of(err) is not None
+        if not interrupted and not isinstance(err, _expected_errors()):
             raise  # a bug: its traceback
-        if _interrupt_of(err) is not None:
+        if interrupted:
             if not isinstance(err, KeyboardInterrupt):  # cleanup after the interrupt failed
                 logging.getLogger("jaxlr").warning(
                     "while stopping: %s", _error_line(err) or type(err).__name__

@@ -18,7 +18,7 @@ import numpy as np
 
 from experiments.common import RunDir, data_text, task_name
 from experiments.regpath_config import RegPath
-from jaxlr.core import solver
+from jaxlr.core import optimum
 from jaxlr.data.splits import features, load_splits, optimum_features
 from jaxlr.engine.train import model_for
 from jaxlr.report import figures, tables
@@ -58,7 +58,7 @@ def regularization_path(cfg: RegPath, run: RunDir) -> dict:
     model = model_for(cfg.train, x.shape[1], x.dtype)
     lambdas = cfg.lambdas
     t0 = time.perf_counter()
-    rep = solver.optimum_report(
+    rep = optimum.optimum_report(
         model, x, y, lambdas, include_bias=cfg.train.l2_bias, tol=cfg.tol, max_iter=cfg.max_iter
     )
     seconds = time.perf_counter() - t0

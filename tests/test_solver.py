@@ -19,7 +19,7 @@ import pytest
 from jax.flatten_util import ravel_pytree
 from realdata import DATA_DIR, needs_data
 
-from jaxlr.core import curvature, newton, newton_path, solver, testing
+from jaxlr.core import curvature, newton, newton_path, optimum, solver, testing
 from jaxlr.core.objective import make_model
 from jaxlr.data import images as jimages
 from jaxlr.data import registry as jregistry
@@ -344,7 +344,7 @@ def test_one_class_feature_certifies_no_finite_optimum_without_iterating(bias):
     one = solver.solve(model, None, x_ND, y_N, 0.0)
     assert bool(one.no_finite_optimum) and int(one.iterations) == 0
     # The report's rows say so too (the certified lambda is not "separated": not iterated).
-    rows = solver.optimum_report(model, x_ND, y_N, [0.0, 0.1], progress=False).rows
+    rows = optimum.optimum_report(model, x_ND, y_N, [0.0, 0.1], progress=False).rows
     assert rows[0]["no_finite_optimum"] and not rows[0]["separated"] and not rows[0]["converged"]
     assert not rows[1]["no_finite_optimum"] and rows[1]["converged"]
     # Along the direction the objective keeps falling: no finite point is optimal.
@@ -386,7 +386,7 @@ def test_separable_data_without_penalty_has_no_finite_optimum(method):
     reg = solver.solve(model, None, x_ND, y_N, 1e-3, method=method, max_iter=500)
     assert bool(reg.converged)
     if method == "newton_cg":
-        rows = solver.optimum_report(model, x_ND, y_N, [0.0, 1e-3], final_objectives=[1, 1]).rows
+        rows = optimum.optimum_report(model, x_ND, y_N, [0.0, 1e-3], final_objectives=[1, 1]).rows
         assert rows[0]["no_finite_optimum"] and rows[0]["gap"] is None
         assert not rows[1]["no_finite_optimum"] and rows[1]["gap"] > 0
 
@@ -435,7 +435,7 @@ def _bad_calls():
             lambda: solver.solve_path(good, x_ND, y_N, [0.1, 1.0], params0={"w": jnp.ones(3)}),
             "params0 leaf shapes",
         ),
-        (lambda: solver.optimum_report(good, x_ND, y_N, [0.1], learning_rates=[1, 2]), "2 values"),
+        (lambda: optimum.optimum_report(good, x_ND, y_N, [0.1], learning_rates=[1, 2]), "2 values"),
     ]
 
 
@@ -462,7 +462,7 @@ def test_optimum_report_with_the_engine_model():
     lr_S = [0.5, 5.0, 0.5, 5.0]
     finals = [0.9, 0.8, 0.7, 0.75]
     with jax.enable_x64(False):
-        report = solver.optimum_report(
+        report = optimum.optimum_report(
             model,
             x_ND.astype(np.float32),
             y_N,
@@ -515,7 +515,7 @@ def test_trained_runs_end_at_or_above_the_optimum():
 
     lr_R = jnp.array([0.3, 0.9, 1.1]) * limit
     finals = [float(v) for steps in (20, 300) for v in run(lr_R, steps)]
-    rep = solver.optimum_report(model, x_ND, y_N, [lam] * 6, final_objectives=finals)
+    rep = optimum.optimum_report(model, x_ND, y_N, [lam] * 6, final_objectives=finals)
     gaps = [row["gap"] for row in rep.rows]
     assert all(g >= -LOSS64["atol"] for g in gaps)
     assert gaps[0] > gaps[1] > 0  # 20 steps: the larger stable rate is closer
@@ -543,7 +543,7 @@ def test_hw3_logreg_optimum_golden():
     x_ND = jimages.preprocess(xtr, scale="unit", bias=True, dtype=np.float64)
     xte_ND = jimages.preprocess(xte[:1000], scale="unit", bias=True, dtype=np.float64)
     model = _model("logistic", x_ND, l2_convention="sum", l2_bias=False)
-    rep = solver.optimum_report(model, x_ND, ytr, list(HW3_GOLDEN), include_bias=False)
+    rep = optimum.optimum_report(model, x_ND, ytr, list(HW3_GOLDEN), include_bias=False)
     for i, (row, golden) in enumerate(zip(rep.rows, HW3_GOLDEN.values(), strict=True)):
         assert row["converged"] and row["grad_norm"] <= TOL64
         # Golden values are printed to 10 and 4 decimals.
@@ -571,9 +571,9 @@ def test_a_stopped_prepare_starts_no_program(monkeypatch):
     )
     stop = threading.Event()
     stop.set()
-    solver.prepare(model, spec, y, [0.2, 0.02], stop=stop)
+    optimum.prepare(model, spec, y, [0.2, 0.02], stop=stop)
     assert calls == []
-    solver.prepare(model, spec, y, [0.2, 0.02])
+    optimum.prepare(model, spec, y, [0.2, 0.02])
     assert len(calls) > 0
 
 
@@ -599,7 +599,7 @@ def test_prepare_compiles_everything_optimum_report_runs(monkeypatch):
     # No lambda 0: `prepare` assumes those certified up front (they are not on these data).
     lambdas = [0.3, 0.03, 0.003]
     spec = jax.ShapeDtypeStruct(np.shape(x), np.float64)
-    worker = threading.Thread(target=solver.prepare, args=(model, spec, y, lambdas))
+    worker = threading.Thread(target=optimum.prepare, args=(model, spec, y, lambdas))
     worker.start()
     worker.join()
     calls = []
@@ -607,12 +607,12 @@ def test_prepare_compiles_everything_optimum_report_runs(monkeypatch):
     monkeypatch.setattr(
         kron, "hessian_matvec", lambda *a, **k: calls.append(1) or original(*a, **k)
     )
-    report = solver.optimum_report(model, x, y, lambdas, progress=False)
+    report = optimum.optimum_report(model, x, y, lambdas, progress=False)
     assert calls == []
     assert all(r["converged"] for r in report.rows)
     # The same numbers as a process that never prepared (a new model: nothing shared).
     fresh = make_model("softmax", num_features=7, num_classes=3, dtype=jnp.float64)
-    again = solver.optimum_report(fresh, x, y, lambdas, progress=False)
+    again = optimum.optimum_report(fresh, x, y, lambdas, progress=False)
     assert len(calls) > 0
     for a, b in zip(report.rows, again.rows, strict=True):
         assert a["optimum_objective"] == b["optimum_objective"]
@@ -629,23 +629,23 @@ def test_data_prepared_on_a_thread_give_the_same_report(monkeypatch):
     model = _model("softmax", x)
     lambdas = [0.0, 0.5, 0.05]
     made = {}
-    worker = threading.Thread(target=lambda: made.update(p=solver.prepare_data(model, x)))
+    worker = threading.Thread(target=lambda: made.update(p=optimum.prepare_data(model, x)))
     worker.start()
     worker.join()
     prepared = made["p"]
     assert prepared.x.dtype == np.float64 and prepared.views is not None
-    plain = solver.optimum_report(model, x, y, lambdas, progress=False)
+    plain = optimum.optimum_report(model, x, y, lambdas, progress=False)
     built = []
     original = newton.make_basis_jit
     monkeypatch.setattr(newton, "make_basis_jit", lambda *a: built.append(1) or original(*a))
-    reused = solver.optimum_report(model, x, y, lambdas, progress=False, prepared=prepared)
+    reused = optimum.optimum_report(model, x, y, lambdas, progress=False, prepared=prepared)
     assert built == []
     for a, b in zip(plain.rows, reused.rows, strict=True):
         assert a == b
     # Prepared for other data (another shape) or another HVP dtype: refused, not misused.
     with pytest.raises(ValueError, match="prepared data were made for"):
-        solver.optimum_report(model, x[:100], y[:100], lambdas, progress=False, prepared=prepared)
+        optimum.optimum_report(model, x[:100], y[:100], lambdas, progress=False, prepared=prepared)
     with pytest.raises(ValueError, match="prepared data were made for"):
-        solver.optimum_report(
+        optimum.optimum_report(
             model, x, y, lambdas, progress=False, prepared=prepared, hvp_dtype="float64"
         )

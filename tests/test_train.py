@@ -787,7 +787,7 @@ def test_fit_records_knobs_as_given_not_as_float32():
 
 
 def test_solver_refuses_labels_the_model_cannot_represent():
-    from jaxlr.core import solver
+    from jaxlr.core import optimum, solver
     from jaxlr.core.inputs import InputError
 
     data = synthetic()
@@ -795,7 +795,7 @@ def test_solver_refuses_labels_the_model_cannot_represent():
     y = np.array(data.y_train)
     y[0] = 5
     with pytest.raises(InputError, match=r"optimum_report: y_N holds label 5 but the logistic"):
-        solver.optimum_report(model, data.x_train, y, [0.01], progress=False)
+        optimum.optimum_report(model, data.x_train, y, [0.01], progress=False)
     x = np.array(data.x_train)
     x[1, 1] = np.nan
     with pytest.raises(InputError, match=r"solve_path: x_ND holds nan at row 1, feature 1"):

@@ -4,7 +4,7 @@ One compiled, vmapped Newton-CG iteration (``jaxlr.core.newton``) runs over the 
 running, compacted into a block of a power-of-two size, so a lambda that has converged,
 stalled or is certified to have no finite optimum costs nothing more; the stored copies of
 the data it reads (``Views``); and ``compile_path_host``, which compiles those programs ahead
-from shapes only (``solver.prepare``). Inputs are trusted here, as in ``jaxlr.core.newton``.
+from shapes only (``optimum.prepare``). Inputs are trusted here, as in ``jaxlr.core.newton``.
 
 Dimension legend: as ``jaxlr.core.newton`` (N, D, K, P, L; B the lanes of one compiled
 iteration).

@@ -482,7 +482,7 @@ def sweep_markdown(
 # ---------------------------------------------------------------------------------------------
 # The exact optimum beside trained points.
 
-# What every result row gains from its point's optimum row (`jaxlr.core.solver.optimum_report`
+# What every result row gains from its point's optimum row (`jaxlr.core.optimum.optimum_report`
 # rows with "unstable", as `experiments.common.optimum_for` gives them).
 OPTIMUM_FIELDS = ("optimum_objective", "gap", "lr_limit", "lr_over_limit", "unstable")
 
