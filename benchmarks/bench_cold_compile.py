@@ -129,7 +129,7 @@ def time_sizes(args) -> None:
         patience=10,
     )
     n, d = data.x_train.shape
-    model = jsweep._default_model(cfg, d, np.dtype(np.float32))
+    model = jsweep.default_model(cfg, d, np.dtype(np.float32))
     fns = jsweep.sweep_functions(cfg, model, n, tuple(jax.devices()), False)
     repl, sweep_sh = NamedSharding(fns.mesh, P()), NamedSharding(fns.mesh, P("sweep"))
     data_dev = Data(*(jsweep._put(np.asarray(a), repl) for a in data))

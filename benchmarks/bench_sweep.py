@@ -185,7 +185,7 @@ def worker(task: str, k: int, args) -> dict:
     # Sweep: first call with empty caches, then new grids of the same size.
     jax.clear_caches()
     jsweep.sweep_functions.cache_clear()
-    jsweep._default_model.cache_clear()
+    jsweep.default_model.cache_clear()
     grid_a = jgrid.grid_from_points(grid_points(k, task), dtype=np.float32)
     t0 = time.perf_counter()
     res = jsweep.run_sweep(tcfg, grid_a, data, log_fn=quiet)
@@ -228,7 +228,7 @@ def worker(task: str, k: int, args) -> dict:
     per, runs = _timed_loop(fit_run, k, args.max_seq_seconds)
     out.update(fit_per_run_s=per, fit_runs=runs, fit_loop_s=per * k)
 
-    model = jsweep._default_model(tcfg, d, np.dtype(np.float32))
+    model = jsweep.default_model(tcfg, d, np.dtype(np.float32))
     engine = make_engine(tcfg, model, n)
     jdata = type(data)(*(jnp.asarray(a) for a in data))
     hp0 = make_hparams(0.01, 0.0, dtype=jnp.float32)

@@ -192,25 +192,27 @@ def test_a_36_point_grid_in_4_shards_merges_to_the_unsharded_sweep_bit_for_bit(f
     assert merged["points"] == whole["points"]
 
 
-@pytest.mark.parametrize("kind", ["logistic", "softmax"])
-def test_a_point_is_the_same_bits_in_blocks_of_any_width(kind):
+@pytest.mark.parametrize("kind,group", [("logistic", 256), ("logistic", 16), ("softmax", 64)])
+def test_a_point_is_the_same_bits_in_blocks_of_any_width(kind, group):
     # A point's check (on shared validation data) and step (loss and gradient of a shared
-    # batch), vmapped in blocks of 1 to 64 points at any position, are the bits of the same
-    # point in the 64-point block (XLA CPU sums a wide [N, D] x [D, G K] product and the
+    # batch), vmapped in groups of `group` points in blocks of 1 to 300 points (one group or
+    # several, padded), at any position and with any other points, are the bits of the same
+    # point in the 300-point block (XLA CPU sums a wide [N, D] x [D, G K] product and the
     # batch reductions in a width-dependent order; `points_in_groups` computes fixed groups).
+    # The widths: the widest groups of the two linear models on MNIST and a stopping grid's.
     import jax
     import jax.numpy as jnp
 
     from jaxlr.core.objective import make_model
     from jaxlr.engine.step import points_in_groups
 
-    d, k = 785, (1 if kind == "logistic" else 10)
+    d, k, s = 785, (1 if kind == "logistic" else 10), 300
     model = make_model(kind, num_features=d)
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.random((1000, d)), jnp.float32)
     y = jnp.asarray(rng.integers(0, model.num_classes, 1000), jnp.int32)
-    w = jnp.asarray(rng.normal(size=(64, d, k)) * 0.05, jnp.float32)
-    l2 = jnp.linspace(0.0, 0.1, 64, dtype=jnp.float32)
+    w = jnp.asarray(rng.normal(size=(s, d, k)) * 0.05, jnp.float32)
+    l2 = jnp.linspace(0.0, 0.1, s, dtype=jnp.float32)
 
     def check(w, l2, x, y):
         obj, ce = model.loss({"w": w}, x, y, l2)
@@ -220,12 +222,13 @@ def test_a_point_is_the_same_bits_in_blocks_of_any_width(kind):
         obj, ce = model.loss({"w": w}, x[:128], y[:128], l2)
         return obj, ce, model.grad({"w": w}, x[:128], y[:128], l2)["w"]
 
+    widths = (1, 2, 7, 9, 17, 33, group - 1, group + 1, 2 * group + 3, 299)
     for fn in (check, step):
-        run = jax.jit(jax.vmap(points_in_groups(fn), in_axes=(0, 0, None, None)))
+        run = jax.jit(jax.vmap(points_in_groups(fn, group), in_axes=(0, 0, None, None)))
         ref = [np.asarray(a) for a in run(w, l2, x, y)]
-        for g in (1, 2, 3, 7, 8, 9, 16, 17, 33):
-            for i in (0, 13, 63):
-                others = rng.permutation(np.delete(np.arange(64), i))[: g - 1]
+        for g in sorted({v for v in widths if 1 <= v < s}):
+            for i in (0, 13, 63, 299):
+                others = rng.permutation(np.delete(np.arange(s), i))[: g - 1]
                 idx = rng.permutation(np.r_[i, others])
                 pos = int(np.flatnonzero(idx == i)[0])
                 got = run(w[idx], l2[idx], x, y)
@@ -236,17 +239,25 @@ def test_a_point_is_the_same_bits_in_blocks_of_any_width(kind):
 def test_group_size_depends_on_a_point_only():
     from jaxlr.engine.step import MAX_GROUP, group_size
 
-    assert group_size(786) == 16 == MAX_GROUP  # logistic regression on MNIST
-    assert group_size(7851) == 8  # softmax regression
-    assert group_size(100_000) == 1 and group_size(0) == MAX_GROUP
-    # No block smaller than one group on the CPU (a smaller one would cost the same).
+    assert group_size(786) == 256 == MAX_GROUP  # logistic regression on MNIST
+    assert group_size(7851) == 64  # softmax regression
+    assert group_size(10_000_000) == 1 and group_size(0) == MAX_GROUP
     from jaxlr.core.objective import make_model
-    from jaxlr.engine.blocks import smallest_block
+    from jaxlr.engine.blocks import smallest_block, sweep_group
 
     logistic = make_model("logistic", num_features=785)
     softmax = make_model("softmax", num_features=785)
-    assert smallest_block(logistic, 785, "cpu") == 16 and smallest_block(logistic, 785, "gpu") == 8
-    assert smallest_block(softmax, 785, "cpu") == 8 and smallest_block(softmax, 785, "gpu") == 2
+    assert smallest_block(logistic, 785) == 8 and smallest_block(softmax, 785) == 2
+    # A sweep's group: the widest, at most the sweep (a power of two); with stopping,
+    # about an eighth of the sweep (at least 16) so that compaction has room; 1 off the CPU.
+    assert sweep_group(logistic, 256, False, "cpu") == 256
+    assert sweep_group(logistic, 1000, False, "cpu") == 256
+    assert sweep_group(logistic, 36, False, "cpu") == 64
+    assert sweep_group(softmax, 256, False, "cpu") == 64
+    assert sweep_group(logistic, 256, True, "cpu") == 32
+    assert sweep_group(logistic, 36, True, "cpu") == 16
+    assert sweep_group(logistic, 1, False, "cpu") == 1
+    assert sweep_group(logistic, 256, False, "gpu") == 1
 
 
 # ---------------------------------------------------------------------------------------------

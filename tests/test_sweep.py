@@ -321,7 +321,7 @@ _SHARDED_SCRIPT = textwrap.dedent(
         grid = jgrid.make_grid(learning_rate=(0.05, 0.5, 3.0), l2=(0.0, 0.01), seed=seeds)
         many = jsweep.run_sweep(cfg, grid, data, block_size=grid.size)
         one = jsweep.run_sweep(cfg, grid, data, devices=jax.devices()[:1])
-        fns = jsweep.sweep_functions(cfg, jsweep._default_model(cfg, 10, np.dtype("float64")),
+        fns = jsweep.sweep_functions(cfg, jsweep.default_model(cfg, 10, np.dtype("float64")),
                                     240, tuple(jax.devices()), len(seeds) == 1)
         hp = jax.tree.map(lambda v: v[:4], grid.hparams)
         if len(seeds) == 1:
@@ -544,8 +544,8 @@ SOFTMAX_ES = TrainConfig(
 def test_compaction_gives_the_same_results_and_skips_stopped_points():
     data = synthetic(n=64, v=200, d=40, k=3, noise=3.0)
     cfg = SOFTMAX_ES
-    # 32 points: on the CPU no block is smaller than one group of points (16 here,
-    # `jaxlr.engine.blocks.smallest_block`), so the ladder is (16, 32).
+    # 32 points: on the CPU no block is smaller than one group of points (16 for a sweep
+    # with early stopping, `jaxlr.engine.blocks.sweep_group`), so the ladder is (16, 32).
     grid = jgrid.make_grid(learning_rate=(0.005, 0.1, 0.5, 2.0), l2=(0.0, 0.03), seed=(0, 1, 2, 3))
     logs = []
     compact = jsweep.run_sweep(cfg, grid, data, log_fn=logs.append)

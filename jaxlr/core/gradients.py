@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxlr.core.losses import L2_CONVENTIONS, one_hot
-from jaxlr.core.models import get_activation, linear_apply
+from jaxlr.core.models import binary_logits, get_activation, linear_apply
 
 __all__ = [
     "l2_penalty_grad",
@@ -141,11 +141,16 @@ def logistic_grad(
     """
     dtype = params["w"].dtype
     x_ND = jnp.asarray(x_ND).astype(dtype)
-    z_N = linear_apply(params, x_ND)[:, 0]
+    z_N = binary_logits(params, x_ND)
     y_hat_N = jax.nn.sigmoid(z_N)
     c_N = _example_weights(mask_N, x_ND.shape[0], dtype)
-    delta_N1 = ((y_hat_N - jnp.asarray(y_N).astype(dtype)) * c_N)[:, None]
-    return _finish(params, _linear_data_grad(params, x_ND, delta_N1), l2, l2_convention, l2_bias)
+    delta_N = (y_hat_N - jnp.asarray(y_N).astype(dtype)) * c_N
+    # delta^T X, the delta first: under a sweep's vmap the product comes out points-first,
+    # [G, D], the layout of the weights it updates (as `binary_logits`).
+    grad = {"w": jax.lax.dot_general(delta_N, x_ND, (((0,), (0,)), ((), ())))[:, None]}
+    if "b" in params:
+        grad["b"] = jnp.sum(delta_N, keepdims=True)
+    return _finish(params, grad, l2, l2_convention, l2_bias)
 
 
 def softmax_grad(

@@ -42,6 +42,7 @@ __all__ = [
     "get_activation",
     "init_linear",
     "init_mlp",
+    "binary_logits",
     "linear_apply",
     "mlp_apply",
 ]
@@ -175,6 +176,28 @@ def linear_apply(params: dict, x_ND: jax.Array) -> jax.Array:
     if "b" in params:
         logits_NK = logits_NK + params["b"]
     return logits_NK
+
+
+def binary_logits(params: dict, x_ND: jax.Array) -> jax.Array:
+    """Logits z_N of a linear model with one output (logistic regression).
+
+    The same numbers as ``linear_apply(params, x_ND)[:, 0]``, written with the weights as
+    the first operand (w^T x^T): under a sweep's vmap the product's result is then laid out
+    points-first, [G, N], the layout every later step (loss, accuracy, gradient) reads, so
+    XLA on CPU needs no transposed read of it (measured: an epoch of the 256-point
+    tdt4265_task2 grid 0.109 -> 0.082 s; WORKSPACE.md).
+
+    Args:
+      params: from ``init_linear`` with one output (``w`` [D, 1], optional ``b`` [1]).
+      x_ND: inputs.
+
+    Returns:
+      logits_N.
+    """
+    z_N = jax.lax.dot_general(params["w"][:, 0], x_ND, (((0,), (1,)), ((), ())))
+    if "b" in params:
+        z_N = z_N + params["b"][0]
+    return z_N
 
 
 def init_mlp(

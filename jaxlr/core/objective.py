@@ -136,9 +136,7 @@ def make_model(
         )
         if kind == "logistic":
 
-            def apply_fn(params, x_ND):
-                return models.linear_apply(params, x_ND)[:, 0]
-
+            apply_fn = models.binary_logits
             grad_fn = functools.partial(gradients.logistic_grad, **l2_kw)
         else:
             apply_fn = models.linear_apply

@@ -165,33 +165,80 @@ def block_ladder(
 
 
 def smallest_block(model: Model, num_features: int, backend: str | None = None) -> int:
-    """Points per device of the smallest block worth its own program (a power of two >= 2).
+    """Points per device of the smallest block worth its own program off the CPU.
 
     A block's chunk costs at least the passes over the data (every step's batch, the
     training and validation sets at every check), whatever its size; the points add a
     product with [D, G * C] weights, C = parameters per input feature (1 for logistic
     regression, K for softmax, the first hidden width and more for an MLP). Below about
     `FLOOR_COLUMNS` weight columns the data passes dominate, so a smaller block runs no
-    faster and only adds a program to compile. On the CPU a block's points are computed in
-    groups of `jaxlr.engine.step.group_size` points (a block is padded to whole groups), so
-    no block is smaller than one group: 16 points for logistic regression on MNIST, 8 for
-    softmax regression.
+    faster and only adds a program to compile. On the CPU no block is smaller than one
+    group of the sweep (`sweep_group`, applied by `jaxlr.engine.sweep.run_sweep`).
 
     Args:
       model: the bound model.
       num_features: D.
-      backend: the platform the sweep runs on (default: JAX's default backend).
+      backend: unused (kept so callers name the platform they plan for).
     Returns:
-      The smallest power of two >= 2 with that many points times C >= `FLOOR_COLUMNS`,
-      and on the CPU at least one group of a point's parameters and its L2 weight.
+      The smallest power of two >= 2 with that many points times C >= `FLOOR_COLUMNS`.
     """
+    del backend
     columns = max(1.0, param_count(model) / max(num_features, 1))
     g = 2
     while g * columns < FLOOR_COLUMNS:
         g *= 2
-    if (backend or jax.default_backend()) == "cpu":
-        g = max(g, group_size(param_count(model) + 1))
     return g
+
+
+# With early stopping or pruning a sweep's points stop at different times and compaction
+# gathers the active ones into smaller blocks; on the CPU no block is narrower than one group,
+# so the group is kept to about 1 / STOPPING_GROUP_FRACTION of the sweep (at least
+# MIN_STOPPING_GROUP points) to leave compaction room. See WORKSPACE.md for the measurements.
+STOPPING_GROUP_FRACTION = 8
+MIN_STOPPING_GROUP = 16
+
+
+def _pow2_at_least(n: int) -> int:
+    p = 1
+    while p < n:
+        p *= 2
+    return p
+
+
+def sweep_group(
+    model: Model,
+    num_points: int,
+    stops_early: bool,
+    backend: str | None = None,
+) -> int:
+    """Points per group of a sweep on the CPU (`jaxlr.engine.step.points_in_groups`).
+
+    Chosen once per sweep, from the whole sweep (a shard passes its whole grid's size), so
+    that every block, shard and resumed run of it computes each point in a group of the
+    same width: a point's numbers are then the same bits in all of them. A group makes one
+    pass over each batch and each check's data for all its points, so wider is faster (one
+    wide product instead of several skinny ones): the widest the shapes allow
+    (`jaxlr.engine.step.group_size`: 256 points for logistic regression on MNIST, 64 for
+    softmax regression, 1 for the hw3 network), at most the sweep's size rounded up to a
+    power of two. When points can stop early (early stopping, pruning) compaction needs
+    room below the sweep's width: then at most the sweep's size / STOPPING_GROUP_FRACTION
+    (a power of two, at least MIN_STOPPING_GROUP). Off the CPU sweeps are not grouped: 1.
+
+    Args:
+      model: the bound model.
+      num_points: S, points of the whole sweep.
+      stops_early: whether points may stop before the last epoch (early stopping, pruning).
+      backend: the platform the sweep runs on (default: JAX's default backend).
+    Returns:
+      A power of two >= 1.
+    """
+    if (backend or jax.default_backend()) != "cpu":
+        return 1
+    wide = group_size(param_count(model) + 1)  # the weights and lambda
+    cap = _pow2_at_least(max(1, int(num_points)))
+    if stops_early:
+        cap = max(MIN_STOPPING_GROUP, _pow2_at_least(ceil_div(num_points, STOPPING_GROUP_FRACTION)))
+    return int(min(wide, cap))
 
 
 def plan_blocks(indices, cap: int, ladder: Sequence[int] | None = None) -> list[np.ndarray]:
@@ -331,5 +378,6 @@ __all__ = [
     "plan_blocks",
     "scatter",
     "smallest_block",
+    "sweep_group",
     "take",
 ]

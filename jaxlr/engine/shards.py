@@ -209,9 +209,10 @@ def run_shard(config, grid: Grid, data, shard: Shard, **kwargs) -> SweepResult:
     """Trains the points of `shard` of `grid` with `jaxlr.engine.sweep.run_sweep`.
 
     Every point keeps its own hyper-parameters and seed; the seed is batched exactly when it
-    is in the whole grid's sweep, and the smallest block is the whole sweep's (two points per
-    device). A shard's blocks are narrower than the whole sweep's; on CPU that changes no bit
-    of a point's numbers (see `merge_shards`).
+    is in the whole grid's sweep, the smallest block is the whole sweep's (two points per
+    device), and on CPU the points are computed in groups of the whole sweep's width
+    (`jaxlr.engine.sweep.group_for` of the whole grid). A shard's blocks are narrower than
+    the whole sweep's; on CPU that changes no bit of a point's numbers (see `merge_shards`).
 
     Args:
       config: `TrainConfig`.
@@ -222,19 +223,22 @@ def run_shard(config, grid: Grid, data, shard: Shard, **kwargs) -> SweepResult:
     Returns:
       The shard's `SweepResult` over its P points (grid: `grid.select(indices)`).
     """
-    from jaxlr.engine.sweep import run_sweep
+    from jaxlr.engine.sweep import default_model, group_for, run_sweep
 
     idx = shard_indices(grid.size, shard)
     if not len(idx):
         raise ValueError(f"run_shard: shard {shard} of {grid.size} points is empty")
     seeds = np.asarray(grid.hparams.seed)
-    nd = len(kwargs.get("devices") or jax.devices())
+    devices = tuple(kwargs.get("devices") or jax.devices())
+    x = np.asarray(data.x_train)
+    model = kwargs.get("model") or default_model(config, x.shape[1], x.dtype)
     return run_sweep(
         config,
         grid.select(idx),
         data,
         shared_seed=bool(np.all(seeds == seeds[0])),
-        min_block=min(2 * nd, grid.size),
+        min_block=min(2 * len(devices), grid.size),
+        group=group_for(config, model, grid.size, kwargs.get("prune"), devices),
         **kwargs,
     )
 

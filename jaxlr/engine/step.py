@@ -11,7 +11,7 @@
 - `divergence_reason`, `early_stopping_rule`, `is_check_step`, `chunk_end_rule`: the rules.
 - `points_in_groups`: a function whose vmap computes the points in groups of a fixed size,
   so that a point's numbers on shared data do not depend on how many points are vmapped
-  together (`group_size`).
+  together (`group_size`: the widest group a point's shapes allow).
 
 Dimensions: N training examples, V validation examples, D features, B batch size,
 M batches per epoch, E steps between checks, T steps, S sweep points.
@@ -216,19 +216,22 @@ def tree_all_finite(tree) -> jax.Array:
 
 
 # Points of a sweep block are computed in groups of a fixed number of points
-# (`points_in_groups`): a group's batched arguments hold at most GROUP_NUMBERS numbers, and
-# a group has at most MAX_GROUP points (a power of two).
-GROUP_NUMBERS = 1 << 16
-MAX_GROUP = 16
+# (`points_in_groups`). The widest group a point's shapes allow (`group_size`): a group's
+# batched arguments hold at most GROUP_NUMBERS numbers, and a group has at most MAX_GROUP
+# points (a power of two). A sweep picks its width once, from the whole sweep
+# (`jaxlr.engine.blocks.sweep_group`), so every block, shard and resumed run of it computes
+# a point in a group of the same width.
+GROUP_NUMBERS = 1 << 19
+MAX_GROUP = 256
 
 
 def group_size(numbers_per_point: int) -> int:
-    """Points per group for a point whose batched arguments hold `numbers_per_point` numbers.
+    """The widest group for a point whose batched arguments hold `numbers_per_point` numbers.
 
     The largest power of two <= MAX_GROUP whose group holds at most GROUP_NUMBERS numbers
-    (1 for a large point): 16 for logistic regression on MNIST (786 numbers a point), 8 for
-    softmax regression (7,851), 1 for the hw3 network. It depends on a point's shapes only,
-    never on how many points are vmapped together.
+    (1 for a large point): 256 for logistic regression on MNIST (786 numbers a point: 785
+    weights and lambda), 64 for softmax regression (7,851), 1 for the hw3 network. It
+    depends on a point's shapes only, never on how many points are vmapped together.
     """
     g = 1
     while g * 2 <= MAX_GROUP and g * 2 * max(1, int(numbers_per_point)) <= GROUP_NUMBERS:
@@ -236,49 +239,52 @@ def group_size(numbers_per_point: int) -> int:
     return g
 
 
-def points_in_groups(fn):
-    """`fn` whose vmap (on CPU) computes the points in groups of a fixed size.
+def points_in_groups(fn, group: int | None = 0):
+    """`fn` whose vmap (on CPU) computes the points in groups of `group` points.
 
     Under vmap XLA's CPU backend computes a point's numbers in an order that depends on G,
     the number of points vmapped together: a product of batched parameters [G, D, K] with
     shared data [N, D] is one product [N, D] x [D, G K] whose sums depend on G K, and a
     reduction of [G, B, K] over B (a loss's mean, a gradient's sum) is vectorised one way
-    below 16 points and another from 16 (measured, float32: a point's validation loss moved
-    by up to 2.4e-7 and its parameters after one epoch by 1.5e-7 between blocks of 1-12 and
-    16-36 points). Here the G points are padded (with copies of the first point, whose
-    results are dropped) to a multiple of g = `group_size(...)` and computed by `lax.map`
-    over groups of g, each group a plain vmap of width g: every group has the same shapes in
-    a block of any width, so a point's numbers are the same bits in any block, and g points
-    share one pass over the shared data. With g = 1 each point runs unvmapped (an unvmapped
-    run's bits). Same bits at every position of a group, in blocks of 1 to 64 points, is
-    measured, not structural (a column's sums in one product do not depend on the other
-    columns; XLA's kernels tile a group's g K columns evenly, g K being a multiple of 8 or
-    g = 1): `tests/test_shards.py` checks it, for the models the sweeps train.
-    `fn` itself is not differentiated (`custom_vmap` has no derivative rule here), though it
-    may differentiate inside. On other backends, where one wide product is much faster,
-    the plain vmap is kept.
+    for a few points and another for more (measured, float32: a point's validation loss
+    moved by up to 2.4e-7 between blocks of 1-12 and 16-36 points). Here the G points are
+    padded (with copies of the first point, whose results are dropped) to a multiple of
+    `group` and computed by `lax.map` over groups, each group a plain vmap of width
+    `group`: every group has the same shapes in a block of any width, so a point's numbers
+    are the same bits in any block, and the points of a group share one pass over the
+    shared data (one product [N, D] x [D, group K]). With `group` = 1 each point runs
+    unvmapped (an unvmapped run's bits). Same bits at every position of a group, whatever
+    the other points, is measured, not structural (a column's sums in one product do not
+    depend on the other columns): `tests/test_shards.py` checks it, for the models and
+    group widths the sweeps use. `fn` itself is not differentiated (`custom_vmap` has no
+    derivative rule here), though it may differentiate inside. On other backends, where one
+    wide product is what the hardware wants, the plain vmap is kept.
 
     Args:
       fn: a function of arrays (pytrees of arrays) to arrays.
+      group: points per group (static); 0: `group_size` of the batched arguments; None:
+        no groups, `fn` itself (a plain vmap, whose bits depend on the block's width).
     Returns:
       The same function; under `jax.vmap` the batched arguments are mapped group by group.
     """
+    if group is None:
+        return fn
     wrapped = jax.custom_batching.custom_vmap(fn)
 
     @wrapped.def_vmap
     def rule(axis_size, in_batched, *args):
         leaves, treedef = jax.tree.flatten(args)
         flags = jax.tree.leaves(in_batched)
+        axes = tuple(jax.tree.unflatten(treedef, [0 if b else None for b in flags]))
         if jax.default_backend() != "cpu":
-            axes = jax.tree.unflatten(treedef, [0 if b else None for b in flags])
-            out = jax.vmap(fn, in_axes=tuple(axes))(*args)
+            out = jax.vmap(fn, in_axes=axes)(*args)
             return out, jax.tree.map(lambda _: True, out)
 
         batched = [a for a, b in zip(leaves, flags, strict=True) if b]
-        g = group_size(sum(a.size // axis_size for a in batched))
+        g = int(group) or group_size(sum(a.size // axis_size for a in batched))
 
-        def point_args(group):
-            it = iter(group)
+        def point_args(part):
+            it = iter(part)
             point = [next(it) if b else a for a, b in zip(leaves, flags, strict=True)]
             return jax.tree.unflatten(treedef, point)
 
@@ -293,9 +299,8 @@ def points_in_groups(fn):
                 a = jnp.concatenate([a, jnp.broadcast_to(a[:1], (n - axis_size, *a.shape[1:]))])
             return a.reshape((n // g, g, *a.shape[1:]))
 
-        axes = tuple(jax.tree.unflatten(treedef, [0 if b else None for b in flags]))
         out = jax.lax.map(
-            lambda group: jax.vmap(fn, in_axes=axes)(*point_args(group)),
+            lambda part: jax.vmap(fn, in_axes=axes)(*point_args(part)),
             [grouped(a) for a in batched],
         )
         out = jax.tree.map(lambda o: o.reshape((n, *o.shape[2:]))[:axis_size], out)
@@ -479,7 +484,14 @@ def loss_and_grad(config: TrainConfig, model: Model, params, x, y, l2, mask):
 
 
 def validation_check(
-    state: TrainState, hparams: HParams, data: Data, step, *, config: TrainConfig, model: Model
+    state: TrainState,
+    hparams: HParams,
+    data: Data,
+    step,
+    *,
+    config: TrainConfig,
+    model: Model,
+    group: int | None = 0,
 ):
     """Validation after `step`'s update: numbers, early-stopping rule, divergence rule.
 
@@ -488,6 +500,8 @@ def validation_check(
       hparams, data: the run's.
       step: the global step.
       config, model: static, bound by the engine.
+      group: points per group in a sweep on CPU (`points_in_groups`; 0: from the shapes;
+        None: a plain vmap).
     Returns:
       (state, (val_loss, val_accuracy, train_accuracy)); train accuracy on the first
       `config.train_eval_size` training examples (all when 0).
@@ -507,7 +521,7 @@ def validation_check(
         )
 
     # In fixed groups of points in a sweep: a point's check does not depend on its block's width.
-    obj, val_loss, val_acc, train_acc = points_in_groups(numbers)(
+    obj, val_loss, val_acc, train_acc = points_in_groups(numbers, group)(
         state.params, hparams.l2, data.x_val, data.y_val, x_t, y_t
     )
     # A non-finite cross-entropy makes the objective non-finite, so checking the objective
@@ -552,6 +566,7 @@ def train_step(
     config: TrainConfig,
     model: Model,
     schedule: Schedule,
+    group: int | None = 0,
 ):
     """One step of a run: update, divergence rule, and a check at check steps.
 
@@ -565,6 +580,8 @@ def train_step(
       data: the run's arrays.
       batch: the step's `Batch`.
       config, model, schedule: static, bound by the engine.
+      group: points per group in a sweep on CPU (`points_in_groups`; 0: from the shapes;
+        None: a plain vmap).
     Returns:
       (state, StepLog of scalars).
     """
@@ -575,7 +592,7 @@ def train_step(
     # In fixed groups of points in a sweep (on CPU): XLA CPU's reductions over a batch of G
     # points (the loss's mean, the gradient's sums) round in an order that depends on G.
     step_numbers = points_in_groups(
-        lambda p, x, y, l2, m: loss_and_grad(config, model, p, x, y, l2, m)
+        lambda p, x, y, l2, m: loss_and_grad(config, model, p, x, y, l2, m), group
     )
     obj, ce, grads = step_numbers(state.params, x, y, hparams.l2, mask)
     grads = after_all(grads)
@@ -599,7 +616,7 @@ def train_step(
     # `step` is not batched under vmap, so this stays a real branch in a sweep.
     state, (val_loss, val_acc, train_acc) = jax.lax.cond(
         check,
-        lambda s: validation_check(s, hparams, data, step, config=config, model=model),
+        lambda s: validation_check(s, hparams, data, step, config=config, model=model, group=group),
         lambda s: (s, (nan, nan, nan)),
         state,
     )

@@ -91,6 +91,7 @@ def sweep_functions(
     num_train: int,
     devices: tuple = (),
     shared_seed: bool = False,
+    group: int = 0,
 ) -> SweepFns:
     """Builds (and caches) the compiled sweep functions.
 
@@ -104,12 +105,14 @@ def sweep_functions(
       devices: devices of the mesh (default: all of `jax.devices()`).
       shared_seed: every point has the same seed; it is then passed unbatched, so the
         data order and the mini-batch gather are shared by all points (on accelerators one
-        matrix product [B, D] x [D, G K] instead of G products; on CPU the points run in
-        groups of a fixed size, see `jaxlr.engine.step.points_in_groups`).
+        matrix product [B, D] x [D, G K] instead of G products; on CPU one such product per
+        group of points, see `jaxlr.engine.step.points_in_groups`).
+      group: points per group on CPU (`jaxlr.engine.blocks.sweep_group`; 0: the widest
+        the shapes allow).
     Returns:
       `SweepFns`.
     """
-    engine = make_engine(config, model, num_train)
+    engine = make_engine(config, model, num_train, group)
     mesh = _mesh(devices or jax.devices())
     sweep = NamedSharding(mesh, P(SWEEP_AXIS))
     hp_axes = HParams(0, 0, 0, None if shared_seed else 0)
@@ -123,8 +126,8 @@ def sweep_functions(
 
         return jax.vmap(one, in_axes=(0, hp_axes))(state, hparams)
 
-    # One point at a time (on CPU): a point's final numbers do not depend on its block's width.
-    evaluate_one = points_in_groups(lambda p, h, d: engine.evaluate(p, h, d))
+    # In the same groups (on CPU): a point's final numbers do not depend on its block's width.
+    evaluate_one = points_in_groups(lambda p, h, d: engine.evaluate(p, h, d), group)
 
     def evaluate(params, hparams, data):
         return jax.vmap(evaluate_one, in_axes=(0, hp_axes, None))(params, hparams, data)
@@ -139,8 +142,9 @@ def sweep_functions(
 
 
 @functools.lru_cache(maxsize=64)
-def _default_model(config: TrainConfig, num_features: int, dtype: np.dtype) -> Model:
-    # Cached so that repeated sweeps get the same Model object, hence the same compiled code.
+def default_model(config: TrainConfig, num_features: int, dtype: np.dtype) -> Model:
+    """The model `config` describes, bound once per (config, D, dtype): repeated sweeps get
+    the same `Model` object, hence the same compiled code."""
     return model_for(config, num_features, dtype)
 
 
@@ -207,6 +211,7 @@ def run_sweep(
     observers: Sequence[Observer] = (),
     shared_seed: bool | None = None,
     min_block: int = 1,
+    group: int | None = None,
 ) -> SweepResult:
     """Trains every point of `grid`: compiled, vmapped chunks of epochs over blocks of points.
 
@@ -247,6 +252,9 @@ def run_sweep(
         multiple of the device count, at most `block_size`). A shard passes the whole
         grid's smallest block (2 per device), so a shard of one point does not run alone in
         a block (on accelerators XLA would drop the batch dimension and round differently).
+      group: points per group on CPU (`jaxlr.engine.step.points_in_groups`); None
+        (default): `jaxlr.engine.blocks.sweep_group` of this grid. A shard passes its whole
+        grid's, so that its points are computed in groups of the same width.
     Returns:
       `SweepResult` (diverged points are flagged, not raised).
     Raises:
@@ -259,16 +267,21 @@ def run_sweep(
     dtype = data.x_train.dtype
     n, d = data.x_train.shape
     if model is None:
-        model = _default_model(config, d, np.dtype(dtype))
+        model = default_model(config, d, np.dtype(dtype))
     devices = tuple(devices) if devices else tuple(jax.devices())
     nd = len(devices)
     s = grid.size
     hp_all = _grid_hparams(grid, dtype)
     shape = (n, data.x_val.shape[0], d)
-    g_full, ladder = _block_sizes(config, model, shape, dtype, s, nd, block_size, min_block)
+    if group is None:
+        group = group_for(config, model, s, prune, devices)
+    if int(group) < 1:
+        raise ValueError(f"run_sweep: group must be >= 1 or None, got {group!r}")
+    group = int(group)
+    g_full, ladder = _block_sizes(config, model, shape, dtype, s, nd, block_size, min_block, group)
     shared_seed = _shared_seed(hp_all, shared_seed)
     _check_block_fits(config, model, shape, dtype, g_full, devices)
-    fns = sweep_functions(config, model, n, devices, shared_seed)
+    fns = sweep_functions(config, model, n, devices, shared_seed, group)
     m = fns.engine.num_batches
     repl = NamedSharding(fns.mesh, P())
     sweep_sh = NamedSharding(fns.mesh, P(SWEEP_AXIS))
@@ -307,6 +320,14 @@ def run_sweep(
         dtype=dtype,
     )
     return result
+
+
+def group_for(config: TrainConfig, model: Model, num_points: int, prune, devices) -> int:
+    """Points per group of a sweep of `num_points` points (`jaxlr.engine.blocks.sweep_group`):
+    what `run_sweep` uses by default, and what a shard of a larger sweep passes (its whole
+    grid's)."""
+    stops_early = bool(config.early_stopping) or prune is not None
+    return blocks.sweep_group(model, num_points, stops_early, devices[0].platform)
 
 
 def _description(config, num_points: int, sizes: list, devices, num_batches: int, prune) -> str:
@@ -368,23 +389,33 @@ def _grid_hparams(grid: Grid, dtype) -> HParams:
     return hp_all
 
 
-def _block_sizes(config, model, shape, dtype, s, nd, block_size, min_block):
-    """(G, ladder): the full block's size and the compaction ladder of a sweep of S points."""
+def _block_sizes(config, model, shape, dtype, s, nd, block_size, min_block, group):
+    """(G, ladder): the full block's size and the compaction ladder of a sweep of S points.
+
+    With groups (`group` > 1, on CPU) every block is whole groups on every device: its size
+    is a multiple of `group` * the device count, and the ladder starts at one group per
+    device (a narrower block would cost as much).
+    """
     if block_size is None:
         block_size = blocks.default_block_size(config, model, shape, dtype.itemsize, s, nd)
     if int(block_size) < 1:
         raise ValueError(f"run_sweep: block_size must be >= 1 or None, got {block_size!r}")
-    cap = nd * blocks.ceil_div(int(block_size), nd)
-    # Balanced blocks: as few as the cap allows, of equal size (padding < one point per
-    # device and block); the cap itself is the top of the ladder.
-    g_full = nd * blocks.ceil_div(blocks.ceil_div(s, blocks.ceil_div(s, cap)), nd)
+    unit = nd * max(1, int(group))
+    cap = unit * blocks.ceil_div(int(block_size), unit)
+    # Balanced blocks: as few as the cap allows, of equal size (padding < one unit per
+    # block); the cap itself is the top of the ladder.
+    g_full = unit * blocks.ceil_div(blocks.ceil_div(s, blocks.ceil_div(s, cap)), unit)
     if int(min_block) < 1:
         raise ValueError(f"run_sweep: min_block must be >= 1, got {min_block!r}")
-    g_full = max(g_full, min(cap, nd * blocks.ceil_div(int(min_block), nd)))
-    # One device: no block below the width where an epoch stops getting cheaper
-    # (`smallest_block`); several: 2 per device, so compaction still frees devices' work.
-    smallest = blocks.smallest_block(model, shape[2]) if nd == 1 else 2
-    return g_full, blocks.block_ladder(g_full, nd, blocks.LADDER_STEPS_PER_OCTAVE, smallest)
+    g_full = max(g_full, min(cap, unit * blocks.ceil_div(int(min_block), unit)))
+    if group > 1:
+        smallest = int(group)
+    elif nd == 1:
+        # No block below the width where an epoch stops getting cheaper (`smallest_block`).
+        smallest = blocks.smallest_block(model, shape[2])
+    else:
+        smallest = 2  # 2 per device, so compaction still frees devices' work
+    return g_full, blocks.block_ladder(g_full, nd, blocks.LADDER_STEPS_PER_OCTAVE, max(2, smallest))
 
 
 def _shared_seed(hp_all: HParams, shared_seed: bool | None) -> bool:

@@ -118,18 +118,21 @@ def model_for(config: TrainConfig, num_features: int, dtype=jnp.float32) -> Mode
 _after_all = after_all
 
 
-def make_engine(config: TrainConfig, model: Model, num_train: int) -> Engine:
+def make_engine(config: TrainConfig, model: Model, num_train: int, group: int | None = 0) -> Engine:
     """Builds the pure functions of one training run from the rules of `jaxlr.engine.step`.
 
     Args:
       config: static config.
       model: the bound model (`jaxlr.core.objective.make_model`).
       num_train: N, number of training examples (static).
+      group: under a sweep's vmap on CPU, points per group of the steps and checks
+        (`jaxlr.engine.step.points_in_groups`; 0: the widest the shapes allow; None: a
+        plain vmap, for comparisons). A single run is not vmapped: it does not matter there.
     Returns:
       An `Engine`.
     """
     sched = schedule_numbers(config, num_train)
-    step_fn = functools.partial(train_step, config=config, model=model, schedule=sched)
+    step_fn = functools.partial(train_step, config=config, model=model, schedule=sched, group=group)
 
     def init(hparams: HParams) -> TrainState:
         return init_state(config, model, hparams, sched.total_steps)
