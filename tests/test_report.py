@@ -122,6 +122,27 @@ def test_write_history_and_report(tmp_path):
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
 
 
+def test_history_lines_are_json_dumps_of_the_records():
+    # The fast writer's text is, character for character, json.dumps of each record of
+    # `history_records` (float32 values, a non-finite loss, a check step not run).
+    from jaxlr.engine.results import history_records
+
+    rng = np.random.default_rng(0)
+    loss = rng.random(50).astype(np.float32)
+    loss[7], loss[8], loss[9] = np.nan, np.inf, -np.inf
+    history = {
+        "step": np.arange(50),
+        "epoch": np.arange(50) // 10,
+        "train_loss": loss,
+        "check_step": np.array([0, 10, 20, 49, 60]),
+        "val_loss": rng.random(5).astype(np.float32),
+        "val_accuracy": np.array([0.5, np.nan, 1.0, 0.25, 0.0], np.float32),
+        "train_accuracy": rng.random(5).astype(np.float32),
+    }
+    assert tables.history_lines(history) == [json.dumps(r) for r in history_records(history)]
+    assert tables.history_lines({k: v[:0] for k, v in history.items()}) == []
+
+
 def test_slug_image_link_jsonable():
     assert tables.slug("lambda=0.1") == "lambda_0.1"
     assert tables.slug("lr=0.1, l2=1e-3") == "lr_0.1_l2_1e-3"

@@ -22,7 +22,6 @@ from typing import Any
 
 import numpy as np
 
-from jaxlr.engine.results import history_records
 from jaxlr.engine.sweep_result import SweepResult, py_scalar
 from jaxlr.host.io import atomic_write_text
 
@@ -165,6 +164,38 @@ def runs_table(runs: Mapping[str, Mapping[str, Any]]) -> str:
     )
 
 
+_JSON_NONFINITE = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
+
+
+def _json_numbers(values) -> list[str]:
+    """Each value as `json.dumps` writes a float: its repr, NaN / Infinity / -Infinity."""
+    out = [repr(v) for v in np.asarray(values, np.float64).tolist()]
+    return [_JSON_NONFINITE.get(v, v) for v in out]
+
+
+def history_lines(history: dict) -> list[str]:
+    """The JSON lines of a history, one per step with its check merged in: the text of
+    `json.dumps` of each `jaxlr.engine.results.history_records` record, built from the
+    arrays at once (a 256-point sweep writes 400,000 of them)."""
+    steps = [int(v) for v in np.asarray(history["step"]).tolist()]
+    epochs = [int(v) for v in np.asarray(history["epoch"]).tolist()]
+    losses = _json_numbers(history["train_loss"])
+    checks = {int(s): j for j, s in enumerate(np.asarray(history.get("check_step", [])).tolist())}
+    if checks:
+        cols = [_json_numbers(history[k]) for k in ("val_loss", "val_accuracy", "train_accuracy")]
+    lines = []
+    for s, e, v in zip(steps, epochs, losses, strict=True):
+        line = f'{{"step": {s}, "epoch": {e}, "train_loss": {v}'
+        j = checks.get(s)
+        if j is not None:
+            line += (
+                f', "val_loss": {cols[0][j]}, "val_accuracy": {cols[1][j]}, '
+                f'"train_accuracy": {cols[2][j]}'
+            )
+        lines.append(line + "}")
+    return lines
+
+
 def write_history(path: str | os.PathLike, history: dict) -> None:
     """Writes a history as JSON lines (atomically): one record per step, checks merged in.
 
@@ -172,7 +203,7 @@ def write_history(path: str | os.PathLike, history: dict) -> None:
       path: destination file.
       history: a `jaxlr.engine.train` history (step, epoch, train_loss, check_step, ...).
     """
-    lines = [json.dumps(r) for r in history_records(history)]
+    lines = history_lines(history)
     atomic_write_text(Path(path), "\n".join(lines) + ("\n" if lines else ""))
 
 
