@@ -2,8 +2,10 @@
 
 Event files are read with TensorBoard's `EventAccumulator` (every event kept) and the hparams
 plugin's protos; one test serves a sweep's folder with a real `tensorboard` process and asks
-its HTTP API. Scalars are stored as float32 in event files, so a value read back is compared
-with the float32 of what was written (exactly).
+its HTTP API. The hand-encoded records of `jaxlr.report.event_file` are compared byte for byte
+with what tensorboardX's own protos and `EventsWriter` write, and its numpy CRC with
+tensorboardX's pure-Python one. Scalars are stored as float32 in event files, so a value read
+back is compared with the float32 of what was written (exactly).
 
 Dimension legend: T steps of a history, S sweep points.
 """
@@ -23,9 +25,11 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from tensorboard.backend.event_processing import event_file_loader
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
 
@@ -37,7 +41,7 @@ from jaxlr.engine import sweep as jsweep
 from jaxlr.engine import sweep_result as jsweep_result
 from jaxlr.engine import train as jtrain
 from jaxlr.engine.config import TrainConfig, make_hparams
-from jaxlr.report import tracking
+from jaxlr.report import event_file, tracking
 from jaxlr.report.observers import TensorBoardObserver
 
 HISTORY_TAGS = {
@@ -342,6 +346,218 @@ def test_two_writers_on_one_folder_keep_both_files(tmp_path):
         w.close()
     assert len(list(tmp_path.glob("events.out.tfevents.*"))) == 2
     assert [(e.step, e.value) for e in _accumulator(tmp_path).Scalars("x")] == [(0, 10), (1, 11)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Event files: the same bytes as tensorboardX's.
+
+WALL_TIME = 1_700_000_000.25  # wall times are fixed where files are compared byte for byte
+# Lengths around the varint, block (W = 128) and 4-byte boundaries of the numpy CRC.
+CRC_LENGTHS = (0, 1, 2, 3, 4, 5, 7, 8, 31, 127, 128, 129, 255, 256, 257, 1000, 5000)
+
+
+def _reference_crc32c(data: bytes) -> int:
+    from tensorboardX.crc32c import _crc32c  # pure Python, byte by byte
+
+    return _crc32c(data)
+
+
+def test_numpy_crc32c_equals_the_reference_for_many_lengths(monkeypatch):
+    monkeypatch.setattr(event_file, "_native", None)  # the numpy path, C package or not
+    rng = np.random.default_rng(0)
+    strings = [rng.integers(0, 256, n, dtype=np.uint8).tobytes() for n in CRC_LENGTHS]
+    strings += [b"\0" * 300, b"\xff" * 130, b"\0" * 3]
+    expected = [_reference_crc32c(x) for x in strings]
+    assert event_file.crc32c(b"123456789") == 0xE3069283  # the check value of CRC-32C
+    assert [event_file.crc32c(x) for x in strings] == expected
+    # Many at once, in any order (short strings between long ones), as the writer calls it.
+    order = rng.permutation(len(strings))
+    got = event_file.crc32c_many(
+        b"".join(strings[i] for i in order), [len(strings[i]) for i in order]
+    )
+    assert got.dtype == np.uint32 and got.tolist() == [expected[i] for i in order]
+    assert event_file.crc32c_many(b"", []).tolist() == []
+    from tensorboardX.record_writer import masked_crc32c
+
+    masked = event_file.masked_crc32c(np.asarray(expected, np.uint32)).tolist()
+    assert masked == [masked_crc32c(x) for x in strings]
+
+
+def _frame_with_tensorboardx(folder: Path, serialized: list[bytes]) -> bytes:
+    """The bytes tensorboardX's own `RecordWriter` writes for these serialized events."""
+    from tensorboardX.record_writer import RecordWriter
+
+    path = folder / f"tensorboardx.{len(list(folder.iterdir()))}"
+    writer = RecordWriter(str(path))
+    for data in serialized:
+        writer.write(data)
+    writer.close()
+    return path.read_bytes()
+
+
+def _scalar_event_protos(steps, tags, values, present) -> list[bytes]:
+    from tensorboardX.proto.event_pb2 import Event
+    from tensorboardX.proto.summary_pb2 import Summary
+
+    out = []
+    for step, row, has in zip(steps, values, present):
+        values_ = [
+            Summary.Value(tag=t, simple_value=float(v)) for t, v, h in zip(tags, row, has) if h
+        ]
+        event = Event(wall_time=WALL_TIME, step=int(step), summary=Summary(value=values_))
+        out.append(event.SerializeToString())
+    return out
+
+
+# Steps at every varint length change (step 0 is left out of the proto, -1 takes 10 bytes),
+# a tag over 127 bytes (2-byte lengths), a non-ASCII tag, values that float32 rounds, overflows
+# or keeps as they are (NaN, infinities, -0, a subnormal).
+EDGE_STEPS = np.asarray([0, 1, 127, 128, 16383, 16384, 2**31, 2**40, 2**62, -1], np.int64)
+EDGE_TAGS = ("train/loss", "x" * 130, "val/accuracy", "lr/é")
+
+
+def _edge_values(rng) -> tuple[np.ndarray, np.ndarray]:
+    values = rng.standard_normal((len(EDGE_STEPS), len(EDGE_TAGS)))
+    special = [math.nan, math.inf, -math.inf, 1e300, -0.0, 1e-46, 3.4028235e38, 0.1, 1.0, 0.0]
+    values[:, 0] = special
+    present = rng.random(values.shape) < 0.7
+    present[:, 0] = True
+    present[-1] = False  # an event with an empty Summary
+    return values, present
+
+
+def test_scalar_events_are_the_bytes_of_tensorboardx_protos(tmp_path, monkeypatch):
+    rng = np.random.default_rng(1)
+    values, present = _edge_values(rng)
+
+    def reference(steps, tags, values, present):
+        return _frame_with_tensorboardx(
+            tmp_path, _scalar_event_protos(steps, tags, values, present)
+        )
+
+    got = event_file.scalar_events(WALL_TIME, EDGE_STEPS, EDGE_TAGS, values, present)
+    assert got == reference(EDGE_STEPS, EDGE_TAGS, values, present)
+    # float32 values give the bytes of their float64 (the cast is exact).
+    with np.errstate(over="ignore"):
+        v32 = np.float32(values)
+    assert event_file.scalar_events(WALL_TIME, EDGE_STEPS, EDGE_TAGS, v32, present) == (
+        reference(EDGE_STEPS, EDGE_TAGS, v32, present)
+    )
+    # All tags present (None), a single event, none.
+    all_ = np.ones_like(present)
+    assert event_file.scalar_events(WALL_TIME, EDGE_STEPS, EDGE_TAGS, values, None) == (
+        reference(EDGE_STEPS, EDGE_TAGS, values, all_)
+    )
+    one = event_file.scalar_events(WALL_TIME, [7], ["a"], [[0.5]])
+    assert one == reference([7], ["a"], [[0.5]], [[True]])
+    assert event_file.scalar_events(WALL_TIME, [], ["a"], np.zeros((0, 1))) == b""
+    # The C package's path (here the reference CRC in its place) frames the same bytes.
+    monkeypatch.setattr(event_file, "_native", _reference_crc32c)
+    assert event_file.scalar_events(WALL_TIME, EDGE_STEPS, EDGE_TAGS, values, present) == got
+
+
+def test_framed_records_and_the_first_event_match_tensorboardx(tmp_path):
+    from tensorboardX.proto.event_pb2 import Event
+
+    rng = np.random.default_rng(2)
+    records = [rng.integers(0, 256, n, dtype=np.uint8).tobytes() for n in (0, 5, 300, 17)]
+    assert event_file.frame_records(records) == _frame_with_tensorboardx(tmp_path, records)
+    first = Event(wall_time=WALL_TIME, file_version="brain.Event:2").SerializeToString()
+    assert event_file.file_version_event(WALL_TIME) == _frame_with_tensorboardx(tmp_path, [first])
+
+
+def test_tensorboard_loads_hand_encoded_events_with_their_tags_steps_and_values(tmp_path):
+    rng = np.random.default_rng(3)
+    values, present = _edge_values(rng)
+    path = tmp_path / "events.out.tfevents.0.test"
+    path.write_bytes(
+        event_file.file_version_event(WALL_TIME)
+        + event_file.scalar_events(WALL_TIME, EDGE_STEPS, EDGE_TAGS, values, present)
+    )
+    # TensorBoard's reader checks every record's two CRCs (a mismatch raises DataLossError);
+    # the legacy loader gives the events as stored (the other turns scalars into tensors).
+    events = list(event_file_loader.LegacyEventFileLoader(str(path)).Load())
+    assert events[0].file_version == "brain.Event:2" and events[0].wall_time == WALL_TIME
+    assert len(events) == 1 + len(EDGE_STEPS)
+    for event, step, row, has in zip(events[1:], EDGE_STEPS, values, present):
+        assert event.step == step and event.wall_time == WALL_TIME
+        got = [(v.tag, np.float32(v.simple_value)) for v in event.summary.value]
+        assert [t for t, _ in got] == [t for t, h in zip(EDGE_TAGS, has) if h]
+        with np.errstate(over="ignore"):  # 1e300 is inf in float32, as in the file
+            np.testing.assert_array_equal([x for _, x in got], np.float32(row[has]))
+
+
+def _write_run_the_old_way(folder: Path, history, rate, config, metrics, last, hparams) -> None:
+    """What `TensorBoardWriter` wrote through tensorboardX's `EventsWriter` and protos before it
+    encoded scalar events itself: one `Event` per step holding that step's tags (kept here as
+    the reference the new files must equal, byte for byte)."""
+    from tensorboardX.event_file_writer import EventsWriter
+    from tensorboardX.proto.event_pb2 import Event
+    from tensorboardX.proto.summary_pb2 import Summary
+
+    def scalars(step, values):
+        summary = Summary(
+            value=[Summary.Value(tag=t, simple_value=float(v)) for t, v in values.items()]
+        )
+        events.write_event(Event(wall_time=WALL_TIME, step=int(step), summary=summary))
+
+    def summary(s, step):
+        events.write_event(Event(wall_time=WALL_TIME, step=int(step), summary=s))
+
+    folder.mkdir()
+    events = EventsWriter(str(folder / "events"))
+    rows: dict[int, dict[str, float]] = {}
+    for key, step_key, tag in tracking._HISTORY_TAGS:
+        for s, v in zip(np.asarray(history[step_key]), np.asarray(history[key])):
+            rows.setdefault(int(s), {})[tag] = float(v)
+    for s in history["step"]:
+        rows.setdefault(int(s), {})["lr"] = float(rate)
+    for s in sorted(rows):
+        scalars(s, rows[s])
+    body = json.dumps(tracking.jsonable(dict(config)), indent=2, default=str)
+    summary(tracking._text_summary("config", f"```json\n{body}\n```"), 0)
+    scalars(last, tracking._flat_numbers(metrics, "final/"))
+    start, end = tracking._session_summaries(hparams)
+    summary(start, 0)
+    summary(end, 0)
+    scalars(last, {f"hparams/{k}": v for k, v in tracking.point_metrics(metrics).items()})
+    events.close()
+
+
+def test_a_run_event_file_is_byte_identical_to_what_tensorboardx_wrote(run, tmp_path, monkeypatch):
+    import tensorboardX.event_file_writer
+
+    clock = SimpleNamespace(time=lambda: WALL_TIME)
+    monkeypatch.setattr(tracking, "time", clock)
+    monkeypatch.setattr(tensorboardX.event_file_writer, "time", clock)
+    h = run.history
+    last = int(h["step"][-1])
+    config = {"lr": 0.05, "note": "task 2"}
+    hparams = {"learning_rate": 0.05, "l2": 0.001, "seed": 0}
+    _write_run_the_old_way(tmp_path / "old", h, 0.05, config, run.metrics, last, hparams)
+
+    w = tracking.make_writer(tmp_path / "new")
+    m = int(h["step"][-1] + 1) // CONFIG.num_epochs  # chunks of one epoch, as the driver writes
+    for epoch in range(CONFIG.num_epochs):
+        tracking.write_history(
+            w, _take(h, lambda s, e=epoch: (s >= e * m) & (s < (e + 1) * m)), learning_rate=0.05
+        )
+    tracking.write_config(w, config)
+    tracking.write_final(w, run.metrics, last)
+    tracking.write_point_hparams(w, hparams, tracking.point_metrics(run.metrics), last)
+    w.close()
+    (old,), (new,) = (list((tmp_path / d).glob("events.out.tfevents.*")) for d in ("old", "new"))
+    assert new.read_bytes() == old.read_bytes()
+    assert len(new.read_bytes()) > 1000
+
+
+def test_a_step_given_twice_keeps_its_last_value_as_before(tmp_path):
+    history = {"step": np.asarray([0, 1, 1, 2]), "train_loss": np.asarray([4.0, 3.0, 2.5, 2.0])}
+    w = tracking.make_writer(tmp_path)
+    assert tracking.write_history(w, history) == 3
+    w.close()
+    steps, values = _series(_accumulator(tmp_path), "train/loss")
+    assert steps.tolist() == [0, 1, 2] and values.tolist() == [4.0, 2.5, 2.0]
 
 
 # ---------------------------------------------------------------------------------------------

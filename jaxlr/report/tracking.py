@@ -1,10 +1,12 @@
 """TensorBoard output of runs and sweeps (host side only): a writer and jaxlr records -> events.
 
 A `Writer` takes scalars, text and hyper-parameters; `TensorBoardWriter` writes them as
-TensorBoard event files through tensorboardX, `NullWriter` drops them. `make_writer` gives the
-first, or the second (after one warning per process) where tensorboardX is not installed
-(`pip install 'jaxlr[tensorboard]'`). tensorboardX is imported inside functions only, so
-importing this module never needs it; reading and serving the files needs `tensorboard`.
+TensorBoard event files, `NullWriter` drops them. `make_writer` gives the first, or the second
+(after one warning per process) where tensorboardX is not installed
+(`pip install 'jaxlr[tensorboard]'`). Scalars are encoded by `jaxlr.report.event_file`, a whole
+history chunk at once; text and hparams summaries are tensorboardX's protos, framed there too.
+tensorboardX is imported inside functions only, so importing this module never needs it;
+reading and serving the files needs `tensorboard`.
 
 What jaxlr's records become (tags):
 - `write_history`: a history (`jaxlr.engine.train.history_from_logs`, the rows of
@@ -27,7 +29,7 @@ history.jsonl; TensorBoard's charts mark them) but skipped in hyper-parameter me
 a point then shows an empty cell (its `diverged` metric says why); "not stopped" and "not
 pruned" are -1, as in jaxlr's records.
 
-Dimension legend: T steps of a history. No function here takes arrays of rank >= 2.
+Dimension legend: T steps of a history, G tags of a step.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ import logging
 import math
 import os
 import re
+import socket
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -45,6 +48,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from jaxlr.report import event_file
 from jaxlr.report.tables import jsonable
 
 __all__ = [
@@ -108,6 +112,16 @@ class Writer(Protocol):
     def scalars(self, step: int, values: Mapping[str, float]) -> None:
         """Writes tag -> value at `step`."""
 
+    def scalar_rows(
+        self,
+        steps_T: np.ndarray,
+        tags: Sequence[str],
+        values_TG: np.ndarray,
+        present_TG: np.ndarray | None,
+    ) -> None:
+        """Writes, at each of the distinct `steps_T`, tag g -> values_TG[t, g] where
+        present_TG[t, g] (None: everywhere); one event per step, as `scalars` would."""
+
     def text(self, tag: str, text: str, step: int = 0) -> None:
         """Writes Markdown `text` under `tag`."""
 
@@ -131,6 +145,15 @@ class NullWriter:
     def scalars(self, step: int, values: Mapping[str, float]) -> None:
         pass
 
+    def scalar_rows(
+        self,
+        steps_T: np.ndarray,
+        tags: Sequence[str],
+        values_TG: np.ndarray,
+        present_TG: np.ndarray | None,
+    ) -> None:
+        pass
+
     def text(self, tag: str, text: str, step: int = 0) -> None:
         pass
 
@@ -149,31 +172,34 @@ class NullWriter:
 _FILE_COUNTER = itertools.count()
 
 
-def _events_file(logdir: str | os.PathLike):
-    """A new event file in `logdir`, written synchronously (ImportError with the install hint).
-
-    tensorboardX's `SummaryWriter` queues events for a background thread, and its `flush`
-    does not wait for that queue: what a run wrote last stayed invisible for up to
-    `flush_secs` and was lost if the process died. Its `EventsWriter` writes each event
-    at once; the file name adds the process id and a counter to tensorboardX's
-    (`events.out.tfevents.<seconds>.<host>`), so two files opened in the same second do
-    not overwrite each other.
-    """
+def _require_tensorboardx() -> None:
+    """ImportError with the install hint where tensorboardX (its protos) cannot be imported."""
     try:
-        from tensorboardX.event_file_writer import EventsWriter
-        from tensorboardX.record_writer import directory_check
+        from tensorboardX.proto import event_pb2  # noqa: F401
     except ImportError as e:
         raise ImportError(f"TensorBoard output needs tensorboardX: {INSTALL_HINT}") from e
+
+
+def _events_file(logdir: str | os.PathLike):
+    """A new event file in `logdir` (created if needed), its first event written.
+
+    Named as tensorboardX names them (`events.out.tfevents.<seconds>.<host>`) plus the process
+    id and a counter, so two files opened in the same second do not overwrite each other.
+    """
     logdir = os.fspath(logdir)
-    directory_check(logdir)
-    suffix = f".{os.getpid()}.{next(_FILE_COUNTER)}"
-    return EventsWriter(os.path.join(logdir, "events"), suffix)
+    os.makedirs(logdir, exist_ok=True)
+    name = f"events.out.tfevents.{str(time.time())[:10]}.{socket.gethostname()}"
+    f = open(os.path.join(logdir, f"{name}.{os.getpid()}.{next(_FILE_COUNTER)}"), "wb")
+    f.write(event_file.file_version_event(time.time()))
+    return f
 
 
-def _write_summary(events, summary, step: int) -> None:
+def _summary_record(summary, step: int) -> bytes:
+    """The TFRecord of one event holding a tensorboardX `Summary`."""
     from tensorboardX.proto.event_pb2 import Event
 
-    events.write_event(Event(wall_time=time.time(), step=int(step), summary=summary))
+    event = Event(wall_time=time.time(), step=int(step), summary=summary)
+    return event_file.frame_records([event.SerializeToString()])
 
 
 def _text_summary(tag: str, text: str):
@@ -197,16 +223,18 @@ def _text_summary(tag: str, text: str):
 
 
 class TensorBoardWriter:
-    """A `Writer` on a TensorBoard event file in `logdir` (one run folder), via tensorboardX.
+    """A `Writer` on a TensorBoard event file in `logdir` (one run folder).
 
-    Every call writes its events to the file at once; `flush` makes them readable (and
-    syncs the file). Writing after `close` opens a new event file in the same folder.
+    Every call hands its events to the file at once; `flush` makes them readable by other
+    processes (TensorBoard watching a run). Writing after `close` opens a new event file in
+    the same folder.
 
     Raises:
       ImportError: tensorboardX is not installed (the message says how to install it).
     """
 
     def __init__(self, logdir: str | os.PathLike):
+        _require_tensorboardx()
         self.logdir = os.fspath(logdir)
         self._events = _events_file(self.logdir)
 
@@ -216,33 +244,47 @@ class TensorBoardWriter:
         return self._events
 
     def scalars(self, step: int, values: Mapping[str, float]) -> None:
-        from tensorboardX.proto.summary_pb2 import Summary
-
         if values:
-            summary = Summary(
-                value=[Summary.Value(tag=tag, simple_value=float(v)) for tag, v in values.items()]
-            )
-            _write_summary(self._file(), summary, step)
+            row = [[float(v) for v in values.values()]]
+            self.scalar_rows(np.asarray([step]), list(values), np.asarray(row), None)
+
+    def scalar_rows(
+        self,
+        steps_T: np.ndarray,
+        tags: Sequence[str],
+        values_TG: np.ndarray,
+        present_TG: np.ndarray | None,
+    ) -> None:
+        if len(steps_T):
+            records = event_file.scalar_events(time.time(), steps_T, tags, values_TG, present_TG)
+            self._file().write(records)
 
     def text(self, tag: str, text: str, step: int = 0) -> None:
-        _write_summary(self._file(), _text_summary(tag, text), step)
+        self._file().write(_summary_record(_text_summary(tag, text), step))
 
     def hparams(
         self, hparams: Mapping[str, Any], metrics: Mapping[str, float], step: int = 0
     ) -> None:
         start, end = _session_summaries(hparams)
-        _write_summary(self._file(), start, 0)
-        _write_summary(self._file(), end, 0)
+        self._file().write(_summary_record(start, 0) + _summary_record(end, 0))
         self.scalars(step, metrics)
 
     def flush(self) -> None:
+        # To the OS only: readable at once by TensorBoard, and no fsync per chunk (an fsync per
+        # run folder per chunk was most of a sweep's writing time).
         if self._events is not None:
             self._events.flush()
 
     def close(self) -> None:
+        # One fsync per file, at close: cheap, and it keeps a file written outside a workdir
+        # (a library caller's own logdir) on disk. Inside a workdir it is not needed for
+        # safety: publishing fsyncs the whole staged tree (`jaxlr.host.workdir`), and a run
+        # that fails publishes nothing; that fsync then finds the file already clean.
         if self._events is not None:
-            self._events.close()
-            self._events = None
+            f, self._events = self._events, None
+            with f:
+                f.flush()
+                os.fsync(f.fileno())
 
 
 def make_writer(logdir: str | os.PathLike, enabled: bool = True) -> Writer:
@@ -307,21 +349,42 @@ def write_history(
     Returns:
       The number of steps written to (steps with any value).
     """
-    rows: dict[int, dict[str, float]] = {}
-    for key, step_key, tag in _HISTORY_TAGS:
-        if key not in history:
-            continue
-        for s, v in zip(np.asarray(history[step_key]), np.asarray(history[key])):
-            rows.setdefault(int(s), {})[tag] = float(v)
-    steps = np.asarray(history.get("step", []))
-    rates = _learning_rates(history, steps, learning_rate)
-    if rates is not None:
-        for s, r in zip(steps, rates):
-            rows.setdefault(int(s), {})["lr"] = float(r)
-    for s in sorted(rows):
-        writer.scalars(s, rows[s])
+    steps_T, tags, values_TG, present_TG = _history_rows(history, learning_rate)
+    writer.scalar_rows(steps_T, tags, values_TG, present_TG)
     writer.flush()
-    return len(rows)
+    return len(steps_T)
+
+
+def _history_rows(history: Mapping[str, Any], learning_rate) -> tuple:
+    """A history as one row per step, as `Writer.scalar_rows` takes it.
+
+    Returns:
+      steps_T (sorted, distinct), tags [G] (`_HISTORY_TAGS` order, then "lr"), values_TG
+      (float64) and present_TG (bool). A series longer or shorter than its steps is cut to
+      the shorter of the two; a step given twice in a series keeps its last value.
+    """
+    series = [(tag, sk, history[k]) for k, sk, tag in _HISTORY_TAGS if k in history]
+    rates = _learning_rates(history, np.asarray(history.get("step", [])), learning_rate)
+    if rates is not None:
+        series.append(("lr", "step", rates))
+    if not series:
+        return np.zeros(0, np.int64), [], np.zeros((0, 0)), np.zeros((0, 0), bool)
+    steps = {sk: np.asarray(history.get(sk, []), np.int64) for sk in {sk for _, sk, _ in series}}
+    steps_T = np.unique(np.concatenate(list(steps.values())))
+    rows = {sk: np.searchsorted(steps_T, s) for sk, s in steps.items()}
+    increasing = {sk: bool((s[1:] > s[:-1]).all()) for sk, s in steps.items()}
+    values_TG = np.zeros((len(steps_T), len(series)))
+    present_TG = np.zeros(values_TG.shape, bool)
+    for g, (_, sk, v) in enumerate(series):
+        s, t, v = steps[sk], rows[sk], np.asarray(v, np.float64)
+        if len(v) != len(s) or not increasing[sk]:
+            n = min(len(s), len(v))
+            s, t, v = s[:n], t[:n], v[:n]
+            last = n - 1 - np.unique(s[::-1], return_index=True)[1]  # the last of equal steps
+            t, v = t[last], v[last]
+        values_TG[t, g] = v
+        present_TG[t, g] = True
+    return steps_T, [tag for tag, _, _ in series], values_TG, present_TG
 
 
 def write_config(writer: Writer, config: Mapping[str, Any], tag: str = "config") -> str:
@@ -516,11 +579,12 @@ def write_hparams_domains(
         infos.append(info)
     metrics = [MetricInfo(name=MetricName(tag=t)) for t in metric_tags]
     experiment = Experiment(hparam_infos=infos, metric_infos=metrics, time_created_secs=time.time())
-    events = _events_file(root)
+    w = TensorBoardWriter(root)
     try:
-        _write_summary(events, _plugin_summary("_hparams_/experiment", experiment=experiment), 0)
+        summary = _plugin_summary("_hparams_/experiment", experiment=experiment)
+        w._file().write(_summary_record(summary, 0))
     finally:
-        events.close()
+        w.close()
     return True
 
 
