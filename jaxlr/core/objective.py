@@ -135,7 +135,6 @@ def make_model(
             dtype=dtype,
         )
         if kind == "logistic":
-
             apply_fn = models.binary_logits
             grad_fn = functools.partial(gradients.logistic_grad, **l2_kw)
         else:
