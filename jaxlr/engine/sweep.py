@@ -392,15 +392,17 @@ def _grid_hparams(grid: Grid, dtype) -> HParams:
 def _block_sizes(config, model, shape, dtype, s, nd, block_size, min_block, group):
     """(G, ladder): the full block's size and the compaction ladder of a sweep of S points.
 
-    With groups (`group` > 1, on CPU) every block is whole groups on every device: its size
-    is a multiple of `group` * the device count, and the ladder starts at one group per
-    device (a narrower block would cost as much).
+    On one CPU device with groups (`group` > 1) every block is whole groups: its size is a
+    multiple of `group`, and the ladder starts at one group (a narrower block would be
+    padded to one inside `jaxlr.engine.step.points_in_groups` and cost as much). On several
+    devices a block is a multiple of the device count from 2 per device, as without groups
+    (the groups are cut from the whole block, padded where it is narrower).
     """
     if block_size is None:
         block_size = blocks.default_block_size(config, model, shape, dtype.itemsize, s, nd)
     if int(block_size) < 1:
         raise ValueError(f"run_sweep: block_size must be >= 1 or None, got {block_size!r}")
-    unit = nd * max(1, int(group))
+    unit = nd if nd > 1 else max(1, int(group))
     cap = unit * blocks.ceil_div(int(block_size), unit)
     # Balanced blocks: as few as the cap allows, of equal size (padding < one unit per
     # block); the cap itself is the top of the ladder.
@@ -408,13 +410,13 @@ def _block_sizes(config, model, shape, dtype, s, nd, block_size, min_block, grou
     if int(min_block) < 1:
         raise ValueError(f"run_sweep: min_block must be >= 1, got {min_block!r}")
     g_full = max(g_full, min(cap, unit * blocks.ceil_div(int(min_block), unit)))
-    if group > 1:
+    if nd > 1:
+        smallest = 2  # 2 per device, so compaction still frees devices' work
+    elif group > 1:
         smallest = int(group)
-    elif nd == 1:
+    else:
         # No block below the width where an epoch stops getting cheaper (`smallest_block`).
         smallest = blocks.smallest_block(model, shape[2])
-    else:
-        smallest = 2  # 2 per device, so compaction still frees devices' work
     return g_full, blocks.block_ladder(g_full, nd, blocks.LADDER_STEPS_PER_OCTAVE, max(2, smallest))
 
 
