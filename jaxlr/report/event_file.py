@@ -14,8 +14,11 @@ number order, proto3 leaving out a step of 0:
 
 All events of a call (a chunk of a run's history) are built in one pass of array operations:
 each event is a row of fixed-width pieces with a mask of the bytes it uses (the step's varint,
-the tags present), and the masked bytes, read row by row, are the records. `frame_records` frames
-events serialized elsewhere (text and hparams summaries, built with tensorboardX's protos).
+the tags present), and the masked bytes, read row by row, are the records. `scalar_events_many`
+does the same for many files at once (a chunk of every point of a sweep: a constant number of
+array operations however many points) and cuts the bytes per file. `frame_records` and
+`frame_record_groups` frame events serialized elsewhere (text and hparams summaries, built with
+tensorboardX's protos).
 
 CRC32C (Castagnoli): the `crc32c` C package where it is importable; else `crc32c_many`, a
 table-driven CRC of many strings at once in numpy, a few array operations per call however many
@@ -26,8 +29,9 @@ reduction; longer strings are cut into blocks of W bytes from their ends and com
 rule (a block's register shifted by W zero bytes is again 4 table entries). The initial register
 0xffffffff is 0xff XORed into a string's first 4 bytes.
 
-Dimension legend: E events (records, strings), G tags (values an event can hold), L bytes of a
-record, K bytes of a varint, Q blocks of a string, W bytes of a CRC block, V = 256 byte values.
+Dimension legend: E events (records, strings), R files (runs), G tags (values an event can
+hold), L bytes of a record, K bytes of a varint, Q blocks of a string, W bytes of a CRC block,
+V = 256 byte values.
 """
 
 from __future__ import annotations
@@ -43,9 +47,11 @@ __all__ = [
     "crc32c",
     "crc32c_many",
     "file_version_event",
+    "frame_record_groups",
     "frame_records",
     "masked_crc32c",
     "scalar_events",
+    "scalar_events_many",
 ]
 
 try:
@@ -114,10 +120,12 @@ def _crc32c_numpy(data: np.ndarray, lengths_E: np.ndarray) -> np.ndarray:
     data[starts_E[long_E, None] + np.arange(4)] ^= 0xFF
     init_E = np.where(long_E, np.uint32(0xFFFFFFFF), _SHORT_INIT[np.minimum(lengths_E, 3)])
     # A byte's distance to its string's end, d, and so its term, the table entry of (d, byte).
-    dist = np.repeat(ends_E - 1, lengths_E) - np.arange(len(data))
+    # (int32 where it fits: half the memory traffic of int64, for the largest arrays here.)
+    index = np.int32 if len(data) < 2**31 - 2**16 else np.int64
+    dist = np.repeat((ends_E - 1).astype(index), lengths_E) - np.arange(len(data), dtype=index)
     blocks = -(-int(lengths_E.max(initial=0)) // _BLOCK)
     if blocks <= 1:
-        terms = _SHIFT_WV[dist * 256 + data]
+        terms = _SHIFT_WV.take((dist << 8) | data)
         some_E = lengths_E > 0
         if some_E.all():
             return np.bitwise_xor.reduceat(terms, starts_E) ^ init_E
@@ -127,7 +135,7 @@ def _crc32c_numpy(data: np.ndarray, lengths_E: np.ndarray) -> np.ndarray:
     # Longer strings: blocks of W bytes counted from the end, each block's XOR of terms (with
     # d within the block), then Horner's rule from the first block, shifting the register by
     # W zero bytes before adding the next. A shorter string's missing first blocks are 0.
-    terms = _SHIFT_WV[(dist % _BLOCK) * 256 + data]
+    terms = _SHIFT_WV.take(((dist % _BLOCK) << 8) | data)
     acc_EQ = np.zeros((e, blocks), np.uint32)
     np.bitwise_xor.at(
         acc_EQ, (np.repeat(np.arange(e), lengths_E), blocks - 1 - dist // _BLOCK), terms
@@ -199,17 +207,30 @@ def _header(length: int) -> bytes:
     return header + struct.pack("<I", int(masked_crc32c(crc32c(header))))
 
 
-def _frame(record_EL: np.ndarray, used_EL: np.ndarray) -> bytes:
+def _frame(record_EL: np.ndarray, used_EL: np.ndarray) -> tuple[bytes, np.ndarray]:
     """The TFRecords of events laid out in `record_EL[:, 12:-4]` (their bytes where `used_EL`):
-    fills in each record's length, its CRC and the data's CRC, and reads the used bytes."""
+    fills in each record's length, its CRC and the data's CRC, and reads the used bytes.
+
+    Returns:
+      The records, concatenated, and each one's size in bytes [E].
+    """
     e = record_EL.shape[0]
     data_used_EL = used_EL[:, 12:-4]
     lengths_E = data_used_EL.sum(axis=1)
-    headers = b"".join(map(_header, lengths_E.tolist()))
-    record_EL[:, :12] = np.frombuffer(headers, np.uint8).reshape(e, 12)
+    # Records of a kind have a few lengths only: a header per distinct length, then a gather.
+    distinct, which_E = np.unique(lengths_E, return_inverse=True)
+    headers = b"".join(map(_header, distinct.tolist()))
+    record_EL[:, :12] = np.frombuffer(headers, np.uint8).reshape(-1, 12)[which_E.reshape(-1)]
     crcs = masked_crc32c(crc32c_many(record_EL[:, 12:-4][data_used_EL], lengths_E))
     record_EL[:, -4:] = crcs.astype("<u4").view(np.uint8).reshape(e, 4)
-    return record_EL[used_EL].tobytes()
+    return record_EL[used_EL].tobytes(), lengths_E + 16
+
+
+def _split(records: bytes, sizes_E: np.ndarray, counts_R: np.ndarray) -> list[bytes]:
+    """Consecutive records cut into R groups: the first counts_R[0] records, the next ..."""
+    ends_E = np.concatenate([[0], np.cumsum(sizes_E)])
+    bounds = ends_E[np.concatenate([[0], np.cumsum(counts_R)])].tolist()
+    return [records[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
 
 
 @functools.lru_cache(maxsize=256)
@@ -246,10 +267,42 @@ def scalar_events(
     Returns:
       The framed records, concatenated (empty for E = 0).
     """
+    return _scalar_records(wall_time, steps_E, tags, values_EG, present_EG)[0]
+
+
+def scalar_events_many(
+    wall_time: float,
+    counts_R: Sequence[int] | np.ndarray,
+    steps_E: np.ndarray,
+    tags: Sequence[str],
+    values_EG: np.ndarray,
+    present_EG: np.ndarray | None = None,
+) -> list[bytes]:
+    """`scalar_events` of R files at once (e.g. a chunk of every sweep point), in one pass.
+
+    Args:
+      wall_time: the events' wall time, the same for all.
+      counts_R: events of each file: the first counts_R[0] events are file 0's, and so on
+        (they sum to E; 0 gives that file b"").
+      steps_E, tags, values_EG, present_EG: as `scalar_events` takes them, all files' events.
+    Returns:
+      R byte strings, file r's the bytes `scalar_events` gives for its events alone.
+    """
+    counts_R = np.asarray(counts_R, np.int64).reshape(-1)
+    if int(counts_R.sum()) != np.size(steps_E):
+        raise ValueError(
+            f"counts sum to {int(counts_R.sum())}, there are {np.size(steps_E)} events"
+        )
+    records, sizes_E = _scalar_records(wall_time, steps_E, tags, values_EG, present_EG)
+    return _split(records, sizes_E, counts_R)
+
+
+def _scalar_records(wall_time, steps_E, tags, values_EG, present_EG) -> tuple[bytes, np.ndarray]:
+    """`scalar_events`' records and each one's size in bytes [E]."""
     steps_E = np.asarray(steps_E, np.int64).reshape(-1)
     e = len(steps_E)
     if e == 0:
-        return b""
+        return b"", np.zeros(0, np.int64)
     template, sizes_G, value_cols, col_tags = _summary_layout(tuple(tags))
     g = len(sizes_G)
     with np.errstate(over="ignore", invalid="ignore"):
@@ -283,12 +336,22 @@ def scalar_events(
 
 def frame_records(records: Sequence[bytes]) -> bytes:
     """TFRecords of serialized events (e.g. tensorboardX `Event.SerializeToString()`)."""
+    return b"".join(frame_record_groups([records]))
+
+
+def frame_record_groups(groups: Sequence[Sequence[bytes]]) -> list[bytes]:
+    """`frame_records` of each group of serialized events, the CRCs of all in one call."""
+    records = [r for group in groups for r in group]
     lengths = [len(r) for r in records]
     crcs = masked_crc32c(crc32c_many(b"".join(records), lengths)).tolist()
-    out = []
-    for n, r, crc in zip(lengths, records, crcs):
-        out += [_header(n), r, struct.pack("<I", crc)]
-    return b"".join(out)
+    out, k = [], 0
+    for group in groups:
+        parts = []
+        for r in group:
+            parts += [_header(lengths[k]), r, struct.pack("<I", crcs[k])]
+            k += 1
+        out.append(b"".join(parts))
+    return out
 
 
 def file_version_event(wall_time: float) -> bytes:

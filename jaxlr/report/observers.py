@@ -16,6 +16,12 @@ every chunk so that `tensorboard --logdir` shows it live:
   after the sweep (the gap to the optimum, lr over the stability limit) passes
   `hparams_at_end=False` and calls `write_sweep_hparams` with its rows.
 
+Each chunk of all points is encoded in one go (`tracking.write_histories`: one value table,
+one CRC pass, one write per point's file); so are the configs at the start and the final
+numbers and HParams rows at the end. Files are not fsynced at close: inside a workdir,
+publishing fsyncs the staged tree; a logdir of the caller's own gets the OS's usual durability
+(as with tensorboardX's writer).
+
 Only process 0 writes (the others hold a no-op observer). Without tensorboardX it writes
 nothing and says once how to install it.
 """
@@ -35,10 +41,21 @@ from jaxlr.engine.optim import make_schedule
 from jaxlr.report import tracking
 
 
-def _schedule(config, learning_rate: float, total_steps: int):
-    """The learning rate as a function of the global step (numpy in, numpy out)."""
-    fn = make_schedule(config, float(learning_rate), total_steps)
-    return lambda steps: np.asarray(fn(np.asarray(steps)), np.float64)
+def _schedule(config, learning_rates: Sequence[float], total_steps: int):
+    """Every point's learning rate as one function of (point [E], global step [E]), numpy in
+    and out: one schedule of the points' rates (elementwise in the initial rate), so a chunk
+    of all points costs one call (none of JAX for a constant rate)."""
+    rate_S = np.asarray([float(x) for x in learning_rates], np.float64)
+
+    def rates(points_E, steps_E):
+        fn = make_schedule(config, rate_S[np.asarray(points_E)], total_steps)
+        return np.asarray(fn(np.asarray(steps_E)), np.float64)
+
+    return rates
+
+
+# write_sweep_hparams' points per batch: their files are open at once.
+_POINTS_PER_BLOCK = 512
 
 
 def _last_step(history: Mapping | None) -> int:
@@ -70,7 +87,7 @@ class TensorBoardObserver(Observer):
         self._on = bool(enabled) and jax.process_index() == 0
         self._hparams_at_end = hparams_at_end
         self._writers: list = []
-        self._rates: list = []
+        self._rates = None
         self._points: list[dict] = []
         self._kind = "run"
 
@@ -82,7 +99,7 @@ class TensorBoardObserver(Observer):
             return
         self._kind, self._points = start.kind, list(start.points)
         total = start.num_epochs * start.num_batches
-        self._rates = [_schedule(start.config, p["learning_rate"], total) for p in start.points]
+        self._rates = _schedule(start.config, [p["learning_rate"] for p in start.points], total)
         config = self._config
         if config is None and hasattr(start.config, "to_dict"):
             config = start.config.to_dict()
@@ -98,27 +115,35 @@ class TensorBoardObserver(Observer):
         if isinstance(self._writers[0], tracking.NullWriter):
             self._on = False
             return
-        for i, w in enumerate(self._writers):
-            if config is not None:
-                tracking.write_config(w, {**config, **self._points[i]})
-            if start.histories[i]:
-                tracking.write_history(w, start.histories[i], self._rates[i])
+        if config is not None:
+            tracking.write_configs(self._writers, [{**config, **p} for p in self._points])
+        self._write_histories(dict(enumerate(start.histories)))
+
+    def _write_histories(self, histories: Mapping[int, Mapping | None]) -> None:
+        """Writes point i's history rows to its folder, all points' encoded together."""
+        points = [i for i, h in histories.items() if h]
+        if not points:
+            return
+        rates = self._rates
+        index = np.asarray(points, np.int64)  # write_histories' runs -> points
+        tracking.write_histories(
+            [self._writers[i] for i in points],
+            [histories[i] for i in points],
+            lambda runs, steps: rates(index[runs], steps),
+        )
 
     def on_chunk(self, chunk: Chunk) -> None:
-        if not self._on:
-            return
-        for i, part in chunk.new.items():
-            tracking.write_history(self._writers[i], part, self._rates[i])
+        if self._on:
+            self._write_histories(chunk.new)
 
     def on_end(self, end: End) -> None:
         if not self._on:
             return
-        for i, w in enumerate(self._writers):
-            step = _last_step(end.histories[i])
-            tracking.write_final(w, _final_numbers(end.records[i]), step)
-            if self._kind == "sweep" and self._hparams_at_end:
-                metrics = tracking.point_metrics(end.records[i], end.histories[i])
-                tracking.write_point_hparams(w, self._points[i], metrics, step)
+        steps = [_last_step(h) for h in end.histories]
+        tracking.write_finals(self._writers, [_final_numbers(r) for r in end.records], steps)
+        if self._kind == "sweep" and self._hparams_at_end:
+            metrics = [tracking.point_metrics(r, h) for r, h in zip(end.records, end.histories)]
+            tracking.write_points_hparams(self._writers, self._points, metrics, steps)
 
     def close(self) -> None:
         for w in self._writers:
@@ -149,17 +174,27 @@ def write_sweep_hparams(
     """
     if not enabled or jax.process_index() != 0:
         return 0
+    rows = list(zip(points, records, histories, strict=True))
     n = 0
-    for point, record, history in zip(points, records, histories, strict=True):
-        w = tracking.make_writer(tracking.sweep_point_dir(logdir, point))
-        if isinstance(w, tracking.NullWriter):
-            return 0
+    # All points encoded together, a block at a time (a bounded number of open files).
+    for b in range(0, len(rows), _POINTS_PER_BLOCK):
+        block = rows[b : b + _POINTS_PER_BLOCK]
+        writers = []
         try:
-            metrics = tracking.point_metrics(record, history)
-            tracking.write_point_hparams(w, point, metrics, _last_step(history))
+            for point, _, _ in block:
+                writers.append(tracking.make_writer(tracking.sweep_point_dir(logdir, point)))
+                if isinstance(writers[-1], tracking.NullWriter):
+                    return 0
+            tracking.write_points_hparams(
+                writers,
+                [p for p, _, _ in block],
+                [tracking.point_metrics(r, h) for _, r, h in block],
+                [_last_step(h) for _, _, h in block],
+            )
         finally:
-            w.close()
-        n += 1
+            for w in writers:
+                w.close()
+        n += len(block)
     return n
 
 

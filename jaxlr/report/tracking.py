@@ -5,6 +5,11 @@ TensorBoard event files, `NullWriter` drops them. `make_writer` gives the first,
 (after one warning per process) where tensorboardX is not installed
 (`pip install 'jaxlr[tensorboard]'`). Scalars are encoded by `jaxlr.report.event_file`, a whole
 history chunk at once; text and hparams summaries are tensorboardX's protos, framed there too.
+Each `write_*` of one run has a plural form for many runs, each to its own writer (a sweep's
+points): `write_histories`, `write_configs`, `write_finals`, `write_points_hparams`. They write
+the same bytes to each file (wall times aside), with one encoding for all runs (a constant
+number of array operations, one CRC pass) and one write per file; the one-run functions are
+their one-run case.
 tensorboardX is imported inside functions only, so importing this module never needs it;
 reading and serving the files needs `tensorboard`.
 
@@ -29,7 +34,7 @@ history.jsonl; TensorBoard's charts mark them) but skipped in hyper-parameter me
 a point then shows an empty cell (its `diverged` metric says why); "not stopped" and "not
 pruned" are -1, as in jaxlr's records.
 
-Dimension legend: T steps of a history, G tags of a step.
+Dimension legend: T steps of a history, G tags of a step, R runs, E steps of all R runs.
 """
 
 from __future__ import annotations
@@ -62,10 +67,14 @@ __all__ = [
     "point_metrics",
     "sweep_point_dir",
     "write_config",
+    "write_configs",
     "write_final",
+    "write_finals",
     "write_hparams_domains",
+    "write_histories",
     "write_history",
     "write_point_hparams",
+    "write_points_hparams",
 ]
 
 logger = logging.getLogger("jaxlr.tracking")
@@ -194,12 +203,16 @@ def _events_file(logdir: str | os.PathLike):
     return f
 
 
-def _summary_record(summary, step: int) -> bytes:
-    """The TFRecord of one event holding a tensorboardX `Summary`."""
+def _summary_event(summary, step: int) -> bytes:
+    """One serialized event holding a tensorboardX `Summary` (not yet framed)."""
     from tensorboardX.proto.event_pb2 import Event
 
-    event = Event(wall_time=time.time(), step=int(step), summary=summary)
-    return event_file.frame_records([event.SerializeToString()])
+    return Event(wall_time=time.time(), step=int(step), summary=summary).SerializeToString()
+
+
+def _summary_record(summary, step: int) -> bytes:
+    """The TFRecord of one event holding a tensorboardX `Summary`."""
+    return event_file.frame_records([_summary_event(summary, step)])
 
 
 def _text_summary(tag: str, text: str):
@@ -227,7 +240,8 @@ class TensorBoardWriter:
 
     Every call hands its events to the file at once; `flush` makes them readable by other
     processes (TensorBoard watching a run). Writing after `close` opens a new event file in
-    the same folder.
+    the same folder. `close` does not fsync (as tensorboardX's writer): a file outside a
+    workdir gets the OS's usual durability; a workdir's publishing fsyncs its files.
 
     Raises:
       ImportError: tensorboardX is not installed (the message says how to install it).
@@ -243,6 +257,11 @@ class TensorBoardWriter:
             self._events = _events_file(self.logdir)
         return self._events
 
+    def _write(self, records: bytes) -> None:
+        """Appends framed TFRecords (the module's batched functions encode many files' at once)."""
+        if records:
+            self._file().write(records)
+
     def scalars(self, step: int, values: Mapping[str, float]) -> None:
         if values:
             row = [[float(v) for v in values.values()]]
@@ -256,17 +275,16 @@ class TensorBoardWriter:
         present_TG: np.ndarray | None,
     ) -> None:
         if len(steps_T):
-            records = event_file.scalar_events(time.time(), steps_T, tags, values_TG, present_TG)
-            self._file().write(records)
+            self._write(event_file.scalar_events(time.time(), steps_T, tags, values_TG, present_TG))
 
     def text(self, tag: str, text: str, step: int = 0) -> None:
-        self._file().write(_summary_record(_text_summary(tag, text), step))
+        self._write(_summary_record(_text_summary(tag, text), step))
 
     def hparams(
         self, hparams: Mapping[str, Any], metrics: Mapping[str, float], step: int = 0
     ) -> None:
         start, end = _session_summaries(hparams)
-        self._file().write(_summary_record(start, 0) + _summary_record(end, 0))
+        self._write(event_file.frame_records([_summary_event(start, 0), _summary_event(end, 0)]))
         self.scalars(step, metrics)
 
     def flush(self) -> None:
@@ -276,15 +294,14 @@ class TensorBoardWriter:
             self._events.flush()
 
     def close(self) -> None:
-        # One fsync per file, at close: cheap, and it keeps a file written outside a workdir
-        # (a library caller's own logdir) on disk. Inside a workdir it is not needed for
-        # safety: publishing fsyncs the whole staged tree (`jaxlr.host.workdir`), and a run
-        # that fails publishes nothing; that fsync then finds the file already clean.
+        # No fsync. Inside a workdir it adds no safety: publishing fsyncs the whole staged tree
+        # (`jaxlr.host.workdir`) before the switch, and a run that fails publishes nothing. And
+        # it was not cheap: a sweep closes a file per point, twice (curves, then HParams rows),
+        # 0.5-2 ms each, one after the other. A caller's own logdir gets what tensorboardX's
+        # writer gives: the data is with the OS at close, on disk when the OS writes it back.
         if self._events is not None:
             f, self._events = self._events, None
-            with f:
-                f.flush()
-                os.fsync(f.fileno())
+            f.close()
 
 
 def make_writer(logdir: str | os.PathLike, enabled: bool = True) -> Writer:
@@ -320,16 +337,6 @@ def _warn_missing() -> None:
 # Runs: history, config, final numbers.
 
 
-def _learning_rates(history: Mapping, steps, learning_rate) -> np.ndarray | None:
-    """The rate at each of `steps` [T]: the history's own, a constant, or a schedule's."""
-    if "learning_rate" in history:
-        return np.asarray(history["learning_rate"], np.float64)
-    if learning_rate is None:
-        return None
-    rate = learning_rate(np.asarray(steps)) if callable(learning_rate) else learning_rate
-    return np.broadcast_to(np.asarray(rate, np.float64), np.shape(steps))
-
-
 def write_history(
     writer: Writer,
     history: Mapping[str, Any],
@@ -349,42 +356,177 @@ def write_history(
     Returns:
       The number of steps written to (steps with any value).
     """
-    steps_T, tags, values_TG, present_TG = _history_rows(history, learning_rate)
-    writer.scalar_rows(steps_T, tags, values_TG, present_TG)
-    writer.flush()
-    return len(steps_T)
+    if learning_rate is None:
+        rates = None
+    elif callable(learning_rate):
+        rates = lambda _, steps: learning_rate(steps)  # noqa: E731
+    else:
+        rates = lambda _, steps: learning_rate  # noqa: E731
+    return write_histories([writer], [history], rates)[0]
 
 
-def _history_rows(history: Mapping[str, Any], learning_rate) -> tuple:
-    """A history as one row per step, as `Writer.scalar_rows` takes it.
+def write_histories(
+    writers: Sequence[Writer],
+    histories: Sequence[Mapping[str, Any]],
+    learning_rate: Callable | None = None,
+) -> list[int]:
+    """Writes many runs' histories, each to its writer (e.g. a chunk's new rows of every
+    sweep point), then flushes them.
+
+    Each file gets the bytes `write_history` would write (wall times aside), but all runs are
+    encoded together: a constant number of array operations and one CRC pass for all of them,
+    one write per file.
+
+    Args:
+      writers: one per history.
+      histories: R histories, as `write_history` takes them.
+      learning_rate: where a history has no "learning_rate": None (no `lr`), or the rates of
+        all runs as one function of (run [E], global step [E]) -> rate [E] (run: the index
+        into `histories`), called once with the "step"s of every such run.
+    Returns:
+      Each run's number of steps written to.
+    """
+    if len(writers) != len(histories):
+        raise ValueError(f"{len(writers)} writers for {len(histories)} histories")
+    counts_R, steps_E, tags, values_EG, present_EG = _history_rows(histories, learning_rate)
+    _write_rows(writers, counts_R, steps_E, tags, values_EG, present_EG)
+    for w in writers:
+        w.flush()
+    return counts_R.tolist()
+
+
+def _concat(arrays: Sequence, dtype) -> np.ndarray:
+    """The arrays one after the other, as `dtype` (an empty one adds nothing, not its dtype)."""
+    arrays = [a for a in arrays if len(a)]
+    return np.concatenate(arrays).astype(dtype, copy=False) if arrays else np.zeros(0, dtype)
+
+
+def _run_series(histories, tag, step_key, key, rates) -> tuple | None:
+    """One tag's series over the runs that have it, run after run.
 
     Returns:
-      steps_T (sorted, distinct), tags [G] (`_HISTORY_TAGS` order, then "lr"), values_TG
-      (float64) and present_TG (bool). A series longer or shorter than its steps is cut to
-      the shorter of the two; a step given twice in a series keeps its last value.
+      None if no run has it, else (tag, step key, runs [R'], lengths [R'], values, float64).
     """
-    series = [(tag, sk, history[k]) for k, sk, tag in _HISTORY_TAGS if k in history]
-    rates = _learning_rates(history, np.asarray(history.get("step", [])), learning_rate)
-    if rates is not None:
-        series.append(("lr", "step", rates))
-    if not series:
-        return np.zeros(0, np.int64), [], np.zeros((0, 0)), np.zeros((0, 0), bool)
-    steps = {sk: np.asarray(history.get(sk, []), np.int64) for sk in {sk for _, sk, _ in series}}
-    steps_T = np.unique(np.concatenate(list(steps.values())))
-    rows = {sk: np.searchsorted(steps_T, s) for sk, s in steps.items()}
-    increasing = {sk: bool((s[1:] > s[:-1]).all()) for sk, s in steps.items()}
-    values_TG = np.zeros((len(steps_T), len(series)))
-    present_TG = np.zeros(values_TG.shape, bool)
-    for g, (_, sk, v) in enumerate(series):
-        s, t, v = steps[sk], rows[sk], np.asarray(v, np.float64)
-        if len(v) != len(s) or not increasing[sk]:
-            n = min(len(s), len(v))
-            s, t, v = s[:n], t[:n], v[:n]
-            last = n - 1 - np.unique(s[::-1], return_index=True)[1]  # the last of equal steps
-            t, v = t[last], v[last]
-        values_TG[t, g] = v
-        present_TG[t, g] = True
-    return steps_T, [tag for tag, _, _ in series], values_TG, present_TG
+    if tag != "lr":
+        runs = [i for i, h in enumerate(histories) if key in h]
+        if not runs:
+            return None
+        arrays = [histories[i][key] for i in runs]
+        return tag, step_key, np.asarray(runs), _lengths(arrays), _concat(arrays, np.float64)
+    # The rates: a history's own "learning_rate", else `rates` at its steps.
+    own = [i for i, h in enumerate(histories) if "learning_rate" in h]
+    want = [] if rates is None else [i for i, h in enumerate(histories) if "learning_rate" not in h]
+    if not own and not want:
+        return None
+    own_arrays = [histories[i]["learning_rate"] for i in own]
+    steps = [histories[i].get("step", ()) for i in want]
+    runs, lengths = np.asarray(own + want, np.int64), _lengths(own_arrays + steps)
+    values = _concat(own_arrays, np.float64)
+    if len(want):
+        steps_W = _concat(steps, np.int64)
+        rate_W = rates(np.repeat(want, lengths[len(own) :]), steps_W) if len(steps_W) else 0.0
+        values = np.concatenate(
+            [values, np.broadcast_to(np.asarray(rate_W, np.float64), steps_W.shape)]
+        )
+    if own and want:  # back in run order
+        values = values[np.argsort(np.repeat(runs, lengths), kind="stable")]
+        by_run = np.argsort(runs)
+        runs, lengths = runs[by_run], lengths[by_run]
+    return tag, step_key, runs, lengths, values
+
+
+def _lengths(arrays: Sequence) -> np.ndarray:
+    return np.asarray([len(a) for a in arrays], np.int64)
+
+
+def _history_rows(histories: Sequence[Mapping[str, Any]], rates) -> tuple:
+    """Histories as one table of rows, one per step of each run, for `event_file`.
+
+    Returns:
+      counts_R (rows of each run; the rows are run after run), steps_E (each run's sorted
+      and distinct), tags [G] (`_HISTORY_TAGS` order, then "lr"; those some run has),
+      values_EG (float64) and present_EG (bool). A run's steps are those of the step keys its
+      series use; a series longer or shorter than its steps is cut to the shorter of the two;
+      a step given twice in a series keeps its last value.
+    """
+    r = len(histories)
+    series = [_run_series(histories, tag, sk, k, rates) for k, sk, tag in _HISTORY_TAGS]
+    series = [x for x in series + [_run_series(histories, "lr", "step", None, rates)] if x]
+    # Each step key's steps of the runs whose series use it, run after run; (run, step)
+    # pairs of all of them, sorted and distinct, are the rows.
+    key_runs: dict[str, set] = {}
+    for _, sk, runs, _, _ in series:
+        key_runs.setdefault(sk, set()).update(runs.tolist())
+    where, pair_runs, pair_steps, base = {}, [], [], 0
+    for sk, runs in key_runs.items():
+        runs = sorted(runs)
+        arrays = [histories[i].get(sk, ()) for i in runs]
+        n = _lengths(arrays)
+        start_R, length_R = np.zeros(r, np.int64), np.zeros(r, np.int64)
+        start_R[runs], length_R[runs] = base + np.cumsum(n) - n, n
+        where[sk] = (start_R, length_R)
+        pair_runs.append(np.repeat(np.asarray(runs, np.int64), n))
+        pair_steps.append(_concat(arrays, np.int64))
+        base += int(n.sum())
+    runs_P, steps_P = _concat(pair_runs, np.int64), _concat(pair_steps, np.int64)
+    order = np.lexsort((steps_P, runs_P))
+    first = np.ones(len(order), bool)
+    first[1:] = (np.diff(runs_P[order]) != 0) | (np.diff(steps_P[order]) != 0)
+    row_P = np.empty(len(order), np.int64)
+    row_P[order] = np.cumsum(first) - 1
+    steps_E = steps_P[order][first]
+    counts_R = np.bincount(runs_P[order][first], minlength=r)
+    values_EG = np.zeros((len(steps_E), len(series)))
+    present_EG = np.zeros(values_EG.shape, bool)
+    for g, (_, sk, runs, n_values, values) in enumerate(series):
+        start_R, length_R = where[sk]
+        n = np.minimum(n_values, length_R[runs])
+        if (n < n_values).any():  # cut to the steps: a run's first n values
+            within = np.arange(len(values)) - np.repeat(np.cumsum(n_values) - n_values, n_values)
+            values = values[within < np.repeat(n, n_values)]
+        rows = row_P[np.repeat(start_R[runs] - (np.cumsum(n) - n), n) + np.arange(n.sum())]
+        if len(rows) > 1 and not (rows[1:] > rows[:-1]).all():  # a step twice: the last one
+            last = len(rows) - 1 - np.unique(rows[::-1], return_index=True)[1]
+            rows, values = rows[last], values[last]
+        values_EG[rows, g] = values
+        present_EG[rows, g] = True
+    return counts_R, steps_E, [x[0] for x in series], values_EG, present_EG
+
+
+def _write_rows(writers, counts_R, steps_E, tags, values_EG, present_EG) -> None:
+    """Writes rows of many runs (run after run, counts_R of each), as `Writer.scalar_rows`."""
+    if _all_tensorboard(writers):
+        files = event_file.scalar_events_many(
+            time.time(), counts_R, steps_E, tags, values_EG, present_EG
+        )
+        for w, records in zip(writers, files):
+            w._write(records)
+        return
+    ends = np.cumsum(counts_R).tolist()
+    for w, a, b in zip(writers, [0] + ends[:-1], ends):
+        if b > a:
+            w.scalar_rows(steps_E[a:b], tags, values_EG[a:b], present_EG[a:b])
+
+
+def _write_scalars(writers, steps_R: Sequence[int], values_R: Sequence[Mapping]) -> None:
+    """Writes, for each run, one event of tag -> value at its step, as `Writer.scalars`
+    (runs with the same tags in the same order are encoded together)."""
+    if not _all_tensorboard(writers):
+        for w, step, values in zip(writers, steps_R, values_R):
+            if values:
+                w.scalars(step, values)
+        return
+    groups: dict[tuple, list[int]] = {}
+    for i, values in enumerate(values_R):
+        if values:
+            groups.setdefault(tuple(values), []).append(i)
+    now = time.time()
+    for tags, runs in groups.items():
+        values_EG = np.asarray([[float(v) for v in values_R[i].values()] for i in runs])
+        steps_E = np.asarray([steps_R[i] for i in runs], np.int64)
+        files = event_file.scalar_events_many(now, np.ones(len(runs)), steps_E, tags, values_EG)
+        for i, records in zip(runs, files):
+            writers[i]._write(records)
 
 
 def write_config(writer: Writer, config: Mapping[str, Any], tag: str = "config") -> str:
@@ -393,11 +535,44 @@ def write_config(writer: Writer, config: Mapping[str, Any], tag: str = "config")
     Returns:
       The Markdown written.
     """
-    body = json.dumps(jsonable(dict(config)), indent=2, default=str)
-    text = f"```json\n{body}\n```"
-    writer.text(tag, text)
-    writer.flush()
-    return text
+    return write_configs([writer], [config], tag)[0]
+
+
+def write_configs(
+    writers: Sequence[Writer], configs: Sequence[Mapping[str, Any]], tag: str = "config"
+) -> list[str]:
+    """`write_config` of many runs, each to its writer (e.g. every sweep point's), framed
+    together.
+
+    Returns:
+      Each run's Markdown.
+    """
+    texts = []
+    for config in configs:
+        body = json.dumps(jsonable(dict(config)), indent=2, default=str)
+        texts.append(f"```json\n{body}\n```")
+    if _all_tensorboard(writers):
+        _write_summaries(writers, [[(_text_summary(tag, t), 0)] for t in texts])
+    else:
+        for w, t in zip(writers, texts):
+            w.text(tag, t)
+    for w in writers:
+        w.flush()
+    return texts
+
+
+def _all_tensorboard(writers: Sequence[Writer]) -> bool:
+    """Whether the module's batched encoding can write to all of them (else each writer's own
+    methods, one run at a time)."""
+    return all(isinstance(w, TensorBoardWriter) for w in writers)
+
+
+def _write_summaries(writers, summaries_R: Sequence[Sequence[tuple]]) -> None:
+    """Writes each run's (tensorboardX `Summary`, step) pairs as events to its
+    `TensorBoardWriter`, the CRCs of all runs' in one call."""
+    events = [[_summary_event(summary, step) for summary, step in run] for run in summaries_R]
+    for w, records in zip(writers, event_file.frame_record_groups(events)):
+        w._write(records)
 
 
 def _number(value: Any) -> float | None:
@@ -437,10 +612,22 @@ def write_final(writer: Writer, metrics: Mapping[str, Any], step: int) -> dict[s
     Returns:
       The tags and values written.
     """
-    values = _flat_numbers(metrics, "final/")
-    if values:
-        writer.scalars(step, values)
-    writer.flush()
+    return write_finals([writer], [metrics], [step])[0]
+
+
+def write_finals(
+    writers: Sequence[Writer], metrics: Sequence[Mapping[str, Any]], steps: Sequence[int]
+) -> list[dict[str, float]]:
+    """`write_final` of many runs, each to its writer (e.g. every sweep point's), encoded
+    together.
+
+    Returns:
+      Each run's tags and values written.
+    """
+    values = [_flat_numbers(m, "final/") for m in metrics]
+    _write_scalars(writers, steps, values)
+    for w in writers:
+        w.flush()
     return values
 
 
@@ -664,10 +851,36 @@ def write_point_hparams(
     Returns:
       The tags and values written.
     """
-    values = {}
-    for k, v in metrics.items():
-        if (x := _finite(v)) is not None:
-            values[k if "/" in k else f"hparams/{k}"] = x
-    writer.hparams({k: v for k, v in hparams.items() if v is not None}, values, step)
-    writer.flush()
+    return write_points_hparams([writer], [hparams], [metrics], [step])[0]
+
+
+def write_points_hparams(
+    writers: Sequence[Writer],
+    hparams: Sequence[Mapping[str, Any]],
+    metrics: Sequence[Mapping[str, Any]],
+    steps: Sequence[int],
+) -> list[dict[str, float]]:
+    """`write_point_hparams` of many points, each to its writer, encoded together.
+
+    Returns:
+      Each point's tags and values written.
+    """
+    values = []
+    for m in metrics:
+        values.append(
+            {
+                k if "/" in k else f"hparams/{k}": x
+                for k, v in m.items()
+                if (x := _finite(v)) is not None
+            }
+        )
+    hparams = [{k: v for k, v in h.items() if v is not None} for h in hparams]
+    if _all_tensorboard(writers):
+        _write_summaries(writers, [[(s, 0) for s in _session_summaries(h)] for h in hparams])
+        _write_scalars(writers, steps, values)
+    else:
+        for w, h, v, step in zip(writers, hparams, values, steps):
+            w.hparams(h, v, step)
+    for w in writers:
+        w.flush()
     return values
